@@ -1,0 +1,417 @@
+//! Configuration: plain structs with documented defaults, a TOML file
+//! format, CLI overrides, and `validate` into a [`Config`].
+//!
+//! Sans-IO: nothing here reads a file or opens a socket. The caller passes the
+//! TOML text and the list of CPUs the process may run on. Addresses are plain
+//! values (`core::net::SocketAddr`), parsed, never bound.
+
+use core::net::SocketAddr;
+
+use serde::Deserialize;
+
+/// Default ring size (submission queue entries) per worker.
+pub const DEFAULT_RING_ENTRIES: u32 = 1024;
+/// Default listen backlog. The kernel caps it at `net.core.somaxconn`.
+pub const DEFAULT_BACKLOG: u32 = 4096;
+/// Default size of each direction's relay buffer, in bytes.
+pub const DEFAULT_BUFFER_SIZE: usize = 16 * 1024;
+/// Default handshake timeout, in milliseconds.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// Default backend connect timeout, in milliseconds.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+
+/// Everything that can be set, from the TOML file or from flags. Every field
+/// is optional: a flag overrides the file, and `validate` fills defaults.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Settings {
+    /// Addresses to accept TLS on (`--listen`, repeatable).
+    pub listen: Option<Vec<String>>,
+    /// The plaintext backend (`--backend`).
+    pub backend: Option<String>,
+    /// PEM certificate chain file (`--cert`).
+    pub cert: Option<String>,
+    /// PEM private key file (`--key`).
+    pub key: Option<String>,
+    /// Number of workers (`--workers`); default: one per allowed CPU.
+    pub workers: Option<usize>,
+    /// CPUs to pin workers to (`--cpus`, e.g. `0-3,8`).
+    pub cpus: Option<String>,
+    /// io_uring submission queue entries per worker (`--ring-entries`).
+    pub ring_entries: Option<u32>,
+    /// SQPOLL idle time in ms; absent means no SQPOLL (`--sqpoll`).
+    pub sqpoll: Option<u32>,
+    /// Listen backlog (`--backlog`).
+    pub backlog: Option<u32>,
+    /// Relay buffer size per direction (`--buffer-size`).
+    pub buffer_size: Option<usize>,
+    /// Admin/metrics listener (`--admin`), off by default.
+    pub admin: Option<String>,
+    /// Handshake timeout in ms (`--handshake-timeout`).
+    pub handshake_timeout: Option<u64>,
+    /// Backend connect timeout in ms (`--connect-timeout`).
+    pub connect_timeout: Option<u64>,
+    /// Accept TLS 1.2 as well as 1.3 (`--tls12`), default true.
+    pub tls12: Option<bool>,
+    /// Log level (`--log-level`), default `info`.
+    pub log_level: Option<String>,
+}
+
+impl Settings {
+    /// Parses the TOML config file's text. `file` names it in errors.
+    pub fn from_toml(file: &str, text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Toml {
+            file: file.to_owned(),
+            message: e.message().to_owned(),
+        })
+    }
+
+    /// Applies `over` on top of `self`: every field set in `over` wins.
+    pub fn merge(self, over: Settings) -> Settings {
+        Settings {
+            listen: over.listen.or(self.listen),
+            backend: over.backend.or(self.backend),
+            cert: over.cert.or(self.cert),
+            key: over.key.or(self.key),
+            workers: over.workers.or(self.workers),
+            cpus: over.cpus.or(self.cpus),
+            ring_entries: over.ring_entries.or(self.ring_entries),
+            sqpoll: over.sqpoll.or(self.sqpoll),
+            backlog: over.backlog.or(self.backlog),
+            buffer_size: over.buffer_size.or(self.buffer_size),
+            admin: over.admin.or(self.admin),
+            handshake_timeout: over.handshake_timeout.or(self.handshake_timeout),
+            connect_timeout: over.connect_timeout.or(self.connect_timeout),
+            tls12: over.tls12.or(self.tls12),
+            log_level: over.log_level.or(self.log_level),
+        }
+    }
+
+    /// Checks every value and fills defaults. `allowed_cpus` is the set of
+    /// CPUs this process may run on, as the runtime found it.
+    pub fn validate(self, allowed_cpus: &[usize]) -> Result<Config, ConfigError> {
+        let listen_raw = self.listen.unwrap_or_default();
+        if listen_raw.is_empty() {
+            return Err(ConfigError::Missing("--listen"));
+        }
+        let listen = listen_raw
+            .iter()
+            .map(|s| parse_addr("--listen", s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let backend = parse_addr(
+            "--backend",
+            self.backend.as_deref().ok_or(ConfigError::Missing("--backend"))?,
+        )?;
+        let cert = self.cert.ok_or(ConfigError::Missing("--cert"))?;
+        let key = self.key.ok_or(ConfigError::Missing("--key"))?;
+        let admin = self
+            .admin
+            .as_deref()
+            .map(|s| parse_addr("--admin", s))
+            .transpose()?;
+
+        let cpus = match self.cpus.as_deref() {
+            Some(list) => {
+                let cpus = parse_cpu_list(list)?;
+                if let Some(&cpu) = cpus.iter().find(|c| !allowed_cpus.contains(c)) {
+                    return Err(ConfigError::CpuNotAllowed(cpu));
+                }
+                cpus
+            }
+            None => allowed_cpus.to_vec(),
+        };
+        if cpus.is_empty() {
+            return Err(ConfigError::NoCpus);
+        }
+        let workers = match self.workers {
+            Some(0) => return Err(range("--workers", "0", "must be at least 1")),
+            Some(n) if n > 4096 => return Err(range("--workers", &n.to_string(), "at most 4096")),
+            Some(n) => n,
+            None => cpus.len(),
+        };
+        // Worker i is pinned to cpus[i % cpus.len()]: more workers than CPUs
+        // share CPUs round-robin, fewer use the first ones.
+        let pins = (0..workers).map(|i| cpus[i % cpus.len()]).collect();
+
+        let ring_entries = self.ring_entries.unwrap_or(DEFAULT_RING_ENTRIES);
+        if !(8..=32768).contains(&ring_entries) || !ring_entries.is_power_of_two() {
+            return Err(range(
+                "--ring-entries",
+                &ring_entries.to_string(),
+                "must be a power of two from 8 to 32768",
+            ));
+        }
+        let backlog = self.backlog.unwrap_or(DEFAULT_BACKLOG);
+        if backlog == 0 || backlog > 1 << 20 {
+            return Err(range("--backlog", &backlog.to_string(), "must be 1..=1048576"));
+        }
+        let buffer_size = self.buffer_size.unwrap_or(DEFAULT_BUFFER_SIZE);
+        if !(1024..=16 << 20).contains(&buffer_size) {
+            return Err(range(
+                "--buffer-size",
+                &buffer_size.to_string(),
+                "must be from 1024 to 16777216 bytes",
+            ));
+        }
+        let handshake_timeout_ms = self
+            .handshake_timeout
+            .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT_MS);
+        if handshake_timeout_ms == 0 {
+            return Err(range("--handshake-timeout", "0", "must be at least 1 ms"));
+        }
+        let connect_timeout_ms = self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS);
+        if connect_timeout_ms == 0 {
+            return Err(range("--connect-timeout", "0", "must be at least 1 ms"));
+        }
+        let log_level = self.log_level.unwrap_or_else(|| "info".to_owned());
+        if !["error", "warn", "info", "debug", "trace", "off"].contains(&log_level.as_str()) {
+            return Err(range(
+                "--log-level",
+                &log_level,
+                "must be one of error, warn, info, debug, trace, off",
+            ));
+        }
+        Ok(Config {
+            listen,
+            backend,
+            cert,
+            key,
+            pins,
+            ring_entries,
+            sqpoll_idle_ms: self.sqpoll,
+            backlog,
+            buffer_size,
+            admin,
+            handshake_timeout_ms,
+            connect_timeout_ms,
+            tls12: self.tls12.unwrap_or(true),
+            log_level,
+        })
+    }
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Addresses to accept TLS on; each worker binds each with SO_REUSEPORT.
+    pub listen: Vec<SocketAddr>,
+    /// The plaintext backend.
+    pub backend: SocketAddr,
+    /// PEM certificate chain file.
+    pub cert: String,
+    /// PEM private key file.
+    pub key: String,
+    /// The CPU each worker is pinned to; its length is the worker count.
+    pub pins: Vec<usize>,
+    /// io_uring submission queue entries per worker.
+    pub ring_entries: u32,
+    /// SQPOLL idle time in ms, when SQPOLL is on.
+    pub sqpoll_idle_ms: Option<u32>,
+    /// Listen backlog.
+    pub backlog: u32,
+    /// Relay buffer size per direction.
+    pub buffer_size: usize,
+    /// Admin listener.
+    pub admin: Option<SocketAddr>,
+    /// Handshake timeout in ms.
+    pub handshake_timeout_ms: u64,
+    /// Backend connect timeout in ms.
+    pub connect_timeout_ms: u64,
+    /// Accept TLS 1.2.
+    pub tls12: bool,
+    /// Log level.
+    pub log_level: String,
+}
+
+impl Config {
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.pins.len()
+    }
+}
+
+/// Configuration errors. Each names the flag or file at fault; `main` prints
+/// the error on one line and exits with code 64 (EX_USAGE).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A required setting is missing.
+    #[error("{0} is required")]
+    Missing(&'static str),
+    /// An address did not parse.
+    #[error("{flag}: invalid address {value:?} (expected IP:PORT, e.g. 127.0.0.1:8443)")]
+    InvalidAddr {
+        /// The flag.
+        flag: &'static str,
+        /// The rejected value.
+        value: String,
+    },
+    /// A CPU list did not parse.
+    #[error("--cpus: invalid CPU list {value:?}: {reason}")]
+    InvalidCpuList {
+        /// The rejected value.
+        value: String,
+        /// Why.
+        reason: String,
+    },
+    /// A CPU in `--cpus` is not one this process may run on.
+    #[error("--cpus: CPU {0} is not available to this process")]
+    CpuNotAllowed(usize),
+    /// No CPU is available.
+    #[error("--cpus: no CPU available")]
+    NoCpus,
+    /// A number is out of range.
+    #[error("{flag}: {value} {reason}")]
+    OutOfRange {
+        /// The flag.
+        flag: &'static str,
+        /// The rejected value.
+        value: String,
+        /// The accepted range.
+        reason: String,
+    },
+    /// The TOML file did not parse.
+    #[error("{file}: {message}")]
+    Toml {
+        /// The file.
+        file: String,
+        /// What the parser said.
+        message: String,
+    },
+}
+
+fn range(flag: &'static str, value: &str, reason: &str) -> ConfigError {
+    ConfigError::OutOfRange {
+        flag,
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+fn parse_addr(flag: &'static str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.trim().parse().map_err(|_| ConfigError::InvalidAddr {
+        flag,
+        value: s.to_owned(),
+    })
+}
+
+/// Parses a CPU list such as `0-3,8` into sorted, distinct CPU numbers.
+pub fn parse_cpu_list(s: &str) -> Result<Vec<usize>, ConfigError> {
+    let err = |reason: &str| ConfigError::InvalidCpuList {
+        value: s.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let mut cpus = Vec::new();
+    for part in s.split(',') {
+        let part = part.trim();
+        if part.is_empty() {
+            return Err(err("empty item"));
+        }
+        let (lo, hi) = match part.split_once('-') {
+            Some((a, b)) => (a.trim(), b.trim()),
+            None => (part, part),
+        };
+        let lo: usize = lo.parse().map_err(|_| err("not a number"))?;
+        let hi: usize = hi.parse().map_err(|_| err("not a number"))?;
+        if lo > hi {
+            return Err(err("range goes backwards"));
+        }
+        if hi >= 65536 {
+            return Err(err("CPU number too large"));
+        }
+        cpus.extend(lo..=hi);
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(cpus)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> Settings {
+        Settings {
+            listen: Some(vec!["127.0.0.1:8443".into()]),
+            backend: Some("127.0.0.1:8080".into()),
+            cert: Some("c.pem".into()),
+            key: Some("k.pem".into()),
+            ..Settings::default()
+        }
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0-3,8").unwrap(), vec![0, 1, 2, 3, 8]);
+        assert_eq!(parse_cpu_list("2,1,1").unwrap(), vec![1, 2]);
+        assert!(parse_cpu_list("3-1").is_err());
+        assert!(parse_cpu_list("a").is_err());
+        assert!(parse_cpu_list("1,,2").is_err());
+        assert!(parse_cpu_list("").is_err());
+    }
+
+    #[test]
+    fn defaults_fill_in() {
+        let c = base().validate(&[0, 1]).unwrap();
+        assert_eq!(c.pins, vec![0, 1]);
+        assert_eq!(c.ring_entries, DEFAULT_RING_ENTRIES);
+        assert_eq!(c.buffer_size, DEFAULT_BUFFER_SIZE);
+        assert!(c.tls12);
+    }
+
+    #[test]
+    fn workers_and_cpus() {
+        let mut s = base();
+        s.workers = Some(3);
+        s.cpus = Some("1".into());
+        assert_eq!(s.validate(&[0, 1]).unwrap().pins, vec![1, 1, 1]);
+        let mut s = base();
+        s.cpus = Some("5".into());
+        assert_eq!(s.validate(&[0, 1]).unwrap_err(), ConfigError::CpuNotAllowed(5));
+        let mut s = base();
+        s.workers = Some(0);
+        assert!(s.validate(&[0]).unwrap_err().to_string().starts_with("--workers"));
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        let mut s = base();
+        s.backend = Some("nope".into());
+        assert!(s.validate(&[0]).unwrap_err().to_string().starts_with("--backend"));
+        let mut s = base();
+        s.listen = None;
+        assert_eq!(s.validate(&[0]).unwrap_err(), ConfigError::Missing("--listen"));
+        let mut s = base();
+        s.ring_entries = Some(100);
+        assert!(s
+            .validate(&[0])
+            .unwrap_err()
+            .to_string()
+            .starts_with("--ring-entries"));
+    }
+
+    #[test]
+    fn toml_and_merge() {
+        let file = Settings::from_toml(
+            "r.toml",
+            "listen = [\"0.0.0.0:443\"]\nbackend = \"127.0.0.1:80\"\nworkers = 4\nring-entries = 256\n",
+        )
+        .unwrap();
+        let cli = Settings {
+            workers: Some(2),
+            ..Settings::default()
+        };
+        let merged = file.merge(cli);
+        assert_eq!(merged.workers, Some(2));
+        assert_eq!(merged.ring_entries, Some(256));
+        assert_eq!(merged.backend.as_deref(), Some("127.0.0.1:80"));
+    }
+
+    #[test]
+    fn toml_errors_name_the_file() {
+        let err = Settings::from_toml("r.toml", "bogus = 1\n").unwrap_err();
+        assert!(err.to_string().starts_with("r.toml: "), "{err}");
+        let err = Settings::from_toml("r.toml", "workers = \"x\"\n").unwrap_err();
+        assert!(err.to_string().starts_with("r.toml: "), "{err}");
+    }
+}

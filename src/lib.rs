@@ -1,0 +1,31 @@
+//! ringterm: an io_uring-based, thread-per-core TLS terminator.
+//!
+//! # Architecture in one screen
+//!
+//! ```text
+//!            ┌────────────── worker (one pinned OS thread per CPU) ──────────────┐
+//!  client ──►│ SO_REUSEPORT listener → accept → conn driver ──► backend (TCP)   │
+//!            │                              │  ▲                                  │
+//!            │        completed read bytes  ▼  │ bytes to write + what's next    │
+//!            │                     TlsSession (sans-IO step function, rustls)     │
+//!            └───────────────────────────────────────────────────────────────────┘
+//! ```
+//!
+//! The core is sans-IO: [`tls`], [`config`], [`metrics`] and [`deadline`]
+//! never touch a socket, never import `tokio_uring`, `socket2` or `std::net`,
+//! and never read the clock: bytes and time come in as arguments. All io_uring
+//! code lives in [`rt`], so the runtime could be replaced without touching the
+//! core.
+//!
+//! A worker's connection driver submits a `recv`; when it completes, it hands
+//! the bytes to [`tls::TlsSession::handle_read`], which answers with bytes for
+//! the client, plaintext for the backend, and a [`tls::Status`] that decides
+//! the next op. No readiness polling anywhere. Every in-flight op is polled to
+//! completion (tokio-uring does not cancel on drop); cancellation and
+//! timeouts are io_uring ops of their own.
+
+pub mod config;
+pub mod deadline;
+pub mod metrics;
+pub mod rt;
+pub mod tls;

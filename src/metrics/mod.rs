@@ -1,0 +1,129 @@
+//! Per-worker counters and their Prometheus rendering.
+//!
+//! Each worker owns one [`WorkerCounters`] and is its only writer; the admin
+//! endpoint only reads. Increments are a relaxed load and store (single
+//! writer), so the hot path pays no locked instruction and takes no lock.
+//! Sans-IO: rendering takes the counters and returns text.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// A counter with one writer thread and any number of readers.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`. Call only from the owning worker's thread.
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+
+    /// Adds one. Call only from the owning worker's thread.
+    #[inline]
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    /// Subtracts one (for gauges). Call only from the owning worker's thread.
+    #[inline]
+    pub fn dec(&self) {
+        self.0.store(self.0.load(Relaxed).wrapping_sub(1), Relaxed);
+    }
+
+    /// Reads the current value from any thread.
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+macro_rules! counters {
+    ($($(#[doc = $doc:literal])* $name:ident : $kind:literal,)*) => {
+        /// Counters of one worker.
+        #[derive(Debug, Default)]
+        pub struct WorkerCounters {
+            $($(#[doc = $doc])* pub $name: Counter,)*
+        }
+
+        impl WorkerCounters {
+            /// `(name, kind, help, value)` for every counter.
+            pub fn snapshot(&self) -> Vec<(&'static str, &'static str, &'static str, u64)> {
+                vec![$((stringify!($name), $kind, concat!($($doc),*), self.$name.get()),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    /// Connections accepted.
+    accepted: "counter",
+    /// Connections currently open.
+    active: "gauge",
+    /// Accept errors (EMFILE, ENFILE, ...).
+    accept_errors: "counter",
+    /// Full TLS 1.3 handshakes completed.
+    handshakes_tls13: "counter",
+    /// Full TLS 1.2 handshakes completed.
+    handshakes_tls12: "counter",
+    /// Resumed handshakes completed.
+    handshakes_resumed: "counter",
+    /// Handshakes that failed (bad input, alert, EOF).
+    handshake_failures: "counter",
+    /// Handshakes cut by the handshake timeout.
+    handshake_timeouts: "counter",
+    /// Fatal alerts sent to clients.
+    alerts_sent: "counter",
+    /// Backend connects that failed.
+    backend_connect_failures: "counter",
+    /// Backend connects cut by the connect timeout.
+    backend_connect_timeouts: "counter",
+    /// Connections ended by an IO or TLS error after the handshake.
+    connection_errors: "counter",
+    /// Ciphertext bytes read from clients.
+    bytes_from_clients: "counter",
+    /// Ciphertext bytes written to clients.
+    bytes_to_clients: "counter",
+    /// Plaintext bytes read from backends.
+    bytes_from_backends: "counter",
+    /// Plaintext bytes written to backends.
+    bytes_to_backends: "counter",
+}
+
+/// Renders all workers' counters in the Prometheus text exposition format,
+/// labelled by worker, plus a `_all` sum for each.
+pub fn render_prometheus(workers: &[&WorkerCounters]) -> String {
+    let mut out = String::new();
+    let snaps: Vec<_> = workers.iter().map(|w| w.snapshot()).collect();
+    let Some(first) = snaps.first() else {
+        return out;
+    };
+    for (i, (name, kind, help, _)) in first.iter().enumerate() {
+        let suffix = if *kind == "counter" { "_total" } else { "" };
+        let _ = writeln!(out, "# HELP ringterm_{name}{suffix} {help}");
+        let _ = writeln!(out, "# TYPE ringterm_{name}{suffix} {kind}");
+        for (w, snap) in snaps.iter().enumerate() {
+            let _ = writeln!(out, "ringterm_{name}{suffix}{{worker=\"{w}\"}} {}", snap[i].3);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_per_worker() {
+        let a = WorkerCounters::default();
+        let b = WorkerCounters::default();
+        a.accepted.add(3);
+        b.accepted.inc();
+        b.active.inc();
+        b.active.dec();
+        let text = render_prometheus(&[&a, &b]);
+        assert!(text.contains("ringterm_accepted_total{worker=\"0\"} 3\n"));
+        assert!(text.contains("ringterm_accepted_total{worker=\"1\"} 1\n"));
+        assert!(text.contains("# TYPE ringterm_active gauge\n"));
+        assert!(text.contains("ringterm_active{worker=\"1\"} 0\n"));
+    }
+}

@@ -1,0 +1,527 @@
+//! The connection driver: accept → handshake → connect → relay → close.
+//!
+//! Completion-driven: every completed read calls the sans-IO step function
+//! ([`TlsSession`]), and its answer decides the next op to submit. No code
+//! here waits on readiness.
+//!
+//! The relay keeps at most one op per kind in a slot (client read, client
+//! write, backend read, backend write, two shutdowns) and polls whichever are
+//! in flight. An op is never dropped before it completes: on an error the
+//! driver cancels what is in flight with `IORING_OP_ASYNC_CANCEL` and keeps
+//! polling until every slot is empty. This is what makes tokio-uring's
+//! drop-does-not-cancel hazard harmless here.
+//!
+//! Backpressure: the client is read only when the plaintext for the backend
+//! has been handed to the kernel, and the backend is read only when the
+//! ciphertext for the client has. Each direction holds at most two buffers
+//! (one pending, one in flight), so memory per connection is bounded
+//! whatever the peers do.
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::Poll;
+
+use tokio_uring::net::TcpStream;
+
+use super::ops;
+use super::worker::WorkerCtx;
+use crate::tls::{Status, TlsError, TlsSession};
+
+/// Ciphertext queued for the client above which we stop reading the client
+/// (a flood of KeyUpdates cannot grow it without bound).
+const TO_CLIENT_LIMIT: usize = 64 * 1024;
+
+/// Why a connection ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    /// The TLS layer failed (bad input, alert).
+    #[error("{0}")]
+    Tls(#[from] TlsError),
+    /// The client closed or reset before the handshake completed.
+    #[error("client went away during the handshake")]
+    HandshakeEof,
+    /// The handshake took longer than the handshake timeout.
+    #[error("handshake timeout")]
+    HandshakeTimeout,
+    /// The backend refused or could not be reached.
+    #[error("backend connect: {0}")]
+    Connect(io::Error),
+    /// The backend connect took longer than the connect timeout.
+    #[error("backend connect timeout")]
+    ConnectTimeout,
+    /// A socket error.
+    #[error("io: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Serves one accepted client connection to completion.
+pub async fn serve(ctx: Rc<WorkerCtx>, client: TcpStream) {
+    let counters = &ctx.counters;
+    counters.active.inc();
+    let client = Rc::new(client);
+    let result = drive(&ctx, &client).await;
+    if let Err(err) = result {
+        match err {
+            ConnError::Tls(_) | ConnError::HandshakeEof => counters.handshake_failures.inc(),
+            ConnError::HandshakeTimeout => counters.handshake_timeouts.inc(),
+            ConnError::Connect(_) => counters.backend_connect_failures.inc(),
+            ConnError::ConnectTimeout => counters.backend_connect_timeouts.inc(),
+            ConnError::Io(_) => counters.connection_errors.inc(),
+        }
+        tracing::debug!(worker = ctx.id, error = %err, "connection ended");
+    }
+    counters.active.dec();
+}
+
+async fn drive(ctx: &Rc<WorkerCtx>, client: &Rc<TcpStream>) -> Result<(), ConnError> {
+    let mut session = TlsSession::new(ctx.tls.clone())?;
+    let mut rx = Vec::new();
+    let mut to_client = Vec::new();
+    let mut to_backend = Vec::new();
+
+    // Phase 1: the handshake, under the handshake deadline.
+    let key = client.as_raw_fd() as i64;
+    ctx.set_deadline(key, ctx.handshake_timeout_ms);
+    let handshake = handshake(
+        ctx,
+        client,
+        key,
+        &mut session,
+        &mut rx,
+        &mut to_client,
+        &mut to_backend,
+    )
+    .await;
+    let expired = !ctx.clear_deadline(key);
+    match handshake {
+        Err(ConnError::Io(e)) if ops::is_cancelled(&e) && expired => {
+            return Err(ConnError::HandshakeTimeout)
+        }
+        Err(e) => return Err(e),
+        Ok(_) if expired => return Err(ConnError::HandshakeTimeout),
+        Ok(_) => {}
+    }
+    if let Some(info) = session.handshake_info() {
+        if info.resumed {
+            ctx.counters.handshakes_resumed.inc();
+        } else if info.version == rustls::ProtocolVersion::TLSv1_3 {
+            ctx.counters.handshakes_tls13.inc();
+        } else {
+            ctx.counters.handshakes_tls12.inc();
+        }
+    }
+
+    // Phase 2: connect to the backend, under the connect deadline.
+    let backend = Rc::new(connect(ctx, ctx.backend).await?);
+
+    // Phase 3: relay both directions until both are closed.
+    Relay {
+        ctx,
+        client,
+        backend: &backend,
+        session,
+        rx,
+        brx: Vec::with_capacity(ctx.buffer_size),
+        to_client,
+        to_backend,
+        spare_c: Vec::new(),
+        spare_b: Vec::new(),
+    }
+    .run()
+    .await
+}
+
+/// Drives the handshake: read → step → write, until the session is
+/// established. Any ciphertext that arrives with the client's Finished (early
+/// application data) is left decrypted in `to_backend`.
+async fn handshake(
+    ctx: &WorkerCtx,
+    client: &Rc<TcpStream>,
+    key: i64,
+    session: &mut TlsSession,
+    rx: &mut Vec<u8>,
+    to_client: &mut Vec<u8>,
+    to_backend: &mut Vec<u8>,
+) -> Result<(), ConnError> {
+    loop {
+        session.prepare_read(rx, 0);
+        let (res, buf) = ops::recv(client, std::mem::take(rx)).await;
+        *rx = buf;
+        match res {
+            Ok(0) => return Err(ConnError::HandshakeEof),
+            Ok(n) => ctx.counters.bytes_from_clients.add(n as u64),
+            Err(e) if ops::is_cancelled(&e) => return Err(ConnError::Io(e)),
+            Err(_) => return Err(ConnError::HandshakeEof),
+        }
+        if !ctx.has_deadline(key) {
+            return Err(ConnError::HandshakeTimeout);
+        }
+        let status = session.handle_read(rx, to_client, to_backend);
+        if let Err(err) = status {
+            if !to_client.is_empty() {
+                ctx.counters.alerts_sent.inc();
+                // Best effort: the connection is failing anyway.
+                let _ = send_all(ctx, client, to_client).await;
+            }
+            return Err(err.into());
+        }
+        if !to_client.is_empty() {
+            send_all(ctx, client, to_client).await?;
+        }
+        match status {
+            Ok(Status::Handshaking) => continue,
+            Ok(_) => return Ok(()),
+            Err(_) => unreachable!("handled above"),
+        }
+    }
+}
+
+/// Sends all of `buf`, then clears it.
+async fn send_all(ctx: &WorkerCtx, sock: &Rc<TcpStream>, buf: &mut Vec<u8>) -> io::Result<()> {
+    let mut off = 0;
+    let mut owned = std::mem::take(buf);
+    while off < owned.len() {
+        let (res, back) = ops::send(sock, owned, off).await;
+        owned = back;
+        match res {
+            Ok(0) => {
+                *buf = owned;
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            Ok(n) => {
+                ctx.counters.bytes_to_clients.add(n as u64);
+                off += n;
+            }
+            Err(e) => {
+                *buf = owned;
+                return Err(e);
+            }
+        }
+    }
+    owned.clear();
+    *buf = owned;
+    Ok(())
+}
+
+/// Connects to the backend with an io_uring connect, cancelled at the
+/// connect deadline.
+async fn connect(ctx: &WorkerCtx, addr: SocketAddr) -> Result<TcpStream, ConnError> {
+    let domain = socket2::Domain::for_address(addr);
+    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
+        .map_err(ConnError::Connect)?;
+    sock.set_nodelay(true).map_err(ConnError::Connect)?;
+    let std_stream: std::net::TcpStream = sock.into();
+    let stream = Rc::new(TcpStream::from_std(std_stream));
+    let key = stream.as_raw_fd() as i64;
+    ctx.set_deadline(key, ctx.connect_timeout_ms);
+    let res = ops::connect(&stream, socket2::SockAddr::from(addr)).await;
+    let expired = !ctx.clear_deadline(key);
+    match res {
+        Ok(_) if !expired => {}
+        Ok(_) => return Err(ConnError::ConnectTimeout),
+        Err(e) if expired && ops::is_cancelled(&e) => return Err(ConnError::ConnectTimeout),
+        Err(e) => return Err(ConnError::Connect(e)),
+    }
+    // The op holding the other reference has completed and been dropped.
+    Rc::try_unwrap(stream).map_err(|_| ConnError::Connect(io::Error::other("socket still shared")))
+}
+
+/// A completed op in the relay.
+enum Event {
+    ClientRead(io::Result<usize>, Vec<u8>),
+    ClientWrite(io::Result<usize>, Vec<u8>),
+    BackendRead(io::Result<usize>, Vec<u8>),
+    BackendWrite(io::Result<usize>, Vec<u8>),
+    ClientShutdown,
+    BackendShutdown,
+    Cancelled,
+}
+
+struct Relay<'a> {
+    ctx: &'a WorkerCtx,
+    client: &'a Rc<TcpStream>,
+    backend: &'a Rc<TcpStream>,
+    session: TlsSession,
+    /// Client read buffer (ciphertext), when no read is in flight.
+    rx: Vec<u8>,
+    /// Backend read buffer (plaintext), when no read is in flight.
+    brx: Vec<u8>,
+    /// Ciphertext waiting to be written to the client.
+    to_client: Vec<u8>,
+    /// Plaintext waiting to be written to the backend.
+    to_backend: Vec<u8>,
+    /// Buffers recycled from completed writes.
+    spare_c: Vec<u8>,
+    spare_b: Vec<u8>,
+}
+
+impl Relay<'_> {
+    async fn run(mut self) -> Result<(), ConnError> {
+        let ctx = self.ctx;
+        let mut c_read: Option<ops::Recv> = None;
+        let mut b_read: Option<ops::Recv> = None;
+        let mut c_write: Option<(ops::Send, usize)> = None;
+        let mut b_write: Option<(ops::Send, usize)> = None;
+        let mut c_shut: Option<ops::PlainOp> = None;
+        let mut b_shut: Option<ops::PlainOp> = None;
+        let mut cancels: Vec<ops::PlainOp> = Vec::new();
+
+        // The client sent close_notify or EOF: it sends no more.
+        let mut client_done = false;
+        // The backend sent EOF: it sends no more.
+        let mut backend_done = false;
+        // We shut down the backend's write side (after client_done).
+        let mut backend_shut = false;
+        // We sent close_notify and shut down the client's write side.
+        let mut client_shut = false;
+        // Set when the relay stops early: with the error, or `Ok` after an
+        // alert went out. Once set, nothing new is submitted except the
+        // cancellation, and we wait for every op to complete.
+        let mut fatal: Option<Result<(), ConnError>> = None;
+        let mut cancelled = false;
+        // After a TLS error: flush the alert to the client, then stop.
+        let mut alert_only = false;
+
+        loop {
+            if fatal.is_none() {
+                // Writes first, so data already decrypted or encrypted leaves.
+                if c_write.is_none() && !self.to_client.is_empty() {
+                    let buf = std::mem::replace(&mut self.to_client, std::mem::take(&mut self.spare_c));
+                    c_write = Some((ops::send(self.client, buf, 0), 0));
+                }
+                if b_write.is_none() && !self.to_backend.is_empty() && !alert_only {
+                    let buf =
+                        std::mem::replace(&mut self.to_backend, std::mem::take(&mut self.spare_b));
+                    b_write = Some((ops::send(self.backend, buf, 0), 0));
+                }
+                if alert_only {
+                    if c_write.is_none() {
+                        fatal = Some(Ok(()));
+                    }
+                } else {
+                    // Reads, only when the other side has taken what we had.
+                    if c_read.is_none()
+                        && !client_done
+                        && self.to_backend.is_empty()
+                        && self.to_client.len() < TO_CLIENT_LIMIT
+                    {
+                        self.session.prepare_read(&mut self.rx, 0);
+                        c_read = Some(ops::recv(self.client, std::mem::take(&mut self.rx)));
+                    }
+                    if b_read.is_none() && !backend_done && self.to_client.is_empty() {
+                        self.brx.clear();
+                        self.brx.reserve(ctx.buffer_size);
+                        b_read = Some(ops::recv(self.backend, std::mem::take(&mut self.brx)));
+                    }
+                    // Half-close toward the backend once all client data is there.
+                    if client_done && !backend_shut && self.to_backend.is_empty() && b_write.is_none()
+                    {
+                        backend_shut = true;
+                        b_shut = Some(ops::shutdown(self.backend, Shutdown::Write));
+                    }
+                    // Backend EOF became close_notify; once it is out, FIN.
+                    if backend_done && !client_shut && self.to_client.is_empty() && c_write.is_none() {
+                        client_shut = true;
+                        c_shut = Some(ops::shutdown(self.client, Shutdown::Write));
+                    }
+                }
+            } else if !cancelled {
+                cancelled = true;
+                if c_read.is_some() || c_write.is_some() || c_shut.is_some() {
+                    cancels.push(ops::cancel_fd(self.client.as_raw_fd()));
+                }
+                if b_read.is_some() || b_write.is_some() || b_shut.is_some() {
+                    cancels.push(ops::cancel_fd(self.backend.as_raw_fd()));
+                }
+            }
+
+            let in_flight = c_read.is_some()
+                || b_read.is_some()
+                || c_write.is_some()
+                || b_write.is_some()
+                || c_shut.is_some()
+                || b_shut.is_some()
+                || !cancels.is_empty();
+            if !in_flight {
+                if let Some(outcome) = fatal {
+                    return outcome;
+                }
+                // Nothing in flight and nothing to submit: both directions
+                // are closed and flushed.
+                return Ok(());
+            }
+
+            let event = poll_fn(|cx| {
+                if let Some(op) = c_read.as_mut() {
+                    if let Poll::Ready((res, buf)) = Pin::new(op).poll(cx) {
+                        c_read = None;
+                        return Poll::Ready(Event::ClientRead(res, buf));
+                    }
+                }
+                if let Some((op, _)) = c_write.as_mut() {
+                    if let Poll::Ready((res, buf)) = Pin::new(op).poll(cx) {
+                        return Poll::Ready(Event::ClientWrite(res, buf));
+                    }
+                }
+                if let Some(op) = b_read.as_mut() {
+                    if let Poll::Ready((res, buf)) = Pin::new(op).poll(cx) {
+                        b_read = None;
+                        return Poll::Ready(Event::BackendRead(res, buf));
+                    }
+                }
+                if let Some((op, _)) = b_write.as_mut() {
+                    if let Poll::Ready((res, buf)) = Pin::new(op).poll(cx) {
+                        return Poll::Ready(Event::BackendWrite(res, buf));
+                    }
+                }
+                if let Some(op) = c_shut.as_mut() {
+                    if Pin::new(op).poll(cx).is_ready() {
+                        c_shut = None;
+                        return Poll::Ready(Event::ClientShutdown);
+                    }
+                }
+                if let Some(op) = b_shut.as_mut() {
+                    if Pin::new(op).poll(cx).is_ready() {
+                        b_shut = None;
+                        return Poll::Ready(Event::BackendShutdown);
+                    }
+                }
+                let mut i = 0;
+                while i < cancels.len() {
+                    if Pin::new(&mut cancels[i]).poll(cx).is_ready() {
+                        drop(cancels.swap_remove(i));
+                        return Poll::Ready(Event::Cancelled);
+                    }
+                    i += 1;
+                }
+                Poll::Pending
+            })
+            .await;
+
+            match event {
+                Event::ClientRead(res, buf) => {
+                    self.rx = buf;
+                    if fatal.is_some() {
+                        continue;
+                    }
+                    match res {
+                        Ok(0) => client_done = true,
+                        Ok(n) => {
+                            ctx.counters.bytes_from_clients.add(n as u64);
+                            match self.session.handle_read(
+                                &mut self.rx,
+                                &mut self.to_client,
+                                &mut self.to_backend,
+                            ) {
+                                Ok(Status::PeerClosed | Status::Closed) => client_done = true,
+                                Ok(_) => {}
+                                Err(err) => {
+                                    ctx.counters.connection_errors.inc();
+                                    if !self.to_client.is_empty() {
+                                        ctx.counters.alerts_sent.inc();
+                                        // Send the alert, drop data not yet
+                                        // forwarded: the client broke the
+                                        // record stream.
+                                        self.to_backend.clear();
+                                        alert_only = true;
+                                        cancels.push(ops::cancel_fd(self.backend.as_raw_fd()));
+                                    } else {
+                                        fatal = Some(Err(err.into()));
+                                    }
+                                    continue;
+                                }
+                            }
+                        }
+                        Err(e) => fatal = Some(Err(e.into())),
+                    }
+                }
+                Event::BackendRead(res, buf) => {
+                    self.brx = buf;
+                    if fatal.is_some() || alert_only {
+                        continue;
+                    }
+                    match res {
+                        Ok(0) => {
+                            backend_done = true;
+                            if let Err(err) = self.session.close(&mut self.to_client) {
+                                fatal = Some(Err(err.into()));
+                            }
+                        }
+                        Ok(n) => {
+                            ctx.counters.bytes_from_backends.add(n as u64);
+                            if let Err(err) = self.session.encrypt(&self.brx, &mut self.to_client) {
+                                fatal = Some(Err(err.into()));
+                            }
+                        }
+                        Err(e) => fatal = Some(Err(e.into())),
+                    }
+                }
+                Event::ClientWrite(res, buf) => {
+                    let (_, off) = c_write.take().expect("client write slot");
+                    match res {
+                        Ok(n) if n > 0 => {
+                            ctx.counters.bytes_to_clients.add(n as u64);
+                            let off = off + n;
+                            if off < buf.len() && fatal.is_none() {
+                                c_write = Some((ops::send(self.client, buf, off), off));
+                            } else {
+                                self.recycle_c(buf);
+                            }
+                        }
+                        Ok(_) => {
+                            self.recycle_c(buf);
+                            fatal.get_or_insert(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
+                        }
+                        Err(e) => {
+                            self.recycle_c(buf);
+                            fatal.get_or_insert(Err(e.into()));
+                        }
+                    }
+                }
+                Event::BackendWrite(res, buf) => {
+                    let (_, off) = b_write.take().expect("backend write slot");
+                    match res {
+                        Ok(n) if n > 0 => {
+                            ctx.counters.bytes_to_backends.add(n as u64);
+                            let off = off + n;
+                            if off < buf.len() && fatal.is_none() && !alert_only {
+                                b_write = Some((ops::send(self.backend, buf, off), off));
+                            } else {
+                                self.recycle_b(buf);
+                            }
+                        }
+                        Ok(_) => {
+                            self.recycle_b(buf);
+                            fatal.get_or_insert(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
+                        }
+                        Err(e) => {
+                            self.recycle_b(buf);
+                            if !alert_only {
+                                fatal.get_or_insert(Err(e.into()));
+                            }
+                        }
+                    }
+                }
+                Event::ClientShutdown | Event::BackendShutdown | Event::Cancelled => {}
+            }
+        }
+    }
+
+    fn recycle_c(&mut self, mut buf: Vec<u8>) {
+        buf.clear();
+        if self.spare_c.capacity() < buf.capacity() {
+            self.spare_c = buf;
+        }
+    }
+
+    fn recycle_b(&mut self, mut buf: Vec<u8>) {
+        buf.clear();
+        if self.spare_b.capacity() < buf.capacity() {
+            self.spare_b = buf;
+        }
+    }
+}

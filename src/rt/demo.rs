@@ -1,0 +1,264 @@
+//! The built-in demo backend: a small plaintext HTTP/1.1 server on its own
+//! thread and tokio-uring runtime, for `ringterm demo` and for benchmarks.
+//!
+//! - `GET /` → a short text body;
+//! - `GET /bytes/N` → exactly N bytes of body;
+//! - `POST <any>` with `Content-Length` → reads and discards the body, then
+//!   replies with a short body saying how many bytes arrived.
+//!
+//! Keep-alive by default; `Connection: close` is honoured. Every response
+//! has a `Content-Length`.
+
+use std::net::SocketAddr;
+
+use tokio_uring::net::{TcpListener, TcpStream};
+
+/// Largest body `/bytes/N` serves.
+pub const MAX_BODY: u64 = 1 << 30;
+/// Largest request head we accept.
+const MAX_HEAD: usize = 16 * 1024;
+
+static FILL: [u8; 65536] = [b'x'; 65536];
+
+/// A parsed request head.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Head {
+    /// Length of the head, including the blank line.
+    pub len: usize,
+    /// Method.
+    pub method: String,
+    /// Request target.
+    pub path: String,
+    /// Content-Length of the body (0 if absent).
+    pub content_length: u64,
+    /// Whether the client asked to close after this response.
+    pub close: bool,
+}
+
+/// Errors parsing a request head.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HeadError {
+    /// More bytes are needed.
+    #[error("incomplete request head")]
+    Incomplete,
+    /// The head is malformed or too large.
+    #[error("bad request: {0}")]
+    Bad(&'static str),
+}
+
+/// Parses one request head from the front of `buf`.
+pub fn parse_head(buf: &[u8]) -> Result<Head, HeadError> {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return if buf.len() > MAX_HEAD {
+            Err(HeadError::Bad("head too large"))
+        } else {
+            Err(HeadError::Incomplete)
+        };
+    };
+    let text = std::str::from_utf8(&buf[..end]).map_err(|_| HeadError::Bad("not utf-8"))?;
+    let mut lines = text.split("\r\n");
+    let request = lines.next().ok_or(HeadError::Bad("empty"))?;
+    let mut parts = request.split(' ');
+    let method = parts.next().filter(|m| !m.is_empty()).ok_or(HeadError::Bad("no method"))?;
+    let path = parts.next().ok_or(HeadError::Bad("no target"))?;
+    let version = parts.next().ok_or(HeadError::Bad("no version"))?;
+    let mut close = version == "HTTP/1.0";
+    let mut content_length = 0;
+    for line in lines {
+        let (name, value) = line.split_once(':').ok_or(HeadError::Bad("bad header"))?;
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("content-length") {
+            content_length = value.parse().map_err(|_| HeadError::Bad("bad content-length"))?;
+        } else if name.eq_ignore_ascii_case("connection") {
+            if value.eq_ignore_ascii_case("close") {
+                close = true;
+            } else if value.eq_ignore_ascii_case("keep-alive") {
+                close = false;
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(HeadError::Bad("chunked bodies are not supported"));
+        }
+    }
+    Ok(Head {
+        len: end + 4,
+        method: method.to_owned(),
+        path: path.to_owned(),
+        content_length,
+        close,
+    })
+}
+
+/// Starts the demo backend on `addr` in its own thread; returns the bound address.
+pub fn start(addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    let std_listener = std::net::TcpListener::bind(addr)?;
+    let local = std_listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("ringterm-demo".into())
+        .spawn(move || {
+            tokio_uring::start(async move {
+                let listener = TcpListener::from_std(std_listener);
+                loop {
+                    match listener.accept().await {
+                        Ok((stream, _)) => {
+                            let _ = stream.set_nodelay(true);
+                            tokio_uring::spawn(serve(stream));
+                        }
+                        Err(_) => {
+                            let _ = super::ops::sleep(std::time::Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+            })
+        })?;
+    Ok(local)
+}
+
+async fn serve(stream: TcpStream) {
+    let mut buf: Vec<u8> = Vec::with_capacity(8192);
+    let mut pending_body: u64 = 0;
+    loop {
+        // Parse every complete request in the buffer.
+        loop {
+            if pending_body > 0 {
+                let take = pending_body.min(buf.len() as u64) as usize;
+                buf.drain(..take);
+                pending_body -= take as u64;
+                if pending_body > 0 {
+                    break;
+                }
+            }
+            let head = match parse_head(&buf) {
+                Ok(h) => h,
+                Err(HeadError::Incomplete) => break,
+                Err(HeadError::Bad(why)) => {
+                    let body = format!("{why}\n");
+                    let resp = format!(
+                        "HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(resp.into_bytes()).await;
+                    return;
+                }
+            };
+            buf.drain(..head.len);
+            pending_body = head.content_length;
+            let consumed_now = pending_body.min(buf.len() as u64) as usize;
+            buf.drain(..consumed_now);
+            pending_body -= consumed_now as u64;
+            if pending_body > 0 {
+                // Read the rest of the body before answering.
+                while pending_body > 0 {
+                    let (res, b) = stream.read(std::mem::take(&mut buf)).await;
+                    buf = b;
+                    match res {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {
+                            let take = pending_body.min(buf.len() as u64) as usize;
+                            buf.drain(..take);
+                            pending_body -= take as u64;
+                        }
+                    }
+                }
+            }
+            if !respond(&stream, &head).await || head.close {
+                return;
+            }
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(8192);
+        }
+        let (res, b) = stream.read(buf.slice_full_tail()).await;
+        buf = b.into_inner();
+        match res {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+trait TailSlice {
+    fn slice_full_tail(self) -> tokio_uring::buf::Slice<Vec<u8>>;
+}
+
+impl TailSlice for Vec<u8> {
+    fn slice_full_tail(self) -> tokio_uring::buf::Slice<Vec<u8>> {
+        use tokio_uring::buf::BoundedBuf;
+        let len = self.len();
+        self.slice(len..)
+    }
+}
+
+/// Writes the response; returns false if the connection failed.
+async fn respond(stream: &TcpStream, head: &Head) -> bool {
+    let (status, body_len, text): (&str, u64, Option<String>) = if head.method == "POST" {
+        let t = format!("received {} bytes\n", head.content_length);
+        ("200 OK", t.len() as u64, Some(t))
+    } else if head.method != "GET" && head.method != "HEAD" {
+        ("405 Method Not Allowed", 19, Some("method not allowed\n".to_owned()))
+    } else if head.path == "/" {
+        let t = "hello from the ringterm demo backend\n".to_owned();
+        ("200 OK", t.len() as u64, Some(t))
+    } else if let Some(n) = head.path.strip_prefix("/bytes/").and_then(|n| n.parse::<u64>().ok()) {
+        if n > MAX_BODY {
+            ("400 Bad Request", 15, Some("body too large\n".to_owned()))
+        } else {
+            ("200 OK", n, None)
+        }
+    } else {
+        ("404 Not Found", 10, Some("not found\n".to_owned()))
+    };
+    let conn = if head.close { "close" } else { "keep-alive" };
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {body_len}\r\nConnection: {conn}\r\n\r\n"
+    )
+    .into_bytes();
+    if head.method == "HEAD" {
+        return stream.write_all(out).await.0.is_ok();
+    }
+    match text {
+        Some(t) => {
+            out.extend_from_slice(t.as_bytes());
+            stream.write_all(out).await.0.is_ok()
+        }
+        None => {
+            // Small bodies go out with the head in one write.
+            let mut left = body_len;
+            let first = left.min(16 * 1024) as usize;
+            out.extend_from_slice(&FILL[..first]);
+            left -= first as u64;
+            if stream.write_all(out).await.0.is_err() {
+                return false;
+            }
+            while left > 0 {
+                let n = left.min(FILL.len() as u64) as usize;
+                if stream.write_all(&FILL[..n]).await.0.is_err() {
+                    return false;
+                }
+                left -= n as u64;
+            }
+            true
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_heads() {
+        let h = parse_head(b"GET /bytes/10 HTTP/1.1\r\nHost: x\r\n\r\nrest").unwrap();
+        assert_eq!(h.len, 35);
+        assert_eq!(h.path, "/bytes/10");
+        assert!(!h.close);
+        let h = parse_head(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nConnection: close\r\n\r\n").unwrap();
+        assert_eq!(h.content_length, 5);
+        assert!(h.close);
+        assert_eq!(parse_head(b"GET / HTTP/1.1\r\n"), Err(HeadError::Incomplete));
+        assert!(matches!(parse_head(b"GET / HTTP/1.1\r\nbad\r\n\r\n"), Err(HeadError::Bad(_))));
+        assert!(matches!(
+            parse_head(b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
+            Err(HeadError::Bad(_))
+        ));
+    }
+}

@@ -1,0 +1,121 @@
+//! The runtime: the only code that touches io_uring, sockets or the clock.
+//!
+//! - `worker`: one pinned OS thread per core with its own tokio-uring runtime;
+//! - `listener`: SO_REUSEPORT listening sockets (socket2);
+//! - `conn`: the connection driver (read → step → write);
+//! - `ops`: the io_uring ops we submit ourselves (recv, send, connect,
+//!   shutdown, timeout, cancel);
+//! - `admin`: the admin/metrics endpoint, on its own thread;
+//! - `demo`: the built-in demo HTTP/1.1 backend.
+
+pub mod admin;
+pub mod conn;
+pub mod demo;
+pub mod listener;
+pub mod ops;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::metrics::WorkerCounters;
+
+/// Errors starting the server. Each names the flag at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A listen address could not be bound.
+    #[error("--listen {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The admin address could not be bound.
+    #[error("--admin {addr}: {source}")]
+    Admin {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A worker's io_uring could not be set up (`--ring-entries`, `--sqpoll`).
+    #[error("--ring-entries/--sqpoll: {0}")]
+    Runtime(String),
+    /// A worker thread could not be started.
+    #[error("worker thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A running server.
+pub struct Server {
+    /// The bound listen addresses (ports resolved).
+    pub listen: Vec<SocketAddr>,
+    /// The bound admin address, if any.
+    pub admin: Option<SocketAddr>,
+    /// Each worker's counters.
+    pub counters: Vec<Arc<WorkerCounters>>,
+}
+
+/// Binds every socket, starts every worker, and returns once all serve.
+pub fn start(config: &Config, tls: Arc<rustls::ServerConfig>) -> Result<Server, StartError> {
+    let workers = config.workers();
+    // Bind everything on this thread first: a port in use is a clear error
+    // before any worker starts.
+    let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut bound = Vec::new();
+    for &addr in &config.listen {
+        let listeners = listener::bind_all(addr, workers, config.backlog)
+            .map_err(|source| StartError::Bind { addr, source })?;
+        bound.push(listeners[0].local_addr().map_err(|source| StartError::Bind { addr, source })?);
+        for (w, l) in listeners.into_iter().enumerate() {
+            per_worker[w].push(l);
+        }
+    }
+    let counters: Vec<Arc<WorkerCounters>> =
+        (0..workers).map(|_| Arc::new(WorkerCounters::default())).collect();
+    let admin = match config.admin {
+        Some(addr) => Some(
+            admin::start(addr, counters.clone())
+                .map_err(|source| StartError::Admin { addr, source })?,
+        ),
+        None => None,
+    };
+
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (id, listeners) in per_worker.into_iter().enumerate() {
+        let spec = worker::WorkerSpec {
+            id,
+            cpu: config.pins[id],
+            listeners,
+            tls: tls.clone(),
+            backend: config.backend,
+            buffer_size: config.buffer_size,
+            ring_entries: config.ring_entries,
+            sqpoll_idle_ms: config.sqpoll_idle_ms,
+            handshake_timeout_ms: config.handshake_timeout_ms,
+            connect_timeout_ms: config.connect_timeout_ms,
+            counters: counters[id].clone(),
+        };
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name(format!("ringterm-w{id}"))
+            .spawn(move || worker::run(spec, tx))
+            .map_err(StartError::Thread)?;
+    }
+    drop(tx);
+    for _ in 0..workers {
+        match rx.recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err(msg)) => return Err(StartError::Runtime(msg)),
+            Err(_) => return Err(StartError::Runtime("a worker exited during start".into())),
+        }
+    }
+    Ok(Server {
+        listen: bound,
+        admin,
+        counters,
+    })
+}

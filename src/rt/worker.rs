@@ -1,0 +1,194 @@
+//! One worker: an OS thread pinned to one CPU, running its own tokio-uring
+//! runtime, accepting on its own SO_REUSEPORT listeners. Workers share
+//! nothing on the connection path: the read-only `Arc<ServerConfig>` and
+//! each worker's own counters (written by that worker only).
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::ServerConfig;
+use tokio::sync::Notify;
+use tokio_uring::net::TcpListener;
+
+use super::{conn, ops};
+use crate::deadline::Deadlines;
+use crate::metrics::WorkerCounters;
+
+/// How often the worker's timer looks at its deadlines while some exist.
+const TIMER_TICK: Duration = Duration::from_millis(100);
+
+/// Everything a worker's connections read.
+pub struct WorkerCtx {
+    /// Worker index.
+    pub id: usize,
+    /// TLS configuration (read-only, shared).
+    pub tls: Arc<ServerConfig>,
+    /// Backend address.
+    pub backend: SocketAddr,
+    /// Relay buffer size.
+    pub buffer_size: usize,
+    /// Handshake timeout.
+    pub handshake_timeout_ms: u64,
+    /// Backend connect timeout.
+    pub connect_timeout_ms: u64,
+    /// This worker's counters.
+    pub counters: Arc<WorkerCounters>,
+    deadlines: RefCell<Deadlines>,
+    timer_wake: Notify,
+    epoch: Instant,
+}
+
+impl WorkerCtx {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Arms a deadline `after_ms` from now for `key` (a socket fd).
+    pub fn set_deadline(&self, key: i64, after_ms: u64) {
+        let at = self.now_ms() + after_ms;
+        let was_empty = {
+            let mut d = self.deadlines.borrow_mut();
+            let was_empty = d.is_empty();
+            d.set(key, at);
+            was_empty
+        };
+        if was_empty {
+            self.timer_wake.notify_one();
+        }
+    }
+
+    /// Disarms `key`'s deadline. Returns false if it had already expired.
+    pub fn clear_deadline(&self, key: i64) -> bool {
+        let mut d = self.deadlines.borrow_mut();
+        let armed = d.contains(key);
+        d.clear(key);
+        armed
+    }
+
+    /// Whether `key` still has an armed deadline.
+    pub fn has_deadline(&self, key: i64) -> bool {
+        self.deadlines.borrow().contains(key)
+    }
+}
+
+/// What a worker thread needs to start.
+pub struct WorkerSpec {
+    /// Worker index.
+    pub id: usize,
+    /// CPU to pin to.
+    pub cpu: usize,
+    /// This worker's listening sockets (already bound, SO_REUSEPORT).
+    pub listeners: Vec<std::net::TcpListener>,
+    /// TLS configuration.
+    pub tls: Arc<ServerConfig>,
+    /// Backend address.
+    pub backend: SocketAddr,
+    /// Relay buffer size.
+    pub buffer_size: usize,
+    /// Ring entries.
+    pub ring_entries: u32,
+    /// SQPOLL idle in ms.
+    pub sqpoll_idle_ms: Option<u32>,
+    /// Handshake timeout.
+    pub handshake_timeout_ms: u64,
+    /// Connect timeout.
+    pub connect_timeout_ms: u64,
+    /// Counters.
+    pub counters: Arc<WorkerCounters>,
+}
+
+/// Builds the worker's runtime. Errors here are reported before serving.
+pub fn build_runtime(
+    ring_entries: u32,
+    sqpoll_idle_ms: Option<u32>,
+) -> std::io::Result<tokio_uring::Runtime> {
+    let mut uring = tokio_uring::uring_builder();
+    if let Some(idle) = sqpoll_idle_ms {
+        uring.setup_sqpoll(idle);
+    }
+    let mut builder = tokio_uring::builder();
+    builder.entries(ring_entries).uring_builder(&uring);
+    tokio_uring::Runtime::new(&builder)
+}
+
+/// Runs a worker on the current thread until the process exits. `ready` is
+/// told whether the runtime came up.
+pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String>>) {
+    if !core_affinity::set_for_current(core_affinity::CoreId { id: spec.cpu }) {
+        tracing::warn!(worker = spec.id, cpu = spec.cpu, "could not pin worker to its CPU");
+    }
+    let rt = match build_runtime(spec.ring_entries, spec.sqpoll_idle_ms) {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(format!("worker {}: io_uring setup failed: {e}", spec.id)));
+            return;
+        }
+    };
+    let ctx = Rc::new(WorkerCtx {
+        id: spec.id,
+        tls: spec.tls,
+        backend: spec.backend,
+        buffer_size: spec.buffer_size,
+        handshake_timeout_ms: spec.handshake_timeout_ms,
+        connect_timeout_ms: spec.connect_timeout_ms,
+        counters: spec.counters,
+        deadlines: RefCell::new(Deadlines::default()),
+        timer_wake: Notify::new(),
+        epoch: Instant::now(),
+    });
+    let listeners = spec.listeners;
+    rt.block_on(async move {
+        tokio_uring::spawn(timer(ctx.clone()));
+        let mut accepts = Vec::new();
+        for l in listeners {
+            let listener = TcpListener::from_std(l);
+            accepts.push(tokio_uring::spawn(accept_loop(ctx.clone(), listener)));
+        }
+        let _ = ready.send(Ok(ctx.id));
+        for a in accepts {
+            let _ = a.await;
+        }
+    });
+}
+
+async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _peer)) => {
+                ctx.counters.accepted.inc();
+                let _ = stream.set_nodelay(true);
+                tokio_uring::spawn(conn::serve(ctx.clone(), stream));
+            }
+            Err(e) => {
+                ctx.counters.accept_errors.inc();
+                tracing::warn!(worker = ctx.id, error = %e, "accept failed");
+                // EMFILE/ENFILE: back off instead of spinning until fds free up.
+                let _ = ops::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The worker's one timer: while deadlines exist, wake every tick and cancel
+/// the ops of every connection whose deadline passed.
+async fn timer(ctx: Rc<WorkerCtx>) {
+    loop {
+        if ctx.deadlines.borrow().is_empty() {
+            ctx.timer_wake.notified().await;
+            continue;
+        }
+        let res = ops::sleep(TIMER_TICK).await;
+        if !ops::timer_fired(&res) {
+            tracing::warn!(worker = ctx.id, "timer failed: {:?}", res.err());
+        }
+        let expired = ctx.deadlines.borrow_mut().expire(ctx.now_ms());
+        for fd in expired {
+            // The key is the fd of a live socket: connections clear their
+            // deadline before their socket can be closed.
+            let _ = ops::cancel_fd(fd as i32).await;
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! Sans-IO TLS: the handshake/record step function over rustls, and
+//! certificate loading. Nothing here touches a socket or reads the clock.
+
+mod certs;
+mod session;
+
+pub use certs::{build_server_config, generate_self_signed, load_cert_chain, load_private_key, TlsPolicy};
+pub use session::{HandshakeInfo, Status, TlsSession, MAX_FRAGMENT_LEN, MAX_RECORD_LEN};
+
+/// Errors of the TLS layer.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// rustls rejected the peer's bytes (bad record, handshake failure...).
+    /// The alert, if any, has been queued for the client.
+    #[error("tls: {0}")]
+    Rustls(rustls::Error),
+    /// Application data was offered before the handshake completed.
+    #[error("tls: handshake not complete")]
+    NotEstablished,
+    /// Application data was offered after our close_notify.
+    #[error("tls: connection already closed")]
+    AlreadyClosed,
+    /// The session failed earlier; it processes nothing more.
+    #[error("tls: session already failed")]
+    Failed,
+    /// rustls returned a state this version of ringterm does not know.
+    #[error("tls: unexpected connection state")]
+    UnexpectedState,
+    /// rustls made no progress within the step budget.
+    #[error("tls: no progress")]
+    NoProgress,
+    /// Encoding a handshake record failed.
+    #[error("tls: encoding a record failed")]
+    Encode,
+    /// The record sequence space is exhausted.
+    #[error("tls: encryption limit reached")]
+    EncryptExhausted,
+    /// A PEM file holds no certificate.
+    #[error("{0}: no certificate found")]
+    NoCertificate(String),
+    /// A PEM file holds no private key.
+    #[error("{0}: no private key found")]
+    NoPrivateKey(String),
+    /// A PEM file could not be parsed.
+    #[error("{0}: invalid PEM: {1}")]
+    Pem(String, String),
+    /// The certificate and key do not fit together, or the key type is unsupported.
+    #[error("certificate/key: {0}")]
+    CertKey(String),
+    /// Generating a certificate failed.
+    #[error("generating a certificate failed: {0}")]
+    Generate(String),
+}

@@ -100,7 +100,9 @@ impl Settings {
             .collect::<Result<Vec<_>, _>>()?;
         let backend = parse_addr(
             "--backend",
-            self.backend.as_deref().ok_or(ConfigError::Missing("--backend"))?,
+            self.backend
+                .as_deref()
+                .ok_or(ConfigError::Missing("--backend"))?,
         )?;
         let cert = self.cert.ok_or(ConfigError::Missing("--cert"))?;
         let key = self.key.ok_or(ConfigError::Missing("--key"))?;
@@ -143,7 +145,11 @@ impl Settings {
         }
         let backlog = self.backlog.unwrap_or(DEFAULT_BACKLOG);
         if backlog == 0 || backlog > 1 << 20 {
-            return Err(range("--backlog", &backlog.to_string(), "must be 1..=1048576"));
+            return Err(range(
+                "--backlog",
+                &backlog.to_string(),
+                "must be 1..=1048576",
+            ));
         }
         let buffer_size = self.buffer_size.unwrap_or(DEFAULT_BUFFER_SIZE);
         if !(1024..=16 << 20).contains(&buffer_size) {
@@ -367,20 +373,34 @@ mod tests {
         assert_eq!(s.validate(&[0, 1]).unwrap().pins, vec![1, 1, 1]);
         let mut s = base();
         s.cpus = Some("5".into());
-        assert_eq!(s.validate(&[0, 1]).unwrap_err(), ConfigError::CpuNotAllowed(5));
+        assert_eq!(
+            s.validate(&[0, 1]).unwrap_err(),
+            ConfigError::CpuNotAllowed(5)
+        );
         let mut s = base();
         s.workers = Some(0);
-        assert!(s.validate(&[0]).unwrap_err().to_string().starts_with("--workers"));
+        assert!(s
+            .validate(&[0])
+            .unwrap_err()
+            .to_string()
+            .starts_with("--workers"));
     }
 
     #[test]
     fn errors_name_the_flag() {
         let mut s = base();
         s.backend = Some("nope".into());
-        assert!(s.validate(&[0]).unwrap_err().to_string().starts_with("--backend"));
+        assert!(s
+            .validate(&[0])
+            .unwrap_err()
+            .to_string()
+            .starts_with("--backend"));
         let mut s = base();
         s.listen = None;
-        assert_eq!(s.validate(&[0]).unwrap_err(), ConfigError::Missing("--listen"));
+        assert_eq!(
+            s.validate(&[0]).unwrap_err(),
+            ConfigError::Missing("--listen")
+        );
         let mut s = base();
         s.ring_entries = Some(100);
         assert!(s

@@ -13,7 +13,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const EX_USAGE: u8 = 64;
 
 #[derive(Parser, Debug)]
-#[command(name = "ringterm", version, about = "io_uring thread-per-core TLS terminator")]
+#[command(
+    name = "ringterm",
+    version,
+    about = "io_uring thread-per-core TLS terminator"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
@@ -166,8 +170,9 @@ fn run(cli: Cli) -> Result<(), String> {
             .as_ref()
             .and_then(|l| l.first().cloned())
             .unwrap_or_else(|| "127.0.0.1:8080".to_owned());
-        let addr: std::net::SocketAddr =
-            addr.parse().map_err(|_| format!("--listen: invalid address {addr:?}"))?;
+        let addr: std::net::SocketAddr = addr
+            .parse()
+            .map_err(|_| format!("--listen: invalid address {addr:?}"))?;
         let bound = ringterm::rt::demo::start(addr).map_err(|e| format!("--listen {addr}: {e}"))?;
         println!("demo backend listening on {bound}");
         wait_for_signal();
@@ -181,17 +186,24 @@ fn run(cli: Cli) -> Result<(), String> {
         if settings.listen.is_none() {
             settings.listen = Some(vec!["127.0.0.1:8443".to_owned()]);
         }
-        settings.cert.get_or_insert_with(|| "(generated)".to_owned());
+        settings
+            .cert
+            .get_or_insert_with(|| "(generated)".to_owned());
         settings.key.get_or_insert_with(|| "(generated)".to_owned());
         Some(tls::generate_self_signed(&["localhost", "127.0.0.1"]).map_err(|e| e.to_string())?)
     } else {
         None
     };
 
-    let config = settings.validate(&allowed_cpus()).map_err(|e| e.to_string())?;
+    let config = settings
+        .validate(&allowed_cpus())
+        .map_err(|e| e.to_string())?;
     let (cert_pem, key_pem) = match generated {
         Some((c, k)) => (c.into_bytes(), k.into_bytes()),
-        None => (read_file("--cert", &config.cert)?, read_file("--key", &config.key)?),
+        None => (
+            read_file("--cert", &config.cert)?,
+            read_file("--key", &config.key)?,
+        ),
     };
     let chain = tls::load_cert_chain(&config.cert, &cert_pem).map_err(|e| format!("--cert {e}"))?;
     let key = tls::load_private_key(&config.key, &key_pem).map_err(|e| format!("--key {e}"))?;
@@ -217,7 +229,10 @@ fn run(cli: Cli) -> Result<(), String> {
     );
     if mode == Mode::Demo {
         let addr = server.listen[0];
-        println!("demo: self-signed certificate for localhost; demo backend on {}", config.backend);
+        println!(
+            "demo: self-signed certificate for localhost; demo backend on {}",
+            config.backend
+        );
         println!("try: curl -k https://{addr}/");
     }
     use std::io::Write;

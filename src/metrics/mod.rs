@@ -102,7 +102,11 @@ pub fn render_prometheus(workers: &[&WorkerCounters]) -> String {
         let _ = writeln!(out, "# HELP ringterm_{name}{suffix} {help}");
         let _ = writeln!(out, "# TYPE ringterm_{name}{suffix} {kind}");
         for (w, snap) in snaps.iter().enumerate() {
-            let _ = writeln!(out, "ringterm_{name}{suffix}{{worker=\"{w}\"}} {}", snap[i].3);
+            let _ = writeln!(
+                out,
+                "ringterm_{name}{suffix}{{worker=\"{w}\"}} {}",
+                snap[i].3
+            );
         }
     }
     out

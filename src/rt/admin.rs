@@ -41,7 +41,10 @@ fn handle(stream: TcpStream, counters: &[Arc<WorkerCounters>]) -> std::io::Resul
     let mut header = String::new();
     for _ in 0..100 {
         header.clear();
-        if reader.by_ref().take(8192).read_line(&mut header)? == 0 || header == "\r\n" || header == "\n" {
+        if reader.by_ref().take(8192).read_line(&mut header)? == 0
+            || header == "\r\n"
+            || header == "\n"
+        {
             break;
         }
     }
@@ -52,11 +55,19 @@ fn handle(stream: TcpStream, counters: &[Arc<WorkerCounters>]) -> std::io::Resul
     let (status, ctype, body) = match (method, path) {
         ("GET", "/metrics") => {
             let refs: Vec<&WorkerCounters> = counters.iter().map(|c| c.as_ref()).collect();
-            ("200 OK", "text/plain; version=0.0.4", render_prometheus(&refs))
+            (
+                "200 OK",
+                "text/plain; version=0.0.4",
+                render_prometheus(&refs),
+            )
         }
         ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_owned()),
         ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_owned()),
-        _ => ("405 Method Not Allowed", "text/plain", "method not allowed\n".to_owned()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "method not allowed\n".to_owned(),
+        ),
     };
     let mut out = stream;
     write!(

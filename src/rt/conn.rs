@@ -290,7 +290,8 @@ impl Relay<'_> {
             if fatal.is_none() {
                 // Writes first, so data already decrypted or encrypted leaves.
                 if c_write.is_none() && !self.to_client.is_empty() {
-                    let buf = std::mem::replace(&mut self.to_client, std::mem::take(&mut self.spare_c));
+                    let buf =
+                        std::mem::replace(&mut self.to_client, std::mem::take(&mut self.spare_c));
                     c_write = Some((ops::send(self.client, buf, 0), 0));
                 }
                 if b_write.is_none() && !self.to_backend.is_empty() && !alert_only {
@@ -318,13 +319,20 @@ impl Relay<'_> {
                         b_read = Some(ops::recv(self.backend, std::mem::take(&mut self.brx)));
                     }
                     // Half-close toward the backend once all client data is there.
-                    if client_done && !backend_shut && self.to_backend.is_empty() && b_write.is_none()
+                    if client_done
+                        && !backend_shut
+                        && self.to_backend.is_empty()
+                        && b_write.is_none()
                     {
                         backend_shut = true;
                         b_shut = Some(ops::shutdown(self.backend, Shutdown::Write));
                     }
                     // Backend EOF became close_notify; once it is out, FIN.
-                    if backend_done && !client_shut && self.to_client.is_empty() && c_write.is_none() {
+                    if backend_done
+                        && !client_shut
+                        && self.to_client.is_empty()
+                        && c_write.is_none()
+                    {
                         client_shut = true;
                         c_shut = Some(ops::shutdown(self.client, Shutdown::Write));
                     }
@@ -474,7 +482,9 @@ impl Relay<'_> {
                         }
                         Ok(_) => {
                             self.recycle_c(buf);
-                            fatal.get_or_insert(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
+                            fatal.get_or_insert(Err(
+                                io::Error::from(io::ErrorKind::WriteZero).into()
+                            ));
                         }
                         Err(e) => {
                             self.recycle_c(buf);
@@ -496,7 +506,9 @@ impl Relay<'_> {
                         }
                         Ok(_) => {
                             self.recycle_b(buf);
-                            fatal.get_or_insert(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
+                            fatal.get_or_insert(Err(
+                                io::Error::from(io::ErrorKind::WriteZero).into()
+                            ));
                         }
                         Err(e) => {
                             self.recycle_b(buf);

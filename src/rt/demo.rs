@@ -59,7 +59,10 @@ pub fn parse_head(buf: &[u8]) -> Result<Head, HeadError> {
     let mut lines = text.split("\r\n");
     let request = lines.next().ok_or(HeadError::Bad("empty"))?;
     let mut parts = request.split(' ');
-    let method = parts.next().filter(|m| !m.is_empty()).ok_or(HeadError::Bad("no method"))?;
+    let method = parts
+        .next()
+        .filter(|m| !m.is_empty())
+        .ok_or(HeadError::Bad("no method"))?;
     let path = parts.next().ok_or(HeadError::Bad("no target"))?;
     let version = parts.next().ok_or(HeadError::Bad("no version"))?;
     let mut close = version == "HTTP/1.0";
@@ -68,7 +71,9 @@ pub fn parse_head(buf: &[u8]) -> Result<Head, HeadError> {
         let (name, value) = line.split_once(':').ok_or(HeadError::Bad("bad header"))?;
         let value = value.trim();
         if name.eq_ignore_ascii_case("content-length") {
-            content_length = value.parse().map_err(|_| HeadError::Bad("bad content-length"))?;
+            content_length = value
+                .parse()
+                .map_err(|_| HeadError::Bad("bad content-length"))?;
         } else if name.eq_ignore_ascii_case("connection") {
             if value.eq_ignore_ascii_case("close") {
                 close = true;
@@ -194,11 +199,19 @@ async fn respond(stream: &TcpStream, head: &Head) -> bool {
         let t = format!("received {} bytes\n", head.content_length);
         ("200 OK", t.len() as u64, Some(t))
     } else if head.method != "GET" && head.method != "HEAD" {
-        ("405 Method Not Allowed", 19, Some("method not allowed\n".to_owned()))
+        (
+            "405 Method Not Allowed",
+            19,
+            Some("method not allowed\n".to_owned()),
+        )
     } else if head.path == "/" {
         let t = "hello from the ringterm demo backend\n".to_owned();
         ("200 OK", t.len() as u64, Some(t))
-    } else if let Some(n) = head.path.strip_prefix("/bytes/").and_then(|n| n.parse::<u64>().ok()) {
+    } else if let Some(n) = head
+        .path
+        .strip_prefix("/bytes/")
+        .and_then(|n| n.parse::<u64>().ok())
+    {
         if n > MAX_BODY {
             ("400 Bad Request", 15, Some("body too large\n".to_owned()))
         } else {
@@ -251,11 +264,18 @@ mod tests {
         assert_eq!(h.len, 35);
         assert_eq!(h.path, "/bytes/10");
         assert!(!h.close);
-        let h = parse_head(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nConnection: close\r\n\r\n").unwrap();
+        let h = parse_head(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nConnection: close\r\n\r\n")
+            .unwrap();
         assert_eq!(h.content_length, 5);
         assert!(h.close);
-        assert_eq!(parse_head(b"GET / HTTP/1.1\r\n"), Err(HeadError::Incomplete));
-        assert!(matches!(parse_head(b"GET / HTTP/1.1\r\nbad\r\n\r\n"), Err(HeadError::Bad(_))));
+        assert_eq!(
+            parse_head(b"GET / HTTP/1.1\r\n"),
+            Err(HeadError::Incomplete)
+        );
+        assert!(matches!(
+            parse_head(b"GET / HTTP/1.1\r\nbad\r\n\r\n"),
+            Err(HeadError::Bad(_))
+        ));
         assert!(matches!(
             parse_head(b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n"),
             Err(HeadError::Bad(_))

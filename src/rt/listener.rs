@@ -28,7 +28,11 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener>
 /// and we also refuse a port that something else already listens on (a
 /// connect probe succeeds), so two ringterm instances do not silently split
 /// traffic.
-pub fn bind_all(addr: SocketAddr, workers: usize, backlog: u32) -> io::Result<Vec<std::net::TcpListener>> {
+pub fn bind_all(
+    addr: SocketAddr,
+    workers: usize,
+    backlog: u32,
+) -> io::Result<Vec<std::net::TcpListener>> {
     if addr.port() != 0 && already_listening(addr) {
         return Err(io::Error::new(
             io::ErrorKind::AddrInUse,

@@ -64,18 +64,24 @@ pub fn start(config: &Config, tls: Arc<rustls::ServerConfig>) -> Result<Server, 
     let workers = config.workers();
     // Bind everything on this thread first: a port in use is a clear error
     // before any worker starts.
-    let mut per_worker: Vec<Vec<std::net::TcpListener>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut per_worker: Vec<Vec<std::net::TcpListener>> =
+        (0..workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
     for &addr in &config.listen {
         let listeners = listener::bind_all(addr, workers, config.backlog)
             .map_err(|source| StartError::Bind { addr, source })?;
-        bound.push(listeners[0].local_addr().map_err(|source| StartError::Bind { addr, source })?);
+        bound.push(
+            listeners[0]
+                .local_addr()
+                .map_err(|source| StartError::Bind { addr, source })?,
+        );
         for (w, l) in listeners.into_iter().enumerate() {
             per_worker[w].push(l);
         }
     }
-    let counters: Vec<Arc<WorkerCounters>> =
-        (0..workers).map(|_| Arc::new(WorkerCounters::default())).collect();
+    let counters: Vec<Arc<WorkerCounters>> = (0..workers)
+        .map(|_| Arc::new(WorkerCounters::default()))
+        .collect();
     let admin = match config.admin {
         Some(addr) => Some(
             admin::start(addr, counters.clone())

@@ -118,12 +118,19 @@ pub fn build_runtime(
 /// told whether the runtime came up.
 pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String>>) {
     if !core_affinity::set_for_current(core_affinity::CoreId { id: spec.cpu }) {
-        tracing::warn!(worker = spec.id, cpu = spec.cpu, "could not pin worker to its CPU");
+        tracing::warn!(
+            worker = spec.id,
+            cpu = spec.cpu,
+            "could not pin worker to its CPU"
+        );
     }
     let rt = match build_runtime(spec.ring_entries, spec.sqpoll_idle_ms) {
         Ok(rt) => rt,
         Err(e) => {
-            let _ = ready.send(Err(format!("worker {}: io_uring setup failed: {e}", spec.id)));
+            let _ = ready.send(Err(format!(
+                "worker {}: io_uring setup failed: {e}",
+                spec.id
+            )));
             return;
         }
     };

@@ -4,7 +4,9 @@
 mod certs;
 mod session;
 
-pub use certs::{build_server_config, generate_self_signed, load_cert_chain, load_private_key, TlsPolicy};
+pub use certs::{
+    build_server_config, generate_self_signed, load_cert_chain, load_private_key, TlsPolicy,
+};
 pub use session::{HandshakeInfo, Status, TlsSession, MAX_FRAGMENT_LEN, MAX_RECORD_LEN};
 
 /// Errors of the TLS layer.

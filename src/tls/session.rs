@@ -205,7 +205,11 @@ impl TlsSession {
     /// Encrypts plaintext from the backend into `to_client`.
     ///
     /// Only valid once the handshake is complete.
-    pub fn encrypt(&mut self, plaintext: &[u8], to_client: &mut Vec<u8>) -> Result<Status, TlsError> {
+    pub fn encrypt(
+        &mut self,
+        plaintext: &[u8],
+        to_client: &mut Vec<u8>,
+    ) -> Result<Status, TlsError> {
         if !self.established {
             return Err(TlsError::NotEstablished);
         }
@@ -423,5 +427,287 @@ fn encrypt_into(
                 return Err(TlsError::Encode);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::{
+        build_server_config, generate_self_signed, load_cert_chain, load_private_key, TlsPolicy,
+    };
+    use rustls::pki_types::ServerName;
+    use rustls::{ClientConfig, ClientConnection, RootCertStore};
+    use std::io::{Read, Write};
+
+    struct Pair {
+        client: ClientConnection,
+        server: TlsSession,
+        /// Plaintext the server decrypted (what would go to the backend).
+        backend: Vec<u8>,
+        /// Plaintext the client decrypted.
+        client_rx: Vec<u8>,
+    }
+
+    fn configs(
+        version: &'static rustls::SupportedProtocolVersion,
+    ) -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+        let (cert, key) = generate_self_signed(&["localhost"]).unwrap();
+        let chain = load_cert_chain("c", cert.as_bytes()).unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(chain[0].clone()).unwrap();
+        let key = load_private_key("k", key.as_bytes()).unwrap();
+        let server = build_server_config(chain, key, &TlsPolicy::default()).unwrap();
+        let client = ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        (server, Arc::new(client))
+    }
+
+    fn pair(version: &'static rustls::SupportedProtocolVersion) -> Pair {
+        let (server, client) = configs(version);
+        Pair {
+            client: ClientConnection::new(client, ServerName::try_from("localhost").unwrap())
+                .unwrap(),
+            server: TlsSession::new(server).unwrap(),
+            backend: Vec::new(),
+            client_rx: Vec::new(),
+        }
+    }
+
+    impl Pair {
+        /// Moves client bytes to the server in chunks of `chunk` and server
+        /// bytes back, until neither side has anything to say.
+        fn pump(&mut self, chunk: usize) -> Result<Status, TlsError> {
+            let mut status = Status::Handshaking;
+            for _ in 0..10_000 {
+                let mut wire = Vec::new();
+                while self.client.wants_write() {
+                    self.client.write_tls(&mut wire).unwrap();
+                }
+                let mut to_client = Vec::new();
+                if wire.is_empty() {
+                    return Ok(status);
+                }
+                for piece in wire.chunks(chunk) {
+                    status =
+                        self.server
+                            .handle_ciphertext(piece, &mut to_client, &mut self.backend)?;
+                }
+                self.deliver(&to_client);
+            }
+            panic!("pump did not converge");
+        }
+
+        fn deliver(&mut self, mut bytes: &[u8]) {
+            while !bytes.is_empty() {
+                let n = self.client.read_tls(&mut bytes).unwrap();
+                assert!(n > 0);
+                self.client.process_new_packets().unwrap();
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = self.client.reader().read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    self.client_rx.extend_from_slice(&buf[..n]);
+                }
+            }
+        }
+
+        fn client_plaintext(&mut self) -> Vec<u8> {
+            std::mem::take(&mut self.client_rx)
+        }
+    }
+
+    fn handshake_and_exchange(version: &'static rustls::SupportedProtocolVersion, chunk: usize) {
+        let mut p = pair(version);
+        let status = p.pump(chunk).unwrap();
+        assert_eq!(status, Status::Established);
+        assert!(p.server.is_established());
+        let info = p.server.handshake_info().unwrap();
+        assert_eq!(info.version, version.version);
+        assert!(!info.resumed);
+        assert!(!p.client.is_handshaking());
+
+        // Client → server (backend).
+        let request: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        p.client.writer().write_all(&request).unwrap();
+        p.pump(chunk).unwrap();
+        assert_eq!(p.backend, request);
+
+        // Server (backend) → client, larger than a record.
+        let response: Vec<u8> = (0..70_000u32).map(|i| (i % 241) as u8).collect();
+        let mut to_client = Vec::new();
+        assert_eq!(
+            p.server.encrypt(&response, &mut to_client).unwrap(),
+            Status::Established
+        );
+        p.deliver(&to_client);
+        assert_eq!(p.client_plaintext(), response);
+
+        // Client half-closes; the server can still send.
+        p.client.send_close_notify();
+        assert_eq!(p.pump(chunk).unwrap(), Status::PeerClosed);
+        assert!(p.server.is_peer_closed());
+        let mut to_client = Vec::new();
+        assert_eq!(
+            p.server.encrypt(b"late", &mut to_client).unwrap(),
+            Status::PeerClosed
+        );
+        assert_eq!(p.server.close(&mut to_client).unwrap(), Status::Closed);
+        p.deliver(&to_client);
+        // The client sees "late" then a clean close.
+        assert_eq!(p.client_plaintext(), b"late");
+        let mut rest = Vec::new();
+        assert_eq!(p.client.reader().read_to_end(&mut rest).unwrap(), 0);
+    }
+
+    #[test]
+    fn tls13_handshake_and_data() {
+        handshake_and_exchange(&rustls::version::TLS13, usize::MAX);
+    }
+
+    #[test]
+    fn tls12_handshake_and_data() {
+        handshake_and_exchange(&rustls::version::TLS12, usize::MAX);
+    }
+
+    #[test]
+    fn tls13_one_byte_at_a_time() {
+        handshake_and_exchange(&rustls::version::TLS13, 1);
+    }
+
+    #[test]
+    fn tls12_one_byte_at_a_time() {
+        handshake_and_exchange(&rustls::version::TLS12, 1);
+    }
+
+    #[test]
+    fn read_buffer_swap_path() {
+        // The runtime's path: prepare_read, append, handle_read.
+        let mut p = pair(&rustls::version::TLS13);
+        let mut rx = Vec::new();
+        let mut status = Status::Handshaking;
+        for _ in 0..10 {
+            let mut wire = Vec::new();
+            while p.client.wants_write() {
+                p.client.write_tls(&mut wire).unwrap();
+            }
+            if wire.is_empty() {
+                break;
+            }
+            // Deliver in two reads split mid-record.
+            let mid = wire.len() / 2;
+            let mut to_client = Vec::new();
+            for part in [&wire[..mid], &wire[mid..]] {
+                p.server.prepare_read(&mut rx, part.len());
+                assert!(rx.capacity() - rx.len() >= part.len());
+                rx.extend_from_slice(part);
+                status = p
+                    .server
+                    .handle_read(&mut rx, &mut to_client, &mut p.backend)
+                    .unwrap();
+            }
+            p.deliver(&to_client);
+        }
+        assert_eq!(status, Status::Established);
+        p.client.writer().write_all(b"ping").unwrap();
+        let mut wire = Vec::new();
+        p.client.write_tls(&mut wire).unwrap();
+        let (a, b) = wire.split_at(3);
+        let mut to_client = Vec::new();
+        p.server.prepare_read(&mut rx, 0);
+        rx.extend_from_slice(a);
+        p.server
+            .handle_read(&mut rx, &mut to_client, &mut p.backend)
+            .unwrap();
+        assert!(p.backend.is_empty());
+        assert_eq!(p.server.pending_len(), 3);
+        // While the next read is "in flight", the session can still encrypt.
+        p.server.prepare_read(&mut rx, 0);
+        assert_eq!(&rx[..], a);
+        p.server.encrypt(b"pong", &mut to_client).unwrap();
+        rx.extend_from_slice(b);
+        p.server
+            .handle_read(&mut rx, &mut to_client, &mut p.backend)
+            .unwrap();
+        assert_eq!(p.backend, b"ping");
+        p.deliver(&to_client);
+        assert_eq!(p.client_plaintext(), b"pong");
+    }
+
+    #[test]
+    fn corrupted_record_is_an_error_with_an_alert() {
+        let mut p = pair(&rustls::version::TLS13);
+        p.pump(usize::MAX).unwrap();
+        p.client.writer().write_all(b"hello").unwrap();
+        let mut wire = Vec::new();
+        p.client.write_tls(&mut wire).unwrap();
+        let last = wire.len() - 1;
+        wire[last] ^= 0x55; // break the AEAD tag
+        let mut to_client = Vec::new();
+        let err = p
+            .server
+            .handle_ciphertext(&wire, &mut to_client, &mut p.backend)
+            .unwrap_err();
+        assert_eq!(err, TlsError::Rustls(rustls::Error::DecryptError));
+        assert!(p.backend.is_empty(), "no plaintext from a forged record");
+        assert!(!to_client.is_empty(), "an alert is queued for the client");
+        // The session processes nothing more.
+        assert_eq!(
+            p.server
+                .handle_ciphertext(b"x", &mut to_client, &mut p.backend),
+            Err(TlsError::Failed)
+        );
+    }
+
+    #[test]
+    fn garbage_instead_of_client_hello() {
+        let (server, _) = configs(&rustls::version::TLS13);
+        let mut s = TlsSession::new(server).unwrap();
+        let mut to_client = Vec::new();
+        let mut to_backend = Vec::new();
+        let err = s
+            .handle_ciphertext(
+                b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+                &mut to_client,
+                &mut to_backend,
+            )
+            .unwrap_err();
+        assert!(matches!(err, TlsError::Rustls(_)), "{err:?}");
+        assert!(to_backend.is_empty());
+    }
+
+    #[test]
+    fn every_prefix_of_a_client_hello_needs_more() {
+        let (server, client) = configs(&rustls::version::TLS13);
+        let mut c =
+            ClientConnection::new(client, ServerName::try_from("localhost").unwrap()).unwrap();
+        let mut hello = Vec::new();
+        c.write_tls(&mut hello).unwrap();
+        for i in 0..hello.len() {
+            let mut s = TlsSession::new(server.clone()).unwrap();
+            let (mut tc, mut tb) = (Vec::new(), Vec::new());
+            assert_eq!(
+                s.handle_ciphertext(&hello[..i], &mut tc, &mut tb).unwrap(),
+                Status::Handshaking,
+                "prefix {i}"
+            );
+            assert!(tc.is_empty());
+        }
+    }
+
+    #[test]
+    fn encrypt_before_handshake_is_refused() {
+        let (server, _) = configs(&rustls::version::TLS13);
+        let mut s = TlsSession::new(server).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(s.encrypt(b"x", &mut out), Err(TlsError::NotEstablished));
+        assert_eq!(s.close(&mut out), Err(TlsError::NotEstablished));
+        assert!(out.is_empty());
     }
 }

@@ -435,3 +435,16 @@ mod tests {
         assert!(err.to_string().starts_with("r.toml: "), "{err}");
     }
 }
+
+#[cfg(test)]
+mod example_file {
+    use super::Settings;
+
+    #[test]
+    fn shipped_example_parses_and_validates() {
+        let text = include_str!("../config/ringterm.toml");
+        let s = Settings::from_toml("config/ringterm.toml", text).unwrap();
+        let c = s.validate(&[0, 1]).unwrap();
+        assert_eq!(c.backend.port(), 8080);
+    }
+}

@@ -139,8 +139,6 @@ impl OneshotOutputTransform for Plain {
 pub enum PlainData {
     /// Nothing to keep.
     None,
-    /// A socket.
-    Sock(Rc<TcpStream>),
     /// A connect's socket and address.
     Connect(ConnectData),
     /// A timeout's timespec.
@@ -168,17 +166,6 @@ pub fn connect(sock: &Rc<TcpStream>, addr: socket2::SockAddr) -> PlainOp {
         sqe,
     )
     .submit()
-}
-
-/// `shutdown(2)` of `sock`.
-pub fn shutdown(sock: &Rc<TcpStream>, how: std::net::Shutdown) -> PlainOp {
-    let how = match how {
-        std::net::Shutdown::Read => libc::SHUT_RD,
-        std::net::Shutdown::Write => libc::SHUT_WR,
-        std::net::Shutdown::Both => libc::SHUT_RDWR,
-    };
-    let sqe = opcode::Shutdown::new(types::Fd(sock.as_raw_fd()), how).build();
-    UnsubmittedOneshot::new(PlainData::Sock(sock.clone()), Plain, sqe).submit()
 }
 
 /// `IORING_OP_TIMEOUT`: completes after `dur` with `ETIME` (reported as `Ok`).

@@ -101,17 +101,33 @@ pub struct WorkerSpec {
 }
 
 /// Builds the worker's runtime. Errors here are reported before serving.
+///
+/// Each ring is set up with `IORING_SETUP_COOP_TASKRUN` (completions are not
+/// pushed to the worker with an inter-processor interrupt; the worker runs
+/// them when it next enters the kernel, which it does every loop),
+/// `SINGLE_ISSUER` (only the worker's thread submits) and `SUBMIT_ALL`.
+/// Kernels older than 6.0 reject those flags; we then fall back to a plain
+/// ring.
 pub fn build_runtime(
     ring_entries: u32,
     sqpoll_idle_ms: Option<u32>,
 ) -> std::io::Result<tokio_uring::Runtime> {
-    let mut uring = tokio_uring::uring_builder();
-    if let Some(idle) = sqpoll_idle_ms {
-        uring.setup_sqpoll(idle);
-    }
-    let mut builder = tokio_uring::builder();
-    builder.entries(ring_entries).uring_builder(&uring);
-    tokio_uring::Runtime::new(&builder)
+    let make = |tuned: bool| {
+        let mut uring = tokio_uring::uring_builder();
+        if let Some(idle) = sqpoll_idle_ms {
+            uring.setup_sqpoll(idle);
+        }
+        if tuned {
+            uring
+                .setup_coop_taskrun()
+                .setup_single_issuer()
+                .setup_submit_all();
+        }
+        let mut builder = tokio_uring::builder();
+        builder.entries(ring_entries).uring_builder(&uring);
+        tokio_uring::Runtime::new(&builder)
+    };
+    make(true).or_else(|_| make(false))
 }
 
 /// Runs a worker on the current thread until the process exits. `ready` is
@@ -165,8 +181,8 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok((stream, _peer)) => {
+                // TCP_NODELAY is inherited from the listening socket.
                 ctx.counters.accepted.inc();
-                let _ = stream.set_nodelay(true);
                 tokio_uring::spawn(conn::serve(ctx.clone(), stream));
             }
             Err(e) => {

@@ -157,14 +157,35 @@ impl TlsSession {
     ///
     /// Call this before submitting a read. On return `buf` holds a copy of
     /// the pending partial record (usually nothing) and has at least
-    /// `min_spare` bytes of spare capacity: the read must append into that
-    /// spare capacity, and then the buffer goes back through
+    /// `read_size` bytes of spare capacity, and always enough for the rest
+    /// of a record whose header has arrived. The read must append into that
+    /// spare capacity; then the buffer goes back through
     /// [`TlsSession::handle_read`].
-    pub fn prepare_read(&self, buf: &mut Vec<u8>, min_spare: usize) {
+    ///
+    /// A small `read_size` keeps idle connections light (the buffer is
+    /// committed for as long as the read is in flight); the runtime grows it
+    /// when reads come back full.
+    pub fn prepare_read(&self, buf: &mut Vec<u8>, read_size: usize) {
         buf.clear();
         buf.extend_from_slice(&self.incoming);
-        let want = min_spare.max(MAX_RECORD_LEN.saturating_sub(buf.len()));
+        let want = read_size.max(self.record_remainder()).max(1);
         buf.reserve(want);
+    }
+
+    /// Bytes still missing from the partial record at the end of
+    /// `incoming`, when its header is complete (RFC 8446 §5.1: 5-byte header,
+    /// length in bytes 3..5). Records are walked from the front.
+    fn record_remainder(&self) -> usize {
+        let mut at = 0;
+        let buf = &self.incoming;
+        while buf.len() - at >= 5 {
+            let len = 5 + u16::from_be_bytes([buf[at + 3], buf[at + 4]]) as usize;
+            if buf.len() - at < len {
+                return (len - (buf.len() - at)).min(MAX_RECORD_LEN);
+            }
+            at += len;
+        }
+        0
     }
 
     /// Handles a completed client read.
@@ -606,6 +627,7 @@ mod tests {
             for part in [&wire[..mid], &wire[mid..]] {
                 p.server.prepare_read(&mut rx, part.len());
                 assert!(rx.capacity() - rx.len() >= part.len());
+
                 rx.extend_from_slice(part);
                 status = p
                     .server
@@ -638,6 +660,25 @@ mod tests {
         assert_eq!(p.backend, b"ping");
         p.deliver(&to_client);
         assert_eq!(p.client_plaintext(), b"pong");
+    }
+
+    #[test]
+    fn prepare_read_leaves_room_for_the_pending_record() {
+        let (server, _) = configs(&rustls::version::TLS13);
+        let mut s = TlsSession::new(server).unwrap();
+        // A header announcing 1000 bytes of payload, 10 of them present.
+        s.incoming = vec![22, 3, 1, 0x03, 0xe8];
+        s.incoming.extend_from_slice(&[0; 10]);
+        assert_eq!(s.record_remainder(), 990);
+        let mut buf = Vec::new();
+        s.prepare_read(&mut buf, 16);
+        assert_eq!(buf.len(), 15);
+        assert!(buf.capacity() - buf.len() >= 990);
+        // A complete record then a partial header: nothing to guarantee.
+        s.incoming = vec![23, 3, 3, 0, 1, 0xff, 23, 3];
+        assert_eq!(s.record_remainder(), 0);
+        s.prepare_read(&mut buf, 16);
+        assert!(buf.capacity() - buf.len() >= 16);
     }
 
     #[test]

@@ -53,7 +53,11 @@ pub fn write_percentile_distribution<W: Write>(
         w,
         "#[Mean    = {mean:12.digits$}, StdDeviation   = {stdev:12.digits$}]"
     )?;
-    writeln!(w, "#[Max     = {max:12.digits$}, Total count    = {:12}]", h.len())?;
+    writeln!(
+        w,
+        "#[Max     = {max:12.digits$}, Total count    = {:12}]",
+        h.len()
+    )?;
     writeln!(
         w,
         "#[Buckets = {:12}, SubBuckets     = {:12}]",
@@ -117,9 +121,17 @@ mod tests {
             .map(|l| l.split_whitespace().nth(2).unwrap().parse().unwrap())
             .collect();
         assert!(counts.windows(2).all(|w| w[0] <= w[1]));
-        let footer: Vec<&str> = lines.iter().copied().filter(|l| l.starts_with("#[")).collect();
+        let footer: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| l.starts_with("#["))
+            .collect();
         assert_eq!(footer.len(), 3);
-        assert!(footer[0].starts_with("#[Mean    =        5.00"), "{}", footer[0]);
+        assert!(
+            footer[0].starts_with("#[Mean    =        5.00"),
+            "{}",
+            footer[0]
+        );
         assert!(footer[0].contains(", StdDeviation   = "));
         assert_eq!(
             footer[1],

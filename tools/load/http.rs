@@ -11,7 +11,7 @@ const BUF_SIZE: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("i/o error: {0}")]
+    #[error("{}", io_msg(.0))]
     Io(#[from] io::Error),
     #[error("connection closed before the response was complete")]
     UnexpectedEof,
@@ -19,6 +19,16 @@ pub enum HttpError {
     Malformed(String),
     #[error("HTTP response head larger than {MAX_HEAD} bytes")]
     HeadTooLarge,
+}
+
+/// Describes an I/O error; socket timeouts (EAGAIN) get a clear message.
+pub fn io_msg(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            format!("timed out (socket timeout, {e})")
+        }
+        _ => e.to_string(),
+    }
 }
 
 /// Parsed response head.
@@ -259,7 +269,8 @@ impl ResponseReader {
     fn read_line<R: Read>(&mut self, r: &mut R) -> Result<String, HttpError> {
         loop {
             if let Some(i) = find(&self.buf[self.start..self.end], b"\r\n") {
-                let line = String::from_utf8_lossy(&self.buf[self.start..self.start + i]).into_owned();
+                let line =
+                    String::from_utf8_lossy(&self.buf[self.start..self.start + i]).into_owned();
                 self.start += i + 2;
                 return Ok(line);
             }
@@ -351,10 +362,10 @@ mod tests {
         assert!(parse_head(b"HTTP/1.1 2x0 OK\r\n\r\n").is_err());
         assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n").is_err());
         assert!(parse_head(b"HTTP/1.1 200 OK\r\nbroken\r\n\r\n").is_err());
-        assert!(parse_head(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
-        )
-        .is_err());
+        assert!(
+            parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+                .is_err()
+        );
         let big = vec![b'a'; MAX_HEAD + 1];
         assert!(matches!(parse_head(&big), Err(HttpError::HeadTooLarge)));
     }
@@ -390,7 +401,9 @@ mod tests {
         data.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n");
         data.extend_from_slice(&body);
         data.extend_from_slice(b"HTTP/1.1 204 No Content\r\n\r\n");
-        data.extend_from_slice(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok");
+        data.extend_from_slice(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+        );
         for chunk in [1, 7, 4096, 1 << 20] {
             let mut src = Trickle { data: &data, chunk };
             let mut rr = ResponseReader::new();
@@ -426,7 +439,9 @@ mod tests {
 
     #[test]
     fn close_delimited_body() {
-        let mut src = Cursor::new(b"HTTP/1.0 200 ok\r\nContent-type: text/html\r\n\r\n<html>body</html>".to_vec());
+        let mut src = Cursor::new(
+            b"HTTP/1.0 200 ok\r\nContent-type: text/html\r\n\r\n<html>body</html>".to_vec(),
+        );
         let mut rr = ResponseReader::new();
         let r = rr.read_response(&mut src).unwrap();
         assert_eq!((r.status, r.body_len, r.keep_alive), (200, 17, false));

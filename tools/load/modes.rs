@@ -21,9 +21,9 @@ const CLOSE_DRAIN: Duration = Duration::from_millis(500);
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpError {
-    #[error("connect/handshake: {0}")]
+    #[error("connect/handshake: {}", http::io_msg(.0))]
     Connect(io::Error),
-    #[error("send: {0}")]
+    #[error("send: {}", http::io_msg(.0))]
     Send(io::Error),
     #[error("response: {0}")]
     Http(#[from] HttpError),
@@ -41,7 +41,11 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    fn config(&self, version: TlsVersion, resumption: Resumption) -> Result<Arc<ClientConfig>, String> {
+    fn config(
+        &self,
+        version: TlsVersion,
+        resumption: Resumption,
+    ) -> Result<Arc<ClientConfig>, String> {
         tls::client_config(version, self.group, &self.trust, resumption).map(Arc::new)
     }
 }
@@ -224,7 +228,8 @@ impl<'a> KeepAlive<'a> {
     fn ensure(&mut self) -> Result<&mut TlsStream, OpError> {
         if self.stream.is_none() {
             self.reader.reset();
-            self.stream = Some(tls::connect(&self.ctx.target, &self.config).map_err(OpError::Connect)?);
+            self.stream =
+                Some(tls::connect(&self.ctx.target, &self.config).map_err(OpError::Connect)?);
         }
         Ok(self.stream.as_mut().expect("stream present"))
     }
@@ -247,7 +252,12 @@ impl<'a> KeepAlive<'a> {
         res.map(|(n, _)| n)
     }
 
-    fn exchange_inner(&mut self, head: &[u8], body: &[u8], body_len: u64) -> Result<(u64, bool), OpError> {
+    fn exchange_inner(
+        &mut self,
+        head: &[u8],
+        body: &[u8],
+        body_len: u64,
+    ) -> Result<(u64, bool), OpError> {
         let s = self.ensure()?;
         s.write_all(head).map_err(OpError::Send)?;
         let mut left = body_len;

@@ -10,15 +10,13 @@ use std::time::{Duration, Instant};
 pub struct Budget {
     count: Option<u64>,
     issued: AtomicU64,
-    duration: Option<Duration>,
 }
 
 impl Budget {
-    pub fn new(count: Option<u64>, duration: Option<Duration>) -> Self {
+    pub fn new(count: Option<u64>) -> Self {
         Self {
             count,
             issued: AtomicU64::new(0),
-            duration,
         }
     }
 
@@ -46,12 +44,6 @@ impl Run {
     /// True if another operation may start (claims it from the budget).
     pub fn next(&self, budget: &Budget) -> bool {
         !self.expired() && budget.take()
-    }
-
-    /// Time left until the deadline (None = no deadline).
-    pub fn left(&self) -> Option<Duration> {
-        self.deadline
-            .map(|d| d.saturating_duration_since(Instant::now()))
     }
 }
 
@@ -210,12 +202,12 @@ mod tests {
 
     #[test]
     fn budget_count() {
-        let b = Budget::new(Some(3), None);
+        let b = Budget::new(Some(3));
         assert!(b.take());
         assert!(b.take());
         assert!(b.take());
         assert!(!b.take());
-        let unlimited = Budget::new(None, None);
+        let unlimited = Budget::new(None);
         for _ in 0..1000 {
             assert!(unlimited.take());
         }
@@ -223,7 +215,7 @@ mod tests {
 
     #[test]
     fn workers_start_together_and_respect_count() {
-        let budget = Arc::new(Budget::new(Some(100), Some(Duration::from_secs(30))));
+        let budget = Arc::new(Budget::new(Some(100)));
         let b = budget.clone();
         let (res, elapsed) = run_workers(4, None, Some(Duration::from_secs(30)), move |_, a| {
             let run = a.wait().expect("not aborted");
@@ -240,7 +232,7 @@ mod tests {
 
     #[test]
     fn deadline_stops_workers_even_without_waiting() {
-        let budget = Arc::new(Budget::new(None, Some(Duration::from_millis(50))));
+        let budget = Arc::new(Budget::new(None));
         let b = budget.clone();
         let (res, elapsed) = run_workers(3, None, Some(Duration::from_millis(50)), move |i, a| {
             if i == 0 {

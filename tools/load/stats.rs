@@ -135,7 +135,13 @@ pub fn fmt_us(us: f64) -> String {
 }
 
 impl Report {
-    pub fn build(mode: &str, stats: &Stats, elapsed: Duration, with_mb: bool, with_resume: bool) -> Self {
+    pub fn build(
+        mode: &str,
+        stats: &Stats,
+        elapsed: Duration,
+        with_mb: bool,
+        with_resume: bool,
+    ) -> Self {
         let secs = elapsed.as_secs_f64();
         let per_s = |x: f64| if secs > 0.0 { x / secs } else { 0.0 };
         Report {

@@ -1,0 +1,189 @@
+//! Interoperability with other TLS stacks: `openssl s_client` through
+//! ringterm to an echo backend, and `curl` against `ringterm demo`.
+//!
+//! These tests need `openssl` and `curl` on PATH; without them they fail
+//! (CI installs both), they never skip silently.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Panics with a clear message unless `tool` runs.
+fn require_tool(tool: &str, version_arg: &str) {
+    match Command::new(tool).arg(version_arg).output() {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => panic!(
+            "`{tool} {version_arg}` failed ({}): {}; {tool} is required for the interop tests",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => panic!(
+            "`{tool}` is not installed or not on PATH ({e}); the interop tests require it \
+             (CI installs openssl and curl)"
+        ),
+    }
+}
+
+/// Runs `openssl s_client` with `version_flag`, writes `line` on its stdin,
+/// and returns what came out on stdout once it contains `line` (or after
+/// 10 s). The child is killed afterwards.
+fn s_client_echo(addr: std::net::SocketAddr, version_flag: &str, line: &str) -> String {
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-connect", &addr.to_string(), version_flag, "-quiet"])
+        .args(["-servername", "localhost"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn openssl s_client");
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    let mut stdout = child.stdout.take().unwrap();
+    thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut stderr = child.stderr.take().unwrap();
+    let err_thread = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(line.as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut out = Vec::new();
+    while !String::from_utf8_lossy(&out).contains(line) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(chunk) => out.extend(chunk),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(stdin);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    if !text.contains(line) {
+        panic!(
+            "openssl s_client {version_flag}: echo not received; stdout: {text:?}; stderr: {}",
+            err_thread.join().unwrap()
+        );
+    }
+    text
+}
+
+#[test]
+fn openssl_s_client_tls13_and_tls12() {
+    require_tool("openssl", "version");
+    let certs = TestCerts::generate();
+    let echo = echo_backend();
+    let mut rt = start_ringterm(&certs, echo.addr, &[]);
+
+    let out = s_client_echo(rt.addr(), "-tls1_3", "hello over TLS 1.3 from openssl\n");
+    assert_eq!(out, "hello over TLS 1.3 from openssl\n");
+    let out = s_client_echo(rt.addr(), "-tls1_2", "hello over TLS 1.2 from openssl\n");
+    assert_eq!(out, "hello over TLS 1.2 from openssl\n");
+
+    let text = rt.wait_metric("ringterm_handshakes_tls12_total", |n| n == 1);
+    assert_eq!(metric_sum(&text, "ringterm_handshakes_tls13_total"), 1);
+    assert_eq!(metric_sum(&text, "ringterm_handshake_failures_total"), 0);
+    rt.assert_alive();
+}
+
+/// Runs curl with `args` (plus -sk and time limits); returns stdout.
+fn curl(args: &[&str]) -> Vec<u8> {
+    let out = Command::new("curl")
+        .args(["-sSk", "--max-time", "10", "--connect-timeout", "5"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run curl");
+    assert!(
+        out.status.success(),
+        "curl {args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[test]
+fn curl_against_demo() {
+    require_tool("curl", "--version");
+    let mut rt = Ringterm::start_until(
+        &[
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+            "--admin",
+            "127.0.0.1:0",
+        ],
+        |line| line.starts_with("try:"),
+    );
+    let addr = rt.addr();
+    assert_eq!(
+        rt.stdout.last().unwrap(),
+        &format!("try: curl -k https://{addr}/"),
+        "stdout: {:?}",
+        rt.stdout
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let root = format!("https://{addr}/");
+    let bytes_url = format!("https://{addr}/bytes/100000");
+    let post_body = dir.path().join("post.bin");
+    std::fs::write(&post_body, random_bytes(50_000)).unwrap();
+    let post_arg = format!("@{}", post_body.display());
+
+    let versions: [(&str, &[&str]); 2] = [("1.3", &[]), ("1.2", &["--tlsv1.2", "--tls-max", "1.2"])];
+    for (name, flags) in versions {
+        let mut args = flags.to_vec();
+        args.push(&root);
+        let body = curl(&args);
+        assert_eq!(
+            String::from_utf8_lossy(&body),
+            "hello from the ringterm demo backend\n",
+            "TLS {name}"
+        );
+
+        let file = dir.path().join(format!("bytes-{name}"));
+        let file_arg = file.display().to_string();
+        let mut args = flags.to_vec();
+        args.extend(["-o", &file_arg, &bytes_url]);
+        curl(&args);
+        let len = std::fs::metadata(&file).unwrap().len();
+        assert_eq!(len, 100_000, "TLS {name}: /bytes/100000 gave {len} bytes");
+
+        let mut args = flags.to_vec();
+        args.extend([
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+            "--data-binary",
+            &post_arg,
+            &root,
+        ]);
+        let code = curl(&args);
+        assert_eq!(String::from_utf8_lossy(&code), "200", "TLS {name}: POST");
+    }
+
+    let text = rt.wait_metric("ringterm_handshakes_tls12_total", |n| n == 3);
+    assert_eq!(metric_sum(&text, "ringterm_handshakes_tls13_total"), 3);
+    assert_eq!(metric_sum(&text, "ringterm_handshake_failures_total"), 0);
+    rt.assert_alive();
+}

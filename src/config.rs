@@ -62,7 +62,14 @@ impl Settings {
     pub fn from_toml(file: &str, text: &str) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Toml {
             file: file.to_owned(),
-            message: e.message().to_owned(),
+            // One line: the parser's message can span several.
+            message: e
+                .message()
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("; "),
         })
     }
 

@@ -15,7 +15,9 @@ const PAYLOAD: usize = 64 * 1024;
 fn two_hundred_concurrent_connections_over_two_workers() {
     let certs = TestCerts::generate();
     let echo = echo_backend();
-    let cpus = thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let mut extra = vec!["--workers", "2"];
     if cpus >= 2 {
         extra.extend(["--cpus", "0,1"]);
@@ -59,7 +61,11 @@ fn two_hundred_concurrent_connections_over_two_workers() {
         .into_iter()
         .filter_map(|h| h.join().expect("client thread panicked").err())
         .collect();
-    assert!(failures.is_empty(), "{} connections failed: {failures:#?}", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} connections failed: {failures:#?}",
+        failures.len()
+    );
     assert_eq!(
         echo.bytes.load(std::sync::atomic::Ordering::Relaxed),
         (CONNS * PAYLOAD) as u64

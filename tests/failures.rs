@@ -42,7 +42,10 @@ fn backend_refused_then_recovers() {
         let mut client = tls_connect(rt.addr(), certs.client_config(tls))
             .expect("the handshake completes before the backend is tried");
         let (end, took) = tls_ends_within(&mut client, Duration::from_secs(3));
-        assert!(took < Duration::from_secs(2), "{tls:?}: took {took:?} to end ({end:?})");
+        assert!(
+            took < Duration::from_secs(2),
+            "{tls:?}: took {took:?} to end ({end:?})"
+        );
     }
     rt.wait_metric("ringterm_backend_connect_failures_total", |n| n >= 2);
     rt.assert_alive();
@@ -73,7 +76,10 @@ fn garbage_instead_of_client_hello() {
     }
     let hello = client_hello_bytes(certs.tls13());
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("http request", b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec()),
+        (
+            "http request",
+            b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec(),
+        ),
         ("1 KiB random", random),
         ("zeros", vec![0u8; 64]),
         // A handshake record holding a ClientHello with a garbage body.
@@ -102,13 +108,24 @@ fn garbage_instead_of_client_hello() {
             closed.unwrap_or_else(|| panic!("{name}: connection still open after 5 s"));
         // If anything came back it must be a TLS alert record.
         if !got.is_empty() {
-            assert_eq!(got[0], 0x15, "{name}: expected an alert record, got {got:02x?}");
+            assert_eq!(
+                got[0], 0x15,
+                "{name}: expected an alert record, got {got:02x?}"
+            );
         }
-        assert!(took < Duration::from_secs(2), "{name}: closed only after {took:?} ({how:?})");
+        assert!(
+            took < Duration::from_secs(2),
+            "{name}: closed only after {took:?} ({how:?})"
+        );
         rt.assert_alive();
     }
-    let text = rt.wait_metric("ringterm_handshake_failures_total", |n| n >= cases.len() as u64);
-    assert_eq!(metric_sum(&text, "ringterm_backend_connect_failures_total"), 0);
+    let text = rt.wait_metric("ringterm_handshake_failures_total", |n| {
+        n >= cases.len() as u64
+    });
+    assert_eq!(
+        metric_sum(&text, "ringterm_backend_connect_failures_total"),
+        0
+    );
     assert_eq!(echo.conns.load(std::sync::atomic::Ordering::Relaxed), 0);
     // Still serving.
     assert_echo(rt.addr(), certs.tls13(), &random_bytes(100_000));
@@ -257,7 +274,10 @@ fn handshake_timeout() {
             .join()
             .unwrap()
             .expect("a slowloris ClientHello must be cut within 3 s");
-        assert!(took >= Duration::from_millis(400), "slowloris cut after only {took:?}");
+        assert!(
+            took >= Duration::from_millis(400),
+            "slowloris cut after only {took:?}"
+        );
         good.join().expect("the in-time client failed");
     });
 
@@ -290,7 +310,10 @@ fn connect_timeout() {
         let text = rt.metrics();
         let n = metric_sum(&text, "ringterm_backend_connect_timeouts_total")
             + metric_sum(&text, "ringterm_backend_connect_failures_total");
-        assert!(n >= 1, "neither a connect timeout nor failure counted:\n{text}");
+        assert!(
+            n >= 1,
+            "neither a connect timeout nor failure counted:\n{text}"
+        );
     }
     rt.assert_alive();
     drop(hole);

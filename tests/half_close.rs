@@ -87,7 +87,9 @@ fn backend_half_close_keeps_client_to_backend_flowing() {
             TlsEnd::CloseNotify,
             "{tls:?}: backend EOF should become a clean close_notify"
         );
-        client.write_all(b"late data").expect("client can still send");
+        client
+            .write_all(b"late data")
+            .expect("client can still send");
         client.close_write().unwrap();
         let seen = rx
             .recv_timeout(Duration::from_secs(5))

@@ -35,7 +35,13 @@ fn require_tool(tool: &str, version_arg: &str) {
 /// 10 s). The child is killed afterwards.
 fn s_client_echo(addr: std::net::SocketAddr, version_flag: &str, line: &str) -> String {
     let mut child = Command::new("openssl")
-        .args(["s_client", "-connect", &addr.to_string(), version_flag, "-quiet"])
+        .args([
+            "s_client",
+            "-connect",
+            &addr.to_string(),
+            version_flag,
+            "-quiet",
+        ])
         .args(["-servername", "localhost"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -147,7 +153,8 @@ fn curl_against_demo() {
     std::fs::write(&post_body, random_bytes(50_000)).unwrap();
     let post_arg = format!("@{}", post_body.display());
 
-    let versions: [(&str, &[&str]); 2] = [("1.3", &[]), ("1.2", &["--tlsv1.2", "--tls-max", "1.2"])];
+    let versions: [(&str, &[&str]); 2] =
+        [("1.3", &[]), ("1.2", &["--tlsv1.2", "--tls-max", "1.2"])];
     for (name, flags) in versions {
         let mut args = flags.to_vec();
         args.push(&root);

@@ -23,15 +23,26 @@ fn relay_sizes(tls: Tls, version: rustls::ProtocolVersion, counter: &str) {
         let client = TlsDuplex::connect(rt.addr(), config.clone()).expect("TLS connect");
         assert_eq!(client.version(), Some(version));
         let (got, end) = echo_roundtrip(&client, &payload);
-        assert_eq!(got.len(), size, "size {size}: echoed length differs (end {end:?})");
+        assert_eq!(
+            got.len(),
+            size,
+            "size {size}: echoed length differs (end {end:?})"
+        );
         assert!(
             sha256(&got) == sha256(&payload),
             "size {size}: echoed bytes differ"
         );
-        assert_eq!(end, TlsEnd::CloseNotify, "size {size}: no clean close_notify");
+        assert_eq!(
+            end,
+            TlsEnd::CloseNotify,
+            "size {size}: no clean close_notify"
+        );
     }
     let text = rt.wait_metric(counter, |n| n == SIZES.len() as u64);
-    assert_eq!(metric_sum(&text, "ringterm_accepted_total"), SIZES.len() as u64);
+    assert_eq!(
+        metric_sum(&text, "ringterm_accepted_total"),
+        SIZES.len() as u64
+    );
     assert_eq!(metric_sum(&text, "ringterm_handshake_failures_total"), 0);
     assert_eq!(metric_sum(&text, "ringterm_connection_errors_total"), 0);
     // Every connection finished: nothing is left active.
@@ -69,14 +80,29 @@ fn full_duplex(tls: Tls) {
     let mut rt = start_ringterm(&certs, backend, &[]);
     let client = TlsDuplex::connect(rt.addr(), certs.client_config(tls)).expect("TLS connect");
     let (got, end) = echo_roundtrip(&client, &from_client);
-    assert_eq!(got.len(), N, "client received {} of {N} bytes ({end:?})", got.len());
-    assert!(sha256(&got) == sha256(&from_backend), "backend→client bytes differ");
+    assert_eq!(
+        got.len(),
+        N,
+        "client received {} of {N} bytes ({end:?})",
+        got.len()
+    );
+    assert!(
+        sha256(&got) == sha256(&from_backend),
+        "backend→client bytes differ"
+    );
     assert_eq!(end, TlsEnd::CloseNotify);
     let received = results
         .recv_timeout(Duration::from_secs(10))
         .expect("backend reports what it received");
-    assert_eq!(received.len, N as u64, "backend received {} of {N} bytes", received.len);
-    assert!(received.sha == sha256(&from_client), "client→backend bytes differ");
+    assert_eq!(
+        received.len, N as u64,
+        "backend received {} of {N} bytes",
+        received.len
+    );
+    assert!(
+        received.sha == sha256(&from_client),
+        "client→backend bytes differ"
+    );
     assert!(received.clean_eof, "backend should see a clean EOF");
     thread::sleep(Duration::from_millis(50));
     rt.assert_alive();
@@ -90,4 +116,47 @@ fn full_duplex_10mib_tls13() {
 #[test]
 fn full_duplex_10mib_tls12() {
     full_duplex(Tls::V12);
+}
+
+/// A small relay buffer (`--buffer-size 1024`) still relays every byte.
+#[test]
+fn small_relay_buffer() {
+    let certs = TestCerts::generate();
+    let echo = echo_backend();
+    let mut rt = start_ringterm(&certs, echo.addr, &["--buffer-size", "1024"]);
+    for tls in [Tls::V13, Tls::V12] {
+        assert_echo(
+            rt.addr(),
+            certs.client_config(tls),
+            &random_bytes(1024 * 1024 + 7),
+        );
+    }
+    rt.assert_alive();
+}
+
+/// No session resumption yet: a client that would resume gets a full
+/// handshake every time.
+#[test]
+fn no_session_resumption() {
+    let certs = TestCerts::generate();
+    let echo = echo_backend();
+    let mut rt = start_ringterm(&certs, echo.addr, &[]);
+    for tls in [Tls::V13, Tls::V12] {
+        // One config, so one client-side session cache for both connections.
+        let config = certs.client_config(tls);
+        for i in 0..2 {
+            let mut client = tls_connect(rt.addr(), config.clone()).expect("TLS connect");
+            assert_eq!(
+                client.conn.handshake_kind(),
+                Some(rustls::HandshakeKind::Full),
+                "{tls:?} connection {i}"
+            );
+            close_write(&mut client).unwrap();
+            let (_, end) = tls_read_to_end(&mut client);
+            assert_eq!(end, TlsEnd::CloseNotify);
+        }
+    }
+    let text = rt.wait_metric("ringterm_accepted_total", |n| n == 4);
+    assert_eq!(metric_sum(&text, "ringterm_handshakes_resumed_total"), 0);
+    rt.assert_alive();
 }

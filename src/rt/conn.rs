@@ -280,8 +280,9 @@ impl Relay<'_> {
         let mut b_spare = 0;
         let c_max = ctx.buffer_size.max(crate::tls::MAX_RECORD_LEN);
 
-        // The client sent close_notify or EOF: it sends no more.
-        let mut client_done = false;
+        // The client sent close_notify or EOF: it sends no more. The
+        // close_notify may have come with the client's Finished.
+        let mut client_done = self.session.is_peer_closed();
         // The backend sent EOF: it sends no more.
         let mut backend_done = false;
         // We shut down the backend's write side (after client_done).

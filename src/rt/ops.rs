@@ -151,12 +151,7 @@ pub type PlainOp = InFlightOneshot<PlainData, Plain>;
 /// `connect(2)` of `sock` to `addr`.
 pub fn connect(sock: &Rc<TcpStream>, addr: socket2::SockAddr) -> PlainOp {
     let addr = Box::new(addr);
-    let sqe = opcode::Connect::new(
-        types::Fd(sock.as_raw_fd()),
-        addr.as_ptr() as *const libc::sockaddr,
-        addr.len(),
-    )
-    .build();
+    let sqe = opcode::Connect::new(types::Fd(sock.as_raw_fd()), addr.as_ptr(), addr.len()).build();
     UnsubmittedOneshot::new(
         PlainData::Connect(ConnectData {
             _sock: sock.clone(),

@@ -43,6 +43,10 @@ pub const MAX_RECORD_LEN: usize = 5 + 16384 + 2048;
 /// Largest plaintext fragment in one record (RFC 8446 §5.1).
 pub const MAX_FRAGMENT_LEN: usize = 16384;
 
+/// A plaintext fatal `decode_error` alert record (RFC 8446 §6: level 2,
+/// description 50), for errors rustls reports without an alert of its own.
+const PLAINTEXT_DECODE_ERROR_ALERT: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x32];
+
 /// Per-record overhead we reserve when encrypting: header, AEAD tag, content
 /// type byte and explicit nonce (TLS 1.2 GCM) rounded up.
 const RECORD_OVERHEAD: usize = 5 + 16 + 1 + 8 + 2;
@@ -94,6 +98,9 @@ pub struct TlsSession {
     sent_close: bool,
     /// Set once rustls reported a fatal error; nothing more is processed.
     failed: bool,
+    /// Set once any TLS bytes were produced for the client: before that,
+    /// the record layer is plaintext.
+    wrote_any: bool,
 }
 
 impl std::fmt::Debug for TlsSession {
@@ -119,6 +126,7 @@ impl TlsSession {
             peer_closed: false,
             sent_close: false,
             failed: false,
+            wrote_any: false,
         })
     }
 
@@ -277,7 +285,7 @@ impl TlsSession {
                 Err(err) => {
                     self.incoming.drain(..discard.min(self.incoming.len()));
                     self.failed = true;
-                    self.drain_alert(to_client);
+                    self.drain_alert(&err, to_client);
                     return Err(TlsError::Rustls(err));
                 }
             };
@@ -293,7 +301,7 @@ impl TlsSession {
                             Err(err) => {
                                 self.incoming.drain(..discard.min(self.incoming.len()));
                                 self.failed = true;
-                                self.drain_alert(to_client);
+                                self.drain_alert(&err, to_client);
                                 return Err(TlsError::Rustls(err));
                             }
                         }
@@ -318,6 +326,7 @@ impl TlsSession {
                 }
                 ConnectionState::EncodeTlsData(mut encode) => {
                     encode_into(to_client, |out| encode.encode(out))?;
+                    self.wrote_any = true;
                 }
                 ConnectionState::TransmitTlsData(transmit) => {
                     // The bytes are already queued in `to_client`, in order;
@@ -378,19 +387,27 @@ impl TlsSession {
     }
 
     /// After a fatal error rustls queues an alert; collect its bytes.
-    fn drain_alert(&mut self, to_client: &mut Vec<u8>) {
-        let mut empty: [u8; 0] = [];
-        for _ in 0..8 {
-            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut empty);
-            match state {
-                Ok(ConnectionState::EncodeTlsData(mut encode)) => {
-                    if encode_into(to_client, |out| encode.encode(out)).is_err() {
-                        return;
-                    }
-                }
-                Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
-                _ => return,
-            }
+    ///
+    /// Exactly one more call: rustls hands out the queued alert before it
+    /// looks at input again. Calling it a second time would make rustls
+    /// re-process the bad input (and try to send a second fatal alert), and
+    /// an empty slice instead of our buffer would make it index out of
+    /// range, since it keeps positions into the buffer it was last given.
+    fn drain_alert(&mut self, err: &rustls::Error, to_client: &mut Vec<u8>) {
+        let before = to_client.len();
+        let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut self.incoming);
+        if let Ok(ConnectionState::EncodeTlsData(mut encode)) = state {
+            let _ = encode_into(to_client, |out| encode.encode(out));
+        }
+        // rustls returns some decoding errors (e.g. an oversized handshake
+        // message, from its handshake joiner) without queuing an alert.
+        // Before we have sent anything the record layer is plaintext, so we
+        // send the `decode_error` alert rustls would have (RFC 8446 §6.2).
+        if to_client.len() == before
+            && !self.wrote_any
+            && matches!(err, rustls::Error::InvalidMessage(_))
+        {
+            to_client.extend_from_slice(&PLAINTEXT_DECODE_ERROR_ALERT);
         }
     }
 }
@@ -740,6 +757,31 @@ mod tests {
             );
             assert!(tc.is_empty());
         }
+    }
+
+    #[test]
+    fn oversized_handshake_length_is_an_error_not_a_panic() {
+        let (server, _) = configs(&rustls::version::TLS13);
+        let mut s = TlsSession::new(server).unwrap();
+        let mut hello = vec![0x16, 0x03, 0x01, 0x00, 0x40, 0x01, 0xff, 0xff, 0xff];
+        hello.extend_from_slice(&[0u8; 60]);
+        let (mut tc, mut tb) = (Vec::new(), Vec::new());
+        let err = s.handle_ciphertext(&hello, &mut tc, &mut tb).unwrap_err();
+        assert_eq!(
+            err,
+            TlsError::Rustls(rustls::Error::InvalidMessage(
+                rustls::InvalidMessage::HandshakePayloadTooLarge
+            ))
+        );
+        // rustls returns this one from its handshake joiner without queuing
+        // an alert (rustls 0.23.46, conn.rs `coalesce(buffer)?`); we send
+        // the plaintext decode_error alert ourselves.
+        assert_eq!(tc, PLAINTEXT_DECODE_ERROR_ALERT);
+        assert!(tb.is_empty());
+        assert_eq!(
+            s.handle_ciphertext(b"x", &mut tc, &mut tb),
+            Err(TlsError::Failed)
+        );
     }
 
     #[test]

@@ -99,11 +99,17 @@ pub fn wait_closed(s: &mut TcpStream, within: Duration) -> Option<(Closed, Vec<u
         if left.is_zero() {
             return None;
         }
-        s.set_read_timeout(Some(left.max(Duration::from_millis(1)))).unwrap();
+        s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
         match s.read(&mut buf) {
             Ok(0) => return Some((Closed::Eof, got, start.elapsed())),
             Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 return None
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -255,7 +261,9 @@ impl Ringterm {
                     if n == 0 {
                         break;
                     }
-                    sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+                    sink.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
                 }
             });
         }
@@ -312,7 +320,11 @@ impl Ringterm {
                 }
             }
         }
-        assert!(!rt.listen.is_empty(), "no `listening on` line: {:?}", rt.stdout);
+        assert!(
+            !rt.listen.is_empty(),
+            "no `listening on` line: {:?}",
+            rt.stdout
+        );
         rt
     }
 
@@ -434,7 +446,11 @@ pub fn run_to_exit<S: AsRef<str>>(args: &[S], timeout: Duration) -> Exited {
 pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = tcp_connect(addr);
     set_timeouts(&s, Duration::from_secs(5));
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("read admin response");
     let text = String::from_utf8(raw).expect("admin response is UTF-8");
@@ -457,9 +473,11 @@ pub fn admin_metrics(addr: SocketAddr) -> String {
 /// The value of `name{worker="W"}`, if present.
 pub fn metric_opt(text: &str, name: &str, worker: usize) -> Option<u64> {
     let prefix = format!("{name}{{worker=\"{worker}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map(|v| v.trim().parse().unwrap_or_else(|_| panic!("bad value for {prefix}: {v}")))
+    text.lines().find_map(|l| l.strip_prefix(&prefix)).map(|v| {
+        v.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value for {prefix}: {v}"))
+    })
 }
 
 /// The value of `name{worker="W"}`; panics if absent.
@@ -470,7 +488,9 @@ pub fn metric(text: &str, name: &str, worker: usize) -> u64 {
 
 /// How many workers the metrics text shows (by `ringterm_accepted_total`).
 pub fn worker_count(text: &str) -> usize {
-    (0..).take_while(|&w| metric_opt(text, "ringterm_accepted_total", w).is_some()).count()
+    (0..)
+        .take_while(|&w| metric_opt(text, "ringterm_accepted_total", w).is_some())
+        .count()
 }
 
 /// `name` summed over all workers; panics if no worker has it.
@@ -660,7 +680,10 @@ pub fn black_hole() -> BlackHole {
 /// succeeding or failing.
 pub fn connect_hangs(addr: SocketAddr, timeout: Duration) -> bool {
     match TcpStream::connect_timeout(&addr, timeout) {
-        Err(e) => matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock),
+        Err(e) => matches!(
+            e.kind(),
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+        ),
         Ok(_) => false,
     }
 }
@@ -777,7 +800,10 @@ impl TlsDuplex {
                     st.conn.write_tls(&mut out)?;
                 }
                 if n == 0 && out.is_empty() {
-                    return Err(io::Error::new(io::ErrorKind::WriteZero, "rustls took nothing"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "rustls took nothing",
+                    ));
                 }
             }
             (&self.sock).write_all(&out)?;
@@ -892,7 +918,11 @@ pub fn assert_echo(addr: SocketAddr, config: Arc<ClientConfig>, payload: &[u8]) 
         hex(&sha256(payload)),
         hex(&sha256(&got))
     );
-    assert_eq!(end, TlsEnd::CloseNotify, "the echo should end with close_notify");
+    assert_eq!(
+        end,
+        TlsEnd::CloseNotify,
+        "the echo should end with close_notify"
+    );
 }
 
 /// Generates the bytes of a TLS ClientHello (as the first flight of a rustls
@@ -919,7 +949,7 @@ pub fn start_ringterm(certs: &TestCerts, backend: SocketAddr, extra: &[&str]) ->
         "127.0.0.1:0".into(),
     ];
     args.extend(certs.args());
-    if !extra.iter().any(|a| *a == "--workers") {
+    if !extra.contains(&"--workers") {
         args.extend(["--workers".to_owned(), "1".to_owned()]);
     }
     args.extend(extra.iter().map(|s| s.to_string()));

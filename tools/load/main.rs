@@ -42,6 +42,7 @@ struct Cli {
 }
 
 #[derive(Args, Debug)]
+#[command(next_help_heading = "Common options")]
 struct Common {
     /// Worker threads (handshake/resume/idle); default for --connections in rr/bulk
     #[arg(long, global = true, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -476,6 +477,12 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
                 "cannot write --hgrm file {path}: {e}"
             )));
         }
+    }
+    if stats.slow_closes > 0 {
+        eprintln!(
+            "warning: {} connection(s) were not closed by the server within 200ms of our close_notify + FIN",
+            stats.slow_closes
+        );
     }
     if with_resume && stats.resume_attempts > 0 && stats.resumed < stats.resume_attempts {
         eprintln!(

@@ -17,7 +17,7 @@ const ERROR_BACKOFF: Duration = Duration::from_millis(1);
 /// Pause before reconnecting a keep-alive connection after an error.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(10);
 /// How long a graceful close waits for the peer to finish.
-const CLOSE_DRAIN: Duration = Duration::from_millis(500);
+const CLOSE_DRAIN: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpError {
@@ -136,7 +136,7 @@ pub fn handshake_worker(ctx: &Ctx, request: bool, arrival: Arrival) -> Stats {
         match res {
             Ok(s) => {
                 st.ok(t0.elapsed());
-                tls::close(s, CLOSE_DRAIN);
+                st.slow_closes += u64::from(!tls::close(s, CLOSE_DRAIN));
             }
             Err(e) => {
                 st.error(e);
@@ -184,7 +184,9 @@ pub fn resume_worker(ctx: &Ctx, kind: ResumeKind, request: bool, arrival: Arriva
     let mut reader = ResponseReader::new();
     // Prime the session cache (not measured).
     match resume_op(ctx, &config, fetch, false, &mut reader) {
-        Ok((s, _, _)) => tls::close(s, CLOSE_DRAIN),
+        Ok((s, _, _)) => {
+            tls::close(s, CLOSE_DRAIN);
+        }
         Err(e) => st.error(format!("priming handshake failed: {e}")),
     }
     let Some(run) = arrival.wait() else {
@@ -196,7 +198,7 @@ pub fn resume_worker(ctx: &Ctx, kind: ResumeKind, request: bool, arrival: Arriva
                 st.ok(lat);
                 st.resume_attempts += 1;
                 st.resumed += u64::from(resumed);
-                tls::close(s, CLOSE_DRAIN);
+                st.slow_closes += u64::from(!tls::close(s, CLOSE_DRAIN));
             }
             Err(e) => {
                 st.error(e);
@@ -236,7 +238,7 @@ impl<'a> KeepAlive<'a> {
 
     fn drop_conn(&mut self) {
         if let Some(s) = self.stream.take() {
-            tls::close(s, Duration::ZERO);
+            let _ = tls::close(s, Duration::ZERO);
         }
         self.reader.reset();
     }
@@ -464,7 +466,7 @@ pub fn idle_worker(ctx: &Ctx, n: usize, arrival: Arrival) -> (Stats, Vec<TlsStre
 pub fn close_all(conns: Vec<TlsStream>) {
     for s in conns {
         let _ = s.sock.set_write_timeout(Some(Duration::from_secs(1)));
-        tls::close(s, Duration::ZERO);
+        let _ = tls::close(s, Duration::ZERO);
     }
 }
 

@@ -15,6 +15,8 @@ pub struct Stats {
     /// Resumption attempts and successes (resume mode).
     pub resume_attempts: u64,
     pub resumed: u64,
+    /// Graceful closes where the server did not close within the drain time.
+    pub slow_closes: u64,
     pub first_error: Option<String>,
 }
 
@@ -40,6 +42,7 @@ impl Stats {
             bytes: 0,
             resume_attempts: 0,
             resumed: 0,
+            slow_closes: 0,
             first_error: None,
         }
     }
@@ -66,6 +69,7 @@ impl Stats {
         self.bytes += other.bytes;
         self.resume_attempts += other.resume_attempts;
         self.resumed += other.resumed;
+        self.slow_closes += other.slow_closes;
         if self.first_error.is_none() {
             self.first_error = other.first_error;
         }

@@ -188,9 +188,10 @@ pub fn send(s: &mut TlsStream, data: &[u8]) -> io::Result<()> {
     s.flush()
 }
 
-/// Sends close_notify, half-closes the socket and briefly drains whatever the
-/// peer still sends, so the close does not turn into a TCP reset.
-pub fn close(mut s: TlsStream, drain_for: Duration) {
+/// Sends close_notify, half-closes the socket and drains whatever the peer
+/// still sends for up to `drain_for`, so the close does not turn into a TCP
+/// reset. Returns false if the peer had not closed within `drain_for`.
+pub fn close(mut s: TlsStream, drain_for: Duration) -> bool {
     s.conn.send_close_notify();
     while s.conn.wants_write() {
         match s.conn.write_tls(&mut s.sock) {
@@ -201,18 +202,24 @@ pub fn close(mut s: TlsStream, drain_for: Duration) {
     let _ = s.sock.flush();
     let _ = s.sock.shutdown(Shutdown::Write);
     if drain_for.is_zero() {
-        return;
+        return true;
     }
     let deadline = Instant::now() + drain_for;
     let mut buf = [0u8; 4096];
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() || s.sock.set_read_timeout(Some(left)).is_err() {
-            return;
+            return false;
         }
         match s.sock.read(&mut buf) {
-            Ok(0) | Err(_) => return,
+            Ok(0) => return true,
             Ok(_) => {}
+            Err(e) => {
+                return !matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                )
+            }
         }
     }
 }

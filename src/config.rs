@@ -14,7 +14,7 @@ pub const DEFAULT_RING_ENTRIES: u32 = 1024;
 /// Default listen backlog. The kernel caps it at `net.core.somaxconn`.
 pub const DEFAULT_BACKLOG: u32 = 4096;
 /// Default size of each direction's relay buffer, in bytes.
-pub const DEFAULT_BUFFER_SIZE: usize = 16 * 1024;
+pub const DEFAULT_BUFFER_SIZE: usize = 64 * 1024;
 /// Default handshake timeout, in milliseconds.
 pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 /// Default backend connect timeout, in milliseconds.

@@ -42,6 +42,9 @@ const TO_CLIENT_LIMIT: usize = 64 * 1024;
 /// get large reads within a few round trips.
 const FIRST_READ: usize = 512;
 
+/// Largest spare write buffer a connection keeps once nothing is pending.
+const IDLE_KEEP: usize = 0;
+
 /// Read size during the handshake: one read holds a typical ClientHello,
 /// post-quantum key shares included.
 const HANDSHAKE_READ: usize = 2048;
@@ -249,6 +252,18 @@ async fn connect(ctx: &WorkerCtx, addr: SocketAddr) -> Result<TcpStream, ConnErr
     Rc::try_unwrap(stream).map_err(|_| ConnError::Connect(io::Error::other("socket still shared")))
 }
 
+/// Adapts a side's read size: double when a read filled the room it was
+/// offered, halve (down to [`FIRST_READ`]) when it used under an eighth.
+fn next_read_size(size: usize, got: usize, offered: usize, max: usize) -> usize {
+    if got >= offered {
+        (size * 2).min(max)
+    } else if got < offered / 8 {
+        (size / 2).max(FIRST_READ)
+    } else {
+        size
+    }
+}
+
 /// A completed op in the relay.
 enum Event {
     ClientRead(io::Result<usize>, Vec<u8>),
@@ -333,12 +348,18 @@ impl Relay<'_> {
                         && self.to_backend.is_empty()
                         && self.to_client.len() < TO_CLIENT_LIMIT
                     {
+                        if self.rx.capacity() > 2 * self.c_read_size {
+                            self.rx = Vec::new(); // the read size shrank
+                        }
                         self.session.prepare_read(&mut self.rx, self.c_read_size);
                         c_spare = self.rx.capacity() - self.rx.len();
                         c_read = Some(ops::recv(self.client, std::mem::take(&mut self.rx)));
                     }
                     if b_read.is_none() && !backend_done && self.to_client.is_empty() {
                         self.brx.clear();
+                        if self.brx.capacity() > 2 * self.b_read_size {
+                            self.brx = Vec::new(); // the read size shrank
+                        }
                         self.brx.reserve(self.b_read_size);
                         b_spare = self.brx.capacity();
                         b_read = Some(ops::recv(self.backend, std::mem::take(&mut self.brx)));
@@ -434,9 +455,7 @@ impl Relay<'_> {
                         Ok(0) => client_done = true,
                         Ok(n) => {
                             ctx.counters.bytes_from_clients.add(n as u64);
-                            if n >= c_spare {
-                                self.c_read_size = (self.c_read_size * 2).min(c_max);
-                            }
+                            self.c_read_size = next_read_size(self.c_read_size, n, c_spare, c_max);
                             match self.session.handle_read(
                                 &mut self.rx,
                                 &mut self.to_client,
@@ -478,9 +497,8 @@ impl Relay<'_> {
                         }
                         Ok(n) => {
                             ctx.counters.bytes_from_backends.add(n as u64);
-                            if n >= b_spare {
-                                self.b_read_size = (self.b_read_size * 2).min(ctx.buffer_size);
-                            }
+                            self.b_read_size =
+                                next_read_size(self.b_read_size, n, b_spare, ctx.buffer_size);
                             if let Err(err) = self.session.encrypt(&self.brx, &mut self.to_client) {
                                 fatal = Some(Err(err.into()));
                             }
@@ -543,17 +561,44 @@ impl Relay<'_> {
         }
     }
 
+    /// Keeps a written buffer for reuse while data is still flowing toward
+    /// the client; once nothing is pending, a large one is freed so that an
+    /// idle connection holds no spare buffers.
     fn recycle_c(&mut self, mut buf: Vec<u8>) {
         buf.clear();
+        if self.to_client.is_empty() && buf.capacity() > IDLE_KEEP {
+            return;
+        }
         if self.spare_c.capacity() < buf.capacity() {
             self.spare_c = buf;
         }
     }
 
+    /// As [`Relay::recycle_c`], toward the backend.
     fn recycle_b(&mut self, mut buf: Vec<u8>) {
         buf.clear();
+        if self.to_backend.is_empty() && buf.capacity() > IDLE_KEEP {
+            return;
+        }
         if self.spare_b.capacity() < buf.capacity() {
             self.spare_b = buf;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_sizes_adapt_both_ways() {
+        // A full read doubles, up to the max.
+        assert_eq!(next_read_size(512, 512, 512, 65536), 1024);
+        assert_eq!(next_read_size(65536, 65536, 65536, 65536), 65536);
+        // A tiny read halves, down to FIRST_READ.
+        assert_eq!(next_read_size(65536, 100, 65536, 65536), 32768);
+        assert_eq!(next_read_size(FIRST_READ, 1, FIRST_READ, 65536), FIRST_READ);
+        // In between, it stays.
+        assert_eq!(next_read_size(4096, 2000, 4096, 65536), 4096);
     }
 }

@@ -199,8 +199,9 @@ impl TlsSession {
     /// Handles a completed client read.
     ///
     /// `buf` is the buffer prepared by [`TlsSession::prepare_read`] with the
-    /// bytes read appended. It is swapped with the session's own buffer, so
-    /// the caller gets a (cleared) buffer back to reuse.
+    /// bytes read appended. When every record in it was processed, the
+    /// caller gets it back (cleared) to reuse; otherwise the session keeps
+    /// it and `buf` is left empty.
     ///
     /// TLS bytes for the client are appended to `to_client` and must be
     /// written in order. Decrypted application data is appended to
@@ -214,9 +215,17 @@ impl TlsSession {
         to_client: &mut Vec<u8>,
         to_backend: &mut Vec<u8>,
     ) -> Result<Status, TlsError> {
-        std::mem::swap(&mut self.incoming, buf);
-        buf.clear();
-        self.step(None, false, to_client, to_backend)
+        // `buf` holds the pending partial record (copied by `prepare_read`)
+        // plus the new bytes: it becomes `incoming`, and the old copy goes.
+        self.incoming = std::mem::take(buf);
+        let status = self.step(None, false, to_client, to_backend);
+        // When no partial record is left, hand the buffer back for the next
+        // read and keep nothing: between reads the session holds no buffer,
+        // so an idle connection has exactly one read buffer (in flight).
+        if self.incoming.is_empty() {
+            *buf = std::mem::take(&mut self.incoming);
+        }
+        status
     }
 
     /// Handles ciphertext given as a slice (copying it). Convenient for tests

@@ -108,6 +108,10 @@ pub struct WorkerSpec {
 /// `SINGLE_ISSUER` (only the worker's thread submits) and `SUBMIT_ALL`.
 /// Kernels older than 6.0 reject those flags; we then fall back to a plain
 /// ring.
+///
+/// `IORING_SETUP_DEFER_TASKRUN` would batch completions further, but it
+/// runs completion work only inside `io_uring_enter(GETEVENTS)`, while
+/// tokio-uring sleeps in epoll on the ring fd: tried, every connection hung.
 pub fn build_runtime(
     ring_entries: u32,
     sqpoll_idle_ms: Option<u32>,

@@ -19,6 +19,56 @@ pub const DEFAULT_BUFFER_SIZE: usize = 64 * 1024;
 pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 /// Default backend connect timeout, in milliseconds.
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Default session lifetime, in seconds (nginx's `ssl_session_timeout`).
+pub const DEFAULT_SESSION_TIMEOUT_S: u64 = 300;
+/// Default session cache entries per worker.
+pub const DEFAULT_SESSION_CACHE_SIZE: usize = 20_000;
+/// Default cross-core session sync interval, in milliseconds.
+pub const DEFAULT_SESSION_SYNC_INTERVAL_MS: u64 = 100;
+/// Default ticket key rotation period, in seconds.
+pub const DEFAULT_TICKET_ROTATION_S: u64 = 3600;
+/// Default number of TLS 1.3 tickets sent after a full handshake.
+pub const DEFAULT_TLS13_TICKETS: usize = 1;
+
+/// How sessions are resumed (`--resumption`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resumption {
+    /// The per-core session cache (TLS 1.2 session IDs, TLS 1.3 stateful
+    /// tickets), synced across cores.
+    Cache,
+    /// Stateless tickets (TLS 1.2 and 1.3) only.
+    Tickets,
+    /// Both: tickets for clients that take them, the cache for the others.
+    Both,
+    /// No resumption.
+    Off,
+}
+
+impl Resumption {
+    fn parse(s: &str) -> Result<Self, ConfigError> {
+        match s {
+            "cache" => Ok(Self::Cache),
+            "tickets" => Ok(Self::Tickets),
+            "both" => Ok(Self::Both),
+            "off" => Ok(Self::Off),
+            other => Err(range(
+                "--resumption",
+                other,
+                "must be one of cache, tickets, both, off",
+            )),
+        }
+    }
+
+    /// Whether the session cache is used.
+    pub fn uses_cache(self) -> bool {
+        matches!(self, Self::Cache | Self::Both)
+    }
+
+    /// Whether stateless tickets are used.
+    pub fn uses_tickets(self) -> bool {
+        matches!(self, Self::Tickets | Self::Both)
+    }
+}
 
 /// Everything that can be set, from the TOML file or from flags. Every field
 /// is optional: a flag overrides the file, and `validate` fills defaults.
@@ -55,6 +105,21 @@ pub struct Settings {
     pub tls12: Option<bool>,
     /// Log level (`--log-level`), default `info`.
     pub log_level: Option<String>,
+    /// `cache`, `tickets`, `both` or `off` (`--resumption`), default `cache`.
+    pub resumption: Option<String>,
+    /// Session lifetime in seconds (`--session-timeout`).
+    pub session_timeout: Option<u64>,
+    /// Session cache entries per worker (`--session-cache-size`).
+    pub session_cache_size: Option<usize>,
+    /// Cross-core sync interval in ms (`--session-sync-interval`).
+    pub session_sync_interval: Option<u64>,
+    /// Ticket key rotation period in seconds (`--ticket-rotation`).
+    pub ticket_rotation: Option<u64>,
+    /// Ticket key files (`--ticket-key-file`, repeatable): the first
+    /// encrypts, all decrypt.
+    pub ticket_key_file: Option<Vec<String>>,
+    /// TLS 1.3 tickets sent after a full handshake (`--tls13-tickets`).
+    pub tls13_tickets: Option<usize>,
 }
 
 impl Settings {
@@ -91,6 +156,13 @@ impl Settings {
             connect_timeout: over.connect_timeout.or(self.connect_timeout),
             tls12: over.tls12.or(self.tls12),
             log_level: over.log_level.or(self.log_level),
+            resumption: over.resumption.or(self.resumption),
+            session_timeout: over.session_timeout.or(self.session_timeout),
+            session_cache_size: over.session_cache_size.or(self.session_cache_size),
+            session_sync_interval: over.session_sync_interval.or(self.session_sync_interval),
+            ticket_rotation: over.ticket_rotation.or(self.ticket_rotation),
+            ticket_key_file: over.ticket_key_file.or(self.ticket_key_file),
+            tls13_tickets: over.tls13_tickets.or(self.tls13_tickets),
         }
     }
 
@@ -184,7 +256,63 @@ impl Settings {
                 "must be one of error, warn, info, debug, trace, off",
             ));
         }
+        let resumption = Resumption::parse(self.resumption.as_deref().unwrap_or("cache"))?;
+        let session_timeout_s = self.session_timeout.unwrap_or(DEFAULT_SESSION_TIMEOUT_S);
+        if !(1..=86_400 * 7).contains(&session_timeout_s) {
+            return Err(range(
+                "--session-timeout",
+                &session_timeout_s.to_string(),
+                "must be from 1 to 604800 seconds",
+            ));
+        }
+        let session_cache_size = self
+            .session_cache_size
+            .unwrap_or(DEFAULT_SESSION_CACHE_SIZE);
+        if session_cache_size > 10_000_000 {
+            return Err(range(
+                "--session-cache-size",
+                &session_cache_size.to_string(),
+                "must be at most 10000000 entries per worker",
+            ));
+        }
+        let session_sync_interval_ms = self
+            .session_sync_interval
+            .unwrap_or(DEFAULT_SESSION_SYNC_INTERVAL_MS);
+        if !(1..=60_000).contains(&session_sync_interval_ms) {
+            return Err(range(
+                "--session-sync-interval",
+                &session_sync_interval_ms.to_string(),
+                "must be from 1 to 60000 ms",
+            ));
+        }
+        let ticket_rotation_s = self.ticket_rotation.unwrap_or(DEFAULT_TICKET_ROTATION_S);
+        if ticket_rotation_s == 0 {
+            return Err(range("--ticket-rotation", "0", "must be at least 1 second"));
+        }
+        let tls13_tickets = self.tls13_tickets.unwrap_or(DEFAULT_TLS13_TICKETS);
+        if tls13_tickets > 8 {
+            return Err(range(
+                "--tls13-tickets",
+                &tls13_tickets.to_string(),
+                "must be from 0 to 8",
+            ));
+        }
+        let ticket_key_files = self.ticket_key_file.unwrap_or_default();
+        if !ticket_key_files.is_empty() && !resumption.uses_tickets() {
+            return Err(range(
+                "--ticket-key-file",
+                &ticket_key_files[0],
+                "needs --resumption tickets or both",
+            ));
+        }
         Ok(Config {
+            resumption,
+            session_timeout_s,
+            session_cache_size,
+            session_sync_interval_ms,
+            ticket_rotation_s,
+            ticket_key_files,
+            tls13_tickets,
             listen,
             backend,
             cert,
@@ -234,6 +362,20 @@ pub struct Config {
     pub tls12: bool,
     /// Log level.
     pub log_level: String,
+    /// How sessions are resumed.
+    pub resumption: Resumption,
+    /// Session lifetime, seconds.
+    pub session_timeout_s: u64,
+    /// Session cache entries per worker.
+    pub session_cache_size: usize,
+    /// Cross-core sync interval, ms.
+    pub session_sync_interval_ms: u64,
+    /// Ticket key rotation period, seconds (random keys only).
+    pub ticket_rotation_s: u64,
+    /// Ticket key files; empty means random keys, rotated.
+    pub ticket_key_files: Vec<String>,
+    /// TLS 1.3 tickets per full handshake.
+    pub tls13_tickets: usize,
 }
 
 impl Config {
@@ -432,6 +574,40 @@ mod tests {
         assert_eq!(merged.workers, Some(2));
         assert_eq!(merged.ring_entries, Some(256));
         assert_eq!(merged.backend.as_deref(), Some("127.0.0.1:80"));
+    }
+
+    #[test]
+    fn resumption_settings() {
+        let c = base().validate(&[0]).unwrap();
+        assert_eq!(c.resumption, Resumption::Cache);
+        assert_eq!(c.session_timeout_s, DEFAULT_SESSION_TIMEOUT_S);
+        let mut s = base();
+        s.resumption = Some("sometimes".into());
+        assert!(s
+            .validate(&[0])
+            .unwrap_err()
+            .to_string()
+            .starts_with("--resumption"));
+        let mut s = base();
+        s.ticket_key_file = Some(vec!["k".into()]);
+        assert!(s
+            .clone()
+            .validate(&[0])
+            .unwrap_err()
+            .to_string()
+            .starts_with("--ticket-key-file"));
+        s.resumption = Some("both".into());
+        assert_eq!(
+            s.validate(&[0]).unwrap().ticket_key_files,
+            vec!["k".to_owned()]
+        );
+        let mut s = base();
+        s.session_sync_interval = Some(0);
+        assert!(s
+            .validate(&[0])
+            .unwrap_err()
+            .to_string()
+            .starts_with("--session-sync-interval"));
     }
 
     #[test]

@@ -28,4 +28,5 @@ pub mod config;
 pub mod deadline;
 pub mod metrics;
 pub mod rt;
+pub mod session;
 pub mod tls;

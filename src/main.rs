@@ -1,6 +1,7 @@
 //! The `ringterm` binary: CLI → Config → run. Exit code 64 on a bad config.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use ringterm::config::Settings;
@@ -72,6 +73,27 @@ struct Cli {
     /// Log level: error, warn, info, debug, trace, off.
     #[arg(long, value_name = "LEVEL", global = true)]
     log_level: Option<String>,
+    /// Session resumption: cache, tickets, both or off.
+    #[arg(long, value_name = "MODE", global = true)]
+    resumption: Option<String>,
+    /// Session lifetime, seconds.
+    #[arg(long, value_name = "SECS", global = true)]
+    session_timeout: Option<u64>,
+    /// Session cache entries per worker.
+    #[arg(long, value_name = "N", global = true)]
+    session_cache_size: Option<usize>,
+    /// Cross-core session sync interval, ms.
+    #[arg(long, value_name = "MS", global = true)]
+    session_sync_interval: Option<u64>,
+    /// Ticket key rotation period, seconds (random keys only).
+    #[arg(long, value_name = "SECS", global = true)]
+    ticket_rotation: Option<u64>,
+    /// Ticket key file, 80 bytes (repeatable; the first encrypts). Re-read on SIGHUP.
+    #[arg(long, value_name = "FILE", global = true)]
+    ticket_key_file: Vec<String>,
+    /// TLS 1.3 tickets sent after a full handshake.
+    #[arg(long, value_name = "N", global = true)]
+    tls13_tickets: Option<usize>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -102,6 +124,14 @@ impl Cli {
             connect_timeout: self.connect_timeout,
             tls12: self.no_tls12.then_some(false),
             log_level: self.log_level.clone(),
+            resumption: self.resumption.clone(),
+            session_timeout: self.session_timeout,
+            session_cache_size: self.session_cache_size,
+            session_sync_interval: self.session_sync_interval,
+            ticket_rotation: self.ticket_rotation,
+            ticket_key_file: (!self.ticket_key_file.is_empty())
+                .then(|| self.ticket_key_file.clone()),
+            tls13_tickets: self.tls13_tickets,
         }
     }
 }
@@ -211,8 +241,36 @@ fn run(cli: Cli) -> Result<(), String> {
         tls12: config.tls12,
         ..tls::TlsPolicy::default()
     };
-    let tls_config = tls::build_server_config(chain, key, &policy)
+    let ticketer = if config.resumption.uses_tickets() {
+        let lifetime = config.session_timeout_s.min(u32::MAX as u64) as u32;
+        Some(ringterm::rt::ticket_keys::ticketer(
+            &config.ticket_key_files,
+            lifetime,
+        )?)
+    } else {
+        None
+    };
+    let resumption = tls::ResumptionParts {
+        storage: config.resumption.uses_cache().then(|| {
+            Arc::new(ringterm::rt::session_store::WorkerStore)
+                as Arc<dyn rustls::server::StoresServerSessions>
+        }),
+        ticketer: ticketer
+            .clone()
+            .map(|t| t as Arc<dyn rustls::server::ProducesTickets>),
+        tls13_tickets: config.tls13_tickets,
+    };
+    let tls_config = tls::build_server_config_with(chain, key, &policy, resumption)
         .map_err(|e| format!("--cert/--key {}/{}: {e}", config.cert, config.key))?;
+    if let Some(t) = &ticketer {
+        if config.ticket_key_files.is_empty() {
+            ringterm::rt::ticket_keys::start_rotation(
+                t.clone(),
+                std::time::Duration::from_secs(config.ticket_rotation_s),
+            )
+            .map_err(|e| format!("--ticket-rotation: {e}"))?;
+        }
+    }
 
     let server = ringterm::rt::start(&config, tls_config).map_err(|e| e.to_string())?;
     for addr in &server.listen {
@@ -237,7 +295,19 @@ fn run(cli: Cli) -> Result<(), String> {
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    wait_for_signal();
+    let reload = move || {
+        if let Some(t) = &ticketer {
+            if !config.ticket_key_files.is_empty() {
+                match ringterm::rt::ticket_keys::reload(t, &config.ticket_key_files) {
+                    Ok(n) => tracing::info!(keys = n, "ticket keys reloaded"),
+                    Err(e) => {
+                        tracing::error!("ticket key reload failed, keeping the old keys: {e}")
+                    }
+                }
+            }
+        }
+    };
+    wait_for_signal_with_reload(reload);
     Ok(())
 }
 
@@ -256,6 +326,25 @@ fn init_logging(level: &str) -> Result<(), String> {
         .with_writer(std::io::stderr)
         .try_init();
     Ok(())
+}
+
+fn wait_for_signal_with_reload(mut reload: impl FnMut()) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+        Ok(mut signals) => {
+            for sig in signals.forever() {
+                if sig == SIGHUP {
+                    reload();
+                    continue;
+                }
+                tracing::info!(signal = sig, "shutting down");
+                return;
+            }
+        }
+        Err(_) => loop {
+            std::thread::park();
+        },
+    }
 }
 
 fn wait_for_signal() {

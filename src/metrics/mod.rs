@@ -31,6 +31,13 @@ impl Counter {
         self.0.store(self.0.load(Relaxed).wrapping_sub(1), Relaxed);
     }
 
+    /// Sets the value (for figures copied from a worker-owned structure).
+    /// Call only from the owning worker's thread.
+    #[inline]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Relaxed);
+    }
+
     /// Reads the current value from any thread.
     pub fn get(&self) -> u64 {
         self.0.load(Relaxed)
@@ -87,6 +94,28 @@ counters! {
     bytes_from_backends: "counter",
     /// Plaintext bytes written to backends.
     bytes_to_backends: "counter",
+    /// Resumed TLS 1.3 handshakes.
+    handshakes_resumed_tls13: "counter",
+    /// Resumed TLS 1.2 handshakes.
+    handshakes_resumed_tls12: "counter",
+    /// Sessions stored in this worker's cache.
+    session_cache_puts: "counter",
+    /// Session cache lookups that found a live entry.
+    session_cache_hits: "counter",
+    /// Session cache lookups that found nothing (or an expired entry).
+    session_cache_misses: "counter",
+    /// Session cache entries dropped because they outlived the timeout.
+    session_cache_expired: "counter",
+    /// Session cache entries evicted to make room.
+    session_cache_evictions: "counter",
+    /// Sessions that arrived from other workers.
+    session_cache_remote_puts: "counter",
+    /// Single-use sessions invalidated by other workers.
+    session_cache_remote_takes: "counter",
+    /// Sessions in this worker's cache.
+    session_cache_entries: "gauge",
+    /// Sync messages dropped because a queue was full (all workers).
+    session_sync_dropped: "counter",
 }
 
 /// Renders all workers' counters in the Prometheus text exposition format,

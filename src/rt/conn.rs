@@ -122,6 +122,11 @@ async fn drive(ctx: &Rc<WorkerCtx>, client: &Rc<TcpStream>) -> Result<(), ConnEr
     if let Some(info) = session.handshake_info() {
         if info.resumed {
             ctx.counters.handshakes_resumed.inc();
+            if info.version == rustls::ProtocolVersion::TLSv1_3 {
+                ctx.counters.handshakes_resumed_tls13.inc();
+            } else {
+                ctx.counters.handshakes_resumed_tls12.inc();
+            }
         } else if info.version == rustls::ProtocolVersion::TLSv1_3 {
             ctx.counters.handshakes_tls13.inc();
         } else {

@@ -13,6 +13,8 @@ pub mod conn;
 pub mod demo;
 pub mod listener;
 pub mod ops;
+pub mod session_store;
+pub mod ticket_keys;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -90,6 +92,15 @@ pub fn start(config: &Config, tls: Arc<rustls::ServerConfig>) -> Result<Server, 
         None => None,
     };
 
+    let cache = config.resumption.uses_cache().then(|| worker::CacheSpec {
+        config: crate::session::cache::CacheConfig {
+            capacity: config.session_cache_size,
+            timeout_ms: config.session_timeout_s * 1000,
+        },
+        hub: session_store::SyncHub::new(workers, session_store::SYNC_QUEUE_CAPACITY),
+        epoch: std::time::Instant::now(),
+        sync_interval_ms: config.session_sync_interval_ms,
+    });
     let (tx, rx) = std::sync::mpsc::channel();
     for (id, listeners) in per_worker.into_iter().enumerate() {
         let spec = worker::WorkerSpec {
@@ -104,6 +115,7 @@ pub fn start(config: &Config, tls: Arc<rustls::ServerConfig>) -> Result<Server, 
             handshake_timeout_ms: config.handshake_timeout_ms,
             connect_timeout_ms: config.connect_timeout_ms,
             counters: counters[id].clone(),
+            cache: cache.clone(),
         };
         let tx = tx.clone();
         std::thread::Builder::new()

@@ -13,9 +13,10 @@ use rustls::ServerConfig;
 use tokio::sync::Notify;
 use tokio_uring::net::TcpListener;
 
-use super::{conn, ops};
+use super::{conn, ops, session_store};
 use crate::deadline::Deadlines;
 use crate::metrics::WorkerCounters;
+use crate::session::cache::CacheConfig;
 
 /// How often the worker's timer looks at its deadlines while some exist.
 const TIMER_TICK: Duration = Duration::from_millis(100);
@@ -36,6 +37,9 @@ pub struct WorkerCtx {
     pub connect_timeout_ms: u64,
     /// This worker's counters.
     pub counters: Arc<WorkerCounters>,
+    /// How often the session cache merges other workers' sessions; `None`
+    /// when the cache is off.
+    sync_interval_ms: Option<u64>,
     deadlines: RefCell<Deadlines>,
     timer_wake: Notify,
     epoch: Instant,
@@ -98,6 +102,21 @@ pub struct WorkerSpec {
     pub connect_timeout_ms: u64,
     /// Counters.
     pub counters: Arc<WorkerCounters>,
+    /// The session cache, when resumption uses it.
+    pub cache: Option<CacheSpec>,
+}
+
+/// A worker's session cache settings.
+#[derive(Debug, Clone)]
+pub struct CacheSpec {
+    /// Capacity and timeout.
+    pub config: CacheConfig,
+    /// The queues shared by all workers.
+    pub hub: Arc<session_store::SyncHub>,
+    /// The clock origin shared by all workers.
+    pub epoch: Instant,
+    /// Merge interval.
+    pub sync_interval_ms: u64,
 }
 
 /// Builds the worker's runtime. Errors here are reported before serving.
@@ -154,6 +173,10 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String
             return;
         }
     };
+    let sync_interval_ms = spec.cache.as_ref().map(|c| c.sync_interval_ms);
+    if let Some(cache) = spec.cache {
+        session_store::install(spec.id, cache.config, cache.hub, cache.epoch);
+    }
     let ctx = Rc::new(WorkerCtx {
         id: spec.id,
         tls: spec.tls,
@@ -162,6 +185,7 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String
         handshake_timeout_ms: spec.handshake_timeout_ms,
         connect_timeout_ms: spec.connect_timeout_ms,
         counters: spec.counters,
+        sync_interval_ms,
         deadlines: RefCell::new(Deadlines::default()),
         timer_wake: Notify::new(),
         epoch: Instant::now(),
@@ -200,22 +224,46 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener) {
 }
 
 /// The worker's one timer: while deadlines exist, wake every tick and cancel
-/// the ops of every connection whose deadline passed.
+/// the ops of every connection whose deadline passed; with the session
+/// cache on, also merge the other workers' sessions every sync interval.
 async fn timer(ctx: Rc<WorkerCtx>) {
+    let tick = match ctx.sync_interval_ms {
+        Some(ms) => TIMER_TICK.min(Duration::from_millis(ms)),
+        None => TIMER_TICK,
+    };
+    let mut next_sync = 0;
     loop {
-        if ctx.deadlines.borrow().is_empty() {
+        if ctx.sync_interval_ms.is_none() && ctx.deadlines.borrow().is_empty() {
             ctx.timer_wake.notified().await;
             continue;
         }
-        let res = ops::sleep(TIMER_TICK).await;
+        let res = ops::sleep(tick).await;
         if !ops::timer_fired(&res) {
             tracing::warn!(worker = ctx.id, "timer failed: {:?}", res.err());
         }
-        let expired = ctx.deadlines.borrow_mut().expire(ctx.now_ms());
+        let now = ctx.now_ms();
+        let expired = ctx.deadlines.borrow_mut().expire(now);
         for fd in expired {
             // The key is the fd of a live socket: connections clear their
             // deadline before their socket can be closed.
             let _ = ops::cancel_fd(fd as i32).await;
+        }
+        if let Some(interval) = ctx.sync_interval_ms {
+            if now >= next_sync {
+                next_sync = now + interval;
+                if let Some((stats, len, dropped)) = session_store::sync() {
+                    let c = &ctx.counters;
+                    c.session_cache_puts.set(stats.puts);
+                    c.session_cache_hits.set(stats.hits);
+                    c.session_cache_misses.set(stats.misses);
+                    c.session_cache_expired.set(stats.expired);
+                    c.session_cache_evictions.set(stats.evictions);
+                    c.session_cache_remote_puts.set(stats.remote_puts);
+                    c.session_cache_remote_takes.set(stats.remote_takes);
+                    c.session_cache_entries.set(len as u64);
+                    c.session_sync_dropped.set(dropped);
+                }
+            }
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rustls::crypto::aws_lc_rs;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::NoServerSessionStorage;
+use rustls::server::{NoServerSessionStorage, ProducesTickets, StoresServerSessions};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
@@ -53,14 +53,46 @@ pub fn load_private_key(name: &str, pem: &[u8]) -> Result<PrivateKeyDer<'static>
     }
 }
 
-/// Builds the server configuration: checks that the key matches the
-/// certificate, applies the policy, and disables the stateful session store
-/// (rustls's default one takes a `Mutex`; ringterm's own lock-free cache is
-/// plugged in by the resumption layer).
+/// How a server configuration resumes sessions. The default resumes
+/// nothing.
+#[derive(Clone, Default)]
+pub struct ResumptionParts {
+    /// The stateful session store (TLS 1.2 session IDs, TLS 1.3 stateful
+    /// tickets). `None`: no store (rustls's default one takes a `Mutex`).
+    pub storage: Option<Arc<dyn StoresServerSessions>>,
+    /// The stateless ticket producer. `None`: no tickets.
+    pub ticketer: Option<Arc<dyn ProducesTickets>>,
+    /// TLS 1.3 tickets sent after each full handshake (when resuming at all).
+    pub tls13_tickets: usize,
+}
+
+impl std::fmt::Debug for ResumptionParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResumptionParts")
+            .field("storage", &self.storage.is_some())
+            .field("ticketer", &self.ticketer.is_some())
+            .field("tls13_tickets", &self.tls13_tickets)
+            .finish()
+    }
+}
+
+/// Builds the server configuration without session resumption. See
+/// [`build_server_config_with`].
 pub fn build_server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     policy: &TlsPolicy,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    build_server_config_with(chain, key, policy, ResumptionParts::default())
+}
+
+/// Builds the server configuration: checks that the key matches the
+/// certificate, applies the policy, and plugs in the resumption parts.
+pub fn build_server_config_with(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    policy: &TlsPolicy,
+    resumption: ResumptionParts,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(aws_lc_rs::default_provider());
     let certified = CertifiedKey::from_der(chain, key, &provider)
@@ -79,8 +111,14 @@ pub fn build_server_config(
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
     config.alpn_protocols = policy.alpn.clone();
-    config.session_storage = Arc::new(NoServerSessionStorage {});
-    config.send_tls13_tickets = 0;
+    let resumes = resumption.storage.is_some() || resumption.ticketer.is_some();
+    config.session_storage = resumption
+        .storage
+        .unwrap_or_else(|| Arc::new(NoServerSessionStorage {}));
+    if let Some(ticketer) = resumption.ticketer {
+        config.ticketer = ticketer;
+    }
+    config.send_tls13_tickets = if resumes { resumption.tls13_tickets } else { 0 };
     config.max_early_data_size = 0;
     Ok(Arc::new(config))
 }

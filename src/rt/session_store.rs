@@ -1,0 +1,172 @@
+//! The per-core session cache as rustls sees it, and its cross-core sync.
+//!
+//! rustls wants one `StoresServerSessions` object shared by every
+//! connection (it must be `Send + Sync`). [`WorkerStore`] is that object, and
+//! it holds no state: each worker thread keeps its own
+//! [`SessionCache`](crate::session::cache::SessionCache) in a thread-local,
+//! and rustls always calls the store on the thread that runs the handshake.
+//! So `put`/`get`/`take` touch only the calling worker's cache: no lock, no
+//! atomic.
+//!
+//! Cross-core sync: a put or take on one worker is published to every other
+//! worker through a bounded lock-free queue per (source, destination) pair
+//! ([`SyncHub`]); each worker merges its inbound queues on its own thread,
+//! from its timer, every `--session-sync-interval`. A full queue drops the
+//! message (counted): a slow worker can delay resumption, never make memory
+//! grow.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_queue::ArrayQueue;
+use rustls::server::StoresServerSessions;
+
+use crate::session::cache::{CacheConfig, CacheStats, SessionCache, SyncMsg};
+
+/// Messages one queue holds before it drops new ones.
+pub const SYNC_QUEUE_CAPACITY: usize = 16 * 1024;
+
+/// The queues between workers: `queues[dst * workers + src]`.
+pub struct SyncHub {
+    workers: usize,
+    queues: Vec<ArrayQueue<Arc<SyncMsg>>>,
+    dropped: AtomicU64,
+}
+
+impl std::fmt::Debug for SyncHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncHub")
+            .field("workers", &self.workers)
+            .finish()
+    }
+}
+
+impl SyncHub {
+    /// Queues for `workers` workers.
+    pub fn new(workers: usize, capacity: usize) -> Arc<Self> {
+        Arc::new(Self {
+            workers,
+            queues: (0..workers * workers)
+                .map(|_| ArrayQueue::new(capacity.max(1)))
+                .collect(),
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    fn publish(&self, src: usize, msg: SyncMsg) {
+        if self.workers < 2 {
+            return;
+        }
+        let msg = Arc::new(msg);
+        for dst in (0..self.workers).filter(|&d| d != src) {
+            if self.queues[dst * self.workers + src]
+                .push(msg.clone())
+                .is_err()
+            {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Messages dropped because a queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+struct Local {
+    id: usize,
+    cache: SessionCache,
+    hub: Arc<SyncHub>,
+    epoch: Instant,
+}
+
+impl Local {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+}
+
+thread_local! {
+    static LOCAL: RefCell<Option<Local>> = const { RefCell::new(None) };
+}
+
+/// Installs worker `id`'s cache on the current thread. `epoch` must be the
+/// same for every worker: entries carry their creation time across cores.
+pub fn install(id: usize, config: CacheConfig, hub: Arc<SyncHub>, epoch: Instant) {
+    LOCAL.with(|l| {
+        *l.borrow_mut() = Some(Local {
+            id,
+            cache: SessionCache::new(config),
+            hub,
+            epoch,
+        });
+    });
+}
+
+/// Merges what other workers published since the last call. Returns this
+/// worker's cache statistics and the hub's drop count.
+pub fn sync() -> Option<(CacheStats, usize, u64)> {
+    LOCAL.with(|l| {
+        let mut guard = l.borrow_mut();
+        let local = guard.as_mut()?;
+        let now = local.now_ms();
+        let n = local.hub.workers;
+        for src in (0..n).filter(|&s| s != local.id) {
+            let queue = &local.hub.queues[local.id * n + src];
+            // Bounded by the queue's capacity: producers can't keep us here.
+            for _ in 0..queue.capacity() {
+                let Some(msg) = queue.pop() else { break };
+                let msg = Arc::try_unwrap(msg).unwrap_or_else(|shared| (*shared).clone());
+                local.cache.merge(msg, now);
+            }
+        }
+        Some((local.cache.stats(), local.cache.len(), local.hub.dropped()))
+    })
+}
+
+fn with_local<R>(f: impl FnOnce(&mut Local) -> R) -> Option<R> {
+    LOCAL.with(|l| l.try_borrow_mut().ok()?.as_mut().map(f))
+}
+
+/// rustls's session store: dispatches to the calling worker's cache.
+#[derive(Debug, Default)]
+pub struct WorkerStore;
+
+impl StoresServerSessions for WorkerStore {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        with_local(|l| {
+            let now = l.now_ms();
+            let msg = l.cache.put(key, value, now);
+            l.hub.publish(l.id, msg);
+            true
+        })
+        .unwrap_or(false)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        with_local(|l| {
+            let now = l.now_ms();
+            l.cache.get(key, now)
+        })
+        .flatten()
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        with_local(|l| {
+            let now = l.now_ms();
+            let (value, msg) = l.cache.take(key, now);
+            if let Some(msg) = msg {
+                l.hub.publish(l.id, msg);
+            }
+            value
+        })
+        .flatten()
+    }
+
+    fn can_cache(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,829 @@
+//! Per-worker TLS session cache, sans-IO, in the spirit of mbedTLS `ssl_cache`.
+//!
+//! Each worker owns one [`SessionCache`]: no locks, no atomics. The cache never
+//! reads the clock; every operation takes `now_ms`, milliseconds of the
+//! monotonic clock that all workers share. Workers keep their caches roughly
+//! in step by publishing the [`SyncMsg`] that [`SessionCache::put`] and
+//! [`SessionCache::take`] return, and by feeding the messages of other workers
+//! to [`SessionCache::merge`].
+//!
+//! # Lifetime
+//!
+//! An entry created at `t` is valid while `now_ms < t + timeout_ms`. A remote
+//! entry keeps the creation time of the worker that made it, so syncing never
+//! extends a session's life. Expired entries are removed lazily: when a lookup
+//! finds one, or when a full cache needs room.
+//!
+//! # Capacity and eviction
+//!
+//! The cache never holds more than `capacity` entries. When an insert of a new
+//! key finds it full, it removes the oldest entry by creation time (ties
+//! broken by insertion order). With one timeout for all entries, the expired
+//! entries are exactly the oldest ones, so "reuse an expired slot first,
+//! otherwise evict the oldest" is the same rule; the removal is counted in
+//! [`CacheStats::expired`] or [`CacheStats::evictions`] accordingly. Lookups
+//! do not refresh an entry's age: eviction is by creation time, not LRU.
+//!
+//! # Cost
+//!
+//! Entries live in a `HashMap` (SipHash with a random key, since session IDs
+//! come from clients) and their ages in a `BTreeMap<(created_ms, seq), key>`,
+//! which keeps the oldest entry exact even when [`SessionCache::merge`]
+//! inserts entries older than ones already present. Lookups are O(1); inserts
+//! and removals are O(log n) in the number of entries, for the age index.
+//! Both structures hold exactly one record per live entry, so memory is
+//! bounded by `capacity` (plus one copy of each key in the age index).
+
+use std::collections::{BTreeMap, HashMap};
+
+/// Limits of a cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Most entries held at once; 0 caches nothing.
+    pub capacity: usize,
+    /// Lifetime of an entry in milliseconds: an entry created at `t` is valid
+    /// while `now_ms < t + timeout_ms`.
+    pub timeout_ms: u64,
+}
+
+/// Counters (plain u64, owned by the cache; the runtime copies them out).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Calls to [`SessionCache::put`], stored or not (capacity 0).
+    pub puts: u64,
+    /// Lookups ([`SessionCache::get`] and [`SessionCache::take`]) that found
+    /// a valid entry.
+    pub hits: u64,
+    /// Lookups ([`SessionCache::get`] and [`SessionCache::take`]) that found
+    /// no valid entry, expired ones included.
+    pub misses: u64,
+    /// Expired entries removed, by a lookup or to make room.
+    pub expired: u64,
+    /// Valid entries removed to make room for a new one.
+    pub evictions: u64,
+    /// Successful [`SessionCache::take`]s (also counted in `hits`).
+    pub takes: u64,
+    /// Remote [`SyncMsg::Put`]s that were stored (ignored ones are not
+    /// counted: expired, older than the local copy, or too old to keep).
+    pub remote_puts: u64,
+    /// Remote [`SyncMsg::Take`]s that removed a local entry.
+    pub remote_takes: u64,
+}
+
+/// A cross-core sync message: what one worker tells the others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncMsg {
+    /// A worker stored `value` under `key` at `created_ms`.
+    Put {
+        /// The session key (session ID or ticket name).
+        key: Vec<u8>,
+        /// The encoded session.
+        value: Vec<u8>,
+        /// When the publishing worker created the entry (shared monotonic
+        /// clock, milliseconds).
+        created_ms: u64,
+    },
+    /// A worker consumed `key` (single-use session): drop any copy.
+    Take {
+        /// The session key to invalidate.
+        key: Vec<u8>,
+    },
+}
+
+/// One stored session.
+#[derive(Debug)]
+struct Entry {
+    value: Vec<u8>,
+    created_ms: u64,
+    /// Insertion number, the tie-breaker of the age index.
+    seq: u64,
+}
+
+/// A bounded, expiring TLS session cache owned by one worker.
+///
+/// # Sync ordering
+///
+/// [`merge`](Self::merge) assumes that the messages of any one worker arrive
+/// in the order that worker published them (one FIFO channel per pair of
+/// workers). Messages from different workers may interleave arbitrarily, and
+/// a `Take` is not remembered (no tombstone): if worker B takes a session it
+/// learned from worker A and B's `Take` reaches worker C before A's `Put`
+/// does, C keeps a copy until it expires or is evicted. Callers that need
+/// strict single use across workers must tolerate that window (for TLS 1.3
+/// resumption it only allows a resumption on another core, which anti-replay
+/// for 0-RTT must not rely on this cache to prevent).
+#[derive(Debug)]
+pub struct SessionCache {
+    config: CacheConfig,
+    entries: HashMap<Vec<u8>, Entry>,
+    /// `(created_ms, seq) -> key`, one record per entry: the age index.
+    by_age: BTreeMap<(u64, u64), Vec<u8>>,
+    next_seq: u64,
+    stats: CacheStats,
+}
+
+impl SessionCache {
+    /// Creates an empty cache with the given limits.
+    pub fn new(config: CacheConfig) -> Self {
+        Self {
+            config,
+            entries: HashMap::with_capacity(config.capacity.min(1 << 12)),
+            by_age: BTreeMap::new(),
+            next_seq: 0,
+            stats: CacheStats::default(),
+        }
+    }
+
+    /// Inserts (or replaces) `key`, created at `now_ms`.
+    ///
+    /// When the cache is full and `key` is new, the oldest entry by creation
+    /// time makes room: an expired one if any (counted in `expired`), since
+    /// with a uniform timeout the expired entries are the oldest, otherwise
+    /// the oldest valid one (counted in `evictions`). Replacing a key gives it
+    /// a fresh lifetime and evicts nothing.
+    ///
+    /// Returns the [`SyncMsg::Put`] to publish to other workers, even with
+    /// capacity 0 (which stores nothing).
+    pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>, now_ms: u64) -> SyncMsg {
+        self.stats.puts += 1;
+        let msg = SyncMsg::Put {
+            key: key.clone(),
+            value: value.clone(),
+            created_ms: now_ms,
+        };
+        if self.config.capacity == 0 {
+            return msg;
+        }
+        if self.unlink(&key).is_none() && self.entries.len() >= self.config.capacity {
+            self.remove_oldest(now_ms);
+        }
+        self.link(key, value, now_ms);
+        msg
+    }
+
+    /// Returns a copy of the value of `key` if present and valid
+    /// (`created_ms + timeout_ms > now_ms`), counting a hit; the entry stays.
+    ///
+    /// An expired entry is removed and counted in `expired`, and the lookup
+    /// counts as a miss.
+    pub fn get(&mut self, key: &[u8], now_ms: u64) -> Option<Vec<u8>> {
+        let live = self
+            .entries
+            .get(key)
+            .map(|e| self.is_live(e.created_ms, now_ms));
+        match live {
+            Some(true) => {
+                self.stats.hits += 1;
+                self.entries.get(key).map(|e| e.value.clone())
+            }
+            Some(false) => {
+                self.unlink(key);
+                self.stats.expired += 1;
+                self.stats.misses += 1;
+                None
+            }
+            None => {
+                self.stats.misses += 1;
+                None
+            }
+        }
+    }
+
+    /// Removes and returns the value of `key` (single-use TLS 1.3 stateful
+    /// sessions), with the [`SyncMsg::Take`] to publish so that other workers
+    /// drop their copy. Counts a hit and a take.
+    ///
+    /// A missing or expired entry gives `(None, None)` and counts a miss (an
+    /// expired one is removed and counted in `expired`; other workers' copies
+    /// share its deadline, so no message is needed).
+    pub fn take(&mut self, key: &[u8], now_ms: u64) -> (Option<Vec<u8>>, Option<SyncMsg>) {
+        let Some(entry) = self.unlink(key) else {
+            self.stats.misses += 1;
+            return (None, None);
+        };
+        if !self.is_live(entry.created_ms, now_ms) {
+            self.stats.expired += 1;
+            self.stats.misses += 1;
+            return (None, None);
+        }
+        self.stats.hits += 1;
+        self.stats.takes += 1;
+        (Some(entry.value), Some(SyncMsg::Take { key: key.to_vec() }))
+    }
+
+    /// Applies a message from another worker (see the ordering assumption on
+    /// [`SessionCache`]).
+    ///
+    /// * `Put` stores the entry with its original `created_ms`, so it expires
+    ///   at the original deadline. It is ignored when already expired at
+    ///   `now_ms`, when capacity is 0, or when the local copy of the key was
+    ///   created later (newest wins; on a tie the remote one replaces it).
+    ///   When the cache is full the usual rule applies, the oldest entry
+    ///   makes room, except that a remote entry older than every valid
+    ///   entry is itself the oldest and is dropped instead.
+    /// * `Take` removes the key, if present. It leaves no tombstone.
+    pub fn merge(&mut self, msg: SyncMsg, now_ms: u64) {
+        match msg {
+            SyncMsg::Put {
+                key,
+                value,
+                created_ms,
+            } => {
+                if self.config.capacity == 0 || !self.is_live(created_ms, now_ms) {
+                    return;
+                }
+                if let Some(local) = self.entries.get(&key) {
+                    if local.created_ms > created_ms {
+                        return;
+                    }
+                    self.unlink(&key);
+                } else if self.entries.len() >= self.config.capacity {
+                    if let Some((&(oldest_ms, _), _)) = self.by_age.first_key_value() {
+                        if self.is_live(oldest_ms, now_ms) && created_ms < oldest_ms {
+                            return;
+                        }
+                    }
+                    self.remove_oldest(now_ms);
+                }
+                self.link(key, value, created_ms);
+                self.stats.remote_puts += 1;
+            }
+            SyncMsg::Take { key } => {
+                if self.unlink(&key).is_some() {
+                    self.stats.remote_takes += 1;
+                }
+            }
+        }
+    }
+
+    /// Number of entries held, including expired ones not yet removed; never
+    /// more than `capacity`.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the cache holds no entry.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// A copy of the counters.
+    pub fn stats(&self) -> CacheStats {
+        self.stats
+    }
+
+    /// Whether an entry created at `created_ms` is still valid at `now_ms`.
+    fn is_live(&self, created_ms: u64, now_ms: u64) -> bool {
+        now_ms < created_ms.saturating_add(self.config.timeout_ms)
+    }
+
+    /// Stores a new entry; `key` must not be present.
+    fn link(&mut self, key: Vec<u8>, value: Vec<u8>, created_ms: u64) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.by_age.insert((created_ms, seq), key.clone());
+        let old = self.entries.insert(
+            key,
+            Entry {
+                value,
+                created_ms,
+                seq,
+            },
+        );
+        debug_assert!(old.is_none(), "link of a present key");
+    }
+
+    /// Removes `key` from both indexes, returning its entry.
+    fn unlink(&mut self, key: &[u8]) -> Option<Entry> {
+        let entry = self.entries.remove(key)?;
+        self.by_age.remove(&(entry.created_ms, entry.seq));
+        Some(entry)
+    }
+
+    /// Removes the oldest entry, counting it as expired or evicted.
+    fn remove_oldest(&mut self, now_ms: u64) {
+        if let Some(((created_ms, _), key)) = self.by_age.pop_first() {
+            self.entries.remove(&key);
+            if self.is_live(created_ms, now_ms) {
+                self.stats.evictions += 1;
+            } else {
+                self.stats.expired += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(capacity: usize, timeout_ms: u64) -> SessionCache {
+        SessionCache::new(CacheConfig {
+            capacity,
+            timeout_ms,
+        })
+    }
+
+    fn k(n: u8) -> Vec<u8> {
+        vec![n; 32]
+    }
+
+    fn v(n: u8) -> Vec<u8> {
+        vec![n; 100]
+    }
+
+    fn remote_put(key: Vec<u8>, value: Vec<u8>, created_ms: u64) -> SyncMsg {
+        SyncMsg::Put {
+            key,
+            value,
+            created_ms,
+        }
+    }
+
+    /// Checks that both indexes agree and the cache is within capacity.
+    fn check_invariants(c: &SessionCache) {
+        assert!(c.len() <= c.config.capacity);
+        assert_eq!(c.entries.len(), c.by_age.len());
+        for (&(created_ms, seq), key) in &c.by_age {
+            let e = &c.entries[key];
+            assert_eq!((e.created_ms, e.seq), (created_ms, seq));
+        }
+    }
+
+    #[test]
+    fn valid_strictly_before_deadline() {
+        let mut c = cache(4, 100);
+        c.put(k(1), v(1), 1000);
+        assert_eq!(c.get(&k(1), 1000), Some(v(1)));
+        assert_eq!(c.get(&k(1), 1099), Some(v(1)));
+        assert_eq!(c.get(&k(1), 1100), None);
+        assert!(c.is_empty());
+        let s = c.stats();
+        assert_eq!((s.hits, s.misses, s.expired), (2, 1, 1));
+        // A later lookup is a plain miss, not another expiry.
+        assert_eq!(c.get(&k(1), 1101), None);
+        assert_eq!((c.stats().misses, c.stats().expired), (2, 1));
+    }
+
+    #[test]
+    fn put_returns_sync_put() {
+        let mut c = cache(4, 100);
+        assert_eq!(c.put(k(1), v(2), 7), remote_put(k(1), v(2), 7));
+    }
+
+    #[test]
+    fn full_cache_evicts_oldest_by_creation() {
+        let mut c = cache(3, 1000);
+        c.put(k(1), v(1), 0);
+        c.put(k(2), v(2), 1);
+        c.put(k(3), v(3), 2);
+        // A lookup does not refresh the age (not LRU).
+        assert_eq!(c.get(&k(1), 3), Some(v(1)));
+        c.put(k(4), v(4), 3);
+        assert_eq!(c.len(), 3);
+        assert_eq!(c.get(&k(1), 4), None);
+        for n in 2..=4 {
+            assert_eq!(c.get(&k(n), 4), Some(v(n)));
+        }
+        c.put(k(5), v(5), 5);
+        assert_eq!(c.get(&k(2), 5), None);
+        let s = c.stats();
+        assert_eq!((s.evictions, s.expired), (2, 0));
+        check_invariants(&c);
+    }
+
+    #[test]
+    fn full_cache_reuses_expired_before_evicting() {
+        let mut c = cache(3, 10);
+        c.put(k(1), v(1), 0);
+        c.put(k(2), v(2), 1);
+        c.put(k(3), v(3), 5);
+        // At 11, entries 1 and 2 are expired (deadlines 10, 11); 3 is not (15).
+        c.put(k(4), v(4), 11);
+        assert_eq!((c.stats().expired, c.stats().evictions), (1, 0));
+        c.put(k(5), v(5), 11);
+        assert_eq!((c.stats().expired, c.stats().evictions), (2, 0));
+        // Nothing expired any more: the oldest valid entry goes.
+        c.put(k(6), v(6), 11);
+        assert_eq!((c.stats().expired, c.stats().evictions), (2, 1));
+        assert_eq!(c.len(), 3);
+        assert_eq!(c.get(&k(3), 11), None);
+        for n in 4..=6 {
+            assert_eq!(c.get(&k(n), 11), Some(v(n)));
+        }
+        check_invariants(&c);
+    }
+
+    #[test]
+    fn eviction_follows_creation_time_not_insertion_order() {
+        let mut c = cache(2, 10);
+        c.put(k(1), v(1), 5);
+        // Inserted after k(1) but created before it.
+        c.merge(remote_put(k(2), v(2), 0), 5);
+        // At 10, k(2) is expired (deadline 10), k(1) is not (15).
+        c.put(k(3), v(3), 10);
+        assert_eq!((c.stats().expired, c.stats().evictions), (1, 0));
+        assert_eq!(c.get(&k(1), 10), Some(v(1)));
+        assert_eq!(c.get(&k(3), 10), Some(v(3)));
+        assert_eq!(c.get(&k(2), 10), None);
+        // Both valid: the one created first (k(1) at 5) is evicted.
+        c.put(k(4), v(4), 12);
+        assert_eq!(c.stats().evictions, 1);
+        assert_eq!(c.get(&k(1), 12), None);
+        assert_eq!(c.get(&k(3), 12), Some(v(3)));
+        check_invariants(&c);
+    }
+
+    #[test]
+    fn get_does_not_remove() {
+        let mut c = cache(2, 100);
+        c.put(k(1), v(1), 0);
+        assert_eq!(c.get(&k(1), 1), Some(v(1)));
+        assert_eq!(c.get(&k(1), 2), Some(v(1)));
+        assert_eq!(c.len(), 1);
+        assert_eq!(c.stats().hits, 2);
+    }
+
+    #[test]
+    fn take_is_single_use_and_publishes() {
+        let mut c = cache(2, 100);
+        c.put(k(1), v(1), 0);
+        assert_eq!(
+            c.take(&k(1), 1),
+            (Some(v(1)), Some(SyncMsg::Take { key: k(1) }))
+        );
+        assert_eq!(c.take(&k(1), 2), (None, None));
+        assert_eq!(c.get(&k(1), 2), None);
+        assert!(c.is_empty());
+        let s = c.stats();
+        assert_eq!((s.takes, s.hits, s.misses, s.expired), (1, 1, 2, 0));
+    }
+
+    #[test]
+    fn take_of_expired_entry_misses() {
+        let mut c = cache(2, 100);
+        c.put(k(1), v(1), 0);
+        assert_eq!(c.take(&k(1), 100), (None, None));
+        assert!(c.is_empty());
+        let s = c.stats();
+        assert_eq!((s.takes, s.hits, s.misses, s.expired), (0, 0, 1, 1));
+    }
+
+    #[test]
+    fn replace_keeps_one_entry_with_fresh_lifetime() {
+        let mut c = cache(2, 100);
+        c.put(k(1), v(1), 0);
+        c.put(k(2), v(2), 10);
+        // Full, but a replace evicts nothing.
+        c.put(k(1), v(9), 50);
+        assert_eq!(c.len(), 2);
+        assert_eq!(c.stats().evictions, 0);
+        assert_eq!(c.get(&k(1), 120), Some(v(9)));
+        assert_eq!(c.get(&k(1), 150), None);
+        // k(2) is now the oldest and goes first.
+        c.put(k(3), v(3), 60);
+        c.put(k(1), v(1), 61);
+        c.put(k(4), v(4), 62);
+        assert_eq!(c.get(&k(3), 62), None);
+        assert_eq!(c.get(&k(1), 62), Some(v(1)));
+        assert_eq!(c.stats().puts, 6);
+        check_invariants(&c);
+    }
+
+    #[test]
+    fn remote_put_keeps_original_deadline() {
+        let mut c = cache(4, 100);
+        c.merge(remote_put(k(1), v(1), 0), 50);
+        assert_eq!(c.stats().remote_puts, 1);
+        assert_eq!(c.get(&k(1), 99), Some(v(1)));
+        assert_eq!(c.get(&k(1), 100), None);
+        assert_eq!(c.stats().expired, 1);
+    }
+
+    #[test]
+    fn expired_remote_put_is_ignored() {
+        let mut c = cache(4, 100);
+        c.merge(remote_put(k(1), v(1), 0), 100);
+        assert!(c.is_empty());
+        assert_eq!(c.stats(), CacheStats::default());
+    }
+
+    #[test]
+    fn remote_put_never_replaces_a_newer_local_copy() {
+        let mut c = cache(4, 100);
+        c.put(k(1), v(1), 20);
+        c.merge(remote_put(k(1), v(2), 10), 30);
+        assert_eq!(c.get(&k(1), 30), Some(v(1)));
+        c.merge(remote_put(k(1), v(3), 25), 30);
+        assert_eq!(c.get(&k(1), 30), Some(v(3)));
+        assert_eq!(c.len(), 1);
+        assert_eq!(c.stats().remote_puts, 1);
+        // The replaced entry has the remote deadline.
+        assert_eq!(c.get(&k(1), 125), None);
+    }
+
+    #[test]
+    fn remote_put_older_than_a_full_cache_is_dropped() {
+        let mut c = cache(2, 100);
+        c.put(k(1), v(1), 10);
+        c.put(k(2), v(2), 20);
+        c.merge(remote_put(k(3), v(3), 5), 30);
+        assert_eq!(c.get(&k(3), 30), None);
+        assert_eq!(c.get(&k(1), 30), Some(v(1)));
+        assert_eq!(c.stats().remote_puts, 0);
+        // Newer than the oldest: the oldest is evicted.
+        c.merge(remote_put(k(4), v(4), 15), 30);
+        assert_eq!(c.get(&k(1), 30), None);
+        assert_eq!(c.get(&k(4), 30), Some(v(4)));
+        let s = c.stats();
+        assert_eq!((s.remote_puts, s.evictions), (1, 1));
+        // Same age as the oldest (k(4) at 15): ties go by insertion order,
+        // so the arriving entry is the newer one and k(4) is evicted.
+        c.merge(remote_put(k(5), v(5), 15), 30);
+        assert_eq!(c.get(&k(4), 30), None);
+        assert_eq!(c.get(&k(5), 30), Some(v(5)));
+        assert_eq!(c.stats().evictions, 2);
+        check_invariants(&c);
+    }
+
+    #[test]
+    fn remote_take_removes_local_copy() {
+        let mut c = cache(4, 100);
+        c.put(k(1), v(1), 0);
+        c.merge(SyncMsg::Take { key: k(1) }, 1);
+        assert_eq!(c.get(&k(1), 1), None);
+        assert!(c.is_empty());
+        c.merge(SyncMsg::Take { key: k(2) }, 1);
+        assert_eq!(c.stats().remote_takes, 1);
+    }
+
+    #[test]
+    fn stats_count_every_operation() {
+        let mut c = cache(2, 100);
+        c.put(k(1), v(1), 0);
+        c.put(k(2), v(2), 1);
+        c.put(k(3), v(3), 2); // evicts k(1)
+        c.get(&k(2), 3); // hit
+        c.get(&k(1), 3); // miss
+        c.take(&k(3), 4); // hit, take
+        c.merge(remote_put(k(4), v(4), 4), 5);
+        c.merge(SyncMsg::Take { key: k(2) }, 5);
+        c.get(&k(4), 104); // expired miss
+        assert_eq!(
+            c.stats(),
+            CacheStats {
+                puts: 3,
+                hits: 2,
+                misses: 2,
+                expired: 1,
+                evictions: 1,
+                takes: 1,
+                remote_puts: 1,
+                remote_takes: 1,
+            }
+        );
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn capacity_zero_stores_nothing() {
+        let mut c = cache(0, 100);
+        assert_eq!(c.put(k(1), v(1), 0), remote_put(k(1), v(1), 0));
+        assert!(c.is_empty());
+        assert_eq!(c.get(&k(1), 0), None);
+        assert_eq!(c.take(&k(1), 0), (None, None));
+        c.merge(remote_put(k(2), v(2), 0), 0);
+        assert!(c.is_empty());
+        let s = c.stats();
+        assert_eq!((s.puts, s.misses, s.remote_puts, s.evictions), (1, 2, 0, 0));
+    }
+
+    #[test]
+    fn timeout_near_u64_max_does_not_overflow() {
+        let mut c = cache(1, u64::MAX);
+        c.put(k(1), v(1), u64::MAX - 1);
+        assert_eq!(c.get(&k(1), u64::MAX - 1), Some(v(1)));
+    }
+
+    /// A naive reference: a Vec scanned linearly, same rules.
+    struct Model {
+        capacity: usize,
+        timeout_ms: u64,
+        /// (key, value, created_ms, seq)
+        items: Vec<(Vec<u8>, Vec<u8>, u64, u64)>,
+        seq: u64,
+        stats: CacheStats,
+    }
+
+    impl Model {
+        fn live(&self, created_ms: u64, now_ms: u64) -> bool {
+            now_ms < created_ms.saturating_add(self.timeout_ms)
+        }
+
+        fn find(&self, key: &[u8]) -> Option<usize> {
+            self.items.iter().position(|it| it.0 == key)
+        }
+
+        fn oldest(&self) -> usize {
+            let mut best = 0;
+            for (i, it) in self.items.iter().enumerate() {
+                if (it.2, it.3) < (self.items[best].2, self.items[best].3) {
+                    best = i;
+                }
+            }
+            best
+        }
+
+        fn remove_oldest(&mut self, now_ms: u64) {
+            let it = self.items.remove(self.oldest());
+            if self.live(it.2, now_ms) {
+                self.stats.evictions += 1;
+            } else {
+                self.stats.expired += 1;
+            }
+        }
+
+        fn insert(&mut self, key: Vec<u8>, value: Vec<u8>, created_ms: u64) {
+            self.items.push((key, value, created_ms, self.seq));
+            self.seq += 1;
+        }
+
+        fn put(&mut self, key: Vec<u8>, value: Vec<u8>, now_ms: u64) -> SyncMsg {
+            self.stats.puts += 1;
+            let msg = remote_put(key.clone(), value.clone(), now_ms);
+            if self.capacity == 0 {
+                return msg;
+            }
+            if let Some(i) = self.find(&key) {
+                self.items.remove(i);
+            } else if self.items.len() >= self.capacity {
+                self.remove_oldest(now_ms);
+            }
+            self.insert(key, value, now_ms);
+            msg
+        }
+
+        fn get(&mut self, key: &[u8], now_ms: u64) -> Option<Vec<u8>> {
+            match self.find(key) {
+                Some(i) if self.live(self.items[i].2, now_ms) => {
+                    self.stats.hits += 1;
+                    Some(self.items[i].1.clone())
+                }
+                Some(i) => {
+                    self.items.remove(i);
+                    self.stats.expired += 1;
+                    self.stats.misses += 1;
+                    None
+                }
+                None => {
+                    self.stats.misses += 1;
+                    None
+                }
+            }
+        }
+
+        fn take(&mut self, key: &[u8], now_ms: u64) -> (Option<Vec<u8>>, Option<SyncMsg>) {
+            match self.find(key) {
+                Some(i) => {
+                    let it = self.items.remove(i);
+                    if self.live(it.2, now_ms) {
+                        self.stats.hits += 1;
+                        self.stats.takes += 1;
+                        (Some(it.1), Some(SyncMsg::Take { key: it.0 }))
+                    } else {
+                        self.stats.expired += 1;
+                        self.stats.misses += 1;
+                        (None, None)
+                    }
+                }
+                None => {
+                    self.stats.misses += 1;
+                    (None, None)
+                }
+            }
+        }
+
+        fn merge(&mut self, msg: SyncMsg, now_ms: u64) {
+            match msg {
+                SyncMsg::Put {
+                    key,
+                    value,
+                    created_ms,
+                } => {
+                    if self.capacity == 0 || !self.live(created_ms, now_ms) {
+                        return;
+                    }
+                    if let Some(i) = self.find(&key) {
+                        if self.items[i].2 > created_ms {
+                            return;
+                        }
+                        self.items.remove(i);
+                    } else if self.items.len() >= self.capacity {
+                        let o = self.oldest();
+                        let oldest_ms = self.items[o].2;
+                        if self.live(oldest_ms, now_ms) && created_ms < oldest_ms {
+                            return;
+                        }
+                        self.remove_oldest(now_ms);
+                    }
+                    self.insert(key, value, created_ms);
+                    self.stats.remote_puts += 1;
+                }
+                SyncMsg::Take { key } => {
+                    if let Some(i) = self.find(&key) {
+                        self.items.remove(i);
+                        self.stats.remote_takes += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    /// xorshift64*: enough randomness for a model test, no crate needed.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    fn run_against_model(seed: u64, capacity: usize, timeout_ms: u64, keys: u64, ops: usize) {
+        let mut rng = Rng(seed);
+        let mut c = cache(capacity, timeout_ms);
+        let mut m = Model {
+            capacity,
+            timeout_ms,
+            items: Vec::new(),
+            seq: 0,
+            stats: CacheStats::default(),
+        };
+        let mut now: u64 = 1_000;
+        for step in 0..ops {
+            if rng.below(4) == 0 {
+                now += rng.below(timeout_ms / 4 + 2);
+            }
+            let key = k(rng.below(keys) as u8);
+            match rng.below(10) {
+                0..=2 => {
+                    let value = rng.next().to_le_bytes().to_vec();
+                    assert_eq!(
+                        c.put(key.clone(), value.clone(), now),
+                        m.put(key, value, now),
+                        "step {step}"
+                    );
+                }
+                3..=5 => assert_eq!(c.get(&key, now), m.get(&key, now), "step {step}"),
+                6 => assert_eq!(c.take(&key, now), m.take(&key, now), "step {step}"),
+                7 | 8 => {
+                    // Mostly past creation times, some already expired, a
+                    // few slightly in the future (another core's clock read
+                    // after ours).
+                    let created_ms = (now + 3).saturating_sub(rng.below(timeout_ms + 10));
+                    let msg = remote_put(key, rng.next().to_le_bytes().to_vec(), created_ms);
+                    c.merge(msg.clone(), now);
+                    m.merge(msg, now);
+                }
+                _ => {
+                    let msg = SyncMsg::Take { key };
+                    c.merge(msg.clone(), now);
+                    m.merge(msg, now);
+                }
+            }
+            check_invariants(&c);
+            assert_eq!(c.len(), m.items.len(), "step {step}");
+            assert_eq!(c.stats(), m.stats, "step {step}");
+            if step % 64 == 0 {
+                for it in &m.items {
+                    let e = &c.entries[&it.0];
+                    assert_eq!((&e.value, e.created_ms), (&it.1, it.2), "step {step}");
+                }
+            }
+        }
+        let s = c.stats();
+        // The run exercised every path.
+        if capacity > 0 {
+            assert!(s.hits > 0 && s.misses > 0 && s.expired > 0 && s.evictions > 0);
+            assert!(s.takes > 0 && s.remote_puts > 0 && s.remote_takes > 0);
+        }
+    }
+
+    #[test]
+    fn randomized_against_naive_model() {
+        run_against_model(0x9e37_79b9_7f4a_7c15, 8, 100, 24, 100_000);
+    }
+
+    #[test]
+    fn randomized_small_and_degenerate_capacities() {
+        run_against_model(1, 1, 50, 4, 20_000);
+        run_against_model(2, 3, 20, 6, 20_000);
+        run_against_model(3, 0, 100, 4, 5_000);
+    }
+}

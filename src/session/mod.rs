@@ -1,0 +1,7 @@
+//! Sans-IO session resumption: the per-core session cache and its
+//! cross-core sync messages, and stateless ticket protection. Nothing here
+//! touches a socket, a file or the clock: time comes in as arguments, key
+//! bytes are read by the runtime.
+
+pub mod cache;
+pub mod tickets;

@@ -1,0 +1,211 @@
+//! Session resumption: the per-core cache with cross-core sync, expiry, and
+//! stateless tickets with rotation and shared key files. Every check is on
+//! the client side: rustls reports whether the handshake was resumed.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rustls::client::{Resumption, Tls12Resumption};
+use rustls::{ClientConfig, HandshakeKind};
+
+fn resuming(base: Arc<ClientConfig>, tls12: Tls12Resumption) -> Arc<ClientConfig> {
+    let mut c = (*base).clone();
+    c.resumption = Resumption::in_memory_sessions(64).tls12_resumption(tls12);
+    Arc::new(c)
+}
+
+/// Connects, exchanges one echo round trip (so TLS 1.3 tickets arrive),
+/// closes, and says how the handshake went.
+fn connect_ping(addr: SocketAddr, config: &Arc<ClientConfig>) -> HandshakeKind {
+    let mut s = tls_connect(addr, config.clone()).expect("tls connect");
+    let kind = s.conn.handshake_kind().expect("handshake done");
+    s.write_all(b"ping").unwrap();
+    s.flush().unwrap();
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+    let _ = close_write(&mut s);
+    kind
+}
+
+fn start(certs: &TestCerts, backend: SocketAddr, extra: &[&str]) -> Ringterm {
+    let mut args = vec![
+        "--listen".to_owned(),
+        "127.0.0.1:0".into(),
+        "--backend".into(),
+        backend.to_string(),
+        "--admin".into(),
+        "127.0.0.1:0".into(),
+    ];
+    args.extend(certs.args());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Ringterm::start(&args)
+}
+
+/// 200 sequential reconnections with `--workers 2`, each made after one
+/// sync interval: every one must resume, whichever worker it lands on.
+fn cross_core(tls: Tls, kind_metric: &str) {
+    let certs = TestCerts::generate();
+    let echo = echo_backend();
+    let rt = start(
+        &certs,
+        echo.addr,
+        &["--workers", "2", "--session-sync-interval", "10"],
+    );
+    let config = resuming(certs.client_config(tls), Tls12Resumption::SessionIdOnly);
+    assert_eq!(connect_ping(rt.addr(), &config), HandshakeKind::Full);
+    let mut resumed = 0;
+    for i in 0..200 {
+        thread::sleep(Duration::from_millis(30));
+        let kind = connect_ping(rt.addr(), &config);
+        assert_eq!(
+            kind,
+            HandshakeKind::Resumed,
+            "reconnection {i} was not resumed"
+        );
+        resumed += 1;
+    }
+    let text = rt.wait_metric(kind_metric, |n| n >= resumed);
+    // Both workers took part: sessions really crossed cores.
+    assert!(metric(&text, "ringterm_accepted_total", 0) > 0, "{text}");
+    assert!(metric(&text, "ringterm_accepted_total", 1) > 0, "{text}");
+    let remote = metric_sum(&text, "ringterm_session_cache_remote_puts_total");
+    assert!(remote > 0, "no session crossed cores: {text}");
+}
+
+#[test]
+fn tls12_session_ids_resume_across_workers() {
+    cross_core(Tls::V12, "ringterm_handshakes_resumed_tls12_total");
+}
+
+#[test]
+fn tls13_stateful_tickets_resume_across_workers() {
+    cross_core(Tls::V13, "ringterm_handshakes_resumed_tls13_total");
+}
+
+#[test]
+fn expired_sessions_are_not_resumed() {
+    let certs = TestCerts::generate();
+    let echo = echo_backend();
+    let rt = start(
+        &certs,
+        echo.addr,
+        &["--workers", "1", "--session-timeout", "1"],
+    );
+    let config = resuming(certs.tls12(), Tls12Resumption::SessionIdOnly);
+    assert_eq!(connect_ping(rt.addr(), &config), HandshakeKind::Full);
+    assert_eq!(connect_ping(rt.addr(), &config), HandshakeKind::Resumed);
+    thread::sleep(Duration::from_millis(1300));
+    assert_eq!(connect_ping(rt.addr(), &config), HandshakeKind::Full);
+}
+
+#[test]
+fn tickets_survive_one_rotation_not_two() {
+    let certs = TestCerts::generate();
+    let echo = echo_backend();
+    let rt = start(
+        &certs,
+        echo.addr,
+        &[
+            "--workers",
+            "1",
+            "--resumption",
+            "tickets",
+            "--ticket-rotation",
+            "1",
+        ],
+    );
+    let t0 = Instant::now();
+    // Two clients, each with its own ticket from the first key.
+    let a = resuming(certs.tls13(), Tls12Resumption::SessionIdOrTickets);
+    let b = resuming(certs.tls13(), Tls12Resumption::SessionIdOrTickets);
+    assert_eq!(connect_ping(rt.addr(), &a), HandshakeKind::Full);
+    assert_eq!(connect_ping(rt.addr(), &b), HandshakeKind::Full);
+    // After one rotation (at ~1 s), the previous key still decrypts.
+    thread::sleep(Duration::from_millis(1500).saturating_sub(t0.elapsed()));
+    assert_eq!(connect_ping(rt.addr(), &a), HandshakeKind::Resumed);
+    // After two rotations (at ~2 s), the first key is gone.
+    thread::sleep(Duration::from_millis(2600).saturating_sub(t0.elapsed()));
+    assert_eq!(connect_ping(rt.addr(), &b), HandshakeKind::Full);
+}
+
+#[test]
+fn tls12_tickets_resume() {
+    let certs = TestCerts::generate();
+    let echo = echo_backend();
+    let rt = start(
+        &certs,
+        echo.addr,
+        &["--workers", "2", "--resumption", "tickets"],
+    );
+    let config = resuming(certs.tls12(), Tls12Resumption::SessionIdOrTickets);
+    assert_eq!(connect_ping(rt.addr(), &config), HandshakeKind::Full);
+    // Stateless: no sync needed, any worker resumes at once.
+    for _ in 0..20 {
+        assert_eq!(connect_ping(rt.addr(), &config), HandshakeKind::Resumed);
+    }
+}
+
+#[test]
+fn two_processes_share_a_ticket_key_file() {
+    let certs = TestCerts::generate();
+    let echo = echo_backend();
+    let key = certs.dir.path().join("ticket.key");
+    std::fs::write(&key, random_bytes(80)).unwrap();
+    let key = key.to_str().unwrap().to_owned();
+    let args = [
+        "--workers",
+        "1",
+        "--resumption",
+        "tickets",
+        "--ticket-key-file",
+        &key,
+    ];
+    let a = start(&certs, echo.addr, &args);
+    let b = start(&certs, echo.addr, &args);
+    let config = resuming(certs.tls13(), Tls12Resumption::SessionIdOrTickets);
+    assert_eq!(connect_ping(a.addr(), &config), HandshakeKind::Full);
+    // A ticket from process A resumes on process B.
+    assert_eq!(connect_ping(b.addr(), &config), HandshakeKind::Resumed);
+
+    // Without the shared file, B would not know A's key.
+    let c = start(
+        &certs,
+        echo.addr,
+        &["--workers", "1", "--resumption", "tickets"],
+    );
+    let fresh = resuming(certs.tls13(), Tls12Resumption::SessionIdOrTickets);
+    assert_eq!(connect_ping(a.addr(), &fresh), HandshakeKind::Full);
+    assert_eq!(connect_ping(c.addr(), &fresh), HandshakeKind::Full);
+}
+
+#[test]
+fn bad_ticket_key_file_is_a_usage_error() {
+    let certs = TestCerts::generate();
+    let key = certs.dir.path().join("short.key");
+    std::fs::write(&key, [7u8; 33]).unwrap();
+    let key = key.to_str().unwrap().to_owned();
+    let mut args = vec![
+        "--listen".to_owned(),
+        "127.0.0.1:0".into(),
+        "--backend".into(),
+        "127.0.0.1:9".into(),
+        "--resumption".into(),
+        "tickets".into(),
+        "--ticket-key-file".into(),
+        key.clone(),
+    ];
+    args.extend(certs.args());
+    let out = run_to_exit(&args, Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(64), "{}", out.stderr);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", out.stderr);
+    assert!(lines[0].contains(&key), "{}", out.stderr);
+    assert!(!out.stderr.contains("panicked"));
+}

@@ -209,3 +209,29 @@ fn bad_ticket_key_file_is_a_usage_error() {
     assert!(lines[0].contains(&key), "{}", out.stderr);
     assert!(!out.stderr.contains("panicked"));
 }
+
+/// Rapid reconnections, with the periodic sync made irrelevant (one
+/// minute): each handshake merges what other workers published first, so
+/// even TLS 1.3's single-use stateful tickets resume on whichever core the
+/// reconnection lands.
+#[test]
+fn rapid_reconnections_resume_across_workers_without_waiting() {
+    let certs = TestCerts::generate();
+    let echo = echo_backend();
+    let rt = start(
+        &certs,
+        echo.addr,
+        &["--workers", "2", "--session-sync-interval", "60000"],
+    );
+    for tls in [Tls::V13, Tls::V12] {
+        let config = resuming(certs.client_config(tls), Tls12Resumption::SessionIdOnly);
+        assert_eq!(connect_ping(rt.addr(), &config), HandshakeKind::Full);
+        for i in 0..100 {
+            let kind = connect_ping(rt.addr(), &config);
+            assert_eq!(kind, HandshakeKind::Resumed, "{tls:?} reconnection {i}");
+        }
+    }
+    let text = rt.wait_metric("ringterm_accepted_total", |n| n >= 1);
+    assert!(metric(&text, "ringterm_accepted_total", 0) > 0, "{text}");
+    assert!(metric(&text, "ringterm_accepted_total", 1) > 0, "{text}");
+}

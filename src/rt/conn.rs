@@ -187,6 +187,10 @@ async fn handshake(
         if !ctx.has_deadline(key) {
             return Err(ConnError::HandshakeTimeout);
         }
+        if !session.is_established() && ctx.uses_session_cache() {
+            // Sessions other workers created up to now become visible here.
+            super::session_store::drain();
+        }
         let status = session.handle_read(rx, to_client, to_backend);
         if let Err(err) = status {
             if !to_client.is_empty() {

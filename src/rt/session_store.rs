@@ -10,8 +10,9 @@
 //!
 //! Cross-core sync: a put or take on one worker is published to every other
 //! worker through a bounded lock-free queue per (source, destination) pair
-//! ([`SyncHub`]); each worker merges its inbound queues on its own thread,
-//! from its timer, every `--session-sync-interval`. A full queue drops the
+//! ([`SyncHub`]); each worker merges its inbound queues on its own thread:
+//! before each handshake ([`drain`]) and from its timer every
+//! `--session-sync-interval` ([`sync`]). A full queue drops the
 //! message (counted): a slow worker can delay resumption, never make memory
 //! grow.
 
@@ -112,19 +113,39 @@ pub fn sync() -> Option<(CacheStats, usize, u64)> {
     LOCAL.with(|l| {
         let mut guard = l.borrow_mut();
         let local = guard.as_mut()?;
-        let now = local.now_ms();
-        let n = local.hub.workers;
-        for src in (0..n).filter(|&s| s != local.id) {
-            let queue = &local.hub.queues[local.id * n + src];
-            // Bounded by the queue's capacity: producers can't keep us here.
-            for _ in 0..queue.capacity() {
-                let Some(msg) = queue.pop() else { break };
-                let msg = Arc::try_unwrap(msg).unwrap_or_else(|shared| (*shared).clone());
-                local.cache.merge(msg, now);
-            }
-        }
+        merge_inbound(local);
         Some((local.cache.stats(), local.cache.len(), local.hub.dropped()))
     })
+}
+
+/// Merges what other workers published, before a handshake looks up a
+/// session. With this, a session published anywhere before the client sent
+/// its ClientHello is visible here, so rapid reconnections landing on
+/// another core resume too (even TLS 1.3's single-use stateful tickets); the
+/// timer's periodic [`sync`] covers idle workers. Cheap when nothing is
+/// pending: one empty-queue check per other worker.
+pub fn drain() {
+    LOCAL.with(|l| {
+        if let Ok(mut guard) = l.try_borrow_mut() {
+            if let Some(local) = guard.as_mut() {
+                merge_inbound(local);
+            }
+        }
+    })
+}
+
+fn merge_inbound(local: &mut Local) {
+    let now = local.now_ms();
+    let n = local.hub.workers;
+    for src in (0..n).filter(|&s| s != local.id) {
+        let queue = &local.hub.queues[local.id * n + src];
+        // Bounded by the queue's capacity: producers can't keep us here.
+        for _ in 0..queue.capacity() {
+            let Some(msg) = queue.pop() else { break };
+            let msg = Arc::try_unwrap(msg).unwrap_or_else(|shared| (*shared).clone());
+            local.cache.merge(msg, now);
+        }
+    }
 }
 
 fn with_local<R>(f: impl FnOnce(&mut Local) -> R) -> Option<R> {

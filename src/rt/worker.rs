@@ -72,6 +72,11 @@ impl WorkerCtx {
         armed
     }
 
+    /// Whether the session cache is on.
+    pub fn uses_session_cache(&self) -> bool {
+        self.sync_interval_ms.is_some()
+    }
+
     /// Whether `key` still has an armed deadline.
     pub fn has_deadline(&self, key: i64) -> bool {
         self.deadlines.borrow().contains(key)

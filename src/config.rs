@@ -5,6 +5,8 @@
 //! TOML text and the list of CPUs the process may run on. Addresses are plain
 //! values (`core::net::SocketAddr`), parsed, never bound.
 
+#![forbid(unsafe_code)]
+
 use core::net::SocketAddr;
 
 use serde::Deserialize;

@@ -5,6 +5,8 @@
 //! `IORING_OP_TIMEOUT` per worker drives all of them, the way nginx's timer
 //! tree drives `ngx_event_expire_timers`.
 
+#![forbid(unsafe_code)]
+
 use std::collections::{BTreeSet, HashMap};
 
 /// Deadlines keyed by a connection key (the runtime uses the socket fd,

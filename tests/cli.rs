@@ -324,8 +324,7 @@ fn sigterm_exits_zero() {
     let echo = echo_backend();
     let mut rt = start_ringterm(&certs, echo.addr, &[]);
     assert_echo(rt.addr(), certs.tls13(), b"before shutdown");
-    let pid = rt.child.id() as libc::pid_t;
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    send_signal(rt.child.id(), "TERM");
     let ok = eventually(Duration::from_secs(5), || {
         rt.child.try_wait().expect("try_wait").is_some()
     });

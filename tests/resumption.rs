@@ -235,3 +235,61 @@ fn rapid_reconnections_resume_across_workers_without_waiting() {
     assert!(metric(&text, "ringterm_accepted_total", 0) > 0, "{text}");
     assert!(metric(&text, "ringterm_accepted_total", 1) > 0, "{text}");
 }
+
+/// SIGHUP re-reads the key files: new tickets use the new key; a reload
+/// that fails keeps the keys in use and says so on one log line.
+#[test]
+fn sighup_reloads_ticket_keys_and_keeps_them_on_error() {
+    let certs = TestCerts::generate();
+    let echo = echo_backend();
+    let file = certs.dir.path().join("reload.key");
+    let k1 = random_bytes(80);
+    let k2 = random_bytes(80);
+    std::fs::write(&file, &k1).unwrap();
+    let path = file.to_str().unwrap().to_owned();
+    let args = [
+        "--workers",
+        "1",
+        "--resumption",
+        "tickets",
+        "--ticket-key-file",
+        &path,
+    ];
+    let a = start(&certs, echo.addr, &args);
+
+    // A ticket under k1.
+    let old = resuming(certs.tls13(), Tls12Resumption::SessionIdOrTickets);
+    assert_eq!(connect_ping(a.addr(), &old), HandshakeKind::Full);
+
+    // Swap the file to k2 and reload.
+    std::fs::write(&file, &k2).unwrap();
+    let pid = a.child.id();
+    send_signal(pid, "HUP");
+    // A process that only knows k2.
+    let b = start(&certs, echo.addr, &args);
+    let new = resuming(certs.tls13(), Tls12Resumption::SessionIdOrTickets);
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let fresh = resuming(certs.tls13(), Tls12Resumption::SessionIdOrTickets);
+            connect_ping(a.addr(), &fresh);
+            connect_ping(b.addr(), &fresh) == HandshakeKind::Resumed
+        }),
+        "after SIGHUP, process A still issues tickets under the old key"
+    );
+    // The k1 ticket means nothing to B.
+    assert_eq!(connect_ping(b.addr(), &old), HandshakeKind::Full);
+
+    // A broken file: the reload fails, A keeps k2.
+    assert_eq!(connect_ping(a.addr(), &new), HandshakeKind::Full);
+    std::fs::write(&file, b"short").unwrap();
+    send_signal(pid, "HUP");
+    assert!(
+        eventually(Duration::from_secs(5), || a
+            .stderr()
+            .contains("reload failed")),
+        "no log line for the failed reload: {}",
+        a.stderr()
+    );
+    assert_eq!(connect_ping(a.addr(), &new), HandshakeKind::Resumed);
+    assert_eq!(connect_ping(b.addr(), &new), HandshakeKind::Resumed);
+}

@@ -5,6 +5,8 @@
 //! writer), so the hot path pays no locked instruction and takes no lock.
 //! Sans-IO: rendering takes the counters and returns text.
 
+#![forbid(unsafe_code)]
+
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 

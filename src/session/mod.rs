@@ -3,5 +3,7 @@
 //! touches a socket, a file or the clock: time comes in as arguments, key
 //! bytes are read by the runtime.
 
+#![forbid(unsafe_code)]
+
 pub mod cache;
 pub mod tickets;

@@ -1,6 +1,8 @@
 //! Sans-IO TLS: the handshake/record step function over rustls, and
 //! certificate loading. Nothing here touches a socket or reads the clock.
 
+#![forbid(unsafe_code)]
+
 mod certs;
 mod session;
 

@@ -656,12 +656,12 @@ pub struct BlackHole {
 
 /// Makes a [`BlackHole`].
 pub fn black_hole() -> BlackHole {
-    use std::os::fd::AsRawFd;
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     // Re-listening on a listening socket updates its backlog: 0 lets exactly
     // one connection wait in the accept queue.
-    let rc = unsafe { libc::listen(listener.as_raw_fd(), 0) };
-    assert_eq!(rc, 0, "listen(0): {}", io::Error::last_os_error());
+    socket2::SockRef::from(&listener)
+        .listen(0)
+        .expect("listen(0) on the black hole");
     let addr = listener.local_addr().unwrap();
     let mut fillers = Vec::new();
     for _ in 0..3 {
@@ -954,4 +954,14 @@ pub fn start_ringterm(certs: &TestCerts, backend: SocketAddr, extra: &[&str]) ->
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     Ringterm::start(&args)
+}
+
+/// Sends `signal` (e.g. "HUP", "TERM") to `pid` with the shell's `kill`.
+pub fn send_signal(pid: u32, signal: &str) {
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -{signal} {pid}"))
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
 }

@@ -220,18 +220,8 @@ fn check_cpus(list: &str) -> Result<Vec<usize>, Fatal> {
 
 /// Raises the soft RLIMIT_NOFILE to the hard limit.
 fn raise_nofile_limit() {
-    // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
-    unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                eprintln!("warning: could not raise RLIMIT_NOFILE");
-            }
-        }
+    if rlimit::increase_nofile_limit(u64::MAX).is_err() {
+        eprintln!("warning: could not raise RLIMIT_NOFILE");
     }
 }
 

@@ -59,15 +59,7 @@ fn backend_that_never_reads_stops_the_client() {
         thread::sleep(Duration::from_secs(30));
         drop(s);
     });
-    let mut args = vec![
-        "--listen".to_owned(),
-        "127.0.0.1:0".into(),
-        "--backend".into(),
-    ];
-    args.push(backend.to_string());
-    args.extend(certs.args());
-    args.extend(["--workers".into(), "1".into()]);
-    let mut rt = Ringterm::start(&args);
+    let mut rt = start_ringterm(&certs, backend, &[]);
     let pid = rt.child.id();
 
     let mut s = tls_connect(rt.addr(), certs.tls13()).unwrap();
@@ -104,15 +96,7 @@ fn client_that_never_reads_stops_the_backend() {
         let _ = tx.lock().unwrap().send(sent);
         thread::sleep(Duration::from_secs(5));
     });
-    let mut args = vec![
-        "--listen".to_owned(),
-        "127.0.0.1:0".into(),
-        "--backend".into(),
-    ];
-    args.push(backend.to_string());
-    args.extend(certs.args());
-    args.extend(["--workers".into(), "1".into()]);
-    let mut rt = Ringterm::start(&args);
+    let mut rt = start_ringterm(&certs, backend, &[]);
     let pid = rt.child.id();
     let before = rss_kb(pid);
 

@@ -34,26 +34,12 @@ fn connect_ping(addr: SocketAddr, config: &Arc<ClientConfig>) -> HandshakeKind {
     kind
 }
 
-fn start(certs: &TestCerts, backend: SocketAddr, extra: &[&str]) -> Ringterm {
-    let mut args = vec![
-        "--listen".to_owned(),
-        "127.0.0.1:0".into(),
-        "--backend".into(),
-        backend.to_string(),
-        "--admin".into(),
-        "127.0.0.1:0".into(),
-    ];
-    args.extend(certs.args());
-    args.extend(extra.iter().map(|s| s.to_string()));
-    Ringterm::start(&args)
-}
-
 /// 200 sequential reconnections with `--workers 2`, each made after one
 /// sync interval: every one must resume, whichever worker it lands on.
 fn cross_core(tls: Tls, kind_metric: &str) {
     let certs = TestCerts::generate();
     let echo = echo_backend();
-    let rt = start(
+    let rt = start_ringterm(
         &certs,
         echo.addr,
         &["--workers", "2", "--session-sync-interval", "10"],
@@ -93,7 +79,7 @@ fn tls13_stateful_tickets_resume_across_workers() {
 fn expired_sessions_are_not_resumed() {
     let certs = TestCerts::generate();
     let echo = echo_backend();
-    let rt = start(
+    let rt = start_ringterm(
         &certs,
         echo.addr,
         &["--workers", "1", "--session-timeout", "1"],
@@ -109,7 +95,7 @@ fn expired_sessions_are_not_resumed() {
 fn tickets_survive_one_rotation_not_two() {
     let certs = TestCerts::generate();
     let echo = echo_backend();
-    let rt = start(
+    let rt = start_ringterm(
         &certs,
         echo.addr,
         &[
@@ -139,7 +125,7 @@ fn tickets_survive_one_rotation_not_two() {
 fn tls12_tickets_resume() {
     let certs = TestCerts::generate();
     let echo = echo_backend();
-    let rt = start(
+    let rt = start_ringterm(
         &certs,
         echo.addr,
         &["--workers", "2", "--resumption", "tickets"],
@@ -167,15 +153,15 @@ fn two_processes_share_a_ticket_key_file() {
         "--ticket-key-file",
         &key,
     ];
-    let a = start(&certs, echo.addr, &args);
-    let b = start(&certs, echo.addr, &args);
+    let a = start_ringterm(&certs, echo.addr, &args);
+    let b = start_ringterm(&certs, echo.addr, &args);
     let config = resuming(certs.tls13(), Tls12Resumption::SessionIdOrTickets);
     assert_eq!(connect_ping(a.addr(), &config), HandshakeKind::Full);
     // A ticket from process A resumes on process B.
     assert_eq!(connect_ping(b.addr(), &config), HandshakeKind::Resumed);
 
     // Without the shared file, B would not know A's key.
-    let c = start(
+    let c = start_ringterm(
         &certs,
         echo.addr,
         &["--workers", "1", "--resumption", "tickets"],
@@ -218,7 +204,7 @@ fn bad_ticket_key_file_is_a_usage_error() {
 fn rapid_reconnections_resume_across_workers_without_waiting() {
     let certs = TestCerts::generate();
     let echo = echo_backend();
-    let rt = start(
+    let rt = start_ringterm(
         &certs,
         echo.addr,
         &["--workers", "2", "--session-sync-interval", "60000"],
@@ -255,7 +241,7 @@ fn sighup_reloads_ticket_keys_and_keeps_them_on_error() {
         "--ticket-key-file",
         &path,
     ];
-    let a = start(&certs, echo.addr, &args);
+    let a = start_ringterm(&certs, echo.addr, &args);
 
     // A ticket under k1.
     let old = resuming(certs.tls13(), Tls12Resumption::SessionIdOrTickets);
@@ -266,7 +252,7 @@ fn sighup_reloads_ticket_keys_and_keeps_them_on_error() {
     let pid = a.child.id();
     send_signal(pid, "HUP");
     // A process that only knows k2.
-    let b = start(&certs, echo.addr, &args);
+    let b = start_ringterm(&certs, echo.addr, &args);
     let new = resuming(certs.tls13(), Tls12Resumption::SessionIdOrTickets);
     assert!(
         eventually(Duration::from_secs(5), || {

@@ -255,9 +255,10 @@ fn run(cli: Cli) -> Result<(), String> {
             Arc::new(ringterm::rt::session_store::WorkerStore)
                 as Arc<dyn rustls::server::StoresServerSessions>
         }),
-        ticketer: ticketer
-            .clone()
-            .map(|t| t as Arc<dyn rustls::server::ProducesTickets>),
+        ticketer: ticketer.clone().map(|t| {
+            Arc::new(ringterm::rt::ticket_keys::CountingTicketer(t))
+                as Arc<dyn rustls::server::ProducesTickets>
+        }),
         tls13_tickets: config.tls13_tickets,
     };
     let tls_config = tls::build_server_config_with(chain, key, &policy, resumption)

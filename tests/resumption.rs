@@ -67,12 +67,12 @@ fn cross_core(tls: Tls, kind_metric: &str) {
 
 #[test]
 fn tls12_session_ids_resume_across_workers() {
-    cross_core(Tls::V12, "ringterm_handshakes_resumed_tls12_total");
+    cross_core(Tls::V12, "ringterm_handshakes_resumed_tls12_id_total");
 }
 
 #[test]
 fn tls13_stateful_tickets_resume_across_workers() {
-    cross_core(Tls::V13, "ringterm_handshakes_resumed_tls13_total");
+    cross_core(Tls::V13, "ringterm_handshakes_resumed_tls13_stateful_total");
 }
 
 #[test]
@@ -119,6 +119,11 @@ fn tickets_survive_one_rotation_not_two() {
     // After two rotations (at ~2 s), the first key is gone.
     thread::sleep(Duration::from_millis(2600).saturating_sub(t0.elapsed()));
     assert_eq!(connect_ping(rt.addr(), &b), HandshakeKind::Full);
+    let text = rt.wait_metric("ringterm_handshakes_resumed_tls13_ticket_total", |n| n == 1);
+    assert!(
+        metric_sum(&text, "ringterm_session_ticket_misses_total") >= 1,
+        "{text}"
+    );
 }
 
 #[test]
@@ -136,6 +141,14 @@ fn tls12_tickets_resume() {
     for _ in 0..20 {
         assert_eq!(connect_ping(rt.addr(), &config), HandshakeKind::Resumed);
     }
+    let text = rt.wait_metric("ringterm_handshakes_resumed_tls12_ticket_total", |n| {
+        n == 20
+    });
+    assert_eq!(
+        metric_sum(&text, "ringterm_handshakes_resumed_tls12_id_total"),
+        0
+    );
+    assert!(metric_sum(&text, "ringterm_session_ticket_hits_total") >= 20);
 }
 
 #[test]

@@ -100,6 +100,28 @@ counters! {
     handshakes_resumed_tls13: "counter",
     /// Resumed TLS 1.2 handshakes.
     handshakes_resumed_tls12: "counter",
+    /// TLS 1.2 handshakes resumed by session ID.
+    handshakes_resumed_tls12_id: "counter",
+    /// TLS 1.2 handshakes resumed by stateless ticket.
+    handshakes_resumed_tls12_ticket: "counter",
+    /// TLS 1.3 handshakes resumed by stateful ticket (the cache).
+    handshakes_resumed_tls13_stateful: "counter",
+    /// TLS 1.3 handshakes resumed by stateless ticket.
+    handshakes_resumed_tls13_ticket: "counter",
+    /// TLS 1.2 session-ID lookups that found the session.
+    session_id_hits: "counter",
+    /// TLS 1.2 session-ID lookups that did not.
+    session_id_misses: "counter",
+    /// TLS 1.3 stateful-ticket lookups that found the session.
+    session_stateful_hits: "counter",
+    /// TLS 1.3 stateful-ticket lookups that did not.
+    session_stateful_misses: "counter",
+    /// Stateless tickets that decrypted.
+    session_ticket_hits: "counter",
+    /// Stateless tickets that did not decrypt (unknown or retired key).
+    session_ticket_misses: "counter",
+    /// Stateless tickets issued.
+    session_tickets_issued: "counter",
     /// Sessions stored in this worker's cache.
     session_cache_puts: "counter",
     /// Session cache lookups that found a live entry.

@@ -119,19 +119,36 @@ async fn drive(ctx: &Rc<WorkerCtx>, client: &Rc<TcpStream>) -> Result<(), ConnEr
         Ok(_) if expired => return Err(ConnError::HandshakeTimeout),
         Ok(_) => {}
     }
+    let used_ticket = matches!(handshake, Ok(true));
     if let Some(info) = session.handshake_info() {
+        let c = &ctx.counters;
         if info.resumed {
-            ctx.counters.handshakes_resumed.inc();
-            if info.version == rustls::ProtocolVersion::TLSv1_3 {
-                ctx.counters.handshakes_resumed_tls13.inc();
+            c.handshakes_resumed.inc();
+            let tls13 = info.version == rustls::ProtocolVersion::TLSv1_3;
+            match (tls13, used_ticket) {
+                (true, true) => c.handshakes_resumed_tls13_ticket.inc(),
+                (true, false) => c.handshakes_resumed_tls13_stateful.inc(),
+                (false, true) => c.handshakes_resumed_tls12_ticket.inc(),
+                (false, false) => c.handshakes_resumed_tls12_id.inc(),
+            }
+            if tls13 {
+                c.handshakes_resumed_tls13.inc();
             } else {
-                ctx.counters.handshakes_resumed_tls12.inc();
+                c.handshakes_resumed_tls12.inc();
             }
         } else if info.version == rustls::ProtocolVersion::TLSv1_3 {
-            ctx.counters.handshakes_tls13.inc();
+            c.handshakes_tls13.inc();
         } else {
-            ctx.counters.handshakes_tls12.inc();
+            c.handshakes_tls12.inc();
         }
+        let k = super::session_store::kind_counts();
+        c.session_id_hits.set(k.id_hits);
+        c.session_id_misses.set(k.id_misses);
+        c.session_stateful_hits.set(k.stateful_hits);
+        c.session_stateful_misses.set(k.stateful_misses);
+        c.session_ticket_hits.set(k.ticket_hits);
+        c.session_ticket_misses.set(k.ticket_misses);
+        c.session_tickets_issued.set(k.tickets_issued);
     }
 
     // The handshake buffer goes back to the allocator: the relay's first
@@ -173,7 +190,11 @@ async fn handshake(
     rx: &mut Vec<u8>,
     to_client: &mut Vec<u8>,
     to_backend: &mut Vec<u8>,
-) -> Result<(), ConnError> {
+) -> Result<bool, ConnError> {
+    // Whether a stateless ticket decrypted during this handshake: the
+    // ticketer counts on this thread, inside `handle_read`, which runs
+    // without yielding, so no other connection's handshake interleaves.
+    let mut used_ticket = false;
     loop {
         session.prepare_read(rx, HANDSHAKE_READ);
         let (res, buf) = ops::recv(client, std::mem::take(rx)).await;
@@ -191,7 +212,9 @@ async fn handshake(
             // Sessions other workers created up to now become visible here.
             super::session_store::drain();
         }
+        let tickets_before = super::session_store::kind_counts().ticket_hits;
         let status = session.handle_read(rx, to_client, to_backend);
+        used_ticket |= super::session_store::kind_counts().ticket_hits > tickets_before;
         if let Err(err) = status {
             if !to_client.is_empty() {
                 ctx.counters.alerts_sent.inc();
@@ -205,7 +228,7 @@ async fn handshake(
         }
         match status {
             Ok(Status::Handshaking) => continue,
-            Ok(_) => return Ok(()),
+            Ok(_) => return Ok(used_ticket),
             Err(_) => unreachable!("handled above"),
         }
     }

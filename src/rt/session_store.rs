@@ -16,7 +16,7 @@
 //! message (counted): a slow worker can delay resumption, never make memory
 //! grow.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -92,6 +92,55 @@ impl Local {
 
 thread_local! {
     static LOCAL: RefCell<Option<Local>> = const { RefCell::new(None) };
+    static KINDS: Cell<KindCounts> = const { Cell::new(KindCounts::ZERO) };
+}
+
+/// Resumption lookups by kind, counted on the worker's own thread (plain
+/// cells, no atomics). rustls looks TLS 1.2 session IDs up with `get` and
+/// single-use TLS 1.3 stateful tickets with `take`; stateless tickets go
+/// through the ticketer's `decrypt`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KindCounts {
+    /// TLS 1.2 session-ID lookups that found the session.
+    pub id_hits: u64,
+    /// TLS 1.2 session-ID lookups that did not.
+    pub id_misses: u64,
+    /// TLS 1.3 stateful-ticket lookups that found the session.
+    pub stateful_hits: u64,
+    /// TLS 1.3 stateful-ticket lookups that did not.
+    pub stateful_misses: u64,
+    /// Stateless tickets (TLS 1.2 or 1.3) that decrypted.
+    pub ticket_hits: u64,
+    /// Stateless tickets that did not (unknown or expired key, forged).
+    pub ticket_misses: u64,
+    /// Stateless tickets issued.
+    pub tickets_issued: u64,
+}
+
+impl KindCounts {
+    const ZERO: Self = Self {
+        id_hits: 0,
+        id_misses: 0,
+        stateful_hits: 0,
+        stateful_misses: 0,
+        ticket_hits: 0,
+        ticket_misses: 0,
+        tickets_issued: 0,
+    };
+}
+
+/// This thread's resumption lookups so far.
+pub fn kind_counts() -> KindCounts {
+    KINDS.with(Cell::get)
+}
+
+/// Counts one lookup on this thread.
+pub fn count_kind(f: impl FnOnce(&mut KindCounts)) {
+    KINDS.with(|k| {
+        let mut v = k.get();
+        f(&mut v);
+        k.set(v);
+    });
 }
 
 /// Installs worker `id`'s cache on the current thread. `epoch` must be the
@@ -168,15 +217,20 @@ impl StoresServerSessions for WorkerStore {
     }
 
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        with_local(|l| {
+        let found = with_local(|l| {
             let now = l.now_ms();
             l.cache.get(key, now)
         })
-        .flatten()
+        .flatten();
+        count_kind(|k| match found {
+            Some(_) => k.id_hits += 1,
+            None => k.id_misses += 1,
+        });
+        found
     }
 
     fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
-        with_local(|l| {
+        let found = with_local(|l| {
             let now = l.now_ms();
             let (value, msg) = l.cache.take(key, now);
             if let Some(msg) = msg {
@@ -184,7 +238,12 @@ impl StoresServerSessions for WorkerStore {
             }
             value
         })
-        .flatten()
+        .flatten();
+        count_kind(|k| match found {
+            Some(_) => k.stateful_hits += 1,
+            None => k.stateful_misses += 1,
+        });
+        found
     }
 
     fn can_cache(&self) -> bool {

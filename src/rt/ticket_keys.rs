@@ -5,7 +5,42 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls::server::ProducesTickets;
+
+use super::session_store::count_kind;
 use crate::session::tickets::{TicketKey, Ticketer};
+
+/// The ticketer as rustls sees it: counts issued tickets and decrypt
+/// results on the calling worker's thread, then delegates.
+#[derive(Debug)]
+pub struct CountingTicketer(pub Arc<Ticketer>);
+
+impl ProducesTickets for CountingTicketer {
+    fn enabled(&self) -> bool {
+        self.0.enabled()
+    }
+
+    fn lifetime(&self) -> u32 {
+        self.0.lifetime()
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        let ticket = self.0.encrypt(plain);
+        if ticket.is_some() {
+            count_kind(|k| k.tickets_issued += 1);
+        }
+        ticket
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        let plain = self.0.decrypt(cipher);
+        count_kind(|k| match plain {
+            Some(_) => k.ticket_hits += 1,
+            None => k.ticket_misses += 1,
+        });
+        plain
+    }
+}
 
 /// Reads every key file; the error names the file.
 pub fn load_keys(files: &[String]) -> Result<Vec<TicketKey>, String> {

@@ -9,13 +9,11 @@
 
 mod common;
 
-use std::io::Read;
 use std::net::SocketAddr;
-use std::process::{Command, ExitStatus, Stdio};
-use std::thread;
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use common::Ringterm;
+use common::{run_bin_to_exit, Ringterm};
 use serde_json::Value;
 
 /// EX_USAGE, for semantic argument errors.
@@ -95,44 +93,13 @@ impl Load {
 fn run_load<S: AsRef<str>>(args: &[S]) -> Load {
     let args: Vec<String> = args.iter().map(|s| s.as_ref().to_owned()).collect();
     let start = Instant::now();
-    let mut child = Command::new(load_bin())
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn ringterm-load");
-    let read_all = |mut r: Box<dyn Read + Send>| {
-        thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = r.read_to_end(&mut v);
-            String::from_utf8_lossy(&v).into_owned()
-        })
-    };
-    let out = read_all(Box::new(child.stdout.take().unwrap()));
-    let err = read_all(Box::new(child.stderr.take().unwrap()));
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if start.elapsed() >= RUN_LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "ringterm-load {args:?} did not exit within {RUN_LIMIT:?}; stdout: {:?}; stderr: {:?}",
-                out.join().unwrap(),
-                err.join().unwrap()
-            );
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
-    let elapsed = start.elapsed();
+    let out = run_bin_to_exit(load_bin(), &args, RUN_LIMIT);
     Load {
         args,
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-        elapsed,
+        status: out.status,
+        stdout: out.stdout,
+        stderr: out.stderr,
+        elapsed: start.elapsed(),
     }
 }
 

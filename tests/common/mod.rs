@@ -398,14 +398,20 @@ pub struct Exited {
 /// Runs `ringterm ARGS` expecting it to exit by itself within `timeout`;
 /// kills it and panics otherwise.
 pub fn run_to_exit<S: AsRef<str>>(args: &[S], timeout: Duration) -> Exited {
+    run_bin_to_exit(bin(), args, timeout)
+}
+
+/// Runs `program ARGS` expecting it to exit by itself within `timeout`;
+/// kills it and panics otherwise.
+pub fn run_bin_to_exit<S: AsRef<str>>(program: &str, args: &[S], timeout: Duration) -> Exited {
     let args: Vec<&str> = args.iter().map(|s| s.as_ref()).collect();
-    let mut child = Command::new(bin())
+    let mut child = Command::new(program)
         .args(&args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn ringterm");
+        .unwrap_or_else(|e| panic!("spawn {program}: {e}"));
     let read_all = |mut r: Box<dyn Read + Send>| {
         thread::spawn(move || {
             let mut v = Vec::new();
@@ -426,10 +432,10 @@ pub fn run_to_exit<S: AsRef<str>>(args: &[S], timeout: Duration) -> Exited {
             let stdout = out.join().unwrap();
             let stderr = err.join().unwrap();
             panic!(
-                "ringterm {args:?} did not exit within {timeout:?}; stdout: {stdout:?}; stderr: {stderr:?}"
+                "{program} {args:?} did not exit within {timeout:?}; stdout: {stdout:?}; stderr: {stderr:?}"
             );
         }
-        thread::sleep(Duration::from_millis(10));
+        thread::sleep(Duration::from_millis(5));
     };
     Exited {
         status,

@@ -27,14 +27,18 @@
 //! # Cost
 //!
 //! Entries live in a `HashMap` (SipHash with a random key, since session IDs
-//! come from clients) and their ages in a `BTreeMap<(created_ms, seq), key>`,
-//! which keeps the oldest entry exact even when [`SessionCache::merge`]
-//! inserts entries older than ones already present. Lookups are O(1); inserts
-//! and removals are O(log n) in the number of entries, for the age index.
-//! Both structures hold exactly one record per live entry, so memory is
-//! bounded by `capacity` (plus one copy of each key in the age index).
+//! come from clients). Their ages are indexed by `(created_ms, seq)` in two
+//! parts: a FIFO `VecDeque` for entries that arrive in creation order (every
+//! local put, and remote ones no older than the newest entry), and a
+//! `BTreeMap` only for the rare remote entry older than that. The oldest
+//! entry is the smaller of the two fronts, so eviction stays exact. Removals
+//! from the FIFO are lazy (stale records are skipped when they reach the
+//! front) and the FIFO is compacted when stale records outnumber live ones,
+//! so it stays within a constant factor of `capacity`. Every operation is
+//! O(1) amortized, except inserting or removing an out-of-order remote
+//! entry, which is O(log m) in the number of such entries.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 /// Limits of a cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +101,8 @@ struct Entry {
     created_ms: u64,
     /// Insertion number, the tie-breaker of the age index.
     seq: u64,
+    /// Whether its age record is in the FIFO (else in `out_of_order`).
+    in_fifo: bool,
 }
 
 /// A bounded, expiring TLS session cache owned by one worker.
@@ -116,8 +122,11 @@ struct Entry {
 pub struct SessionCache {
     config: CacheConfig,
     entries: HashMap<Vec<u8>, Entry>,
-    /// `(created_ms, seq) -> key`, one record per entry: the age index.
-    by_age: BTreeMap<(u64, u64), Vec<u8>>,
+    /// Age records `(created_ms, seq, key)` in creation order; may hold
+    /// stale records of removed or replaced entries (lazy deletion).
+    fifo: VecDeque<(u64, u64, Vec<u8>)>,
+    /// Age records of entries that arrived older than the FIFO's newest.
+    out_of_order: BTreeMap<(u64, u64), Vec<u8>>,
     next_seq: u64,
     stats: CacheStats,
 }
@@ -128,7 +137,8 @@ impl SessionCache {
         Self {
             config,
             entries: HashMap::with_capacity(config.capacity.min(1 << 12)),
-            by_age: BTreeMap::new(),
+            fifo: VecDeque::new(),
+            out_of_order: BTreeMap::new(),
             next_seq: 0,
             stats: CacheStats::default(),
         }
@@ -238,7 +248,7 @@ impl SessionCache {
                     }
                     self.unlink(&key);
                 } else if self.entries.len() >= self.config.capacity {
-                    if let Some((&(oldest_ms, _), _)) = self.by_age.first_key_value() {
+                    if let Some((oldest_ms, _)) = self.oldest() {
                         if self.is_live(oldest_ms, now_ms) && created_ms < oldest_ms {
                             return;
                         }
@@ -281,13 +291,22 @@ impl SessionCache {
     fn link(&mut self, key: Vec<u8>, value: Vec<u8>, created_ms: u64) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.by_age.insert((created_ms, seq), key.clone());
+        let in_fifo = self
+            .fifo
+            .back()
+            .is_none_or(|&(newest, _, _)| created_ms >= newest);
+        if in_fifo {
+            self.fifo.push_back((created_ms, seq, key.clone()));
+        } else {
+            self.out_of_order.insert((created_ms, seq), key.clone());
+        }
         let old = self.entries.insert(
             key,
             Entry {
                 value,
                 created_ms,
                 seq,
+                in_fifo,
             },
         );
         debug_assert!(old.is_none(), "link of a present key");
@@ -296,13 +315,61 @@ impl SessionCache {
     /// Removes `key` from both indexes, returning its entry.
     fn unlink(&mut self, key: &[u8]) -> Option<Entry> {
         let entry = self.entries.remove(key)?;
-        self.by_age.remove(&(entry.created_ms, entry.seq));
+        if entry.in_fifo {
+            // Lazy: its record is skipped when it reaches the front. Compact
+            // when stale records outnumber live ones, which keeps the FIFO
+            // within a constant factor of `capacity` at O(1) amortized cost.
+            if self.fifo.len() > 2 * self.entries.len() + 32 {
+                let entries = &self.entries;
+                self.fifo
+                    .retain(|(_, seq, k)| Self::is_current(entries, k, *seq));
+            }
+        } else {
+            self.out_of_order.remove(&(entry.created_ms, entry.seq));
+        }
         Some(entry)
+    }
+
+    fn is_current(entries: &HashMap<Vec<u8>, Entry>, key: &[u8], seq: u64) -> bool {
+        entries.get(key).is_some_and(|e| e.in_fifo && e.seq == seq)
+    }
+
+    /// Drops stale records from the front of the FIFO.
+    fn skip_stale(&mut self) {
+        while let Some((_, seq, key)) = self.fifo.front() {
+            if Self::is_current(&self.entries, key, *seq) {
+                break;
+            }
+            self.fifo.pop_front();
+        }
+    }
+
+    /// `(created_ms, seq)` of the oldest entry, if any.
+    fn oldest(&mut self) -> Option<(u64, u64)> {
+        self.skip_stale();
+        let fifo = self.fifo.front().map(|&(c, s, _)| (c, s));
+        let ooo = self.out_of_order.first_key_value().map(|(&k, _)| k);
+        match (fifo, ooo) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Removes the oldest entry, counting it as expired or evicted.
     fn remove_oldest(&mut self, now_ms: u64) {
-        if let Some(((created_ms, _), key)) = self.by_age.pop_first() {
+        let Some((created_ms, seq)) = self.oldest() else {
+            return;
+        };
+        let from_fifo = self
+            .fifo
+            .front()
+            .is_some_and(|&(c, s, _)| (c, s) == (created_ms, seq));
+        let key = if from_fifo {
+            self.fifo.pop_front().map(|(_, _, k)| k)
+        } else {
+            self.out_of_order.remove(&(created_ms, seq))
+        };
+        if let Some(key) = key {
             self.entries.remove(&key);
             if self.is_live(created_ms, now_ms) {
                 self.stats.evictions += 1;
@@ -340,14 +407,31 @@ mod tests {
         }
     }
 
-    /// Checks that both indexes agree and the cache is within capacity.
+    /// Checks that the indexes agree, the FIFO is in creation order and
+    /// bounded, and the cache is within capacity.
     fn check_invariants(c: &SessionCache) {
         assert!(c.len() <= c.config.capacity);
-        assert_eq!(c.entries.len(), c.by_age.len());
-        for (&(created_ms, seq), key) in &c.by_age {
+        let live_in_fifo = c
+            .fifo
+            .iter()
+            .filter(|(_, seq, k)| SessionCache::is_current(&c.entries, k, *seq))
+            .count();
+        assert_eq!(c.entries.len(), live_in_fifo + c.out_of_order.len());
+        for (&(created_ms, seq), key) in &c.out_of_order {
             let e = &c.entries[key];
-            assert_eq!((e.created_ms, e.seq), (created_ms, seq));
+            assert_eq!((e.created_ms, e.seq, e.in_fifo), (created_ms, seq, false));
         }
+        assert!(c
+            .fifo
+            .iter()
+            .zip(c.fifo.iter().skip(1))
+            .all(|(a, b)| a.0 <= b.0 && a.1 < b.1));
+        assert!(
+            c.fifo.len() <= 2 * c.entries.len() + 33,
+            "fifo {} entries {}",
+            c.fifo.len(),
+            c.entries.len()
+        );
     }
 
     #[test]

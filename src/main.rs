@@ -205,7 +205,7 @@ fn run(cli: Cli) -> Result<(), String> {
             .map_err(|_| format!("--listen: invalid address {addr:?}"))?;
         let bound = ringterm::rt::demo::start(addr).map_err(|e| format!("--listen {addr}: {e}"))?;
         println!("demo backend listening on {bound}");
-        wait_for_signal();
+        wait_for_signal(None);
         return Ok(());
     }
 
@@ -296,7 +296,7 @@ fn run(cli: Cli) -> Result<(), String> {
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    let reload = move || {
+    let mut reload = move || {
         if let Some(t) = &ticketer {
             if !config.ticket_key_files.is_empty() {
                 match ringterm::rt::ticket_keys::reload(t, &config.ticket_key_files) {
@@ -308,7 +308,7 @@ fn run(cli: Cli) -> Result<(), String> {
             }
         }
     };
-    wait_for_signal_with_reload(reload);
+    wait_for_signal(Some(&mut reload));
     Ok(())
 }
 
@@ -329,31 +329,25 @@ fn init_logging(level: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn wait_for_signal_with_reload(mut reload: impl FnMut()) {
+/// Blocks until SIGINT or SIGTERM. With `reload`, SIGHUP calls it and keeps
+/// waiting; without, SIGHUP keeps its default action.
+fn wait_for_signal(mut reload: Option<&mut dyn FnMut()>) {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+    let mut wanted = vec![SIGINT, SIGTERM];
+    if reload.is_some() {
+        wanted.push(SIGHUP);
+    }
+    match signal_hook::iterator::Signals::new(&wanted) {
         Ok(mut signals) => {
             for sig in signals.forever() {
                 if sig == SIGHUP {
-                    reload();
+                    if let Some(reload) = reload.as_mut() {
+                        reload();
+                    }
                     continue;
                 }
                 tracing::info!(signal = sig, "shutting down");
                 return;
-            }
-        }
-        Err(_) => loop {
-            std::thread::park();
-        },
-    }
-}
-
-fn wait_for_signal() {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    match signal_hook::iterator::Signals::new([SIGINT, SIGTERM]) {
-        Ok(mut signals) => {
-            if let Some(sig) = signals.forever().next() {
-                tracing::info!(signal = sig, "shutting down");
             }
         }
         Err(_) => loop {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
-use ringterm::session::cache::{CacheConfig, SessionCache, SyncMsg};
+use ringterm::session::cache::{CacheConfig, SessionCache, SessionKind, SyncMsg};
 
 const CAPACITY: usize = 20_000;
 
@@ -65,6 +65,7 @@ fn bench(c: &mut Criterion) {
                         SyncMsg::Put {
                             key: key(1_000_000 + j),
                             value: vec![7u8; 200],
+                            kind: SessionKind::Tls12Id,
                             created_ms: n + j,
                         },
                         n + j,

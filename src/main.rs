@@ -205,7 +205,7 @@ fn run(cli: Cli) -> Result<(), String> {
             .map_err(|_| format!("--listen: invalid address {addr:?}"))?;
         let bound = ringterm::rt::demo::start(addr).map_err(|e| format!("--listen {addr}: {e}"))?;
         println!("demo backend listening on {bound}");
-        wait_for_signal(None);
+        wait_for_signal(Handlers::default());
         return Ok(());
     }
 
@@ -308,7 +308,18 @@ fn run(cli: Cli) -> Result<(), String> {
             }
         }
     };
-    wait_for_signal(Some(&mut reload));
+    let hists = server.histograms.clone();
+    let summary = move || {
+        hists
+            .collect_merged(ringterm::rt::admin::COLLECT_WAIT)
+            .summary()
+    };
+    let mut usr1 = || tracing::info!("latency summary (SIGUSR1):\n{}", summary());
+    wait_for_signal(Handlers {
+        hup: Some(&mut reload),
+        usr1: Some(&mut usr1),
+    });
+    tracing::info!("latency summary at shutdown:\n{}", summary());
     Ok(())
 }
 
@@ -329,25 +340,38 @@ fn init_logging(level: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Blocks until SIGINT or SIGTERM. With `reload`, SIGHUP calls it and keeps
-/// waiting; without, SIGHUP keeps its default action.
-fn wait_for_signal(mut reload: Option<&mut dyn FnMut()>) {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+/// What to do on SIGHUP and SIGUSR1; a signal without a handler keeps its
+/// default action.
+#[derive(Default)]
+struct Handlers<'a> {
+    hup: Option<&'a mut dyn FnMut()>,
+    usr1: Option<&'a mut dyn FnMut()>,
+}
+
+/// Blocks until SIGINT or SIGTERM, running the handlers of other signals.
+fn wait_for_signal(mut handlers: Handlers<'_>) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
     let mut wanted = vec![SIGINT, SIGTERM];
-    if reload.is_some() {
+    if handlers.hup.is_some() {
         wanted.push(SIGHUP);
+    }
+    if handlers.usr1.is_some() {
+        wanted.push(SIGUSR1);
     }
     match signal_hook::iterator::Signals::new(&wanted) {
         Ok(mut signals) => {
             for sig in signals.forever() {
-                if sig == SIGHUP {
-                    if let Some(reload) = reload.as_mut() {
-                        reload();
+                let handler = match sig {
+                    SIGHUP => handlers.hup.as_mut(),
+                    SIGUSR1 => handlers.usr1.as_mut(),
+                    _ => {
+                        tracing::info!(signal = sig, "shutting down");
+                        return;
                     }
-                    continue;
+                };
+                if let Some(h) = handler {
+                    h();
                 }
-                tracing::info!(signal = sig, "shutting down");
-                return;
             }
         }
         Err(_) => loop {

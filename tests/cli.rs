@@ -297,7 +297,10 @@ fn flags_override_config_file() {
     assert!(text.contains("ringterm_active{worker=\"1\"}"), "{text}");
     assert_echo(rt.addr(), certs.tls12(), b"backend from the flag");
     assert_eq!(echo.conns.load(std::sync::atomic::Ordering::Relaxed), 1);
-    let text = rt.wait_metric("ringterm_handshakes_tls12_total", |n| n == 1);
+    let text = rt.wait_metric(
+        "ringterm_handshakes_total{version=\"TLSv1.2\",resumed=\"false\"}",
+        |n| n == 1,
+    );
     assert_eq!(
         metric_sum(&text, "ringterm_backend_connect_failures_total"),
         0

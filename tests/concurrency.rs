@@ -77,8 +77,13 @@ fn two_hundred_concurrent_connections_over_two_workers() {
     let w1 = metric(&text, "ringterm_accepted_total", 1);
     assert_eq!(w0 + w1, CONNS as u64, "accepted per worker: {w0} + {w1}");
     assert!(w0 > 0 && w1 > 0, "both workers should accept: {w0} / {w1}");
-    let handshakes = metric_sum(&text, "ringterm_handshakes_tls13_total")
-        + metric_sum(&text, "ringterm_handshakes_tls12_total");
+    let handshakes = metric_sum(
+        &text,
+        "ringterm_handshakes_total{version=\"TLSv1.3\",resumed=\"false\"}",
+    ) + metric_sum(
+        &text,
+        "ringterm_handshakes_total{version=\"TLSv1.2\",resumed=\"false\"}",
+    );
     assert_eq!(handshakes, CONNS as u64);
     assert_eq!(metric_sum(&text, "ringterm_handshake_failures_total"), 0);
     assert_eq!(metric_sum(&text, "ringterm_connection_errors_total"), 0);

@@ -281,8 +281,17 @@ fn handshake_timeout() {
         good.join().expect("the in-time client failed");
     });
 
-    let text = rt.wait_metric("ringterm_handshake_timeouts_total", |n| n >= 2);
-    assert_eq!(metric_sum(&text, "ringterm_handshakes_tls13_total"), 1);
+    let text = rt.wait_metric(
+        "ringterm_handshake_failures_total{reason=\"timeout\"}",
+        |n| n >= 2,
+    );
+    assert_eq!(
+        metric_sum(
+            &text,
+            "ringterm_handshakes_total{version=\"TLSv1.3\",resumed=\"false\"}"
+        ),
+        1
+    );
     // A fresh normal client still works.
     assert_echo(addr, certs.tls12(), b"still serving");
     rt.assert_alive();

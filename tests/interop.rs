@@ -101,8 +101,17 @@ fn openssl_s_client_tls13_and_tls12() {
     let out = s_client_echo(rt.addr(), "-tls1_2", "hello over TLS 1.2 from openssl\n");
     assert_eq!(out, "hello over TLS 1.2 from openssl\n");
 
-    let text = rt.wait_metric("ringterm_handshakes_tls12_total", |n| n == 1);
-    assert_eq!(metric_sum(&text, "ringterm_handshakes_tls13_total"), 1);
+    let text = rt.wait_metric(
+        "ringterm_handshakes_total{version=\"TLSv1.2\",resumed=\"false\"}",
+        |n| n == 1,
+    );
+    assert_eq!(
+        metric_sum(
+            &text,
+            "ringterm_handshakes_total{version=\"TLSv1.3\",resumed=\"false\"}"
+        ),
+        1
+    );
     assert_eq!(metric_sum(&text, "ringterm_handshake_failures_total"), 0);
     rt.assert_alive();
 }
@@ -189,8 +198,17 @@ fn curl_against_demo() {
         assert_eq!(String::from_utf8_lossy(&code), "200", "TLS {name}: POST");
     }
 
-    let text = rt.wait_metric("ringterm_handshakes_tls12_total", |n| n == 3);
-    assert_eq!(metric_sum(&text, "ringterm_handshakes_tls13_total"), 3);
+    let text = rt.wait_metric(
+        "ringterm_handshakes_total{version=\"TLSv1.2\",resumed=\"false\"}",
+        |n| n == 3,
+    );
+    assert_eq!(
+        metric_sum(
+            &text,
+            "ringterm_handshakes_total{version=\"TLSv1.3\",resumed=\"false\"}"
+        ),
+        3
+    );
     assert_eq!(metric_sum(&text, "ringterm_handshake_failures_total"), 0);
     rt.assert_alive();
 }

@@ -61,18 +61,34 @@ fn cross_core(tls: Tls, kind_metric: &str) {
     // Both workers took part: sessions really crossed cores.
     assert!(metric(&text, "ringterm_accepted_total", 0) > 0, "{text}");
     assert!(metric(&text, "ringterm_accepted_total", 1) > 0, "{text}");
-    let remote = metric_sum(&text, "ringterm_session_cache_remote_puts_total");
-    assert!(remote > 0, "no session crossed cores: {text}");
+    // Cross-core arrivals are counted by kind, and only under this kind.
+    let (kind, other) = match tls {
+        Tls::V12 => ("tls12_id", "tls13_stateful"),
+        _ => ("tls13_stateful", "tls12_id"),
+    };
+    let arrivals = |k: &str| {
+        let name = format!("ringterm_session_cache_remote_puts_total{{kind=\"{k}\"}}");
+        metric_sum(&text, &name)
+    };
+    assert!(arrivals(kind) > 0, "no session crossed cores: {text}");
+    assert_eq!(arrivals(other), 0, "{text}");
+    assert_eq!(arrivals("unknown"), 0, "{text}");
 }
 
 #[test]
 fn tls12_session_ids_resume_across_workers() {
-    cross_core(Tls::V12, "ringterm_handshakes_resumed_tls12_id_total");
+    cross_core(
+        Tls::V12,
+        "ringterm_handshakes_resumed_total{kind=\"tls12_id\"}",
+    );
 }
 
 #[test]
 fn tls13_stateful_tickets_resume_across_workers() {
-    cross_core(Tls::V13, "ringterm_handshakes_resumed_tls13_stateful_total");
+    cross_core(
+        Tls::V13,
+        "ringterm_handshakes_resumed_total{kind=\"tls13_stateful\"}",
+    );
 }
 
 #[test]
@@ -119,9 +135,15 @@ fn tickets_survive_one_rotation_not_two() {
     // After two rotations (at ~2 s), the first key is gone.
     thread::sleep(Duration::from_millis(2600).saturating_sub(t0.elapsed()));
     assert_eq!(connect_ping(rt.addr(), &b), HandshakeKind::Full);
-    let text = rt.wait_metric("ringterm_handshakes_resumed_tls13_ticket_total", |n| n == 1);
+    let text = rt.wait_metric(
+        "ringterm_handshakes_resumed_total{kind=\"tls13_ticket\"}",
+        |n| n == 1,
+    );
     assert!(
-        metric_sum(&text, "ringterm_session_ticket_misses_total") >= 1,
+        metric_sum(
+            &text,
+            "ringterm_session_lookup_misses_total{kind=\"ticket\"}"
+        ) >= 1,
         "{text}"
     );
 }
@@ -141,14 +163,18 @@ fn tls12_tickets_resume() {
     for _ in 0..20 {
         assert_eq!(connect_ping(rt.addr(), &config), HandshakeKind::Resumed);
     }
-    let text = rt.wait_metric("ringterm_handshakes_resumed_tls12_ticket_total", |n| {
-        n == 20
-    });
+    let text = rt.wait_metric(
+        "ringterm_handshakes_resumed_total{kind=\"tls12_ticket\"}",
+        |n| n == 20,
+    );
     assert_eq!(
-        metric_sum(&text, "ringterm_handshakes_resumed_tls12_id_total"),
+        metric_sum(
+            &text,
+            "ringterm_handshakes_resumed_total{kind=\"tls12_id\"}"
+        ),
         0
     );
-    assert!(metric_sum(&text, "ringterm_session_ticket_hits_total") >= 20);
+    assert!(metric_sum(&text, "ringterm_session_lookup_hits_total{kind=\"ticket\"}") >= 20);
 }
 
 #[test]

@@ -10,6 +10,12 @@
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use crate::session::cache::CacheStats;
+use crate::tls::AlertKind;
+
+pub mod hgrm;
+pub mod hist;
+
 /// A counter with one writer thread and any number of readers.
 #[derive(Debug, Default)]
 pub struct Counter(AtomicU64);
@@ -47,7 +53,7 @@ impl Counter {
 }
 
 macro_rules! counters {
-    ($($(#[doc = $doc:literal])* $name:ident : $kind:literal,)*) => {
+    ($($(#[doc = $doc:literal])* $name:ident : $kind:literal $(as $family:literal { $labels:literal })?,)*) => {
         /// Counters of one worker.
         #[derive(Debug, Default)]
         pub struct WorkerCounters {
@@ -55,14 +61,41 @@ macro_rules! counters {
         }
 
         impl WorkerCounters {
-            /// `(name, kind, help, value)` for every counter.
-            pub fn snapshot(&self) -> Vec<(&'static str, &'static str, &'static str, u64)> {
-                vec![$((stringify!($name), $kind, concat!($($doc),*), self.$name.get()),)*]
+            /// Every counter's series, in declaration order.
+            pub fn snapshot(&self) -> Vec<Series> {
+                vec![$(Series {
+                    family: counters!(@family $name $($family)?),
+                    labels: counters!(@labels $($labels)?),
+                    kind: $kind,
+                    help: concat!($($doc),*),
+                    value: self.$name.get(),
+                },)*]
             }
         }
     };
+    (@family $name:ident $family:literal) => { $family };
+    (@family $name:ident) => { stringify!($name) };
+    (@labels $labels:literal) => { $labels };
+    (@labels) => { "" };
 }
 
+/// One counter as rendered: `ringterm_<family>{worker="N",<labels>}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Series {
+    /// Metric family name, without the `ringterm_` prefix and `_total`.
+    pub family: &'static str,
+    /// Extra labels, already formatted (`version="TLSv1.3"`), or empty.
+    pub labels: &'static str,
+    /// `counter` or `gauge`.
+    pub kind: &'static str,
+    /// Help text (the family's first member's doc is used).
+    pub help: &'static str,
+    /// Current value.
+    pub value: u64,
+}
+
+// Members of one family must be adjacent; the first member's doc is the
+// family's help text.
 counters! {
     /// Connections accepted.
     accepted: "counter",
@@ -70,18 +103,58 @@ counters! {
     active: "gauge",
     /// Accept errors (EMFILE, ENFILE, ...).
     accept_errors: "counter",
-    /// Full TLS 1.3 handshakes completed.
-    handshakes_tls13: "counter",
-    /// Full TLS 1.2 handshakes completed.
-    handshakes_tls12: "counter",
-    /// Resumed handshakes completed.
-    handshakes_resumed: "counter",
-    /// Handshakes that failed (bad input, alert, EOF).
-    handshake_failures: "counter",
-    /// Handshakes cut by the handshake timeout.
-    handshake_timeouts: "counter",
-    /// Fatal alerts sent to clients.
-    alerts_sent: "counter",
+    /// Handshakes completed, by protocol version and whether resumed.
+    handshakes_tls13: "counter" as "handshakes" { "version=\"TLSv1.3\",resumed=\"false\"" },
+    /// Resumed TLS 1.3 handshakes.
+    handshakes_resumed_tls13: "counter" as "handshakes" { "version=\"TLSv1.3\",resumed=\"true\"" },
+    /// Full TLS 1.2 handshakes.
+    handshakes_tls12: "counter" as "handshakes" { "version=\"TLSv1.2\",resumed=\"false\"" },
+    /// Resumed TLS 1.2 handshakes.
+    handshakes_resumed_tls12: "counter" as "handshakes" { "version=\"TLSv1.2\",resumed=\"true\"" },
+    /// Resumed handshakes, by resumption kind.
+    handshakes_resumed_tls12_id: "counter" as "handshakes_resumed" { "kind=\"tls12_id\"" },
+    /// TLS 1.2 handshakes resumed by stateless ticket.
+    handshakes_resumed_tls12_ticket: "counter" as "handshakes_resumed" { "kind=\"tls12_ticket\"" },
+    /// TLS 1.3 handshakes resumed by stateful ticket (the cache).
+    handshakes_resumed_tls13_stateful: "counter" as "handshakes_resumed" { "kind=\"tls13_stateful\"" },
+    /// TLS 1.3 handshakes resumed by stateless ticket.
+    handshakes_resumed_tls13_ticket: "counter" as "handshakes_resumed" { "kind=\"tls13_ticket\"" },
+    /// Handshakes that did not complete, by reason.
+    handshake_failures_tls: "counter" as "handshake_failures" { "reason=\"tls_error\"" },
+    /// The client closed or reset during the handshake.
+    handshake_failures_eof: "counter" as "handshake_failures" { "reason=\"client_closed\"" },
+    /// Cut by the handshake timeout.
+    handshake_timeouts: "counter" as "handshake_failures" { "reason=\"timeout\"" },
+    /// Fatal alerts sent to clients, by alert.
+    alert_unexpected_message: "counter" as "alerts_sent" { "alert=\"unexpected_message\"" },
+    /// bad_record_mac
+    alert_bad_record_mac: "counter" as "alerts_sent" { "alert=\"bad_record_mac\"" },
+    /// record_overflow
+    alert_record_overflow: "counter" as "alerts_sent" { "alert=\"record_overflow\"" },
+    /// handshake_failure
+    alert_handshake_failure: "counter" as "alerts_sent" { "alert=\"handshake_failure\"" },
+    /// bad_certificate
+    alert_bad_certificate: "counter" as "alerts_sent" { "alert=\"bad_certificate\"" },
+    /// illegal_parameter
+    alert_illegal_parameter: "counter" as "alerts_sent" { "alert=\"illegal_parameter\"" },
+    /// decode_error
+    alert_decode_error: "counter" as "alerts_sent" { "alert=\"decode_error\"" },
+    /// decrypt_error
+    alert_decrypt_error: "counter" as "alerts_sent" { "alert=\"decrypt_error\"" },
+    /// protocol_version
+    alert_protocol_version: "counter" as "alerts_sent" { "alert=\"protocol_version\"" },
+    /// internal_error
+    alert_internal_error: "counter" as "alerts_sent" { "alert=\"internal_error\"" },
+    /// missing_extension
+    alert_missing_extension: "counter" as "alerts_sent" { "alert=\"missing_extension\"" },
+    /// unrecognized_name
+    alert_unrecognized_name: "counter" as "alerts_sent" { "alert=\"unrecognized_name\"" },
+    /// certificate_required
+    alert_certificate_required: "counter" as "alerts_sent" { "alert=\"certificate_required\"" },
+    /// no_application_protocol
+    alert_no_application_protocol: "counter" as "alerts_sent" { "alert=\"no_application_protocol\"" },
+    /// any other alert
+    alert_other: "counter" as "alerts_sent" { "alert=\"other\"" },
     /// Backend connects that failed.
     backend_connect_failures: "counter",
     /// Backend connects cut by the connect timeout.
@@ -96,30 +169,18 @@ counters! {
     bytes_from_backends: "counter",
     /// Plaintext bytes written to backends.
     bytes_to_backends: "counter",
-    /// Resumed TLS 1.3 handshakes.
-    handshakes_resumed_tls13: "counter",
-    /// Resumed TLS 1.2 handshakes.
-    handshakes_resumed_tls12: "counter",
-    /// TLS 1.2 handshakes resumed by session ID.
-    handshakes_resumed_tls12_id: "counter",
-    /// TLS 1.2 handshakes resumed by stateless ticket.
-    handshakes_resumed_tls12_ticket: "counter",
-    /// TLS 1.3 handshakes resumed by stateful ticket (the cache).
-    handshakes_resumed_tls13_stateful: "counter",
-    /// TLS 1.3 handshakes resumed by stateless ticket.
-    handshakes_resumed_tls13_ticket: "counter",
-    /// TLS 1.2 session-ID lookups that found the session.
-    session_id_hits: "counter",
-    /// TLS 1.2 session-ID lookups that did not.
-    session_id_misses: "counter",
+    /// Resumption lookups that found the session, by kind.
+    session_id_hits: "counter" as "session_lookup_hits" { "kind=\"tls12_id\"" },
     /// TLS 1.3 stateful-ticket lookups that found the session.
-    session_stateful_hits: "counter",
+    session_stateful_hits: "counter" as "session_lookup_hits" { "kind=\"tls13_stateful\"" },
+    /// Stateless tickets (TLS 1.2 or 1.3) that decrypted.
+    session_ticket_hits: "counter" as "session_lookup_hits" { "kind=\"ticket\"" },
+    /// Resumption lookups that did not find the session, by kind.
+    session_id_misses: "counter" as "session_lookup_misses" { "kind=\"tls12_id\"" },
     /// TLS 1.3 stateful-ticket lookups that did not.
-    session_stateful_misses: "counter",
-    /// Stateless tickets that decrypted.
-    session_ticket_hits: "counter",
+    session_stateful_misses: "counter" as "session_lookup_misses" { "kind=\"tls13_stateful\"" },
     /// Stateless tickets that did not decrypt (unknown or retired key).
-    session_ticket_misses: "counter",
+    session_ticket_misses: "counter" as "session_lookup_misses" { "kind=\"ticket\"" },
     /// Stateless tickets issued.
     session_tickets_issued: "counter",
     /// Sessions stored in this worker's cache.
@@ -128,12 +189,24 @@ counters! {
     session_cache_hits: "counter",
     /// Session cache lookups that found nothing (or an expired entry).
     session_cache_misses: "counter",
-    /// Session cache entries dropped because they outlived the timeout.
-    session_cache_expired: "counter",
-    /// Session cache entries evicted to make room.
-    session_cache_evictions: "counter",
-    /// Sessions that arrived from other workers.
-    session_cache_remote_puts: "counter",
+    /// Session cache entries dropped because they outlived the timeout, by kind.
+    session_cache_expired_tls12_id: "counter" as "session_cache_expired" { "kind=\"tls12_id\"" },
+    /// TLS 1.3 stateful entries expired.
+    session_cache_expired_tls13_stateful: "counter" as "session_cache_expired" { "kind=\"tls13_stateful\"" },
+    /// Entries of unknown kind expired.
+    session_cache_expired_unknown: "counter" as "session_cache_expired" { "kind=\"unknown\"" },
+    /// Session cache entries evicted to make room, by kind.
+    session_cache_evictions_tls12_id: "counter" as "session_cache_evictions" { "kind=\"tls12_id\"" },
+    /// TLS 1.3 stateful entries evicted.
+    session_cache_evictions_tls13_stateful: "counter" as "session_cache_evictions" { "kind=\"tls13_stateful\"" },
+    /// Entries of unknown kind evicted.
+    session_cache_evictions_unknown: "counter" as "session_cache_evictions" { "kind=\"unknown\"" },
+    /// Sessions that arrived from other workers (cross-core arrivals), by kind.
+    session_cache_remote_puts_tls12_id: "counter" as "session_cache_remote_puts" { "kind=\"tls12_id\"" },
+    /// TLS 1.3 stateful sessions that arrived from other workers.
+    session_cache_remote_puts_tls13_stateful: "counter" as "session_cache_remote_puts" { "kind=\"tls13_stateful\"" },
+    /// Sessions of unknown kind that arrived from other workers.
+    session_cache_remote_puts_unknown: "counter" as "session_cache_remote_puts" { "kind=\"unknown\"" },
     /// Single-use sessions invalidated by other workers.
     session_cache_remote_takes: "counter",
     /// Sessions in this worker's cache.
@@ -142,27 +215,110 @@ counters! {
     session_sync_dropped: "counter",
 }
 
-/// Renders all workers' counters in the Prometheus text exposition format,
-/// labelled by worker, plus a `_all` sum for each.
-pub fn render_prometheus(workers: &[&WorkerCounters]) -> String {
-    let mut out = String::new();
-    let snaps: Vec<_> = workers.iter().map(|w| w.snapshot()).collect();
-    let Some(first) = snaps.first() else {
-        return out;
-    };
-    for (i, (name, kind, help, _)) in first.iter().enumerate() {
-        let suffix = if *kind == "counter" { "_total" } else { "" };
-        let _ = writeln!(out, "# HELP ringterm_{name}{suffix} {help}");
-        let _ = writeln!(out, "# TYPE ringterm_{name}{suffix} {kind}");
-        for (w, snap) in snaps.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "ringterm_{name}{suffix}{{worker=\"{w}\"}} {}",
-                snap[i].3
-            );
+impl WorkerCounters {
+    /// The counter of alerts of `kind`.
+    pub fn alert(&self, kind: AlertKind) -> &Counter {
+        match kind {
+            AlertKind::UnexpectedMessage => &self.alert_unexpected_message,
+            AlertKind::BadRecordMac => &self.alert_bad_record_mac,
+            AlertKind::RecordOverflow => &self.alert_record_overflow,
+            AlertKind::HandshakeFailure => &self.alert_handshake_failure,
+            AlertKind::BadCertificate => &self.alert_bad_certificate,
+            AlertKind::IllegalParameter => &self.alert_illegal_parameter,
+            AlertKind::DecodeError => &self.alert_decode_error,
+            AlertKind::DecryptError => &self.alert_decrypt_error,
+            AlertKind::ProtocolVersion => &self.alert_protocol_version,
+            AlertKind::InternalError => &self.alert_internal_error,
+            AlertKind::MissingExtension => &self.alert_missing_extension,
+            AlertKind::UnrecognizedName => &self.alert_unrecognized_name,
+            AlertKind::CertificateRequired => &self.alert_certificate_required,
+            AlertKind::NoApplicationProtocol => &self.alert_no_application_protocol,
+            AlertKind::Other => &self.alert_other,
         }
     }
+
+    /// Copies the session cache's figures (owned by the worker's cache).
+    pub fn set_cache_stats(&self, stats: &CacheStats, entries: usize, sync_dropped: u64) {
+        self.session_cache_puts.set(stats.puts);
+        self.session_cache_hits.set(stats.hits);
+        self.session_cache_misses.set(stats.misses);
+        let [unknown, id, stateful] = stats.by_kind;
+        self.session_cache_expired_unknown.set(unknown.expired);
+        self.session_cache_expired_tls12_id.set(id.expired);
+        self.session_cache_expired_tls13_stateful
+            .set(stateful.expired);
+        self.session_cache_evictions_unknown.set(unknown.evictions);
+        self.session_cache_evictions_tls12_id.set(id.evictions);
+        self.session_cache_evictions_tls13_stateful
+            .set(stateful.evictions);
+        self.session_cache_remote_puts_unknown
+            .set(unknown.remote_puts);
+        self.session_cache_remote_puts_tls12_id.set(id.remote_puts);
+        self.session_cache_remote_puts_tls13_stateful
+            .set(stateful.remote_puts);
+        self.session_cache_remote_takes.set(stats.remote_takes);
+        self.session_cache_entries.set(entries as u64);
+        self.session_sync_dropped.set(sync_dropped);
+    }
+}
+
+/// Which workers a rendering shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerFilter {
+    /// Every worker, each with its `worker` label (and merged quantiles).
+    All,
+    /// Only worker N.
+    One(usize),
+}
+
+impl WorkerFilter {
+    fn includes(self, w: usize) -> bool {
+        match self {
+            Self::All => true,
+            Self::One(n) => n == w,
+        }
+    }
+}
+
+/// Renders the workers' counters in the Prometheus text exposition format,
+/// one series per worker (label `worker="N"`).
+pub fn render_prometheus(workers: &[&WorkerCounters]) -> String {
+    let mut out = String::new();
+    render_counters(&mut out, workers, WorkerFilter::All);
     out
+}
+
+/// Appends the counters of the workers `filter` selects to `out`.
+pub fn render_counters(out: &mut String, workers: &[&WorkerCounters], filter: WorkerFilter) {
+    let snaps: Vec<_> = workers.iter().map(|w| w.snapshot()).collect();
+    let Some(first) = snaps.first() else {
+        return;
+    };
+    let mut i = 0;
+    while i < first.len() {
+        let family = first[i].family;
+        let end = i + first[i..].iter().take_while(|s| s.family == family).count();
+        let kind = first[i].kind;
+        let suffix = if kind == "counter" { "_total" } else { "" };
+        let _ = writeln!(out, "# HELP ringterm_{family}{suffix} {}", first[i].help);
+        let _ = writeln!(out, "# TYPE ringterm_{family}{suffix} {kind}");
+        for j in i..end {
+            for (w, snap) in snaps
+                .iter()
+                .enumerate()
+                .filter(|(w, _)| filter.includes(*w))
+            {
+                let s = &snap[j];
+                let sep = if s.labels.is_empty() { "" } else { "," };
+                let _ = writeln!(
+                    out,
+                    "ringterm_{family}{suffix}{{worker=\"{w}\"{sep}{}}} {}",
+                    s.labels, s.value
+                );
+            }
+        }
+        i = end;
+    }
 }
 
 #[cfg(test)]
@@ -182,5 +338,15 @@ mod tests {
         assert!(text.contains("ringterm_accepted_total{worker=\"1\"} 1\n"));
         assert!(text.contains("# TYPE ringterm_active gauge\n"));
         assert!(text.contains("ringterm_active{worker=\"1\"} 0\n"));
+        a.handshakes_resumed_tls12.inc();
+        let text = render_prometheus(&[&a, &b]);
+        assert!(text.contains(
+            "ringterm_handshakes_total{worker=\"0\",version=\"TLSv1.2\",resumed=\"true\"} 1\n"
+        ));
+        assert_eq!(
+            text.matches("# TYPE ringterm_handshakes_total counter")
+                .count(),
+            1
+        );
     }
 }

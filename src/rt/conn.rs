@@ -24,12 +24,15 @@ use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
+use std::time::Instant;
 
 use tokio_uring::net::TcpStream;
 
 use super::ops;
 use super::worker::WorkerCtx;
-use crate::tls::{Status, TlsError, TlsSession};
+use crate::metrics::hist::Metric;
+use crate::session::cache::SessionKind;
+use crate::tls::{AlertKind, Status, TlsError, TlsSession};
 
 /// Ciphertext queued for the client above which we stop reading the client
 /// (a flood of KeyUpdates cannot grow it without bound).
@@ -77,10 +80,15 @@ pub async fn serve(ctx: Rc<WorkerCtx>, client: TcpStream) {
     let counters = &ctx.counters;
     counters.active.inc();
     let client = Rc::new(client);
-    let result = drive(&ctx, &client).await;
+    let accepted_at = Instant::now();
+    let mut established = false;
+    let result = drive(&ctx, &client, accepted_at, &mut established).await;
     if let Err(err) = result {
         match err {
-            ConnError::Tls(_) | ConnError::HandshakeEof => counters.handshake_failures.inc(),
+            // After the handshake the relay counted it (connection_errors).
+            ConnError::Tls(_) if established => {}
+            ConnError::Tls(_) => counters.handshake_failures_tls.inc(),
+            ConnError::HandshakeEof => counters.handshake_failures_eof.inc(),
             ConnError::HandshakeTimeout => counters.handshake_timeouts.inc(),
             ConnError::Connect(_) => counters.backend_connect_failures.inc(),
             ConnError::ConnectTimeout => counters.backend_connect_timeouts.inc(),
@@ -88,10 +96,16 @@ pub async fn serve(ctx: Rc<WorkerCtx>, client: TcpStream) {
         }
         tracing::debug!(worker = ctx.id, error = %err, "connection ended");
     }
+    ctx.record_since(Metric::Lifetime, accepted_at);
     counters.active.dec();
 }
 
-async fn drive(ctx: &Rc<WorkerCtx>, client: &Rc<TcpStream>) -> Result<(), ConnError> {
+async fn drive(
+    ctx: &Rc<WorkerCtx>,
+    client: &Rc<TcpStream>,
+    accepted_at: Instant,
+    established: &mut bool,
+) -> Result<(), ConnError> {
     let mut session = TlsSession::new(ctx.tls.clone())?;
     let mut rx = Vec::new();
     let mut to_client = Vec::new();
@@ -120,10 +134,16 @@ async fn drive(ctx: &Rc<WorkerCtx>, client: &Rc<TcpStream>) -> Result<(), ConnEr
         Ok(_) => {}
     }
     let used_ticket = matches!(handshake, Ok(true));
+    *established = true;
     if let Some(info) = session.handshake_info() {
         let c = &ctx.counters;
+        let m = if info.resumed {
+            Metric::HandshakeResumed
+        } else {
+            Metric::HandshakeFull
+        };
+        ctx.record_since(m, accepted_at);
         if info.resumed {
-            c.handshakes_resumed.inc();
             let tls13 = info.version == rustls::ProtocolVersion::TLSv1_3;
             match (tls13, used_ticket) {
                 (true, true) => c.handshakes_resumed_tls13_ticket.inc(),
@@ -157,8 +177,14 @@ async fn drive(ctx: &Rc<WorkerCtx>, client: &Rc<TcpStream>) -> Result<(), ConnEr
         rx = Vec::new();
     }
 
+    // Early data that came with the client's Finished starts the
+    // time-to-first-byte clock.
+    let ttfb_from = (!to_backend.is_empty()).then(Instant::now);
+
     // Phase 2: connect to the backend, under the connect deadline.
+    let connect_from = Instant::now();
     let backend = Rc::new(connect(ctx, ctx.backend).await?);
+    ctx.record_since(Metric::Connect, connect_from);
 
     // Phase 3: relay both directions until both are closed.
     Relay {
@@ -174,6 +200,8 @@ async fn drive(ctx: &Rc<WorkerCtx>, client: &Rc<TcpStream>) -> Result<(), ConnEr
         spare_b: Vec::new(),
         c_read_size: FIRST_READ,
         b_read_size: FIRST_READ.min(ctx.buffer_size),
+        ttfb_from,
+        ttfb_done: false,
     }
     .run()
     .await
@@ -212,12 +240,19 @@ async fn handshake(
             // Sessions other workers created up to now become visible here.
             super::session_store::drain();
         }
+        // rustls's store API does not say what it stores: tell the store,
+        // so its per-kind counters can tag the entry.
+        super::session_store::set_put_kind(match session.negotiated_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => SessionKind::Tls13Stateful,
+            Some(rustls::ProtocolVersion::TLSv1_2) => SessionKind::Tls12Id,
+            _ => SessionKind::Unknown,
+        });
         let tickets_before = super::session_store::kind_counts().ticket_hits;
         let status = session.handle_read(rx, to_client, to_backend);
         used_ticket |= super::session_store::kind_counts().ticket_hits > tickets_before;
         if let Err(err) = status {
-            if !to_client.is_empty() {
-                ctx.counters.alerts_sent.inc();
+            if let Some(alert) = AlertKind::of_failure(&err, to_client) {
+                ctx.counters.alert(alert).inc();
                 // Best effort: the connection is failing anyway.
                 let _ = send_all(ctx, client, to_client).await;
             }
@@ -324,6 +359,10 @@ struct Relay<'a> {
     /// Current read sizes (adaptive, see [`FIRST_READ`]).
     c_read_size: usize,
     b_read_size: usize,
+    /// When the first plaintext from the client was ready for the backend.
+    ttfb_from: Option<Instant>,
+    /// Whether the backend has sent its first byte.
+    ttfb_done: bool,
 }
 
 impl Relay<'_> {
@@ -494,11 +533,17 @@ impl Relay<'_> {
                                 &mut self.to_backend,
                             ) {
                                 Ok(Status::PeerClosed | Status::Closed) => client_done = true,
-                                Ok(_) => {}
+                                Ok(_) => {
+                                    if self.ttfb_from.is_none() && !self.to_backend.is_empty() {
+                                        self.ttfb_from = Some(Instant::now());
+                                    }
+                                }
                                 Err(err) => {
                                     ctx.counters.connection_errors.inc();
-                                    if !self.to_client.is_empty() {
-                                        ctx.counters.alerts_sent.inc();
+                                    if let Some(alert) =
+                                        AlertKind::of_failure(&err, &self.to_client)
+                                    {
+                                        ctx.counters.alert(alert).inc();
                                         // Send the alert, drop data not yet
                                         // forwarded: the client broke the
                                         // record stream.
@@ -529,6 +574,13 @@ impl Relay<'_> {
                         }
                         Ok(n) => {
                             ctx.counters.bytes_from_backends.add(n as u64);
+                            if !self.ttfb_done {
+                                // A backend that speaks first has no TTFB.
+                                self.ttfb_done = true;
+                                if let Some(from) = self.ttfb_from {
+                                    ctx.record_since(Metric::Ttfb, from);
+                                }
+                            }
                             self.b_read_size =
                                 next_read_size(self.b_read_size, n, b_spare, ctx.buffer_size);
                             if let Err(err) = self.session.encrypt(&self.brx, &mut self.to_client) {

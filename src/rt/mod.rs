@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod conn;
 pub mod demo;
+pub mod hist_hub;
 pub mod listener;
 pub mod ops;
 pub mod session_store;
@@ -59,6 +60,8 @@ pub struct Server {
     pub admin: Option<SocketAddr>,
     /// Each worker's counters.
     pub counters: Vec<Arc<WorkerCounters>>,
+    /// Each worker's histograms, on demand.
+    pub histograms: Arc<hist_hub::HistHub>,
 }
 
 /// Binds every socket, starts every worker, and returns once all serve.
@@ -84,9 +87,10 @@ pub fn start(config: &Config, tls: Arc<rustls::ServerConfig>) -> Result<Server, 
     let counters: Vec<Arc<WorkerCounters>> = (0..workers)
         .map(|_| Arc::new(WorkerCounters::default()))
         .collect();
+    let histograms = hist_hub::HistHub::new(workers);
     let admin = match config.admin {
         Some(addr) => Some(
-            admin::start(addr, counters.clone())
+            admin::start(addr, counters.clone(), histograms.clone())
                 .map_err(|source| StartError::Admin { addr, source })?,
         ),
         None => None,
@@ -115,6 +119,7 @@ pub fn start(config: &Config, tls: Arc<rustls::ServerConfig>) -> Result<Server, 
             handshake_timeout_ms: config.handshake_timeout_ms,
             connect_timeout_ms: config.connect_timeout_ms,
             counters: counters[id].clone(),
+            histograms: histograms.clone(),
             cache: cache.clone(),
         };
         let tx = tx.clone();
@@ -135,5 +140,6 @@ pub fn start(config: &Config, tls: Arc<rustls::ServerConfig>) -> Result<Server, 
         listen: bound,
         admin,
         counters,
+        histograms,
     })
 }

@@ -24,7 +24,7 @@ use std::time::Instant;
 use crossbeam_queue::ArrayQueue;
 use rustls::server::StoresServerSessions;
 
-use crate::session::cache::{CacheConfig, CacheStats, SessionCache, SyncMsg};
+use crate::session::cache::{CacheConfig, CacheStats, SessionCache, SessionKind, SyncMsg};
 
 /// Messages one queue holds before it drops new ones.
 pub const SYNC_QUEUE_CAPACITY: usize = 16 * 1024;
@@ -93,6 +93,15 @@ impl Local {
 thread_local! {
     static LOCAL: RefCell<Option<Local>> = const { RefCell::new(None) };
     static KINDS: Cell<KindCounts> = const { Cell::new(KindCounts::ZERO) };
+    static PUT_KIND: Cell<SessionKind> = const { Cell::new(SessionKind::Unknown) };
+}
+
+/// Tags what rustls stores next on this thread: the runtime calls it before
+/// each handshake step with the kind the connection's version implies (a
+/// TLS 1.2 session ID or a TLS 1.3 stateful ticket). A worker runs one
+/// step at a time, so the tag belongs to the connection being stepped.
+pub fn set_put_kind(kind: SessionKind) {
+    PUT_KIND.with(|k| k.set(kind));
 }
 
 /// Resumption lookups by kind, counted on the worker's own thread (plain
@@ -209,7 +218,8 @@ impl StoresServerSessions for WorkerStore {
     fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
         with_local(|l| {
             let now = l.now_ms();
-            let msg = l.cache.put(key, value, now);
+            let kind = PUT_KIND.with(Cell::get);
+            let msg = l.cache.put_kind(key, value, kind, now);
             l.hub.publish(l.id, msg);
             true
         })

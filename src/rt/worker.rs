@@ -13,8 +13,10 @@ use rustls::ServerConfig;
 use tokio::sync::Notify;
 use tokio_uring::net::TcpListener;
 
+use super::hist_hub::HistHub;
 use super::{conn, ops, session_store};
 use crate::deadline::Deadlines;
+use crate::metrics::hist::{Histograms, Metric};
 use crate::metrics::WorkerCounters;
 use crate::session::cache::CacheConfig;
 
@@ -37,6 +39,8 @@ pub struct WorkerCtx {
     pub connect_timeout_ms: u64,
     /// This worker's counters.
     pub counters: Arc<WorkerCounters>,
+    /// This worker's latency histograms (only this thread records).
+    pub hist: RefCell<Histograms>,
     /// How often the session cache merges other workers' sessions; `None`
     /// when the cache is off.
     sync_interval_ms: Option<u64>,
@@ -77,6 +81,12 @@ impl WorkerCtx {
         self.sync_interval_ms.is_some()
     }
 
+    /// Records `since`'s elapsed time into histogram `m`.
+    pub fn record_since(&self, m: Metric, since: Instant) {
+        let us = since.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
+        self.hist.borrow_mut().record(m, us);
+    }
+
     /// Whether `key` still has an armed deadline.
     pub fn has_deadline(&self, key: i64) -> bool {
         self.deadlines.borrow().contains(key)
@@ -107,6 +117,8 @@ pub struct WorkerSpec {
     pub connect_timeout_ms: u64,
     /// Counters.
     pub counters: Arc<WorkerCounters>,
+    /// Where the worker publishes its histograms when asked.
+    pub histograms: Arc<HistHub>,
     /// The session cache, when resumption uses it.
     pub cache: Option<CacheSpec>,
 }
@@ -190,14 +202,17 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String
         handshake_timeout_ms: spec.handshake_timeout_ms,
         connect_timeout_ms: spec.connect_timeout_ms,
         counters: spec.counters,
+        hist: RefCell::new(Histograms::new()),
         sync_interval_ms,
         deadlines: RefCell::new(Deadlines::default()),
         timer_wake: Notify::new(),
         epoch: Instant::now(),
     });
     let listeners = spec.listeners;
+    let hist_hub = spec.histograms;
     rt.block_on(async move {
         tokio_uring::spawn(timer(ctx.clone()));
+        tokio_uring::spawn(publish_histograms(ctx.clone(), hist_hub));
         let mut accepts = Vec::new();
         for l in listeners {
             let listener = TcpListener::from_std(l);
@@ -257,18 +272,19 @@ async fn timer(ctx: Rc<WorkerCtx>) {
             if now >= next_sync {
                 next_sync = now + interval;
                 if let Some((stats, len, dropped)) = session_store::sync() {
-                    let c = &ctx.counters;
-                    c.session_cache_puts.set(stats.puts);
-                    c.session_cache_hits.set(stats.hits);
-                    c.session_cache_misses.set(stats.misses);
-                    c.session_cache_expired.set(stats.expired);
-                    c.session_cache_evictions.set(stats.evictions);
-                    c.session_cache_remote_puts.set(stats.remote_puts);
-                    c.session_cache_remote_takes.set(stats.remote_takes);
-                    c.session_cache_entries.set(len as u64);
-                    c.session_sync_dropped.set(dropped);
+                    ctx.counters.set_cache_stats(&stats, len, dropped);
                 }
             }
         }
+    }
+}
+
+/// Publishes a copy of this worker's histograms each time a reader asks
+/// (see [`HistHub`]).
+async fn publish_histograms(ctx: Rc<WorkerCtx>, hub: Arc<HistHub>) {
+    loop {
+        let generation = hub.requested(ctx.id).await;
+        let copy = ctx.hist.borrow().clone();
+        hub.publish(ctx.id, generation, copy);
     }
 }

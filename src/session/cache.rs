@@ -50,6 +50,53 @@ pub struct CacheConfig {
     pub timeout_ms: u64,
 }
 
+/// What an entry holds, for per-kind counters only: the cache treats every
+/// kind alike. The runtime tags each put with the kind of the handshake that
+/// made it (rustls's store API does not say), and the tag travels with the
+/// entry across cores.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SessionKind {
+    /// Not known to the caller.
+    #[default]
+    Unknown,
+    /// A TLS 1.2 session, looked up by session ID.
+    Tls12Id,
+    /// A TLS 1.3 stateful (single-use) ticket.
+    Tls13Stateful,
+}
+
+impl SessionKind {
+    /// Every kind, in [`index`](Self::index) order.
+    pub const ALL: [SessionKind; 3] = [Self::Unknown, Self::Tls12Id, Self::Tls13Stateful];
+
+    /// Position in [`CacheStats::by_kind`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// A short label for metrics: `unknown`, `tls12_id`, `tls13_stateful`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Tls12Id => "tls12_id",
+            Self::Tls13Stateful => "tls13_stateful",
+        }
+    }
+}
+
+/// Removals and arrivals of one [`SessionKind`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct KindStats {
+    /// Expired entries of this kind removed.
+    pub expired: u64,
+    /// Valid entries of this kind evicted to make room.
+    pub evictions: u64,
+    /// Remote puts of this kind stored.
+    pub remote_puts: u64,
+    /// Remote takes that removed a local entry of this kind.
+    pub remote_takes: u64,
+}
+
 /// Counters (plain u64, owned by the cache; the runtime copies them out).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct CacheStats {
@@ -72,6 +119,20 @@ pub struct CacheStats {
     pub remote_puts: u64,
     /// Remote [`SyncMsg::Take`]s that removed a local entry.
     pub remote_takes: u64,
+    /// `expired`, `evictions`, `remote_puts` and `remote_takes` split by the
+    /// entry's [`SessionKind`], indexed by [`SessionKind::index`].
+    pub by_kind: [KindStats; 3],
+}
+
+impl CacheStats {
+    /// The split counters of `kind`.
+    pub fn kind(&self, kind: SessionKind) -> KindStats {
+        self.by_kind[kind.index()]
+    }
+
+    fn kind_mut(&mut self, kind: SessionKind) -> &mut KindStats {
+        &mut self.by_kind[kind.index()]
+    }
 }
 
 /// A cross-core sync message: what one worker tells the others.
@@ -83,6 +144,8 @@ pub enum SyncMsg {
         key: Vec<u8>,
         /// The encoded session.
         value: Vec<u8>,
+        /// What kind of session it is (for counters).
+        kind: SessionKind,
         /// When the publishing worker created the entry (shared monotonic
         /// clock, milliseconds).
         created_ms: u64,
@@ -99,6 +162,7 @@ pub enum SyncMsg {
 struct Entry {
     value: Vec<u8>,
     created_ms: u64,
+    kind: SessionKind,
     /// Insertion number, the tie-breaker of the age index.
     seq: u64,
     /// Whether its age record is in the FIFO (else in `out_of_order`).
@@ -155,10 +219,22 @@ impl SessionCache {
     /// Returns the [`SyncMsg::Put`] to publish to other workers, even with
     /// capacity 0 (which stores nothing).
     pub fn put(&mut self, key: Vec<u8>, value: Vec<u8>, now_ms: u64) -> SyncMsg {
+        self.put_kind(key, value, SessionKind::Unknown, now_ms)
+    }
+
+    /// [`put`](Self::put) with the entry tagged as `kind` (for counters).
+    pub fn put_kind(
+        &mut self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        kind: SessionKind,
+        now_ms: u64,
+    ) -> SyncMsg {
         self.stats.puts += 1;
         let msg = SyncMsg::Put {
             key: key.clone(),
             value: value.clone(),
+            kind,
             created_ms: now_ms,
         };
         if self.config.capacity == 0 {
@@ -167,7 +243,7 @@ impl SessionCache {
         if self.unlink(&key).is_none() && self.entries.len() >= self.config.capacity {
             self.remove_oldest(now_ms);
         }
-        self.link(key, value, now_ms);
+        self.link(key, value, kind, now_ms);
         msg
     }
 
@@ -187,7 +263,9 @@ impl SessionCache {
                 self.entries.get(key).map(|e| e.value.clone())
             }
             Some(false) => {
-                self.unlink(key);
+                if let Some(e) = self.unlink(key) {
+                    self.stats.kind_mut(e.kind).expired += 1;
+                }
                 self.stats.expired += 1;
                 self.stats.misses += 1;
                 None
@@ -212,6 +290,7 @@ impl SessionCache {
             return (None, None);
         };
         if !self.is_live(entry.created_ms, now_ms) {
+            self.stats.kind_mut(entry.kind).expired += 1;
             self.stats.expired += 1;
             self.stats.misses += 1;
             return (None, None);
@@ -237,6 +316,7 @@ impl SessionCache {
             SyncMsg::Put {
                 key,
                 value,
+                kind,
                 created_ms,
             } => {
                 if self.config.capacity == 0 || !self.is_live(created_ms, now_ms) {
@@ -255,12 +335,14 @@ impl SessionCache {
                     }
                     self.remove_oldest(now_ms);
                 }
-                self.link(key, value, created_ms);
+                self.link(key, value, kind, created_ms);
                 self.stats.remote_puts += 1;
+                self.stats.kind_mut(kind).remote_puts += 1;
             }
             SyncMsg::Take { key } => {
-                if self.unlink(&key).is_some() {
+                if let Some(e) = self.unlink(&key) {
                     self.stats.remote_takes += 1;
+                    self.stats.kind_mut(e.kind).remote_takes += 1;
                 }
             }
         }
@@ -288,7 +370,7 @@ impl SessionCache {
     }
 
     /// Stores a new entry; `key` must not be present.
-    fn link(&mut self, key: Vec<u8>, value: Vec<u8>, created_ms: u64) {
+    fn link(&mut self, key: Vec<u8>, value: Vec<u8>, kind: SessionKind, created_ms: u64) {
         let seq = self.next_seq;
         self.next_seq += 1;
         let in_fifo = self
@@ -305,6 +387,7 @@ impl SessionCache {
             Entry {
                 value,
                 created_ms,
+                kind,
                 seq,
                 in_fifo,
             },
@@ -369,12 +452,13 @@ impl SessionCache {
         } else {
             self.out_of_order.remove(&(created_ms, seq))
         };
-        if let Some(key) = key {
-            self.entries.remove(&key);
+        if let Some(entry) = key.and_then(|key| self.entries.remove(&key)) {
             if self.is_live(created_ms, now_ms) {
                 self.stats.evictions += 1;
+                self.stats.kind_mut(entry.kind).evictions += 1;
             } else {
                 self.stats.expired += 1;
+                self.stats.kind_mut(entry.kind).expired += 1;
             }
         }
     }
@@ -403,6 +487,7 @@ mod tests {
         SyncMsg::Put {
             key,
             value,
+            kind: SessionKind::Unknown,
             created_ms,
         }
     }
@@ -664,6 +749,16 @@ mod tests {
                 takes: 1,
                 remote_puts: 1,
                 remote_takes: 1,
+                by_kind: [
+                    KindStats {
+                        expired: 1,
+                        evictions: 1,
+                        remote_puts: 1,
+                        remote_takes: 1,
+                    },
+                    KindStats::default(),
+                    KindStats::default(),
+                ],
             }
         );
         assert!(c.is_empty());
@@ -689,12 +784,14 @@ mod tests {
         assert_eq!(c.get(&k(1), u64::MAX - 1), Some(v(1)));
     }
 
+    /// (key, value, created_ms, seq, kind)
+    type Item = (Vec<u8>, Vec<u8>, u64, u64, SessionKind);
+
     /// A naive reference: a Vec scanned linearly, same rules.
     struct Model {
         capacity: usize,
         timeout_ms: u64,
-        /// (key, value, created_ms, seq)
-        items: Vec<(Vec<u8>, Vec<u8>, u64, u64)>,
+        items: Vec<Item>,
         seq: u64,
         stats: CacheStats,
     }
@@ -722,19 +819,22 @@ mod tests {
             let it = self.items.remove(self.oldest());
             if self.live(it.2, now_ms) {
                 self.stats.evictions += 1;
+                self.stats.kind_mut(it.4).evictions += 1;
             } else {
                 self.stats.expired += 1;
+                self.stats.kind_mut(it.4).expired += 1;
             }
         }
 
         fn insert(&mut self, key: Vec<u8>, value: Vec<u8>, created_ms: u64) {
-            self.items.push((key, value, created_ms, self.seq));
+            let kind = kind_of(&key);
+            self.items.push((key, value, created_ms, self.seq, kind));
             self.seq += 1;
         }
 
         fn put(&mut self, key: Vec<u8>, value: Vec<u8>, now_ms: u64) -> SyncMsg {
             self.stats.puts += 1;
-            let msg = remote_put(key.clone(), value.clone(), now_ms);
+            let msg = kind_put(key.clone(), value.clone(), now_ms);
             if self.capacity == 0 {
                 return msg;
             }
@@ -754,8 +854,9 @@ mod tests {
                     Some(self.items[i].1.clone())
                 }
                 Some(i) => {
-                    self.items.remove(i);
+                    let it = self.items.remove(i);
                     self.stats.expired += 1;
+                    self.stats.kind_mut(it.4).expired += 1;
                     self.stats.misses += 1;
                     None
                 }
@@ -776,6 +877,7 @@ mod tests {
                         (Some(it.1), Some(SyncMsg::Take { key: it.0 }))
                     } else {
                         self.stats.expired += 1;
+                        self.stats.kind_mut(it.4).expired += 1;
                         self.stats.misses += 1;
                         (None, None)
                     }
@@ -793,6 +895,7 @@ mod tests {
                     key,
                     value,
                     created_ms,
+                    ..
                 } => {
                     if self.capacity == 0 || !self.live(created_ms, now_ms) {
                         return;
@@ -810,16 +913,34 @@ mod tests {
                         }
                         self.remove_oldest(now_ms);
                     }
+                    let kind = kind_of(&key);
                     self.insert(key, value, created_ms);
                     self.stats.remote_puts += 1;
+                    self.stats.kind_mut(kind).remote_puts += 1;
                 }
                 SyncMsg::Take { key } => {
                     if let Some(i) = self.find(&key) {
-                        self.items.remove(i);
+                        let it = self.items.remove(i);
                         self.stats.remote_takes += 1;
+                        self.stats.kind_mut(it.4).remote_takes += 1;
                     }
                 }
             }
+        }
+    }
+
+    /// The model test's kind of a key: a function of the key, so the cache
+    /// and the model agree without tracking it separately.
+    fn kind_of(key: &[u8]) -> SessionKind {
+        SessionKind::ALL[key[0] as usize % 3]
+    }
+
+    fn kind_put(key: Vec<u8>, value: Vec<u8>, created_ms: u64) -> SyncMsg {
+        SyncMsg::Put {
+            kind: kind_of(&key),
+            key,
+            value,
+            created_ms,
         }
     }
 
@@ -858,8 +979,9 @@ mod tests {
             match rng.below(10) {
                 0..=2 => {
                     let value = rng.next().to_le_bytes().to_vec();
+                    let kind = kind_of(&key);
                     assert_eq!(
-                        c.put(key.clone(), value.clone(), now),
+                        c.put_kind(key.clone(), value.clone(), kind, now),
                         m.put(key, value, now),
                         "step {step}"
                     );
@@ -871,7 +993,7 @@ mod tests {
                     // few slightly in the future (another core's clock read
                     // after ours).
                     let created_ms = (now + 3).saturating_sub(rng.below(timeout_ms + 10));
-                    let msg = remote_put(key, rng.next().to_le_bytes().to_vec(), created_ms);
+                    let msg = kind_put(key, rng.next().to_le_bytes().to_vec(), created_ms);
                     c.merge(msg.clone(), now);
                     m.merge(msg, now);
                 }
@@ -896,6 +1018,11 @@ mod tests {
         if capacity > 0 {
             assert!(s.hits > 0 && s.misses > 0 && s.expired > 0 && s.evictions > 0);
             assert!(s.takes > 0 && s.remote_puts > 0 && s.remote_takes > 0);
+            // Every kind took every path (in runs with enough keys).
+            for kind in SessionKind::ALL.into_iter().filter(|_| keys >= 12) {
+                let ks = s.kind(kind);
+                assert!(ks.expired > 0 && ks.evictions > 0 && ks.remote_puts > 0);
+            }
         }
     }
 

@@ -3,8 +3,11 @@
 
 #![forbid(unsafe_code)]
 
+mod alert;
 mod certs;
 mod session;
+
+pub use alert::AlertKind;
 
 pub use certs::{
     build_server_config, build_server_config_with, generate_self_signed, load_cert_chain,

@@ -145,6 +145,12 @@ impl TlsSession {
         self.incoming.len()
     }
 
+    /// The protocol version, once the ServerHello has chosen it (before the
+    /// handshake completes).
+    pub fn negotiated_version(&self) -> Option<rustls::ProtocolVersion> {
+        self.conn.protocol_version()
+    }
+
     /// Facts about the handshake, once it is complete.
     pub fn handshake_info(&self) -> Option<HandshakeInfo> {
         if !self.established {

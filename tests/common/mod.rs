@@ -478,12 +478,31 @@ pub fn admin_metrics(addr: SocketAddr) -> String {
 
 /// The value of `name{worker="W"}`, if present.
 pub fn metric_opt(text: &str, name: &str, worker: usize) -> Option<u64> {
-    let prefix = format!("{name}{{worker=\"{worker}\"}} ");
-    text.lines().find_map(|l| l.strip_prefix(&prefix)).map(|v| {
-        v.trim()
+    // `name` or `name{labels}`: the series of worker W with (at least)
+    // those labels; several series (other labels) are summed.
+    let (family, labels) = match name.split_once('{') {
+        Some((f, rest)) => (f, rest.trim_end_matches('}')),
+        None => (name, ""),
+    };
+    let prefix = format!("{family}{{worker=\"{worker}\"");
+    let mut found = None;
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix(&prefix) else {
+            continue;
+        };
+        let Some((series_labels, value)) = rest.split_once("} ") else {
+            continue;
+        };
+        if !labels.is_empty() && !series_labels.contains(labels) {
+            continue;
+        }
+        let v: u64 = value
+            .trim()
             .parse()
-            .unwrap_or_else(|_| panic!("bad value for {prefix}: {v}"))
-    })
+            .unwrap_or_else(|_| panic!("bad value for {line}"));
+        *found.get_or_insert(0) += v;
+    }
+    found
 }
 
 /// The value of `name{worker="W"}`; panics if absent.

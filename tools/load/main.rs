@@ -2,7 +2,7 @@
 //! one thread per in-flight operation) built on rustls/aws-lc-rs.
 
 mod cpus;
-mod hgrm;
+use ringterm::metrics::hgrm;
 mod http;
 mod modes;
 mod runner;

@@ -81,10 +81,12 @@ pub struct Settings {
     pub listen: Option<Vec<String>>,
     /// The plaintext backend (`--backend`).
     pub backend: Option<String>,
-    /// PEM certificate chain file (`--cert`).
-    pub cert: Option<String>,
-    /// PEM private key file (`--key`).
-    pub key: Option<String>,
+    /// PEM certificate chain file(s) (`--cert`, repeatable), or `[[cert]]`
+    /// tables in the TOML file.
+    pub cert: Option<CertSetting>,
+    /// PEM private key file(s) (`--key`, repeatable, paired with `--cert`
+    /// by position).
+    pub key: Option<Files>,
     /// Number of workers (`--workers`); default: one per allowed CPU.
     pub workers: Option<usize>,
     /// CPUs to pin workers to (`--cpus`, e.g. `0-3,8`).
@@ -122,6 +124,78 @@ pub struct Settings {
     pub ticket_key_file: Option<Vec<String>>,
     /// TLS 1.3 tickets sent after a full handshake (`--tls13-tickets`).
     pub tls13_tickets: Option<usize>,
+    /// Lowest TLS version accepted, `1.2` or `1.3` (`--min-tls`).
+    pub min_tls: Option<String>,
+    /// Highest TLS version accepted, `1.2` or `1.3` (`--max-tls`).
+    pub max_tls: Option<String>,
+    /// Cipher suites by rustls name, in preference order (`--ciphers`).
+    pub ciphers: Option<Vec<String>>,
+    /// Key exchange groups, in preference order (`--groups`).
+    pub groups: Option<Vec<String>>,
+    /// ALPN protocols, in preference order (`--alpn h2,http/1.1`).
+    pub alpn: Option<Vec<String>>,
+    /// CA file for client certificates (`--client-ca`): turns on mTLS.
+    pub client_ca: Option<String>,
+    /// `required` (default) or `optional` (`--client-auth`).
+    pub client_auth: Option<String>,
+    /// `default` (serve the first certificate) or `reject` (alert
+    /// `unrecognized_name`) for an unknown or missing SNI (`--unknown-sni`).
+    pub unknown_sni: Option<String>,
+}
+
+/// One path or several (a flag given once or repeated).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum Files {
+    /// `key = "k.pem"`.
+    One(String),
+    /// `key = ["a.pem", "b.pem"]`.
+    Many(Vec<String>),
+}
+
+impl From<&str> for Files {
+    fn from(f: &str) -> Self {
+        Self::One(f.to_owned())
+    }
+}
+
+impl From<&str> for CertSetting {
+    fn from(f: &str) -> Self {
+        Self::Files(Files::One(f.to_owned()))
+    }
+}
+
+impl Files {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            Self::One(f) => vec![f],
+            Self::Many(v) => v,
+        }
+    }
+}
+
+/// `cert = "c.pem"`, `cert = [...]`, or `[[cert]]` tables.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum CertSetting {
+    /// Certificate file(s), paired with `key`.
+    Files(Files),
+    /// `[[cert]]` tables, each with its own key and optional names.
+    Tables(Vec<CertTable>),
+}
+
+/// One `[[cert]]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct CertTable {
+    /// PEM certificate chain (leaf first).
+    pub cert: String,
+    /// PEM private key.
+    pub key: String,
+    /// SNI names to serve it for (default: its subjectAltName DNS names);
+    /// `*.example.com` wildcards allowed.
+    #[serde(default)]
+    pub names: Vec<String>,
 }
 
 impl Settings {
@@ -165,6 +239,14 @@ impl Settings {
             ticket_rotation: over.ticket_rotation.or(self.ticket_rotation),
             ticket_key_file: over.ticket_key_file.or(self.ticket_key_file),
             tls13_tickets: over.tls13_tickets.or(self.tls13_tickets),
+            min_tls: over.min_tls.or(self.min_tls),
+            max_tls: over.max_tls.or(self.max_tls),
+            ciphers: over.ciphers.or(self.ciphers),
+            groups: over.groups.or(self.groups),
+            alpn: over.alpn.or(self.alpn),
+            client_ca: over.client_ca.or(self.client_ca),
+            client_auth: over.client_auth.or(self.client_auth),
+            unknown_sni: over.unknown_sni.or(self.unknown_sni),
         }
     }
 
@@ -185,8 +267,18 @@ impl Settings {
                 .as_deref()
                 .ok_or(ConfigError::Missing("--backend"))?,
         )?;
-        let cert = self.cert.ok_or(ConfigError::Missing("--cert"))?;
-        let key = self.key.ok_or(ConfigError::Missing("--key"))?;
+        let certs = certs(self.cert, self.key)?;
+        let tls = tls_policy(&TlsSettings {
+            tls12: self.tls12,
+            min_tls: self.min_tls,
+            max_tls: self.max_tls,
+            ciphers: self.ciphers,
+            groups: self.groups,
+            alpn: self.alpn,
+            client_ca: self.client_ca,
+            client_auth: self.client_auth,
+            unknown_sni: self.unknown_sni,
+        })?;
         let admin = self
             .admin
             .as_deref()
@@ -317,8 +409,8 @@ impl Settings {
             tls13_tickets,
             listen,
             backend,
-            cert,
-            key,
+            certs,
+            tls,
             pins,
             ring_entries,
             sqpoll_idle_ms: self.sqpoll,
@@ -327,7 +419,6 @@ impl Settings {
             admin,
             handshake_timeout_ms,
             connect_timeout_ms,
-            tls12: self.tls12.unwrap_or(true),
             log_level,
         })
     }
@@ -340,10 +431,10 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     /// The plaintext backend.
     pub backend: SocketAddr,
-    /// PEM certificate chain file.
-    pub cert: String,
-    /// PEM private key file.
-    pub key: String,
+    /// Certificates, the default first.
+    pub certs: Vec<CertFiles>,
+    /// The TLS policy.
+    pub tls: TlsSettingsValid,
     /// The CPU each worker is pinned to; its length is the worker count.
     pub pins: Vec<usize>,
     /// io_uring submission queue entries per worker.
@@ -360,8 +451,6 @@ pub struct Config {
     pub handshake_timeout_ms: u64,
     /// Backend connect timeout in ms.
     pub connect_timeout_ms: u64,
-    /// Accept TLS 1.2.
-    pub tls12: bool,
     /// Log level.
     pub log_level: String,
     /// How sessions are resumed.
@@ -435,6 +524,171 @@ pub enum ConfigError {
         /// What the parser said.
         message: String,
     },
+}
+
+/// One certificate's files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertFiles {
+    /// PEM chain file.
+    pub cert: String,
+    /// PEM key file.
+    pub key: String,
+    /// SNI names (empty: the certificate's own).
+    pub names: Vec<String>,
+}
+
+/// The TLS policy settings, before checking.
+#[derive(Debug, Default, Clone)]
+struct TlsSettings {
+    tls12: Option<bool>,
+    min_tls: Option<String>,
+    max_tls: Option<String>,
+    ciphers: Option<Vec<String>>,
+    groups: Option<Vec<String>>,
+    alpn: Option<Vec<String>>,
+    client_ca: Option<String>,
+    client_auth: Option<String>,
+    unknown_sni: Option<String>,
+}
+
+/// The checked TLS policy settings. Names of suites and groups are checked
+/// against the crypto provider when the TLS configuration is built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettingsValid {
+    /// Accept TLS 1.2.
+    pub tls12: bool,
+    /// Accept TLS 1.3.
+    pub tls13: bool,
+    /// Cipher suites (empty: defaults).
+    pub ciphers: Vec<String>,
+    /// Key exchange groups (empty: defaults).
+    pub groups: Vec<String>,
+    /// ALPN protocols.
+    pub alpn: Vec<String>,
+    /// Client CA file (mTLS on).
+    pub client_ca: Option<String>,
+    /// Whether a client certificate is required (with `client_ca`).
+    pub client_auth_required: bool,
+    /// Refuse unknown or missing SNI instead of serving the default.
+    pub reject_unknown_sni: bool,
+}
+
+fn certs(cert: Option<CertSetting>, key: Option<Files>) -> Result<Vec<CertFiles>, ConfigError> {
+    match cert.ok_or(ConfigError::Missing("--cert"))? {
+        CertSetting::Tables(tables) => {
+            if key.is_some() {
+                return Err(range(
+                    "--key",
+                    "",
+                    "cannot be combined with [[cert]] tables (each table has its own key)",
+                ));
+            }
+            if tables.is_empty() {
+                return Err(ConfigError::Missing("--cert"));
+            }
+            Ok(tables
+                .into_iter()
+                .map(|t| CertFiles {
+                    cert: t.cert,
+                    key: t.key,
+                    names: t.names,
+                })
+                .collect())
+        }
+        CertSetting::Files(files) => {
+            let certs = files.into_vec();
+            let keys = key.ok_or(ConfigError::Missing("--key"))?.into_vec();
+            if certs.is_empty() {
+                return Err(ConfigError::Missing("--cert"));
+            }
+            if certs.len() != keys.len() {
+                return Err(range(
+                    "--key",
+                    &keys.len().to_string(),
+                    &format!(
+                        "keys given for {} certificates: give one --key per --cert",
+                        certs.len()
+                    ),
+                ));
+            }
+            Ok(certs
+                .into_iter()
+                .zip(keys)
+                .map(|(cert, key)| CertFiles {
+                    cert,
+                    key,
+                    names: Vec::new(),
+                })
+                .collect())
+        }
+    }
+}
+
+fn tls_version(flag: &'static str, v: &str) -> Result<u8, ConfigError> {
+    match v {
+        "1.2" => Ok(2),
+        "1.3" => Ok(3),
+        other => Err(range(flag, other, "must be 1.2 or 1.3")),
+    }
+}
+
+fn tls_policy(t: &TlsSettings) -> Result<TlsSettingsValid, ConfigError> {
+    let min = match t.min_tls.as_deref() {
+        Some(v) => tls_version("--min-tls", v)?,
+        None if t.tls12 == Some(false) => 3,
+        None => 2,
+    };
+    let max = match t.max_tls.as_deref() {
+        Some(v) => tls_version("--max-tls", v)?,
+        None => 3,
+    };
+    if min > max {
+        return Err(range(
+            "--min-tls",
+            t.min_tls.as_deref().unwrap_or("1.3"),
+            "is above --max-tls",
+        ));
+    }
+    let list = |flag: &'static str, v: &Option<Vec<String>>| -> Result<Vec<String>, ConfigError> {
+        let v = v.clone().unwrap_or_default();
+        if let Some(bad) = v.iter().find(|s| s.trim().is_empty()) {
+            return Err(range(flag, bad, "has an empty entry"));
+        }
+        Ok(v.into_iter().map(|s| s.trim().to_owned()).collect())
+    };
+    let alpn = list("--alpn", &t.alpn)?;
+    if let Some(bad) = alpn.iter().find(|p| p.len() > 255) {
+        return Err(range("--alpn", bad, "protocol names are at most 255 bytes"));
+    }
+    let client_auth_required = match t.client_auth.as_deref() {
+        None | Some("required") => true,
+        Some("optional") => false,
+        Some(other) => {
+            return Err(range(
+                "--client-auth",
+                other,
+                "must be required or optional",
+            ))
+        }
+    };
+    if t.client_auth.is_some() && t.client_ca.is_none() {
+        return Err(ConfigError::Missing("--client-ca (for --client-auth)"));
+    }
+    let reject_unknown_sni = match t.unknown_sni.as_deref() {
+        None | Some("default") => false,
+        Some("reject") => true,
+        Some(other) => return Err(range("--unknown-sni", other, "must be default or reject")),
+    };
+    Ok(TlsSettingsValid {
+        tls12: min <= 2,
+        tls13: max >= 3,
+        ciphers: list("--ciphers", &t.ciphers)?,
+        groups: list("--groups", &t.groups)?,
+        alpn,
+        client_ca: t.client_ca.clone(),
+        client_auth_required,
+        reject_unknown_sni,
+    })
 }
 
 fn range(flag: &'static str, value: &str, reason: &str) -> ConfigError {
@@ -513,7 +767,7 @@ mod tests {
         assert_eq!(c.pins, vec![0, 1]);
         assert_eq!(c.ring_entries, DEFAULT_RING_ENTRIES);
         assert_eq!(c.buffer_size, DEFAULT_BUFFER_SIZE);
-        assert!(c.tls12);
+        assert!(c.tls.tls12 && c.tls.tls13);
     }
 
     #[test]
@@ -618,6 +872,81 @@ mod tests {
         assert!(err.to_string().starts_with("r.toml: "), "{err}");
         let err = Settings::from_toml("r.toml", "workers = \"x\"\n").unwrap_err();
         assert!(err.to_string().starts_with("r.toml: "), "{err}");
+    }
+    #[test]
+    fn cert_tables_and_repeated_flags() {
+        let toml = r#"
+listen = ["127.0.0.1:8443"]
+backend = "127.0.0.1:8080"
+[[cert]]
+cert = "a.pem"
+key = "a.key"
+[[cert]]
+cert = "b.pem"
+key = "b.key"
+names = ["*.example.com"]
+"#;
+        let c = Settings::from_toml("f.toml", toml)
+            .unwrap()
+            .validate(&[0])
+            .unwrap();
+        assert_eq!(c.certs.len(), 2);
+        assert_eq!(c.certs[1].names, vec!["*.example.com".to_owned()]);
+
+        let flags = Settings {
+            cert: Some(CertSetting::Files(Files::Many(vec![
+                "a".into(),
+                "b".into(),
+            ]))),
+            key: Some(Files::Many(vec!["ak".into()])),
+            ..base()
+        };
+        let err = flags.validate(&[0]).unwrap_err().to_string();
+        assert!(
+            err.starts_with("--key: 1 keys given for 2 certificates"),
+            "{err}"
+        );
+
+        let mixed = format!("{toml}\nkey = \"x\"");
+        assert!(Settings::from_toml("f.toml", &mixed).is_err());
+    }
+
+    #[test]
+    fn tls_policy_settings() {
+        let p = |f: fn(&mut Settings)| {
+            let mut s = base();
+            f(&mut s);
+            s.validate(&[0])
+        };
+        let c = p(|s| s.min_tls = Some("1.3".into())).unwrap();
+        assert!(!c.tls.tls12 && c.tls.tls13);
+        let c = p(|s| s.max_tls = Some("1.2".into())).unwrap();
+        assert!(c.tls.tls12 && !c.tls.tls13);
+        let c = p(|s| s.tls12 = Some(false)).unwrap();
+        assert!(!c.tls.tls12);
+        let e = p(|s| {
+            s.min_tls = Some("1.3".into());
+            s.max_tls = Some("1.2".into());
+        })
+        .unwrap_err();
+        assert!(e.to_string().starts_with("--min-tls"), "{e}");
+        let e = p(|s| s.min_tls = Some("1.1".into())).unwrap_err();
+        assert_eq!(e.to_string(), "--min-tls: 1.1 must be 1.2 or 1.3");
+        let e = p(|s| s.client_auth = Some("maybe".into())).unwrap_err();
+        assert!(e.to_string().starts_with("--client-auth"), "{e}");
+        let e = p(|s| s.client_auth = Some("optional".into())).unwrap_err();
+        assert!(e.to_string().contains("--client-ca"), "{e}");
+        let c = p(|s| {
+            s.client_ca = Some("ca.pem".into());
+            s.client_auth = Some("optional".into());
+        })
+        .unwrap();
+        assert!(!c.tls.client_auth_required);
+        let e = p(|s| s.unknown_sni = Some("drop".into())).unwrap_err();
+        assert!(e.to_string().starts_with("--unknown-sni"), "{e}");
+        let c = p(|s| s.alpn = Some(vec!["h2".into(), " http/1.1".into()])).unwrap();
+        assert_eq!(c.tls.alpn, vec!["h2", "http/1.1"]);
+        assert!(p(|s| s.alpn = Some(vec!["".into()])).is_err());
     }
 }
 

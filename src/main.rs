@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use ringterm::config::Settings;
+use ringterm::config::{CertSetting, Config, Files, Settings};
 use ringterm::tls;
 
 #[global_allocator]
@@ -31,12 +31,13 @@ struct Cli {
     /// Plaintext backend address.
     #[arg(long, value_name = "ADDR", global = true)]
     backend: Option<String>,
-    /// PEM certificate chain.
+    /// PEM certificate chain (repeatable: one per certificate, chosen by SNI;
+    /// the first is the default).
     #[arg(long, value_name = "PEM", global = true)]
-    cert: Option<String>,
-    /// PEM private key.
+    cert: Vec<String>,
+    /// PEM private key (repeatable, paired with --cert by position).
     #[arg(long, value_name = "PEM", global = true)]
-    key: Option<String>,
+    key: Vec<String>,
     /// Number of workers (default: one per CPU this process may run on).
     #[arg(long, value_name = "N", global = true)]
     workers: Option<usize>,
@@ -94,6 +95,32 @@ struct Cli {
     /// TLS 1.3 tickets sent after a full handshake.
     #[arg(long, value_name = "N", global = true)]
     tls13_tickets: Option<usize>,
+    /// Lowest TLS version: 1.2 or 1.3.
+    #[arg(long, value_name = "VERSION", global = true)]
+    min_tls: Option<String>,
+    /// Highest TLS version: 1.2 or 1.3.
+    #[arg(long, value_name = "VERSION", global = true)]
+    max_tls: Option<String>,
+    /// Cipher suites by rustls name, comma-separated, in preference order.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', global = true)]
+    ciphers: Vec<String>,
+    /// Key exchange groups, comma-separated (default
+    /// X25519MLKEM768,X25519,secp256r1,secp384r1).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', global = true)]
+    groups: Vec<String>,
+    /// ALPN protocols, comma-separated, e.g. h2,http/1.1.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', global = true)]
+    alpn: Vec<String>,
+    /// CA certificates (PEM) for client certificates: turns on mutual TLS.
+    #[arg(long, value_name = "PEM", global = true)]
+    client_ca: Option<String>,
+    /// With --client-ca: required (default) or optional.
+    #[arg(long, value_name = "MODE", global = true)]
+    client_auth: Option<String>,
+    /// Unknown or missing SNI: default (serve the first certificate) or
+    /// reject (unrecognized_name alert).
+    #[arg(long, value_name = "MODE", global = true)]
+    unknown_sni: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -111,8 +138,9 @@ impl Cli {
         Settings {
             listen: (!self.listen.is_empty()).then(|| self.listen.clone()),
             backend: self.backend.clone(),
-            cert: self.cert.clone(),
-            key: self.key.clone(),
+            cert: (!self.cert.is_empty())
+                .then(|| CertSetting::Files(Files::Many(self.cert.clone()))),
+            key: (!self.key.is_empty()).then(|| Files::Many(self.key.clone())),
             workers: self.workers,
             cpus: self.cpus.clone(),
             ring_entries: self.ring_entries,
@@ -132,6 +160,14 @@ impl Cli {
             ticket_key_file: (!self.ticket_key_file.is_empty())
                 .then(|| self.ticket_key_file.clone()),
             tls13_tickets: self.tls13_tickets,
+            min_tls: self.min_tls.clone(),
+            max_tls: self.max_tls.clone(),
+            ciphers: (!self.ciphers.is_empty()).then(|| self.ciphers.clone()),
+            groups: (!self.groups.is_empty()).then(|| self.groups.clone()),
+            alpn: (!self.alpn.is_empty()).then(|| self.alpn.clone()),
+            client_ca: self.client_ca.clone(),
+            client_auth: self.client_auth.clone(),
+            unknown_sni: self.unknown_sni.clone(),
         }
     }
 }
@@ -183,15 +219,7 @@ fn run(cli: Cli) -> Result<(), String> {
         None if cli.demo => Mode::Demo,
         None => Mode::Serve,
     };
-    let file = match &cli.config {
-        Some(path) => {
-            let text = String::from_utf8(read_file("--config", path)?)
-                .map_err(|_| format!("--config {path}: not UTF-8"))?;
-            Settings::from_toml(path, &text).map_err(|e| e.to_string())?
-        }
-        None => Settings::default(),
-    };
-    let mut settings = file.merge(cli.settings());
+    let mut settings = load_settings(&cli)?;
     init_logging(settings.log_level.as_deref().unwrap_or("info"))?;
 
     if mode == Mode::Backend {
@@ -218,8 +246,10 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         settings
             .cert
-            .get_or_insert_with(|| "(generated)".to_owned());
-        settings.key.get_or_insert_with(|| "(generated)".to_owned());
+            .get_or_insert_with(|| CertSetting::Files(Files::One("(generated)".to_owned())));
+        settings
+            .key
+            .get_or_insert_with(|| Files::One("(generated)".to_owned()));
         Some(tls::generate_self_signed(&["localhost", "127.0.0.1"]).map_err(|e| e.to_string())?)
     } else {
         None
@@ -228,19 +258,6 @@ fn run(cli: Cli) -> Result<(), String> {
     let config = settings
         .validate(&allowed_cpus())
         .map_err(|e| e.to_string())?;
-    let (cert_pem, key_pem) = match generated {
-        Some((c, k)) => (c.into_bytes(), k.into_bytes()),
-        None => (
-            read_file("--cert", &config.cert)?,
-            read_file("--key", &config.key)?,
-        ),
-    };
-    let chain = tls::load_cert_chain(&config.cert, &cert_pem).map_err(|e| format!("--cert {e}"))?;
-    let key = tls::load_private_key(&config.key, &key_pem).map_err(|e| format!("--key {e}"))?;
-    let policy = tls::TlsPolicy {
-        tls12: config.tls12,
-        ..tls::TlsPolicy::default()
-    };
     let ticketer = if config.resumption.uses_tickets() {
         let lifetime = config.session_timeout_s.min(u32::MAX as u64) as u32;
         Some(ringterm::rt::ticket_keys::ticketer(
@@ -261,8 +278,7 @@ fn run(cli: Cli) -> Result<(), String> {
         }),
         tls13_tickets: config.tls13_tickets,
     };
-    let tls_config = tls::build_server_config_with(chain, key, &policy, resumption)
-        .map_err(|e| format!("--cert/--key {}/{}: {e}", config.cert, config.key))?;
+    let tls_config = build_tls(&config, generated.as_ref(), resumption.clone())?;
     if let Some(t) = &ticketer {
         if config.ticket_key_files.is_empty() {
             ringterm::rt::ticket_keys::start_rotation(
@@ -273,7 +289,8 @@ fn run(cli: Cli) -> Result<(), String> {
         }
     }
 
-    let server = ringterm::rt::start(&config, tls_config).map_err(|e| e.to_string())?;
+    let tls_config = Arc::new(arc_swap::ArcSwap::new(tls_config));
+    let server = ringterm::rt::start(&config, tls_config.clone()).map_err(|e| e.to_string())?;
     for addr in &server.listen {
         println!("listening on {addr}");
     }
@@ -297,6 +314,21 @@ fn run(cli: Cli) -> Result<(), String> {
     use std::io::Write;
     let _ = std::io::stdout().flush();
     let mut reload = move || {
+        // Certificates and TLS policy: everything is re-read and rebuilt;
+        // on any error the old configuration stays. New connections get the
+        // new one; established ones keep theirs.
+        if mode != Mode::Demo {
+            let rebuilt = load_settings(&cli)
+                .and_then(|s| s.validate(&allowed_cpus()).map_err(|e| e.to_string()))
+                .and_then(|c| build_tls(&c, None, resumption.clone()));
+            match rebuilt {
+                Ok(new) => {
+                    tls_config.store(new);
+                    tracing::info!("certificates and TLS policy reloaded");
+                }
+                Err(e) => tracing::error!("reload failed, keeping the old TLS configuration: {e}"),
+            }
+        }
         if let Some(t) = &ticketer {
             if !config.ticket_key_files.is_empty() {
                 match ringterm::rt::ticket_keys::reload(t, &config.ticket_key_files) {
@@ -378,4 +410,72 @@ fn wait_for_signal(mut handlers: Handlers<'_>) {
             std::thread::park();
         },
     }
+}
+
+/// The config file (if any) with the flags on top.
+fn load_settings(cli: &Cli) -> Result<Settings, String> {
+    let file = match &cli.config {
+        Some(path) => {
+            let text = String::from_utf8(read_file("--config", path)?)
+                .map_err(|_| format!("--config {path}: not UTF-8"))?;
+            Settings::from_toml(path, &text).map_err(|e| e.to_string())?
+        }
+        None => Settings::default(),
+    };
+    Ok(file.merge(cli.settings()))
+}
+
+/// Reads the certificates and keys and builds the TLS configuration.
+/// `generated` replaces the files (demo mode).
+fn build_tls(
+    config: &Config,
+    generated: Option<&(String, String)>,
+    resumption: tls::ResumptionParts,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let mut specs = Vec::with_capacity(config.certs.len());
+    for files in &config.certs {
+        let (cert_pem, key_pem) = match generated {
+            Some((c, k)) => (c.clone().into_bytes(), k.clone().into_bytes()),
+            None => (
+                read_file("--cert", &files.cert)?,
+                read_file("--key", &files.key)?,
+            ),
+        };
+        let chain =
+            tls::load_cert_chain(&files.cert, &cert_pem).map_err(|e| format!("--cert {e}"))?;
+        let key = tls::load_private_key(&files.key, &key_pem).map_err(|e| format!("--key {e}"))?;
+        specs.push(tls::CertSpec {
+            chain,
+            key,
+            names: files.names.clone(),
+            label: format!("--cert/--key {}/{}", files.cert, files.key),
+        });
+    }
+    let t = &config.tls;
+    let client_auth = match &t.client_ca {
+        Some(file) => Some(tls::ClientAuth {
+            file: file.clone(),
+            ca_pem: read_file("--client-ca", file)?,
+            required: t.client_auth_required,
+        }),
+        None => None,
+    };
+    let policy = tls::TlsPolicy {
+        tls12: t.tls12,
+        tls13: t.tls13,
+        alpn: t.alpn.iter().map(|p| p.as_bytes().to_vec()).collect(),
+        cipher_suites: t.ciphers.clone(),
+        groups: t.groups.clone(),
+        client_auth,
+        unknown_sni: if t.reject_unknown_sni {
+            tls::UnknownSni::Reject
+        } else {
+            tls::UnknownSni::Default
+        },
+    };
+    tls::build_server_config_multi(specs, &policy, resumption).map_err(|e| match e {
+        tls::TlsError::CertKey(msg) if msg.starts_with("--") => msg,
+        tls::TlsError::Policy(..) => e.to_string(),
+        other => format!("--cert/--key: {other}"),
+    })
 }

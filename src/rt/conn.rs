@@ -106,7 +106,7 @@ async fn drive(
     accepted_at: Instant,
     established: &mut bool,
 ) -> Result<(), ConnError> {
-    let mut session = TlsSession::new(ctx.tls.clone())?;
+    let mut session = TlsSession::new(ctx.tls.load_full())?;
     let mut rx = Vec::new();
     let mut to_client = Vec::new();
     let mut to_backend = Vec::new();

@@ -65,7 +65,11 @@ pub struct Server {
 }
 
 /// Binds every socket, starts every worker, and returns once all serve.
-pub fn start(config: &Config, tls: Arc<rustls::ServerConfig>) -> Result<Server, StartError> {
+/// `tls` is swapped on reload; each new connection takes the current one.
+pub fn start(
+    config: &Config,
+    tls: Arc<arc_swap::ArcSwap<rustls::ServerConfig>>,
+) -> Result<Server, StartError> {
     let workers = config.workers();
     // Bind everything on this thread first: a port in use is a clear error
     // before any worker starts.

@@ -9,6 +9,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use rustls::ServerConfig;
 use tokio::sync::Notify;
 use tokio_uring::net::TcpListener;
@@ -27,8 +28,8 @@ const TIMER_TICK: Duration = Duration::from_millis(100);
 pub struct WorkerCtx {
     /// Worker index.
     pub id: usize,
-    /// TLS configuration (read-only, shared).
-    pub tls: Arc<ServerConfig>,
+    /// TLS configuration (shared; swapped on reload).
+    pub tls: Arc<ArcSwap<ServerConfig>>,
     /// Backend address.
     pub backend: SocketAddr,
     /// Relay buffer size.
@@ -102,7 +103,7 @@ pub struct WorkerSpec {
     /// This worker's listening sockets (already bound, SO_REUSEPORT).
     pub listeners: Vec<std::net::TcpListener>,
     /// TLS configuration.
-    pub tls: Arc<ServerConfig>,
+    pub tls: Arc<ArcSwap<ServerConfig>>,
     /// Backend address.
     pub backend: SocketAddr,
     /// Relay buffer size.

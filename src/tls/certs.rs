@@ -4,32 +4,141 @@
 
 use std::sync::Arc;
 
-use rustls::crypto::aws_lc_rs;
+use rustls::crypto::{aws_lc_rs, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{NoServerSessionStorage, ProducesTickets, StoresServerSessions};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
+use super::sni::{SniResolver, UnknownSni};
 use super::TlsError;
 
-/// The TLS policy a listener applies. Later issues grow it (cipher suites,
-/// groups, client auth); the defaults are what `ringterm` uses today.
+/// The TLS policy a listener applies. The defaults: TLS 1.2 and 1.3,
+/// rustls's cipher suites, key exchange groups X25519MLKEM768 (hybrid
+/// post-quantum), X25519, secp256r1, secp384r1, no ALPN, no client auth.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsPolicy {
-    /// Accept TLS 1.2 (TLS 1.3 is always on).
+    /// Accept TLS 1.2 (`--min-tls 1.2`).
     pub tls12: bool,
+    /// Accept TLS 1.3 (`--max-tls 1.3`).
+    pub tls13: bool,
     /// ALPN protocols to offer, in preference order.
     pub alpn: Vec<Vec<u8>>,
+    /// Cipher suites by rustls name (`TLS13_AES_128_GCM_SHA256`,
+    /// `TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256`, ...), in preference order;
+    /// empty means rustls's defaults. TLS 1.2 and 1.3 suites share the list.
+    pub cipher_suites: Vec<String>,
+    /// Key exchange groups by name (`X25519MLKEM768`, `X25519`,
+    /// `secp256r1`, `secp384r1`), in preference order; empty means the
+    /// defaults above.
+    pub groups: Vec<String>,
+    /// Client certificates: PEM of the CA(s) that sign them, and whether a
+    /// certificate is required (else optional: verified when presented).
+    pub client_auth: Option<ClientAuth>,
+    /// What to do when the SNI matches no certificate.
+    pub unknown_sni: UnknownSni,
+}
+
+/// Mutual TLS settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuth {
+    /// Name of the CA file, for errors.
+    pub file: String,
+    /// PEM of the CA certificates.
+    pub ca_pem: Vec<u8>,
+    /// Refuse clients without a certificate.
+    pub required: bool,
 }
 
 impl Default for TlsPolicy {
     fn default() -> Self {
         Self {
             tls12: true,
+            tls13: true,
             alpn: Vec::new(),
+            cipher_suites: Vec::new(),
+            groups: Vec::new(),
+            client_auth: None,
+            unknown_sni: UnknownSni::Default,
         }
     }
+}
+
+/// One certificate: its chain, its key, and optionally the SNI names it
+/// serves (default: its subjectAltName DNS names).
+#[derive(Debug)]
+pub struct CertSpec {
+    /// Leaf first, then intermediates.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// The private key.
+    pub key: PrivateKeyDer<'static>,
+    /// Names to serve it for instead of its own; may hold `*.` wildcards.
+    pub names: Vec<String>,
+    /// Names the files in errors (`cert.pem/key.pem`).
+    pub label: String,
+}
+
+/// The crypto provider with `policy`'s suites and groups applied.
+pub fn provider_for(policy: &TlsPolicy) -> Result<CryptoProvider, TlsError> {
+    let mut provider = aws_lc_rs::default_provider();
+    if !policy.cipher_suites.is_empty() {
+        let all = provider.cipher_suites.clone();
+        provider.cipher_suites = policy
+            .cipher_suites
+            .iter()
+            .map(|name| {
+                all.iter()
+                    .find(|s| s.suite().as_str() == Some(name.as_str()))
+                    .copied()
+                    .ok_or_else(|| {
+                        let known: Vec<&str> =
+                            all.iter().filter_map(|s| s.suite().as_str()).collect();
+                        TlsError::Policy(
+                            "--ciphers",
+                            format!(
+                                "unknown cipher suite {name:?} (known: {})",
+                                known.join(", ")
+                            ),
+                        )
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    let all_groups = aws_lc_rs::ALL_KX_GROUPS;
+    if !policy.groups.is_empty() {
+        provider.kx_groups = policy
+            .groups
+            .iter()
+            .map(|name| {
+                all_groups
+                    .iter()
+                    .find(|g| g.name().as_str() == Some(name.as_str()))
+                    .copied()
+                    .ok_or_else(|| {
+                        let known: Vec<&str> = all_groups
+                            .iter()
+                            .filter_map(|g| g.name().as_str())
+                            .collect();
+                        TlsError::Policy(
+                            "--groups",
+                            format!("unknown group {name:?} (known: {})", known.join(", ")),
+                        )
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+    }
+    let versions_left = provider.cipher_suites.iter().any(|s| match s {
+        rustls::SupportedCipherSuite::Tls13(_) => policy.tls13,
+        rustls::SupportedCipherSuite::Tls12(_) => policy.tls12,
+    });
+    if !versions_left {
+        return Err(TlsError::Policy(
+            "--ciphers",
+            "no cipher suite left for the enabled TLS versions".into(),
+        ));
+    }
+    Ok(provider)
 }
 
 /// Parses a PEM certificate chain. `name` is used in errors (a file name).
@@ -86,30 +195,90 @@ pub fn build_server_config(
     build_server_config_with(chain, key, policy, ResumptionParts::default())
 }
 
-/// Builds the server configuration: checks that the key matches the
-/// certificate, applies the policy, and plugs in the resumption parts.
+/// Builds the server configuration for one certificate. See
+/// [`build_server_config_multi`].
 pub fn build_server_config_with(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     policy: &TlsPolicy,
     resumption: ResumptionParts,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let provider = Arc::new(aws_lc_rs::default_provider());
-    let certified = CertifiedKey::from_der(chain, key, &provider)
-        .map_err(|e| TlsError::CertKey(e.to_string()))?;
-    certified
-        .keys_match()
-        .map_err(|e| TlsError::CertKey(e.to_string()))?;
-    let versions: &[&rustls::SupportedProtocolVersion] = if policy.tls12 {
-        &[&rustls::version::TLS13, &rustls::version::TLS12]
-    } else {
-        &[&rustls::version::TLS13]
+    let spec = CertSpec {
+        chain,
+        key,
+        names: Vec::new(),
+        label: String::new(),
     };
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(versions)
-        .map_err(|e| TlsError::CertKey(e.to_string()))?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
+    build_server_config_multi(vec![spec], policy, resumption)
+}
+
+/// Builds the server configuration: checks that each key matches its
+/// certificate, indexes the certificates by SNI (the first is the
+/// default), applies the policy, and plugs in the resumption parts.
+pub fn build_server_config_multi(
+    certs: Vec<CertSpec>,
+    policy: &TlsPolicy,
+    resumption: ResumptionParts,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(provider_for(policy)?);
+    let mut keys = Vec::with_capacity(certs.len());
+    let mut names = Vec::with_capacity(certs.len());
+    for spec in certs {
+        let label = spec.label;
+        let err = |e: rustls::Error| {
+            if label.is_empty() {
+                TlsError::CertKey(e.to_string())
+            } else {
+                TlsError::CertKey(format!("{label}: certificate/key: {e}"))
+            }
+        };
+        let certified = CertifiedKey::from_der(spec.chain, spec.key, &provider).map_err(err)?;
+        certified.keys_match().map_err(err)?;
+        keys.push(Arc::new(certified));
+        names.push(spec.names);
+    }
+    let resolver = SniResolver::new(keys, &names, policy.unknown_sni)?;
+    let mut versions: Vec<&'static rustls::SupportedProtocolVersion> = Vec::new();
+    if policy.tls13 {
+        versions.push(&rustls::version::TLS13);
+    }
+    if policy.tls12 {
+        versions.push(&rustls::version::TLS12);
+    }
+    if versions.is_empty() {
+        return Err(TlsError::Policy(
+            "--min-tls/--max-tls",
+            "no TLS version left".into(),
+        ));
+    }
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&versions)
+        .map_err(|e| TlsError::Policy("--ciphers/--groups", e.to_string()))?;
+    let builder = match &policy.client_auth {
+        None => builder.with_no_client_auth(),
+        Some(auth) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in load_cert_chain(&auth.file, &auth.ca_pem)? {
+                roots
+                    .add(ca)
+                    .map_err(|e| TlsError::Pem(auth.file.clone(), e.to_string()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            );
+            let verifier = if auth.required {
+                verifier
+            } else {
+                verifier.allow_unauthenticated()
+            };
+            let verifier = verifier
+                .build()
+                .map_err(|e| TlsError::Pem(auth.file.clone(), e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = policy.alpn.clone();
     let resumes = resumption.storage.is_some() || resumption.ticketer.is_some();
     config.session_storage = resumption

@@ -6,14 +6,17 @@
 mod alert;
 mod certs;
 mod session;
+pub mod sni;
 
 pub use alert::AlertKind;
 
 pub use certs::{
-    build_server_config, build_server_config_with, generate_self_signed, load_cert_chain,
-    load_private_key, ResumptionParts, TlsPolicy,
+    build_server_config, build_server_config_multi, build_server_config_with, generate_self_signed,
+    load_cert_chain, load_private_key, provider_for, CertSpec, ClientAuth, ResumptionParts,
+    TlsPolicy,
 };
 pub use session::{HandshakeInfo, Status, TlsSession, MAX_FRAGMENT_LEN, MAX_RECORD_LEN};
+pub use sni::UnknownSni;
 
 /// Errors of the TLS layer.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -56,6 +59,9 @@ pub enum TlsError {
     /// The certificate and key do not fit together, or the key type is unsupported.
     #[error("certificate/key: {0}")]
     CertKey(String),
+    /// A TLS policy setting is invalid; names the flag.
+    #[error("{0}: {1}")]
+    Policy(&'static str, String),
     /// Generating a certificate failed.
     #[error("generating a certificate failed: {0}")]
     Generate(String),

@@ -101,6 +101,10 @@ pub struct TlsSession {
     /// Set once any TLS bytes were produced for the client: before that,
     /// the record layer is plaintext.
     wrote_any: bool,
+    /// Set once the certificate resolver has seen the ClientHello.
+    hello_seen: bool,
+    /// The SNI the client sent (lowercased), once the ClientHello was seen.
+    sni: Option<String>,
 }
 
 impl std::fmt::Debug for TlsSession {
@@ -127,6 +131,8 @@ impl TlsSession {
             sent_close: false,
             failed: false,
             wrote_any: false,
+            hello_seen: false,
+            sni: None,
         })
     }
 
@@ -159,10 +165,7 @@ impl TlsSession {
         Some(HandshakeInfo {
             version: self.conn.protocol_version()?,
             resumed: self.conn.handshake_kind() == Some(HandshakeKind::Resumed),
-            // rustls's unbuffered server connection does not expose the SNI
-            // (only the buffered `ServerConnection` does); the edge-features
-            // layer fills it from the ClientHello.
-            sni: None,
+            sni: self.sni.clone(),
             alpn: self.conn.alpn_protocol().map(<[u8]>::to_vec),
         })
     }
@@ -281,8 +284,48 @@ impl TlsSession {
         self.step(None, true, to_client, &mut scratch)
     }
 
-    /// The core loop: drive rustls's state machine until it needs input.
+    /// The SNI the client sent (lowercased), once the ClientHello has been
+    /// processed; `None` before that or when the client sent none.
+    pub fn sni(&self) -> Option<&str> {
+        self.sni.as_deref()
+    }
+
+    /// The client's certificate chain, when it presented one (mTLS).
+    pub fn peer_certificates(&self) -> Option<&[rustls::pki_types::CertificateDer<'static>]> {
+        self.conn.peer_certificates()
+    }
+
+    /// [`step_inner`](Self::step_inner), watching the certificate resolver
+    /// until it has seen the ClientHello (see [`super::sni`]).
     fn step(
+        &mut self,
+        plaintext: Option<&[u8]>,
+        close: bool,
+        to_client: &mut Vec<u8>,
+        to_backend: &mut Vec<u8>,
+    ) -> Result<Status, TlsError> {
+        if self.hello_seen {
+            return self.step_inner(plaintext, close, to_client, to_backend);
+        }
+        super::sni::clear_seen();
+        let before = to_client.len();
+        let result = self.step_inner(plaintext, close, to_client, to_backend);
+        let seen = super::sni::take_seen();
+        if seen.resolved {
+            self.hello_seen = true;
+            self.sni = seen.sni;
+            if seen.rejected && result.is_err() {
+                // rustls refuses a ClientHello it has no certificate for
+                // with access_denied; strict SNI answers unrecognized_name
+                // (RFC 6066 §3). Nothing is encrypted yet at this point.
+                rewrite_plaintext_alert(&mut to_client[before..], UNRECOGNIZED_NAME);
+            }
+        }
+        result
+    }
+
+    /// The core loop: drive rustls's state machine until it needs input.
+    fn step_inner(
         &mut self,
         mut plaintext: Option<&[u8]>,
         mut close: bool,
@@ -479,6 +522,19 @@ fn encrypt_into(
                 out.truncate(start);
                 return Err(TlsError::Encode);
             }
+        }
+    }
+}
+
+/// The `unrecognized_name` alert description.
+const UNRECOGNIZED_NAME: u8 = 112;
+
+/// Replaces the description of a trailing plaintext fatal alert record.
+fn rewrite_plaintext_alert(out: &mut [u8], description: u8) {
+    if let Some(start) = out.len().checked_sub(7) {
+        let rec = &mut out[start..];
+        if rec[0] == 21 && rec[1] == 3 && rec[3] == 0 && rec[4] == 2 && rec[5] == 2 {
+            rec[6] = description;
         }
     }
 }

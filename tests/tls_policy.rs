@@ -1,0 +1,533 @@
+//! Certificates by SNI (exact, wildcard, default, strict), ECDSA vs RSA,
+//! ALPN, TLS versions, cipher suites, key exchange groups, mutual TLS, and
+//! hot reload of certificates on SIGHUP. Real rustls clients; every check
+//! looks at what the client saw.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
+
+/// Accepts any server certificate, offering `schemes` (so a test can ask
+/// for RSA only). The tests compare the presented certificate themselves.
+#[derive(Debug)]
+struct AnyCert {
+    schemes: Vec<SignatureScheme>,
+}
+
+impl ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.schemes.clone()
+    }
+}
+
+fn all_schemes() -> Vec<SignatureScheme> {
+    rustls::crypto::aws_lc_rs::default_provider()
+        .signature_verification_algorithms
+        .supported_schemes()
+}
+
+/// A client that accepts any certificate, with options.
+struct Client {
+    schemes: Vec<SignatureScheme>,
+    versions: Vec<&'static rustls::SupportedProtocolVersion>,
+    groups: Option<Vec<&'static str>>,
+    alpn: Vec<Vec<u8>>,
+    client_cert: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Self {
+            schemes: all_schemes(),
+            versions: vec![&rustls::version::TLS13, &rustls::version::TLS12],
+            groups: None,
+            alpn: Vec::new(),
+            client_cert: None,
+        }
+    }
+}
+
+impl Client {
+    fn config(self) -> Arc<ClientConfig> {
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        if let Some(groups) = &self.groups {
+            provider
+                .kx_groups
+                .retain(|g| groups.contains(&g.name().as_str().unwrap_or("")));
+        }
+        let builder = ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&self.versions)
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCert {
+                schemes: self.schemes,
+            }));
+        let mut config = match self.client_cert {
+            Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = self.alpn;
+        Arc::new(config)
+    }
+}
+
+type Stream = StreamOwned<ClientConnection, std::net::TcpStream>;
+
+fn connect(addr: SocketAddr, sni: &str, config: Arc<ClientConfig>) -> Result<Stream, String> {
+    let mut sock = tcp_connect(addr);
+    let name = ServerName::try_from(sni.to_owned()).unwrap();
+    let mut conn = ClientConnection::new(config, name).map_err(|e| e.to_string())?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock).map_err(|e| e.to_string())?;
+    }
+    Ok(StreamOwned::new(conn, sock))
+}
+
+/// The leaf certificate the server presented for `sni`.
+fn presented(addr: SocketAddr, sni: &str, client: Client) -> Vec<u8> {
+    let s = connect(addr, sni, client.config()).unwrap_or_else(|e| panic!("{sni}: {e}"));
+    s.conn.peer_certificates().expect("a certificate")[0].to_vec()
+}
+
+/// A certificate for `names` with algorithm `alg`, written to `dir`.
+struct Cert {
+    cert: PathBuf,
+    key: PathBuf,
+    der: Vec<u8>,
+}
+
+/// A key pair for `alg`; RSA keys come from aws-lc-rs (rcgen's ring
+/// backend cannot generate them).
+fn key_pair(alg: &'static rcgen::SignatureAlgorithm) -> rcgen::KeyPair {
+    if alg == &rcgen::PKCS_RSA_SHA256 {
+        use aws_lc_rs::encoding::AsDer;
+        let kp = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let der = kp.as_der().unwrap();
+        let der = rustls::pki_types::PrivatePkcs8KeyDer::from(der.as_ref());
+        return rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&der, alg).unwrap();
+    }
+    rcgen::KeyPair::generate_for(alg).unwrap()
+}
+
+fn make_cert(
+    dir: &Path,
+    file: &str,
+    names: &[&str],
+    alg: &'static rcgen::SignatureAlgorithm,
+) -> Cert {
+    let kp = key_pair(alg);
+    let names: Vec<String> = names.iter().map(|s| (*s).to_owned()).collect();
+    let cert = rcgen::CertificateParams::new(names)
+        .unwrap()
+        .self_signed(&kp)
+        .unwrap();
+    let c = dir.join(format!("{file}.pem"));
+    let k = dir.join(format!("{file}.key"));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, kp.serialize_pem()).unwrap();
+    Cert {
+        cert: c,
+        key: k,
+        der: cert.der().to_vec(),
+    }
+}
+
+fn cert_args(certs: &[&Cert]) -> Vec<String> {
+    certs
+        .iter()
+        .flat_map(|c| {
+            [
+                "--cert".to_owned(),
+                c.cert.display().to_string(),
+                "--key".to_owned(),
+                c.key.display().to_string(),
+            ]
+        })
+        .collect()
+}
+
+fn start(backend: SocketAddr, args: &[String]) -> Ringterm {
+    let mut all: Vec<String> = vec![
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--backend".into(),
+        backend.to_string(),
+        "--admin".into(),
+        "127.0.0.1:0".into(),
+        "--workers".into(),
+        "1".into(),
+    ];
+    all.extend(args.iter().cloned());
+    Ringterm::start(&all)
+}
+
+const EC: &rcgen::SignatureAlgorithm = &rcgen::PKCS_ECDSA_P256_SHA256;
+
+#[test]
+fn sni_selects_exact_wildcard_and_default_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = make_cert(dir.path(), "a", &["a.test"], EC);
+    let b = make_cert(dir.path(), "b", &["b.test"], EC);
+    let c = make_cert(dir.path(), "c", &["c.test", "alias.test"], EC);
+    let w = make_cert(dir.path(), "w", &["*.wild.test"], EC);
+    let echo = echo_backend();
+    let rt = start(echo.addr, &cert_args(&[&a, &b, &c, &w]));
+    let addr = rt.addr();
+    assert_eq!(presented(addr, "a.test", Client::default()), a.der);
+    assert_eq!(presented(addr, "b.test", Client::default()), b.der);
+    assert_eq!(presented(addr, "c.test", Client::default()), c.der);
+    assert_eq!(presented(addr, "ALIAS.test", Client::default()), c.der);
+    assert_eq!(presented(addr, "x.wild.test", Client::default()), w.der);
+    // Unknown names and IP addresses (no SNI is sent for an IP) get the
+    // default, the first certificate.
+    assert_eq!(presented(addr, "unknown.test", Client::default()), a.der);
+    assert_eq!(presented(addr, "y.x.wild.test", Client::default()), a.der);
+    assert_eq!(presented(addr, "127.0.0.1", Client::default()), a.der);
+    // Data flows on an SNI-selected connection.
+    let mut s = connect(addr, "b.test", Client::default().config()).unwrap();
+    s.write_all(b"hello").unwrap();
+    let mut buf = [0u8; 5];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"hello");
+}
+
+#[test]
+fn strict_sni_refuses_unknown_names_with_unrecognized_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = make_cert(dir.path(), "a", &["a.test"], EC);
+    let echo = echo_backend();
+    let mut args = cert_args(&[&a]);
+    args.extend(["--unknown-sni".into(), "reject".into()]);
+    let rt = start(echo.addr, &args);
+    assert_eq!(presented(rt.addr(), "a.test", Client::default()), a.der);
+    let Err(err) = connect(rt.addr(), "other.test", Client::default().config()) else {
+        panic!("an unknown name was accepted");
+    };
+    assert!(
+        err.contains("UnrecognisedName") || err.contains("unrecognised"),
+        "{err}"
+    );
+    let text = rt.wait_metric("ringterm_alerts_sent_total", |n| n == 1);
+    assert_eq!(
+        metric_sum(
+            &text,
+            "ringterm_alerts_sent_total{alert=\"unrecognized_name\"}"
+        ),
+        1
+    );
+}
+
+#[test]
+fn ecdsa_or_rsa_certificate_by_client_signature_schemes() {
+    let dir = tempfile::tempdir().unwrap();
+    let rsa = make_cert(dir.path(), "rsa", &["both.test"], &rcgen::PKCS_RSA_SHA256);
+    let ec = make_cert(dir.path(), "ec", &["both.test"], EC);
+    let echo = echo_backend();
+    let rt = start(echo.addr, &cert_args(&[&rsa, &ec]));
+    // A client that verifies ECDSA gets the ECDSA certificate (cheaper),
+    // even though RSA was configured first.
+    assert_eq!(presented(rt.addr(), "both.test", Client::default()), ec.der);
+    let rsa_only = || Client {
+        schemes: vec![
+            SignatureScheme::RSA_PSS_SHA256,
+            SignatureScheme::RSA_PKCS1_SHA256,
+        ],
+        ..Client::default()
+    };
+    assert_eq!(presented(rt.addr(), "both.test", rsa_only()), rsa.der);
+    let tls12_rsa = Client {
+        versions: vec![&rustls::version::TLS12],
+        ..rsa_only()
+    };
+    assert_eq!(presented(rt.addr(), "both.test", tls12_rsa), rsa.der);
+}
+
+#[test]
+fn alpn_versions_suites_and_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = make_cert(dir.path(), "a", &["a.test"], EC);
+    let echo = echo_backend();
+
+    // ALPN: the server's preference among what the client offers.
+    let mut args = cert_args(&[&a]);
+    args.extend(["--alpn".into(), "h2,http/1.1".into()]);
+    let rt = start(echo.addr, &args);
+    let s = connect(
+        rt.addr(),
+        "a.test",
+        Client {
+            alpn: vec![b"http/1.1".to_vec(), b"h2".to_vec()],
+            ..Client::default()
+        }
+        .config(),
+    )
+    .unwrap();
+    assert_eq!(s.conn.alpn_protocol(), Some(&b"h2"[..]));
+    // The default key exchange is the hybrid post-quantum group.
+    assert_eq!(
+        s.conn
+            .negotiated_key_exchange_group()
+            .and_then(|g| g.name().as_str()),
+        Some("X25519MLKEM768")
+    );
+    let s = connect(
+        rt.addr(),
+        "a.test",
+        Client {
+            alpn: vec![b"http/1.1".to_vec()],
+            ..Client::default()
+        }
+        .config(),
+    )
+    .unwrap();
+    assert_eq!(s.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    drop(rt);
+
+    // --max-tls 1.2 refuses a TLS 1.3-only client; --min-tls 1.3 a 1.2 one.
+    let mut args = cert_args(&[&a]);
+    args.extend(["--max-tls".into(), "1.2".into()]);
+    let rt = start(echo.addr, &args);
+    let only13 = Client {
+        versions: vec![&rustls::version::TLS13],
+        ..Client::default()
+    };
+    assert!(connect(rt.addr(), "a.test", only13.config()).is_err());
+    let s = connect(rt.addr(), "a.test", Client::default().config()).unwrap();
+    assert_eq!(
+        s.conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    drop(rt);
+    let mut args = cert_args(&[&a]);
+    args.extend(["--min-tls".into(), "1.3".into()]);
+    let rt = start(echo.addr, &args);
+    let only12 = Client {
+        versions: vec![&rustls::version::TLS12],
+        ..Client::default()
+    };
+    assert!(connect(rt.addr(), "a.test", only12.config()).is_err());
+    drop(rt);
+
+    // Cipher suites and groups.
+    let mut args = cert_args(&[&a]);
+    args.extend([
+        "--ciphers".into(),
+        "TLS13_CHACHA20_POLY1305_SHA256".into(),
+        "--groups".into(),
+        "secp384r1,secp256r1".into(),
+    ]);
+    let rt = start(echo.addr, &args);
+    let s = connect(rt.addr(), "a.test", Client::default().config()).unwrap();
+    assert_eq!(
+        s.conn.negotiated_cipher_suite().map(|c| c.suite()),
+        Some(rustls::CipherSuite::TLS13_CHACHA20_POLY1305_SHA256)
+    );
+    // Only the configured groups (rustls takes the client's order among
+    // them, to avoid a HelloRetryRequest where it can).
+    let group = s
+        .conn
+        .negotiated_key_exchange_group()
+        .and_then(|g| g.name().as_str());
+    assert!(
+        matches!(group, Some("secp384r1" | "secp256r1")),
+        "{group:?}"
+    );
+    let x25519_only = Client {
+        groups: Some(vec!["X25519"]),
+        ..Client::default()
+    };
+    assert!(connect(rt.addr(), "a.test", x25519_only.config()).is_err());
+}
+
+#[test]
+fn bad_policy_flags_exit_64_naming_the_flag() {
+    let certs = TestCerts::generate();
+    for (flag, value, expect) in [
+        (
+            "--ciphers",
+            "TLS_NOPE",
+            "--ciphers: unknown cipher suite \"TLS_NOPE\"",
+        ),
+        ("--groups", "X448", "--groups: unknown group \"X448\""),
+        ("--min-tls", "1.0", "--min-tls: 1.0 must be 1.2 or 1.3"),
+        (
+            "--client-ca",
+            "/nonexistent/ca.pem",
+            "--client-ca /nonexistent/ca.pem",
+        ),
+    ] {
+        let mut args = vec![
+            "--listen".to_owned(),
+            "127.0.0.1:0".into(),
+            "--backend".into(),
+            "127.0.0.1:9".into(),
+        ];
+        args.extend(certs.args());
+        args.extend([flag.to_owned(), value.to_owned()]);
+        let out = run_to_exit(&args, Duration::from_secs(20));
+        assert_eq!(out.status.code(), Some(64), "{flag}: {out:?}");
+        let line = out.stderr.trim();
+        assert!(
+            line.starts_with(&format!("ringterm: {expect}")),
+            "{flag}: {line}"
+        );
+        assert_eq!(line.lines().count(), 1, "{line}");
+    }
+}
+
+/// A CA and a client certificate it signed.
+fn client_pki(
+    dir: &Path,
+) -> (
+    PathBuf,
+    Vec<CertificateDer<'static>>,
+    PrivateKeyDer<'static>,
+) {
+    let ca_key = rcgen::KeyPair::generate_for(EC).unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "test client CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let ca_path = dir.join("client-ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    let key = rcgen::KeyPair::generate_for(EC).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "client one");
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let key = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+    (ca_path, vec![cert.der().clone()], key)
+}
+
+/// Sends `msg` and reads the echo; an error if the server refused us.
+fn echo_once(s: &mut Stream, msg: &[u8]) -> std::io::Result<Vec<u8>> {
+    s.write_all(msg)?;
+    s.flush()?;
+    let mut buf = vec![0u8; msg.len()];
+    s.read_exact(&mut buf)?;
+    Ok(buf)
+}
+
+#[test]
+fn mutual_tls_required_and_optional() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = make_cert(dir.path(), "a", &["a.test"], EC);
+    let (ca, chain, key) = client_pki(dir.path());
+    let echo = echo_backend();
+    for mode in ["required", "optional"] {
+        let mut args = cert_args(&[&a]);
+        args.extend([
+            "--client-ca".into(),
+            ca.display().to_string(),
+            "--client-auth".into(),
+            mode.into(),
+        ]);
+        let rt = start(echo.addr, &args);
+        // With a certificate: accepted.
+        let with = Client {
+            client_cert: Some((chain.clone(), key.clone_key())),
+            ..Client::default()
+        };
+        let mut s = connect(rt.addr(), "a.test", with.config()).unwrap();
+        assert_eq!(echo_once(&mut s, b"mtls").unwrap(), b"mtls");
+        // Without: TLS 1.3 clients learn of the refusal on their first read.
+        let without = connect(rt.addr(), "a.test", Client::default().config());
+        let refused = match without {
+            Err(_) => true,
+            Ok(mut s) => echo_once(&mut s, b"anon").is_err(),
+        };
+        assert_eq!(refused, mode == "required", "{mode}");
+        // A certificate from another CA is refused in both modes.
+        let (_, other_chain, other_key) = client_pki(tempfile::tempdir().unwrap().path());
+        let wrong = Client {
+            client_cert: Some((other_chain, other_key)),
+            ..Client::default()
+        };
+        let refused = match connect(rt.addr(), "a.test", wrong.config()) {
+            Err(_) => true,
+            Ok(mut s) => echo_once(&mut s, b"wrong").is_err(),
+        };
+        assert!(
+            refused,
+            "{mode}: a certificate from another CA was accepted"
+        );
+    }
+}
+
+#[test]
+fn sighup_reloads_certificates_without_touching_established_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = make_cert(dir.path(), "live", &["a.test"], EC);
+    let echo = echo_backend();
+    let mut rt = start(echo.addr, &cert_args(&[&old]));
+    let addr = rt.addr();
+    let mut established = connect(addr, "a.test", Client::default().config()).unwrap();
+    assert_eq!(echo_once(&mut established, b"before").unwrap(), b"before");
+
+    // Swap the files on disk (same paths), then SIGHUP.
+    let new = make_cert(dir.path(), "live", &["a.test"], EC);
+    assert_ne!(old.der, new.der);
+    send_signal(rt.child.id(), "HUP");
+    assert!(eventually(Duration::from_secs(5), || presented(
+        addr,
+        "a.test",
+        Client::default()
+    ) == new.der));
+    // The established connection keeps streaming, every byte intact.
+    let payload = random_bytes(256 * 1024);
+    for chunk in payload.chunks(16 * 1024) {
+        assert_eq!(echo_once(&mut established, chunk).unwrap(), chunk);
+    }
+
+    // A reload that fails (a broken key) keeps the current certificate and
+    // logs one line.
+    std::fs::write(&new.key, "not a key").unwrap();
+    send_signal(rt.child.id(), "HUP");
+    assert!(eventually(Duration::from_secs(5), || rt
+        .stderr()
+        .contains("reload failed, keeping the old TLS configuration")));
+    assert_eq!(presented(addr, "a.test", Client::default()), new.der);
+    assert_eq!(echo_once(&mut established, b"after").unwrap(), b"after");
+    rt.assert_alive();
+}

@@ -103,15 +103,19 @@ def ensure_venv(venv_dir, packages, probe_modules, prog):
     os.execve(venv_py, [venv_py, script] + sys.argv[1:], env)
 
 
-def make_cert(d):
-    """A self-signed ECDSA P-256 certificate for localhost/127.0.0.1."""
+def make_cert(d, days=30):
+    """A self-signed ECDSA P-256 leaf certificate for localhost/127.0.0.1
+    (CA:FALSE, digitalSignature, serverAuth: what a CA would issue)."""
     if not shutil.which("openssl"):
         raise ToolError("openssl is required to generate a certificate")
     key, cert = os.path.join(d, "key.pem"), os.path.join(d, "cert.pem")
     r = subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
                         "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", cert,
-                        "-days", "30", "-subj", "/CN=localhost", "-addext",
-                        "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                        "-days", str(days), "-subj", "/CN=localhost",
+                        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                        "-addext", "basicConstraints=critical,CA:FALSE",
+                        "-addext", "keyUsage=critical,digitalSignature",
+                        "-addext", "extendedKeyUsage=serverAuth"],
                        capture_output=True, text=True)
     if r.returncode != 0:
         raise ToolError(f"openssl req failed: {r.stderr.strip()[-300:]}")

@@ -254,6 +254,9 @@ impl Default for ParseLimits {
 }
 
 /// The answer of [`parse`].
+// `Done` is a few hundred bytes, returned once per connection: not worth a
+// Box (an allocation) to shrink `NeedMore`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Parsed {
     /// The bytes so far are a valid start of a header: call again with more.
@@ -422,7 +425,7 @@ pub mod fuzz {
             assert_ne!(whole, Ok(Parsed::NeedMore), "unbounded NeedMore");
         }
         if let Ok(Parsed::Done { consumed, .. }) = &whole {
-            assert!(*consumed <= input.len());
+            assert!(*consumed <= input.len().min(bound));
             assert_eq!(parse(&input[..*consumed], limits), whole);
         }
         let agrees = |n: usize| {

@@ -27,6 +27,7 @@
 pub mod config;
 pub mod deadline;
 pub mod metrics;
+pub mod proxy;
 pub mod rt;
 pub mod session;
 pub mod tls;

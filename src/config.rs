@@ -79,8 +79,13 @@ impl Resumption {
 pub struct Settings {
     /// Addresses to accept TLS on (`--listen`, repeatable).
     pub listen: Option<Vec<String>>,
-    /// The plaintext backend (`--backend`).
-    pub backend: Option<String>,
+    /// The plaintext backend(s) (`--backend`, repeatable: round-robin).
+    pub backend: Option<Files>,
+    /// Per-SNI routes (`[[route]]` tables, or `--route NAMES=ADDRS`).
+    pub route: Option<Vec<RouteSetting>>,
+    /// How long a backend that failed to connect is skipped, ms
+    /// (`--backend-eject`).
+    pub backend_eject: Option<u64>,
     /// PEM certificate chain file(s) (`--cert`, repeatable), or `[[cert]]`
     /// tables in the TOML file.
     pub cert: Option<CertSetting>,
@@ -142,6 +147,39 @@ pub struct Settings {
     /// `unrecognized_name`) for an unknown or missing SNI (`--unknown-sni`).
     pub unknown_sni: Option<String>,
 }
+
+/// One `[[route]]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RouteSetting {
+    /// SNI names (exact or `*.example.com`).
+    pub names: Vec<String>,
+    /// Backend addresses, round-robin.
+    pub backends: Vec<String>,
+}
+
+impl RouteSetting {
+    /// Parses `--route NAME[,NAME...]=ADDR[,ADDR...]`.
+    pub fn parse_flag(s: &str) -> Result<Self, ConfigError> {
+        let (names, backends) = s
+            .split_once('=')
+            .ok_or_else(|| range("--route", s, "must be NAME[,NAME...]=ADDR[,ADDR...]"))?;
+        let split = |v: &str| -> Vec<String> {
+            v.split(',')
+                .map(str::trim)
+                .filter(|x| !x.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        Ok(Self {
+            names: split(names),
+            backends: split(backends),
+        })
+    }
+}
+
+/// Default time a backend that failed to connect stays out, ms.
+pub const DEFAULT_BACKEND_EJECT_MS: u64 = 10_000;
 
 /// One path or several (a flag given once or repeated).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -219,6 +257,8 @@ impl Settings {
         Settings {
             listen: over.listen.or(self.listen),
             backend: over.backend.or(self.backend),
+            route: over.route.or(self.route),
+            backend_eject: over.backend_eject.or(self.backend_eject),
             cert: over.cert.or(self.cert),
             key: over.key.or(self.key),
             workers: over.workers.or(self.workers),
@@ -261,12 +301,37 @@ impl Settings {
             .iter()
             .map(|s| parse_addr("--listen", s))
             .collect::<Result<Vec<_>, _>>()?;
-        let backend = parse_addr(
-            "--backend",
-            self.backend
-                .as_deref()
-                .ok_or(ConfigError::Missing("--backend"))?,
-        )?;
+        let backends = self
+            .backend
+            .ok_or(ConfigError::Missing("--backend"))?
+            .into_vec()
+            .iter()
+            .map(|s| parse_addr("--backend", s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let backend = *backends.first().ok_or(ConfigError::Missing("--backend"))?;
+        let mut routes = Vec::new();
+        for r in self.route.unwrap_or_default() {
+            if r.names.is_empty() || r.backends.is_empty() {
+                return Err(range(
+                    "--route",
+                    &r.names.join(","),
+                    "needs at least one name and one backend",
+                ));
+            }
+            routes.push(crate::route::Route {
+                names: r.names.iter().map(|n| n.to_ascii_lowercase()).collect(),
+                backends: r
+                    .backends
+                    .iter()
+                    .map(|s| parse_addr("--route", s))
+                    .collect::<Result<_, _>>()?,
+            });
+        }
+        let routes = crate::route::RouteTable {
+            routes,
+            default: backends,
+            eject_ms: self.backend_eject.unwrap_or(DEFAULT_BACKEND_EJECT_MS),
+        };
         let certs = certs(self.cert, self.key)?;
         let tls = tls_policy(&TlsSettings {
             tls12: self.tls12,
@@ -409,6 +474,7 @@ impl Settings {
             tls13_tickets,
             listen,
             backend,
+            routes,
             certs,
             tls,
             pins,
@@ -429,8 +495,10 @@ impl Settings {
 pub struct Config {
     /// Addresses to accept TLS on; each worker binds each with SO_REUSEPORT.
     pub listen: Vec<SocketAddr>,
-    /// The plaintext backend.
+    /// The first default backend (for messages).
     pub backend: SocketAddr,
+    /// Every backend: the default pool and the per-SNI routes.
+    pub routes: crate::route::RouteTable,
     /// Certificates, the default first.
     pub certs: Vec<CertFiles>,
     /// The TLS policy.
@@ -829,7 +897,7 @@ mod tests {
         let merged = file.merge(cli);
         assert_eq!(merged.workers, Some(2));
         assert_eq!(merged.ring_entries, Some(256));
-        assert_eq!(merged.backend.as_deref(), Some("127.0.0.1:80"));
+        assert_eq!(merged.backend, Some(Files::One("127.0.0.1:80".into())));
     }
 
     #[test]
@@ -947,6 +1015,36 @@ names = ["*.example.com"]
         let c = p(|s| s.alpn = Some(vec!["h2".into(), " http/1.1".into()])).unwrap();
         assert_eq!(c.tls.alpn, vec!["h2", "http/1.1"]);
         assert!(p(|s| s.alpn = Some(vec!["".into()])).is_err());
+    }
+
+    #[test]
+    fn routes_and_backends() {
+        let r = RouteSetting::parse_flag("a.test,*.b.test=127.0.0.1:1,127.0.0.1:2").unwrap();
+        assert_eq!(r.names, vec!["a.test", "*.b.test"]);
+        assert_eq!(r.backends.len(), 2);
+        assert!(RouteSetting::parse_flag("a.test").is_err());
+        let s = Settings {
+            backend: Some(Files::Many(vec![
+                "127.0.0.1:1".into(),
+                "127.0.0.1:2".into(),
+            ])),
+            route: Some(vec![r]),
+            ..base()
+        };
+        let c = s.validate(&[0]).unwrap();
+        assert_eq!(c.routes.default.len(), 2);
+        assert_eq!(c.routes.routes[0].backends.len(), 2);
+        let bad = Settings {
+            route: Some(vec![RouteSetting::parse_flag("a.test=nope").unwrap()]),
+            ..base()
+        };
+        let e = bad.validate(&[0]).unwrap_err().to_string();
+        assert!(e.starts_with("--route: invalid address"), "{e}");
+        let empty = Settings {
+            route: Some(vec![RouteSetting::parse_flag("=127.0.0.1:1").unwrap()]),
+            ..base()
+        };
+        assert!(empty.validate(&[0]).is_err());
     }
 }
 

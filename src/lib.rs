@@ -28,6 +28,7 @@ pub mod config;
 pub mod deadline;
 pub mod metrics;
 pub mod proxy;
+pub mod route;
 pub mod rt;
 pub mod session;
 pub mod tls;

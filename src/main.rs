@@ -28,9 +28,17 @@ struct Cli {
     /// Address to accept TLS on (repeatable).
     #[arg(long, value_name = "ADDR", global = true)]
     listen: Vec<String>,
-    /// Plaintext backend address.
+    /// Plaintext backend address (repeatable: round-robin, a backend that
+    /// fails to connect is skipped for --backend-eject ms).
     #[arg(long, value_name = "ADDR", global = true)]
-    backend: Option<String>,
+    backend: Vec<String>,
+    /// Per-SNI backends: NAME[,NAME...]=ADDR[,ADDR...] (repeatable; names
+    /// may be *.wildcards). Other connections go to --backend.
+    #[arg(long, value_name = "ROUTE", global = true)]
+    route: Vec<String>,
+    /// How long a backend that failed to connect is skipped, ms.
+    #[arg(long, value_name = "MS", global = true)]
+    backend_eject: Option<u64>,
     /// PEM certificate chain (repeatable: one per certificate, chosen by SNI;
     /// the first is the default).
     #[arg(long, value_name = "PEM", global = true)]
@@ -137,7 +145,9 @@ impl Cli {
     fn settings(&self) -> Settings {
         Settings {
             listen: (!self.listen.is_empty()).then(|| self.listen.clone()),
-            backend: self.backend.clone(),
+            backend: (!self.backend.is_empty()).then(|| Files::Many(self.backend.clone())),
+            route: None,
+            backend_eject: self.backend_eject,
             cert: (!self.cert.is_empty())
                 .then(|| CertSetting::Files(Files::Many(self.cert.clone()))),
             key: (!self.key.is_empty()).then(|| Files::Many(self.key.clone())),
@@ -240,7 +250,7 @@ fn run(cli: Cli) -> Result<(), String> {
     let generated = if mode == Mode::Demo {
         let backend = ringterm::rt::demo::start(([127, 0, 0, 1], 0).into())
             .map_err(|e| format!("demo backend: {e}"))?;
-        settings.backend = Some(backend.to_string());
+        settings.backend = Some(Files::One(backend.to_string()));
         if settings.listen.is_none() {
             settings.listen = Some(vec!["127.0.0.1:8443".to_owned()]);
         }
@@ -422,7 +432,17 @@ fn load_settings(cli: &Cli) -> Result<Settings, String> {
         }
         None => Settings::default(),
     };
-    Ok(file.merge(cli.settings()))
+    let mut flags = cli.settings();
+    if !cli.route.is_empty() {
+        flags.route = Some(
+            cli.route
+                .iter()
+                .map(|r| ringterm::config::RouteSetting::parse_flag(r))
+                .collect::<Result<_, _>>()
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    Ok(file.merge(flags))
 }
 
 /// Reads the certificates and keys and builds the TLS configuration.

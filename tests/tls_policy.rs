@@ -531,3 +531,72 @@ fn sighup_reloads_certificates_without_touching_established_connections() {
     assert_eq!(echo_once(&mut established, b"after").unwrap(), b"after");
     rt.assert_alive();
 }
+
+/// A backend that says its name, then closes.
+fn named_backend(name: &'static str) -> SocketAddr {
+    spawn_backend(move |mut s| {
+        let _ = s.write_all(name.as_bytes());
+        let _ = s.shutdown(std::net::Shutdown::Write);
+    })
+}
+
+/// Connects with `sni` and reads the backend's name.
+fn which_backend(addr: SocketAddr, sni: &str) -> String {
+    let mut s = connect(addr, sni, Client::default().config()).unwrap();
+    let (data, _) = tls_read_to_end(&mut s);
+    String::from_utf8(data).unwrap()
+}
+
+#[test]
+fn routes_by_sni_round_robin_and_failover() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = make_cert(dir.path(), "a", &["a.test", "*.api.test"], EC);
+    let (b1, b2, c) = (named_backend("b1"), named_backend("b2"), named_backend("c"));
+    let down = refused_addr();
+    let mut args = cert_args(&[&a]);
+    args.extend([
+        "--route".to_owned(),
+        format!("api.test,*.api.test={c}"),
+        "--route".to_owned(),
+        format!("flaky.test={down},{b2}"),
+    ]);
+    let mut all = vec![
+        "--listen".to_owned(),
+        "127.0.0.1:0".into(),
+        "--backend".into(),
+        b1.to_string(),
+        "--backend".into(),
+        b2.to_string(),
+        "--admin".into(),
+        "127.0.0.1:0".into(),
+        "--workers".into(),
+        "1".into(),
+    ];
+    all.extend(args);
+    let rt = Ringterm::start(&all);
+    let addr = rt.addr();
+
+    // Default pool: round-robin over the two --backend addresses.
+    let got: Vec<String> = (0..6).map(|_| which_backend(addr, "a.test")).collect();
+    assert_eq!(got.iter().filter(|n| *n == "b1").count(), 3, "{got:?}");
+    assert_eq!(got.iter().filter(|n| *n == "b2").count(), 3, "{got:?}");
+    // Per-SNI route, exact and wildcard.
+    assert_eq!(which_backend(addr, "api.test"), "c");
+    assert_eq!(which_backend(addr, "v1.api.test"), "c");
+    // A pool with a dead backend: every connection still succeeds (the
+    // next backend is tried once), and the dead one is then taken out, so
+    // it is tried only once within the ejection time.
+    for _ in 0..6 {
+        assert_eq!(which_backend(addr, "flaky.test"), "b2");
+    }
+    let text = rt.metrics();
+    assert_eq!(
+        metric_sum(&text, "ringterm_backend_retries_total"),
+        1,
+        "{text}"
+    );
+    assert_eq!(
+        metric_sum(&text, "ringterm_backend_connect_failures_total"),
+        1
+    );
+}

@@ -159,6 +159,8 @@ counters! {
     backend_connect_failures: "counter",
     /// Backend connects cut by the connect timeout.
     backend_connect_timeouts: "counter",
+    /// Connections that tried a second backend after the first failed.
+    backend_retries: "counter",
     /// Connections ended by an IO or TLS error after the handshake.
     connection_errors: "counter",
     /// Ciphertext bytes read from clients.

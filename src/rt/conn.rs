@@ -183,7 +183,7 @@ async fn drive(
 
     // Phase 2: connect to the backend, under the connect deadline.
     let connect_from = Instant::now();
-    let backend = Rc::new(connect(ctx, ctx.backend).await?);
+    let backend = Rc::new(connect_routed(ctx, session.sni()).await?);
     ctx.record_since(Metric::Connect, connect_from);
 
     // Phase 3: relay both directions until both are closed.
@@ -294,6 +294,41 @@ async fn send_all(ctx: &WorkerCtx, sock: &Rc<TcpStream>, buf: &mut Vec<u8>) -> i
     owned.clear();
     *buf = owned;
     Ok(())
+}
+
+/// Connects to a backend of the connection's pool (by SNI): round-robin
+/// over the backends in rotation; a backend that fails is taken out for the
+/// ejection time and, when the pool has another, the next one is tried once.
+async fn connect_routed(ctx: &WorkerCtx, sni: Option<&str>) -> Result<TcpStream, ConnError> {
+    let pool = ctx.pools.borrow().pool_for(sni);
+    let tries = ctx.pools.borrow().len(pool).min(2);
+    let mut last_err = ConnError::Connect(io::Error::other("no backend configured"));
+    let mut skip = None;
+    for attempt in 0..tries {
+        let picked = ctx.pools.borrow_mut().pick(pool, ctx.now_ms(), skip);
+        let Some(addr) = picked else { break };
+        match connect(ctx, addr).await {
+            Ok(stream) => {
+                ctx.pools.borrow_mut().succeeded(pool, addr);
+                return Ok(stream);
+            }
+            Err(err) => {
+                ctx.pools.borrow_mut().failed(pool, addr, ctx.now_ms());
+                if attempt + 1 < tries {
+                    // Counted here: the last failure is counted by the caller.
+                    match err {
+                        ConnError::ConnectTimeout => ctx.counters.backend_connect_timeouts.inc(),
+                        _ => ctx.counters.backend_connect_failures.inc(),
+                    }
+                    ctx.counters.backend_retries.inc();
+                }
+                tracing::debug!(worker = ctx.id, backend = %addr, error = %err, "backend connect failed");
+                last_err = err;
+                skip = Some(addr);
+            }
+        }
+    }
+    Err(last_err)
 }
 
 /// Connects to the backend with an io_uring connect, cancelled at the

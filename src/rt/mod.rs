@@ -116,7 +116,7 @@ pub fn start(
             cpu: config.pins[id],
             listeners,
             tls: tls.clone(),
-            backend: config.backend,
+            routes: config.routes.clone(),
             buffer_size: config.buffer_size,
             ring_entries: config.ring_entries,
             sqpoll_idle_ms: config.sqpoll_idle_ms,

@@ -4,7 +4,6 @@
 //! each worker's own counters (written by that worker only).
 
 use std::cell::RefCell;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +18,7 @@ use super::{conn, ops, session_store};
 use crate::deadline::Deadlines;
 use crate::metrics::hist::{Histograms, Metric};
 use crate::metrics::WorkerCounters;
+use crate::route::{Pools, RouteTable};
 use crate::session::cache::CacheConfig;
 
 /// How often the worker's timer looks at its deadlines while some exist.
@@ -30,8 +30,8 @@ pub struct WorkerCtx {
     pub id: usize,
     /// TLS configuration (shared; swapped on reload).
     pub tls: Arc<ArcSwap<ServerConfig>>,
-    /// Backend address.
-    pub backend: SocketAddr,
+    /// This worker's backend pools (round-robin, ejection).
+    pub pools: RefCell<Pools>,
     /// Relay buffer size.
     pub buffer_size: usize,
     /// Handshake timeout.
@@ -51,7 +51,8 @@ pub struct WorkerCtx {
 }
 
 impl WorkerCtx {
-    fn now_ms(&self) -> u64 {
+    /// Milliseconds since the worker started (its deadlines' clock).
+    pub fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
 
@@ -104,8 +105,8 @@ pub struct WorkerSpec {
     pub listeners: Vec<std::net::TcpListener>,
     /// TLS configuration.
     pub tls: Arc<ArcSwap<ServerConfig>>,
-    /// Backend address.
-    pub backend: SocketAddr,
+    /// Backends and per-SNI routes.
+    pub routes: RouteTable,
     /// Relay buffer size.
     pub buffer_size: usize,
     /// Ring entries.
@@ -198,7 +199,7 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String
     let ctx = Rc::new(WorkerCtx {
         id: spec.id,
         tls: spec.tls,
-        backend: spec.backend,
+        pools: RefCell::new(Pools::new(&spec.routes)),
         buffer_size: spec.buffer_size,
         handshake_timeout_ms: spec.handshake_timeout_ms,
         connect_timeout_ms: spec.connect_timeout_ms,

@@ -83,6 +83,20 @@ pub struct HandshakeInfo {
     pub sni: Option<String>,
     /// The negotiated ALPN protocol, if any.
     pub alpn: Option<Vec<u8>>,
+    /// The negotiated cipher suite's name (`TLS13_AES_128_GCM_SHA256`).
+    pub cipher: Option<&'static str>,
+    /// Whether the client presented a certificate (mTLS); rustls only
+    /// completes a handshake with one it verified.
+    pub client_cert: bool,
+    /// The client certificate's subject common name, if any.
+    pub client_cn: Option<String>,
+}
+
+/// The subject CN of a DER certificate, if it parses and has one.
+pub fn subject_cn(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_owned)
 }
 
 /// A socket-free TLS server session. See the module documentation.
@@ -167,6 +181,16 @@ impl TlsSession {
             resumed: self.conn.handshake_kind() == Some(HandshakeKind::Resumed),
             sni: self.sni.clone(),
             alpn: self.conn.alpn_protocol().map(<[u8]>::to_vec),
+            cipher: self
+                .conn
+                .negotiated_cipher_suite()
+                .and_then(|s| s.suite().as_str()),
+            client_cert: self.conn.peer_certificates().is_some_and(|c| !c.is_empty()),
+            client_cn: self
+                .conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| subject_cn(c)),
         })
     }
 

@@ -14,7 +14,9 @@ fn bench(c: &mut Criterion) {
         let mut v = 1u64;
         b.iter(|| {
             // Spread values over the range like real latencies do.
-            v = v.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            v = v
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             h.record(black_box(Metric::HandshakeFull), (v >> 40) % 2_000_000);
         })
     });

@@ -527,7 +527,11 @@ fn validate_edge(
     for (flag, name) in [("--user", &user), ("--group", &group)] {
         if let Some(name) = name {
             if name.trim().is_empty() || name.contains('\0') {
-                return Err(range(flag, &format!("{name:?}"), "must be a user or group name"));
+                return Err(range(
+                    flag,
+                    &format!("{name:?}"),
+                    "must be a user or group name",
+                ));
             }
         }
     }

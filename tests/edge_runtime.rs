@@ -304,8 +304,7 @@ fn drain_lets_a_transfer_finish_and_refuses_new_connections() {
 
         // SIGTERM once about 1 MiB went out.
         assert!(
-            eventually(Duration::from_secs(10), || progress
-                .load(Ordering::Acquire)
+            eventually(Duration::from_secs(10), || progress.load(Ordering::Acquire)
                 >= 1 << 20),
             "the transfer did not start"
         );
@@ -427,8 +426,10 @@ fn user_and_group_drop_privileges() {
         eprintln!("skipped: not running as root");
         return;
     }
-    let (Some(uid), Some(gid)) = (id_in("/etc/passwd", "nobody"), id_in("/etc/group", "nogroup"))
-    else {
+    let (Some(uid), Some(gid)) = (
+        id_in("/etc/passwd", "nobody"),
+        id_in("/etc/group", "nogroup"),
+    ) else {
         eprintln!("skipped: no nobody user or nogroup group");
         return;
     };

@@ -823,21 +823,23 @@ impl Relay<'_> {
                                 self.touch();
                             }
                             let off = off + n;
-                            if off < buf.len() && fatal.is_none() && !alert_only && stop.is_none()
-                            {
+                            if off < buf.len() && fatal.is_none() && !alert_only && stop.is_none() {
                                 b_write = Some((ops::send(self.backend, buf, off), off));
                             } else {
                                 self.recycle_b(buf);
                             }
                         }
-                        Err(e)
-                            if ops::is_cancelled(&e)
-                                && fatal.is_none()
-                                && !alert_only
-                                && stop.is_none()
-                                && off < buf.len() =>
-                        {
-                            b_unsent = Some((buf, off));
+                        Err(e) if ops::is_cancelled(&e) && fatal.is_none() && !alert_only => {
+                            if stop.is_none() && off < buf.len() {
+                                // Nothing was sent; resume it (the loop
+                                // decides whether the cancel was spurious).
+                                b_unsent = Some((buf, off));
+                            } else {
+                                // Stopping: plaintext for the backend is
+                                // dropped; the client still gets its
+                                // close_notify.
+                                self.recycle_b(buf);
+                            }
                         }
                         Ok(_) => {
                             self.recycle_b(buf);

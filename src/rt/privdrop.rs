@@ -136,8 +136,14 @@ pub fn apply(t: &Target) -> Result<(), PrivError> {
     }
     // Check: the ids are what we asked, and root cannot come back.
     // SAFETY: these getters have no preconditions and cannot fail.
-    let (ruid, euid, rgid, egid) =
-        unsafe { (libc::getuid(), libc::geteuid(), libc::getgid(), libc::getegid()) };
+    let (ruid, euid, rgid, egid) = unsafe {
+        (
+            libc::getuid(),
+            libc::geteuid(),
+            libc::getgid(),
+            libc::getegid(),
+        )
+    };
     let uid_ok = t.uid.is_none_or(|u| ruid == u && euid == u);
     if !uid_ok || rgid != t.gid || egid != t.gid {
         return Err(PrivError::Switch {

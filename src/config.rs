@@ -31,6 +31,12 @@ pub const DEFAULT_SESSION_SYNC_INTERVAL_MS: u64 = 100;
 pub const DEFAULT_TICKET_ROTATION_S: u64 = 3600;
 /// Default number of TLS 1.3 tickets sent after a full handshake.
 pub const DEFAULT_TLS13_TICKETS: usize = 1;
+/// Default idle timeout of an established connection, in milliseconds
+/// (HAProxy's `timeout client`); 0 turns it off.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 300_000;
+/// Default time established connections get to finish after SIGTERM or
+/// SIGINT, in milliseconds.
+pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 30_000;
 
 /// How sessions are resumed (`--resumption`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +152,19 @@ pub struct Settings {
     /// `default` (serve the first certificate) or `reject` (alert
     /// `unrecognized_name`) for an unknown or missing SNI (`--unknown-sni`).
     pub unknown_sni: Option<String>,
+    /// Idle timeout of established connections in ms, 0 = off
+    /// (`--idle-timeout`).
+    pub idle_timeout: Option<u64>,
+    /// Connections per worker above which new ones are closed at once,
+    /// 0 = unlimited (`--max-connections`).
+    pub max_connections: Option<u64>,
+    /// How long established connections may finish after SIGTERM/SIGINT,
+    /// in ms (`--drain-timeout`).
+    pub drain_timeout: Option<u64>,
+    /// User to switch to after binding (`--user`).
+    pub user: Option<String>,
+    /// Group to switch to after binding (`--group`).
+    pub group: Option<String>,
 }
 
 /// One `[[route]]` table.
@@ -287,6 +306,11 @@ impl Settings {
             client_ca: over.client_ca.or(self.client_ca),
             client_auth: over.client_auth.or(self.client_auth),
             unknown_sni: over.unknown_sni.or(self.unknown_sni),
+            idle_timeout: over.idle_timeout.or(self.idle_timeout),
+            max_connections: over.max_connections.or(self.max_connections),
+            drain_timeout: over.drain_timeout.or(self.drain_timeout),
+            user: over.user.or(self.user),
+            group: over.group.or(self.group),
         }
     }
 
@@ -464,7 +488,19 @@ impl Settings {
                 "needs --resumption tickets or both",
             ));
         }
+        let edge = validate_edge(
+            self.idle_timeout,
+            self.max_connections,
+            self.drain_timeout,
+            self.user,
+            self.group,
+        )?;
         Ok(Config {
+            idle_timeout_ms: edge.idle_timeout_ms,
+            max_connections: edge.max_connections,
+            drain_timeout_ms: edge.drain_timeout_ms,
+            user: edge.user,
+            group: edge.group,
             resumption,
             session_timeout_s,
             session_cache_size,
@@ -535,6 +571,16 @@ pub struct Config {
     pub ticket_key_files: Vec<String>,
     /// TLS 1.3 tickets per full handshake.
     pub tls13_tickets: usize,
+    /// Idle timeout of established connections in ms; 0 = off.
+    pub idle_timeout_ms: u64,
+    /// Connections per worker above which new ones are closed; 0 = unlimited.
+    pub max_connections: u64,
+    /// How long established connections may finish after SIGTERM/SIGINT, ms.
+    pub drain_timeout_ms: u64,
+    /// User to switch to after binding.
+    pub user: Option<String>,
+    /// Group to switch to after binding.
+    pub group: Option<String>,
 }
 
 impl Config {
@@ -759,6 +805,67 @@ fn tls_policy(t: &TlsSettings) -> Result<TlsSettingsValid, ConfigError> {
     })
 }
 
+/// The validated runtime-edge settings (idle timeout, connection limit,
+/// drain, privilege drop).
+struct Edge {
+    idle_timeout_ms: u64,
+    max_connections: u64,
+    drain_timeout_ms: u64,
+    user: Option<String>,
+    group: Option<String>,
+}
+
+fn validate_edge(
+    idle_timeout: Option<u64>,
+    max_connections: Option<u64>,
+    drain_timeout: Option<u64>,
+    user: Option<String>,
+    group: Option<String>,
+) -> Result<Edge, ConfigError> {
+    let idle_timeout_ms = idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS);
+    if idle_timeout_ms > 86_400_000 {
+        return Err(range(
+            "--idle-timeout",
+            &idle_timeout_ms.to_string(),
+            "must be from 0 (off) to 86400000 ms",
+        ));
+    }
+    let max_connections = max_connections.unwrap_or(0);
+    if max_connections > 10_000_000 {
+        return Err(range(
+            "--max-connections",
+            &max_connections.to_string(),
+            "must be from 0 (unlimited) to 10000000 per worker",
+        ));
+    }
+    let drain_timeout_ms = drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT_MS);
+    if drain_timeout_ms > 3_600_000 {
+        return Err(range(
+            "--drain-timeout",
+            &drain_timeout_ms.to_string(),
+            "must be from 0 to 3600000 ms",
+        ));
+    }
+    for (flag, name) in [("--user", &user), ("--group", &group)] {
+        if let Some(name) = name {
+            if name.trim().is_empty() || name.contains('\0') {
+                return Err(range(
+                    flag,
+                    &format!("{name:?}"),
+                    "must be a user or group name",
+                ));
+            }
+        }
+    }
+    Ok(Edge {
+        idle_timeout_ms,
+        max_connections,
+        drain_timeout_ms,
+        user,
+        group,
+    })
+}
+
 fn range(flag: &'static str, value: &str, reason: &str) -> ConfigError {
     ConfigError::OutOfRange {
         flag,
@@ -932,6 +1039,47 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("--session-sync-interval"));
+    }
+
+    #[test]
+    fn edge_settings() {
+        let c = base().validate(&[0]).unwrap();
+        assert_eq!(c.idle_timeout_ms, DEFAULT_IDLE_TIMEOUT_MS);
+        assert_eq!(c.max_connections, 0);
+        assert_eq!(c.drain_timeout_ms, DEFAULT_DRAIN_TIMEOUT_MS);
+        assert_eq!(c.user, None);
+        for (field, flag) in [
+            ("idle", "--idle-timeout"),
+            ("max", "--max-connections"),
+            ("drain", "--drain-timeout"),
+        ] {
+            let mut s = base();
+            match field {
+                "idle" => s.idle_timeout = Some(u64::MAX),
+                "max" => s.max_connections = Some(u64::MAX),
+                _ => s.drain_timeout = Some(u64::MAX),
+            }
+            let err = s.validate(&[0]).unwrap_err().to_string();
+            assert!(err.starts_with(flag), "{err}");
+        }
+        let mut s = base();
+        s.user = Some(String::new());
+        assert!(s
+            .validate(&[0])
+            .unwrap_err()
+            .to_string()
+            .starts_with("--user"));
+        let file = Settings::from_toml(
+            "r.toml",
+            "idle-timeout = 0\nmax-connections = 10\ndrain-timeout = 500\nuser = \"nobody\"\ngroup = \"nogroup\"\n",
+        )
+        .unwrap();
+        let c = base().merge(file).validate(&[0]).unwrap();
+        assert_eq!(c.idle_timeout_ms, 0);
+        assert_eq!(c.max_connections, 10);
+        assert_eq!(c.drain_timeout_ms, 500);
+        assert_eq!(c.user.as_deref(), Some("nobody"));
+        assert_eq!(c.group.as_deref(), Some("nogroup"));
     }
 
     #[test]

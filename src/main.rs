@@ -129,6 +129,21 @@ struct Cli {
     /// reject (unrecognized_name alert).
     #[arg(long, value_name = "MODE", global = true)]
     unknown_sni: Option<String>,
+    /// Close established connections idle this long, ms (0 = off; default 300000).
+    #[arg(long, value_name = "MS", global = true)]
+    idle_timeout: Option<u64>,
+    /// Connections per worker above which new ones are closed at once (0 = unlimited).
+    #[arg(long, value_name = "N", global = true)]
+    max_connections: Option<u64>,
+    /// On SIGTERM/SIGINT, how long open connections may finish, ms (default 30000).
+    #[arg(long, value_name = "MS", global = true)]
+    drain_timeout: Option<u64>,
+    /// Switch to this user after binding (needs root).
+    #[arg(long, value_name = "NAME", global = true)]
+    user: Option<String>,
+    /// Switch to this group after binding (default: the user's primary group).
+    #[arg(long, value_name = "NAME", global = true)]
+    group: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -178,6 +193,11 @@ impl Cli {
             client_ca: self.client_ca.clone(),
             client_auth: self.client_auth.clone(),
             unknown_sni: self.unknown_sni.clone(),
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
+            drain_timeout: self.drain_timeout,
+            user: self.user.clone(),
+            group: self.group.clone(),
         }
     }
 }
@@ -323,6 +343,7 @@ fn run(cli: Cli) -> Result<(), String> {
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
+    let drain_timeout = std::time::Duration::from_millis(config.drain_timeout_ms);
     let mut reload = move || {
         // Certificates and TLS policy: everything is re-read and rebuilt;
         // on any error the old configuration stays. New connections get the
@@ -361,8 +382,32 @@ fn run(cli: Cli) -> Result<(), String> {
         hup: Some(&mut reload),
         usr1: Some(&mut usr1),
     });
+    drain(&server, drain_timeout);
     tracing::info!("latency summary at shutdown:\n{}", summary());
     Ok(())
+}
+
+/// Graceful shutdown after the first SIGTERM/SIGINT: stop accepting, let
+/// open connections finish for up to `timeout`, cut the rest. A second
+/// SIGTERM/SIGINT ends the wait at once (the process still exits 0).
+fn drain(server: &ringterm::rt::Server, timeout: std::time::Duration) {
+    use ringterm::rt::drain::DrainOutcome;
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let again = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [SIGINT, SIGTERM] {
+        let _ = signal_hook::flag::register(sig, again.clone());
+    }
+    match server.drain(timeout, &again) {
+        DrainOutcome::Finished => tracing::info!("drained: every connection finished"),
+        DrainOutcome::Cut { open, left } => tracing::warn!(
+            cut = open,
+            still_open = left,
+            "drain timeout: cut the connections still open"
+        ),
+        DrainOutcome::Aborted { open } => {
+            tracing::warn!(open, "second signal: exiting without waiting")
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]

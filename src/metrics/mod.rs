@@ -163,6 +163,12 @@ counters! {
     backend_retries: "counter",
     /// Connections ended by an IO or TLS error after the handshake.
     connection_errors: "counter",
+    /// Established connections closed after `--idle-timeout` with no bytes moving.
+    idle_timeouts: "counter",
+    /// Accepted connections closed at once because the worker had `--max-connections`.
+    rejected_max_connections: "counter",
+    /// Connections still open when the shutdown drain's `--drain-timeout` passed, and cut.
+    drain_cut: "counter",
     /// Ciphertext bytes read from clients.
     bytes_from_clients: "counter",
     /// Ciphertext bytes written to clients.

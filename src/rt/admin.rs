@@ -25,7 +25,16 @@ pub fn start(
     counters: Vec<Arc<WorkerCounters>>,
     hists: Arc<HistHub>,
 ) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr)?;
+    serve(TcpListener::bind(addr)?, counters, hists)
+}
+
+/// Serves an already bound admin listener on a new thread (so the socket
+/// can be bound before privileges are dropped). Returns its address.
+pub fn serve(
+    listener: TcpListener,
+    counters: Vec<Arc<WorkerCounters>>,
+    hists: Arc<HistHub>,
+) -> std::io::Result<SocketAddr> {
     let local = listener.local_addr()?;
     std::thread::Builder::new()
         .name("ringterm-admin".into())

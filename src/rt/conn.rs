@@ -52,6 +52,15 @@ const IDLE_KEEP: usize = 0;
 /// post-quantum key shares included.
 const HANDSHAKE_READ: usize = 2048;
 
+/// How long a stopping connection (idle timeout, drain cut) may take to
+/// flush what it still owes the client and its close_notify.
+const CLOSE_FLUSH_MS: u64 = 1000;
+
+/// The idle deadline is moved at most this often (and at least every
+/// eighth of the timeout): each completion costs a clock read, not a
+/// deadline-set update.
+const IDLE_REARM_MAX_MS: u64 = 100;
+
 /// Why a connection ended early.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
@@ -70,19 +79,30 @@ pub enum ConnError {
     /// The backend connect took longer than the connect timeout.
     #[error("backend connect timeout")]
     ConnectTimeout,
+    /// No byte moved in either direction for the idle timeout.
+    #[error("idle timeout")]
+    IdleTimeout,
+    /// Still open when the shutdown drain timed out.
+    #[error("cut at the end of the shutdown drain")]
+    DrainCut,
     /// A socket error.
     #[error("io: {0}")]
     Io(#[from] io::Error),
 }
 
-/// Serves one accepted client connection to completion.
+/// Serves one accepted client connection to completion. The caller has
+/// counted it in `active`; this takes it off.
 pub async fn serve(ctx: Rc<WorkerCtx>, client: TcpStream) {
     let counters = &ctx.counters;
-    counters.active.inc();
     let client = Rc::new(client);
     let accepted_at = Instant::now();
     let mut established = false;
+    let key = client.as_raw_fd() as i64;
+    ctx.track(key);
     let result = drive(&ctx, &client, accepted_at, &mut established).await;
+    // Before the socket can close: no deadline, link or cut may name it.
+    ctx.clear_deadline(key);
+    ctx.untrack(key);
     if let Err(err) = result {
         match err {
             // After the handshake the relay counted it (connection_errors).
@@ -92,6 +112,8 @@ pub async fn serve(ctx: Rc<WorkerCtx>, client: TcpStream) {
             ConnError::HandshakeTimeout => counters.handshake_timeouts.inc(),
             ConnError::Connect(_) => counters.backend_connect_failures.inc(),
             ConnError::ConnectTimeout => counters.backend_connect_timeouts.inc(),
+            ConnError::IdleTimeout => counters.idle_timeouts.inc(),
+            ConnError::DrainCut => counters.drain_cut.inc(),
             ConnError::Io(_) => counters.connection_errors.inc(),
         }
         tracing::debug!(worker = ctx.id, error = %err, "connection ended");
@@ -113,6 +135,9 @@ async fn drive(
 
     // Phase 1: the handshake, under the handshake deadline.
     let key = client.as_raw_fd() as i64;
+    if ctx.is_cutting() {
+        return Err(ConnError::DrainCut);
+    }
     ctx.set_deadline(key, ctx.handshake_timeout_ms);
     let handshake = handshake(
         ctx,
@@ -126,6 +151,9 @@ async fn drive(
     .await;
     let expired = !ctx.clear_deadline(key);
     match handshake {
+        Err(ConnError::Io(e)) if ops::is_cancelled(&e) && ctx.is_cutting() => {
+            return Err(ConnError::DrainCut)
+        }
         Err(ConnError::Io(e)) if ops::is_cancelled(&e) && expired => {
             return Err(ConnError::HandshakeTimeout)
         }
@@ -183,14 +211,26 @@ async fn drive(
 
     // Phase 2: connect to the backend, under the connect deadline.
     let connect_from = Instant::now();
-    let backend = Rc::new(connect_routed(ctx, session.sni()).await?);
+    let backend = Rc::new(connect_routed(ctx, key, session.sni()).await?);
     ctx.record_since(Metric::Connect, connect_from);
+    if ctx.is_cutting() {
+        return Err(ConnError::DrainCut);
+    }
 
-    // Phase 3: relay both directions until both are closed.
-    Relay {
+    // Phase 3: relay both directions until both are closed, under the idle
+    // deadline (keyed by the client fd, linked to the backend socket).
+    ctx.link(key, backend.as_raw_fd());
+    if ctx.idle_timeout_ms > 0 {
+        ctx.set_deadline(key, ctx.idle_timeout_ms);
+    }
+    let result = Relay {
         ctx,
         client,
         backend: &backend,
+        key,
+        idle_ms: ctx.idle_timeout_ms,
+        idle_rearm_ms: (ctx.idle_timeout_ms / 8).clamp(1, IDLE_REARM_MAX_MS),
+        idle_armed_at: ctx.now_ms(),
         session,
         rx,
         brx: Vec::new(),
@@ -204,7 +244,11 @@ async fn drive(
         ttfb_done: false,
     }
     .run()
-    .await
+    .await;
+    // Every op has completed: the backend socket may close.
+    ctx.clear_deadline(key);
+    ctx.unlink(key);
+    result
 }
 
 /// Drives the handshake: read → step → write, until the session is
@@ -232,6 +276,9 @@ async fn handshake(
             Ok(n) => ctx.counters.bytes_from_clients.add(n as u64),
             Err(e) if ops::is_cancelled(&e) => return Err(ConnError::Io(e)),
             Err(_) => return Err(ConnError::HandshakeEof),
+        }
+        if ctx.is_cutting() {
+            return Err(ConnError::DrainCut);
         }
         if !ctx.has_deadline(key) {
             return Err(ConnError::HandshakeTimeout);
@@ -299,7 +346,11 @@ async fn send_all(ctx: &WorkerCtx, sock: &Rc<TcpStream>, buf: &mut Vec<u8>) -> i
 /// Connects to a backend of the connection's pool (by SNI): round-robin
 /// over the backends in rotation; a backend that fails is taken out for the
 /// ejection time and, when the pool has another, the next one is tried once.
-async fn connect_routed(ctx: &WorkerCtx, sni: Option<&str>) -> Result<TcpStream, ConnError> {
+async fn connect_routed(
+    ctx: &WorkerCtx,
+    client_key: i64,
+    sni: Option<&str>,
+) -> Result<TcpStream, ConnError> {
     let pool = ctx.pools.borrow().pool_for(sni);
     let tries = ctx.pools.borrow().len(pool).min(2);
     let mut last_err = ConnError::Connect(io::Error::other("no backend configured"));
@@ -307,11 +358,13 @@ async fn connect_routed(ctx: &WorkerCtx, sni: Option<&str>) -> Result<TcpStream,
     for attempt in 0..tries {
         let picked = ctx.pools.borrow_mut().pick(pool, ctx.now_ms(), skip);
         let Some(addr) = picked else { break };
-        match connect(ctx, addr).await {
+        match connect(ctx, client_key, addr).await {
             Ok(stream) => {
                 ctx.pools.borrow_mut().succeeded(pool, addr);
                 return Ok(stream);
             }
+            // Shutting down: no retry, and the backend did nothing wrong.
+            Err(ConnError::DrainCut) => return Err(ConnError::DrainCut),
             Err(err) => {
                 ctx.pools.borrow_mut().failed(pool, addr, ctx.now_ms());
                 if attempt + 1 < tries {
@@ -332,8 +385,13 @@ async fn connect_routed(ctx: &WorkerCtx, sni: Option<&str>) -> Result<TcpStream,
 }
 
 /// Connects to the backend with an io_uring connect, cancelled at the
-/// connect deadline.
-async fn connect(ctx: &WorkerCtx, addr: SocketAddr) -> Result<TcpStream, ConnError> {
+/// connect deadline (or by the drain's cut, through the link from the
+/// client's fd `client_key`).
+async fn connect(
+    ctx: &WorkerCtx,
+    client_key: i64,
+    addr: SocketAddr,
+) -> Result<TcpStream, ConnError> {
     let domain = socket2::Domain::for_address(addr);
     let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))
         .map_err(ConnError::Connect)?;
@@ -342,9 +400,12 @@ async fn connect(ctx: &WorkerCtx, addr: SocketAddr) -> Result<TcpStream, ConnErr
     let stream = Rc::new(TcpStream::from_std(std_stream));
     let key = stream.as_raw_fd() as i64;
     ctx.set_deadline(key, ctx.connect_timeout_ms);
+    ctx.link(client_key, stream.as_raw_fd());
     let res = ops::connect(&stream, socket2::SockAddr::from(addr)).await;
+    ctx.unlink(client_key);
     let expired = !ctx.clear_deadline(key);
     match res {
+        Err(e) if ctx.is_cutting() && ops::is_cancelled(&e) => return Err(ConnError::DrainCut),
         Ok(_) if !expired => {}
         Ok(_) => return Err(ConnError::ConnectTimeout),
         Err(e) if expired && ops::is_cancelled(&e) => return Err(ConnError::ConnectTimeout),
@@ -375,10 +436,36 @@ enum Event {
     Cancelled,
 }
 
+/// Why a relay stops before both directions closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// The idle deadline expired.
+    Idle,
+    /// The drain timed out.
+    DrainCut,
+}
+
+impl From<Stop> for ConnError {
+    fn from(s: Stop) -> Self {
+        match s {
+            Stop::Idle => ConnError::IdleTimeout,
+            Stop::DrainCut => ConnError::DrainCut,
+        }
+    }
+}
+
 struct Relay<'a> {
     ctx: &'a WorkerCtx,
     client: &'a Rc<TcpStream>,
     backend: &'a Rc<TcpStream>,
+    /// The client fd: the idle deadline's key.
+    key: i64,
+    /// Idle timeout, ms; 0 = off.
+    idle_ms: u64,
+    /// Move the idle deadline only when it was set this long ago.
+    idle_rearm_ms: u64,
+    /// When the idle deadline was last set (`WorkerCtx::now_ms`).
+    idle_armed_at: u64,
     session: TlsSession,
     /// Client read buffer (ciphertext), when no read is in flight.
     rx: Vec<u8>,
@@ -401,6 +488,33 @@ struct Relay<'a> {
 }
 
 impl Relay<'_> {
+    /// Bytes moved (or a side closed): push the idle deadline back. Cheap
+    /// when it was moved recently; re-arms at once if it had expired, so
+    /// the cancellation it caused is seen as spurious.
+    fn touch(&mut self) {
+        if self.idle_ms == 0 {
+            return;
+        }
+        let now = self.ctx.now_ms();
+        if now.saturating_sub(self.idle_armed_at) >= self.idle_rearm_ms
+            || !self.ctx.has_deadline(self.key)
+        {
+            self.ctx.set_deadline(self.key, self.idle_ms);
+            self.idle_armed_at = now;
+        }
+    }
+
+    /// Whether the connection must stop now, and why.
+    fn stop_reason(&self) -> Option<Stop> {
+        if self.ctx.is_cutting() {
+            Some(Stop::DrainCut)
+        } else if self.idle_ms > 0 && !self.ctx.has_deadline(self.key) {
+            Some(Stop::Idle)
+        } else {
+            None
+        }
+    }
+
     async fn run(mut self) -> Result<(), ConnError> {
         let ctx = self.ctx;
         let mut c_read: Option<ops::Recv> = None;
@@ -427,11 +541,72 @@ impl Relay<'_> {
         // cancellation, and we wait for every op to complete.
         let mut fatal: Option<Result<(), ConnError>> = None;
         let mut cancelled = false;
-        // After a TLS error: flush the alert to the client, then stop.
+        // After a TLS error: flush the alert to the client, then stop. Also
+        // the last step of a stop (below): flush what the client is owed.
         let mut alert_only = false;
+        // Set when the idle deadline expired or the drain cut came: nothing
+        // new is submitted; once every op has completed, what the client is
+        // still owed plus a close_notify is flushed (under a short
+        // deadline), and the relay ends with this reason.
+        let mut stop: Option<Stop> = None;
+        // Writes cancelled by a deadline expiry that turned out spurious
+        // (bytes moved meanwhile): the buffer and the offset to resume at.
+        let mut c_unsent: Option<(Vec<u8>, usize)> = None;
+        let mut b_unsent: Option<(Vec<u8>, usize)> = None;
 
         loop {
-            if fatal.is_none() {
+            if fatal.is_none() && stop.is_none() && !alert_only {
+                if let Some(reason) = self.stop_reason() {
+                    stop = Some(reason);
+                    if c_read.is_some() || c_write.is_some() {
+                        cancels.push(ops::cancel_fd(self.client.as_raw_fd()));
+                    }
+                    if b_read.is_some() || b_write.is_some() {
+                        cancels.push(ops::cancel_fd(self.backend.as_raw_fd()));
+                    }
+                }
+            }
+            if fatal.is_none()
+                && stop.is_some()
+                && !alert_only
+                && c_read.is_none()
+                && c_write.is_none()
+                && b_read.is_none()
+                && b_write.is_none()
+            {
+                // Every op of the stopping connection has completed. The
+                // ciphertext the client is owed (an unsent write's tail,
+                // then what is queued) is a valid record stream; a
+                // close_notify after it ends it cleanly. Plaintext not yet
+                // written to the backend is dropped.
+                let mut owed = match c_unsent.take() {
+                    Some((buf, off)) => buf[off..].to_vec(),
+                    None => Vec::new(),
+                };
+                owed.append(&mut self.to_client);
+                if !client_shut {
+                    let _ = self.session.close(&mut owed);
+                }
+                self.to_client = owed;
+                self.to_backend.clear();
+                b_unsent = None;
+                alert_only = true;
+                if !self.to_client.is_empty() {
+                    ctx.set_deadline(self.key, CLOSE_FLUSH_MS);
+                }
+            }
+            if fatal.is_none() && (stop.is_none() || alert_only) {
+                // A write cancelled spuriously resumes where it stopped.
+                if c_write.is_none() {
+                    if let Some((buf, off)) = c_unsent.take() {
+                        c_write = Some((ops::send(self.client, buf, off), off));
+                    }
+                }
+                if b_write.is_none() && !alert_only {
+                    if let Some((buf, off)) = b_unsent.take() {
+                        b_write = Some((ops::send(self.backend, buf, off), off));
+                    }
+                }
                 // Writes first, so data already decrypted or encrypted leaves.
                 if c_write.is_none() && !self.to_client.is_empty() {
                     let buf =
@@ -492,7 +667,7 @@ impl Relay<'_> {
                         let _ = self.client.shutdown(Shutdown::Write);
                     }
                 }
-            } else if !cancelled {
+            } else if fatal.is_some() && !cancelled {
                 cancelled = true;
                 if c_read.is_some() || c_write.is_some() {
                     cancels.push(ops::cancel_fd(self.client.as_raw_fd()));
@@ -508,6 +683,9 @@ impl Relay<'_> {
                 || b_write.is_some()
                 || !cancels.is_empty();
             if !in_flight {
+                if let Some(reason) = stop {
+                    return Err(reason.into());
+                }
                 if let Some(outcome) = fatal {
                     return outcome;
                 }
@@ -554,10 +732,17 @@ impl Relay<'_> {
             match event {
                 Event::ClientRead(res, buf) => {
                     self.rx = buf;
-                    if fatal.is_some() {
+                    if fatal.is_some() || stop.is_some() {
                         continue;
                     }
+                    if res.is_ok() {
+                        self.touch();
+                    }
                     match res {
+                        // Cancelled by the idle deadline or the cut (the
+                        // loop decides which, or whether it was spurious):
+                        // the read consumed nothing.
+                        Err(e) if ops::is_cancelled(&e) => {}
                         Ok(0) => client_done = true,
                         Ok(n) => {
                             ctx.counters.bytes_from_clients.add(n as u64);
@@ -597,10 +782,14 @@ impl Relay<'_> {
                 }
                 Event::BackendRead(res, buf) => {
                     self.brx = buf;
-                    if fatal.is_some() || alert_only {
+                    if fatal.is_some() || alert_only || stop.is_some() {
                         continue;
                     }
+                    if res.is_ok() {
+                        self.touch();
+                    }
                     match res {
+                        Err(e) if ops::is_cancelled(&e) => {}
                         Ok(0) => {
                             backend_done = true;
                             if let Err(err) = self.session.close(&mut self.to_client) {
@@ -630,12 +819,29 @@ impl Relay<'_> {
                     match res {
                         Ok(n) if n > 0 => {
                             ctx.counters.bytes_to_clients.add(n as u64);
+                            if stop.is_none() {
+                                self.touch();
+                            }
                             let off = off + n;
                             if off < buf.len() && fatal.is_none() {
-                                c_write = Some((ops::send(self.client, buf, off), off));
+                                if stop.is_none() || alert_only {
+                                    c_write = Some((ops::send(self.client, buf, off), off));
+                                } else {
+                                    // Stopping: flushed with the close_notify.
+                                    c_unsent = Some((buf, off));
+                                }
                             } else {
                                 self.recycle_c(buf);
                             }
+                        }
+                        Err(e)
+                            if ops::is_cancelled(&e)
+                                && fatal.is_none()
+                                && !alert_only
+                                && off < buf.len() =>
+                        {
+                            // Nothing was sent; resume or flush it later.
+                            c_unsent = Some((buf, off));
                         }
                         Ok(_) => {
                             self.recycle_c(buf);
@@ -654,10 +860,25 @@ impl Relay<'_> {
                     match res {
                         Ok(n) if n > 0 => {
                             ctx.counters.bytes_to_backends.add(n as u64);
+                            if stop.is_none() {
+                                self.touch();
+                            }
                             let off = off + n;
-                            if off < buf.len() && fatal.is_none() && !alert_only {
+                            if off < buf.len() && fatal.is_none() && !alert_only && stop.is_none() {
                                 b_write = Some((ops::send(self.backend, buf, off), off));
                             } else {
+                                self.recycle_b(buf);
+                            }
+                        }
+                        Err(e) if ops::is_cancelled(&e) && fatal.is_none() && !alert_only => {
+                            if stop.is_none() && off < buf.len() {
+                                // Nothing was sent; resume it (the loop
+                                // decides whether the cancel was spurious).
+                                b_unsent = Some((buf, off));
+                            } else {
+                                // Stopping: plaintext for the backend is
+                                // dropped; the client still gets its
+                                // close_notify.
                                 self.recycle_b(buf);
                             }
                         }

@@ -6,20 +6,26 @@
 //! - `ops`: the io_uring ops we submit ourselves (recv, send, connect,
 //!   shutdown, timeout, cancel);
 //! - `admin`: the admin/metrics endpoint, on its own thread;
-//! - `demo`: the built-in demo HTTP/1.1 backend.
+//! - `demo`: the built-in demo HTTP/1.1 backend;
+//! - `drain`: graceful shutdown (stop accepting, drain, cut);
+//! - `privdrop`: `--user`/`--group`, after binding.
 
 pub mod admin;
 pub mod conn;
 pub mod demo;
+pub mod drain;
 pub mod hist_hub;
 pub mod listener;
 pub mod ops;
+pub mod privdrop;
 pub mod session_store;
 pub mod ticket_keys;
 pub mod worker;
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::Config;
 use crate::metrics::WorkerCounters;
@@ -50,6 +56,9 @@ pub enum StartError {
     /// A worker thread could not be started.
     #[error("worker thread: {0}")]
     Thread(std::io::Error),
+    /// `--user`/`--group` could not be resolved or applied.
+    #[error("{0}")]
+    Privileges(#[from] privdrop::PrivError),
 }
 
 /// A running server.
@@ -62,6 +71,19 @@ pub struct Server {
     pub counters: Vec<Arc<WorkerCounters>>,
     /// Each worker's histograms, on demand.
     pub histograms: Arc<hist_hub::HistHub>,
+    /// Shutdown signalling shared with the workers.
+    pub drain_hub: Arc<drain::DrainHub>,
+}
+
+impl Server {
+    /// Graceful shutdown, on the calling thread: every worker stops
+    /// accepting and closes its listeners; open connections run until they
+    /// finish or `timeout` passes, then are cut. Returns early once `abort`
+    /// is set (a second signal). The workers keep running afterwards (the
+    /// process is about to exit), so histograms can still be collected.
+    pub fn drain(&self, timeout: Duration, abort: &AtomicBool) -> drain::DrainOutcome {
+        drain::run(&self.drain_hub, &self.counters, timeout, abort)
+    }
 }
 
 /// Binds every socket, starts every worker, and returns once all serve.
@@ -71,6 +93,8 @@ pub fn start(
     tls: Arc<arc_swap::ArcSwap<rustls::ServerConfig>>,
 ) -> Result<Server, StartError> {
     let workers = config.workers();
+    // Unknown users and groups are startup errors before anything is bound.
+    let privileges = privdrop::resolve(config.user.as_deref(), config.group.as_deref())?;
     // Bind everything on this thread first: a port in use is a clear error
     // before any worker starts.
     let mut per_worker: Vec<Vec<std::net::TcpListener>> =
@@ -92,13 +116,27 @@ pub fn start(
         .map(|_| Arc::new(WorkerCounters::default()))
         .collect();
     let histograms = hist_hub::HistHub::new(workers);
-    let admin = match config.admin {
-        Some(addr) => Some(
-            admin::start(addr, counters.clone(), histograms.clone())
+    let admin_listener = match config.admin {
+        Some(addr) => Some((
+            addr,
+            std::net::TcpListener::bind(addr)
+                .map_err(|source| StartError::Admin { addr, source })?,
+        )),
+        None => None,
+    };
+    // Every socket is bound: drop root before any thread serves.
+    if let Some(target) = &privileges {
+        privdrop::apply(target)?;
+        tracing::info!(uid = ?target.uid, gid = target.gid, "switched user and group");
+    }
+    let admin = match admin_listener {
+        Some((addr, listener)) => Some(
+            admin::serve(listener, counters.clone(), histograms.clone())
                 .map_err(|source| StartError::Admin { addr, source })?,
         ),
         None => None,
     };
+    let drain_hub = drain::DrainHub::new(workers);
 
     let cache = config.resumption.uses_cache().then(|| worker::CacheSpec {
         config: crate::session::cache::CacheConfig {
@@ -122,6 +160,9 @@ pub fn start(
             sqpoll_idle_ms: config.sqpoll_idle_ms,
             handshake_timeout_ms: config.handshake_timeout_ms,
             connect_timeout_ms: config.connect_timeout_ms,
+            idle_timeout_ms: config.idle_timeout_ms,
+            max_connections: config.max_connections,
+            drain: drain_hub.clone(),
             counters: counters[id].clone(),
             histograms: histograms.clone(),
             cache: cache.clone(),
@@ -145,5 +186,6 @@ pub fn start(
         admin,
         counters,
         histograms,
+        drain_hub,
     })
 }

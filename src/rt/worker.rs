@@ -3,7 +3,9 @@
 //! nothing on the connection path: the read-only `Arc<ServerConfig>` and
 //! each worker's own counters (written by that worker only).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +15,7 @@ use rustls::ServerConfig;
 use tokio::sync::Notify;
 use tokio_uring::net::TcpListener;
 
+use super::drain::DrainHub;
 use super::hist_hub::HistHub;
 use super::{conn, ops, session_store};
 use crate::deadline::Deadlines;
@@ -38,6 +41,10 @@ pub struct WorkerCtx {
     pub handshake_timeout_ms: u64,
     /// Backend connect timeout.
     pub connect_timeout_ms: u64,
+    /// Idle timeout of established connections, ms; 0 = off.
+    pub idle_timeout_ms: u64,
+    /// Connections above which new ones are closed at once; 0 = unlimited.
+    pub max_connections: u64,
     /// This worker's counters.
     pub counters: Arc<WorkerCounters>,
     /// This worker's latency histograms (only this thread records).
@@ -48,12 +55,63 @@ pub struct WorkerCtx {
     deadlines: RefCell<Deadlines>,
     timer_wake: Notify,
     epoch: Instant,
+    /// Set once the drain began: accept loops end.
+    draining: Cell<bool>,
+    /// Set once the drain timeout passed: connections stop.
+    cutting: Cell<bool>,
+    /// Client fds of the connections being served (for the cut).
+    live: RefCell<HashSet<i64>>,
+    /// A connection's other socket (the backend), by client fd: when the
+    /// client's deadline expires or the cut comes, its ops are cancelled
+    /// too.
+    links: RefCell<HashMap<i64, RawFd>>,
 }
 
 impl WorkerCtx {
     /// Milliseconds since the worker started (its deadlines' clock).
     pub fn now_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Whether the drain timeout passed and connections must stop.
+    pub fn is_cutting(&self) -> bool {
+        self.cutting.get()
+    }
+
+    /// Registers a served connection by its client fd; call
+    /// [`WorkerCtx::untrack`] before the socket closes.
+    pub fn track(&self, key: i64) {
+        self.live.borrow_mut().insert(key);
+    }
+
+    /// Forgets a served connection (and its link).
+    pub fn untrack(&self, key: i64) {
+        self.live.borrow_mut().remove(&key);
+        self.links.borrow_mut().remove(&key);
+    }
+
+    /// Ties `other` (the backend socket) to `key` (the client fd): a
+    /// deadline expiry or a cut of `key` cancels `other`'s ops too. Call
+    /// [`WorkerCtx::unlink`] before `other` closes.
+    pub fn link(&self, key: i64, other: RawFd) {
+        self.links.borrow_mut().insert(key, other);
+    }
+
+    /// Unties `key`'s other socket.
+    pub fn unlink(&self, key: i64) {
+        self.links.borrow_mut().remove(&key);
+    }
+
+    /// Submits `IORING_OP_ASYNC_CANCEL` for every op on `key` and on its
+    /// linked socket. The SQEs are queued before this returns, so they reach
+    /// the kernel ahead of any op submitted later (an fd number cannot be
+    /// reused in between: deadlines and links are cleared before close).
+    fn cancel_conn(&self, key: i64) -> Vec<ops::PlainOp> {
+        let mut v = vec![ops::cancel_fd(key as RawFd)];
+        if let Some(&other) = self.links.borrow().get(&key) {
+            v.push(ops::cancel_fd(other));
+        }
+        v
     }
 
     /// Arms a deadline `after_ms` from now for `key` (a socket fd).
@@ -117,6 +175,12 @@ pub struct WorkerSpec {
     pub handshake_timeout_ms: u64,
     /// Connect timeout.
     pub connect_timeout_ms: u64,
+    /// Idle timeout, ms; 0 = off.
+    pub idle_timeout_ms: u64,
+    /// Connection limit; 0 = unlimited.
+    pub max_connections: u64,
+    /// Shutdown signalling shared with the main thread.
+    pub drain: Arc<DrainHub>,
     /// Counters.
     pub counters: Arc<WorkerCounters>,
     /// Where the worker publishes its histograms when asked.
@@ -203,38 +267,67 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String
         buffer_size: spec.buffer_size,
         handshake_timeout_ms: spec.handshake_timeout_ms,
         connect_timeout_ms: spec.connect_timeout_ms,
+        idle_timeout_ms: spec.idle_timeout_ms,
+        max_connections: spec.max_connections,
         counters: spec.counters,
         hist: RefCell::new(Histograms::new()),
         sync_interval_ms,
         deadlines: RefCell::new(Deadlines::default()),
         timer_wake: Notify::new(),
         epoch: Instant::now(),
+        draining: Cell::new(false),
+        cutting: Cell::new(false),
+        live: RefCell::new(HashSet::new()),
+        links: RefCell::new(HashMap::new()),
     });
     let listeners = spec.listeners;
     let hist_hub = spec.histograms;
+    let drain = spec.drain;
     rt.block_on(async move {
         tokio_uring::spawn(timer(ctx.clone()));
         tokio_uring::spawn(publish_histograms(ctx.clone(), hist_hub));
         let mut accepts = Vec::new();
+        let mut listener_fds = Vec::new();
         for l in listeners {
             let listener = TcpListener::from_std(l);
+            listener_fds.push(listener.as_raw_fd());
             accepts.push(tokio_uring::spawn(accept_loop(ctx.clone(), listener)));
         }
+        tokio_uring::spawn(drain_watch(ctx.clone(), drain.clone(), listener_fds));
         let _ = ready.send(Ok(ctx.id));
         for a in accepts {
             let _ = a.await;
         }
+        // Every listener is closed (the drain began): tell the main thread,
+        // then keep serving the open connections and answering histogram
+        // requests until the process exits.
+        drain.listeners_closed();
+        std::future::pending::<()>().await;
     });
 }
 
 async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener) {
-    loop {
+    // The drain task sets `draining` and cancels the accept in flight in
+    // one synchronous step: either the accept below is in flight and
+    // completes with ECANCELED, or this check sees the flag. The accept op
+    // is never dropped while in flight.
+    while !ctx.draining.get() {
         match listener.accept().await {
             Ok((stream, _peer)) => {
                 // TCP_NODELAY is inherited from the listening socket.
                 ctx.counters.accepted.inc();
+                if ctx.max_connections > 0 && ctx.counters.active.get() >= ctx.max_connections {
+                    // Plain close, no TLS: bounded, never queued.
+                    ctx.counters.rejected_max_connections.inc();
+                    drop(stream);
+                    continue;
+                }
+                // Counted here, not in the task, so that the drain never
+                // sees zero while a spawned connection has not started.
+                ctx.counters.active.inc();
                 tokio_uring::spawn(conn::serve(ctx.clone(), stream));
             }
+            Err(e) if ctx.draining.get() && ops::is_cancelled(&e) => break,
             Err(e) => {
                 ctx.counters.accept_errors.inc();
                 tracing::warn!(worker = ctx.id, error = %e, "accept failed");
@@ -265,10 +358,16 @@ async fn timer(ctx: Rc<WorkerCtx>) {
         }
         let now = ctx.now_ms();
         let expired = ctx.deadlines.borrow_mut().expire(now);
-        for fd in expired {
-            // The key is the fd of a live socket: connections clear their
-            // deadline before their socket can be closed.
-            let _ = ops::cancel_fd(fd as i32).await;
+        // The key is the fd of a live socket: connections clear their
+        // deadline (and link) before their socket can be closed. Every
+        // cancel is queued before the first await, so none can reach an fd
+        // number that a later connection reused.
+        let cancels: Vec<ops::PlainOp> = expired
+            .into_iter()
+            .flat_map(|key| ctx.cancel_conn(key))
+            .collect();
+        for c in cancels {
+            let _ = c.await;
         }
         if let Some(interval) = ctx.sync_interval_ms {
             if now >= next_sync {
@@ -276,6 +375,34 @@ async fn timer(ctx: Rc<WorkerCtx>) {
                 if let Some((stats, len, dropped)) = session_store::sync() {
                     ctx.counters.set_cache_stats(&stats, len, dropped);
                 }
+            }
+        }
+    }
+}
+
+/// Waits for the main thread's shutdown steps: on the drain, stop
+/// accepting (cancel the accepts in flight; the accept loops then end and
+/// close their listeners); on the cut, cancel every open connection's ops.
+async fn drain_watch(ctx: Rc<WorkerCtx>, hub: Arc<DrainHub>, listener_fds: Vec<RawFd>) {
+    loop {
+        hub.changed(ctx.id).await;
+        if hub.is_draining() && !ctx.draining.get() {
+            ctx.draining.set(true);
+            // Listeners close only after `draining` is set, which happened
+            // just above without yielding: every fd here is still open.
+            let cancels: Vec<ops::PlainOp> =
+                listener_fds.iter().map(|&fd| ops::cancel_fd(fd)).collect();
+            for c in cancels {
+                let _ = c.await;
+            }
+        }
+        if hub.is_cut() && !ctx.cutting.get() {
+            ctx.cutting.set(true);
+            let keys: Vec<i64> = ctx.live.borrow().iter().copied().collect();
+            let cancels: Vec<ops::PlainOp> =
+                keys.into_iter().flat_map(|k| ctx.cancel_conn(k)).collect();
+            for c in cancels {
+                let _ = c.await;
             }
         }
     }

@@ -15,7 +15,9 @@ pub use certs::{
     load_cert_chain, load_private_key, provider_for, CertSpec, ClientAuth, ResumptionParts,
     TlsPolicy,
 };
-pub use session::{subject_cn, HandshakeInfo, Status, TlsSession, MAX_FRAGMENT_LEN, MAX_RECORD_LEN};
+pub use session::{
+    subject_cn, HandshakeInfo, Status, TlsSession, MAX_FRAGMENT_LEN, MAX_RECORD_LEN,
+};
 pub use sni::UnknownSni;
 
 /// Errors of the TLS layer.

@@ -165,6 +165,12 @@ pub struct Settings {
     pub user: Option<String>,
     /// Group to switch to after binding (`--group`).
     pub group: Option<String>,
+    /// PROXY protocol header toward the backend: `off`, `v1` or `v2`
+    /// (`--proxy-protocol`).
+    pub proxy_protocol: Option<String>,
+    /// Expect a PROXY protocol v1 or v2 header from a fronting balancer
+    /// before the TLS ClientHello (`--accept-proxy`).
+    pub accept_proxy: Option<bool>,
 }
 
 /// One `[[route]]` table.
@@ -311,6 +317,8 @@ impl Settings {
             drain_timeout: over.drain_timeout.or(self.drain_timeout),
             user: over.user.or(self.user),
             group: over.group.or(self.group),
+            proxy_protocol: over.proxy_protocol.or(self.proxy_protocol),
+            accept_proxy: over.accept_proxy.or(self.accept_proxy),
         }
     }
 
@@ -495,7 +503,15 @@ impl Settings {
             self.user,
             self.group,
         )?;
+        let proxy_protocol = match self.proxy_protocol.as_deref() {
+            None | Some("off") => None,
+            Some("v1") => Some(crate::proxy::Version::V1),
+            Some("v2") => Some(crate::proxy::Version::V2),
+            Some(other) => return Err(range("--proxy-protocol", other, "must be off, v1 or v2")),
+        };
         Ok(Config {
+            proxy_protocol,
+            accept_proxy: self.accept_proxy.unwrap_or(false),
             idle_timeout_ms: edge.idle_timeout_ms,
             max_connections: edge.max_connections,
             drain_timeout_ms: edge.drain_timeout_ms,
@@ -581,6 +597,10 @@ pub struct Config {
     pub user: Option<String>,
     /// Group to switch to after binding.
     pub group: Option<String>,
+    /// PROXY protocol header sent to the backend, if any.
+    pub proxy_protocol: Option<crate::proxy::Version>,
+    /// Expect a PROXY protocol header (v1 or v2) before the ClientHello.
+    pub accept_proxy: bool,
 }
 
 impl Config {

@@ -144,6 +144,13 @@ struct Cli {
     /// Switch to this group after binding (default: the user's primary group).
     #[arg(long, value_name = "NAME", global = true)]
     group: Option<String>,
+    /// Send a PROXY protocol header to the backend: off, v1 or v2 (v2
+    /// carries ALPN, SNI and TLS facts as TLVs).
+    #[arg(long, value_name = "VERSION", global = true)]
+    proxy_protocol: Option<String>,
+    /// Expect a PROXY protocol v1/v2 header from a fronting L4 balancer.
+    #[arg(long, global = true)]
+    accept_proxy: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -198,6 +205,8 @@ impl Cli {
             drain_timeout: self.drain_timeout,
             user: self.user.clone(),
             group: self.group.clone(),
+            proxy_protocol: self.proxy_protocol.clone(),
+            accept_proxy: self.accept_proxy.then_some(true),
         }
     }
 }

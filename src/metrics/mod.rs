@@ -161,6 +161,9 @@ counters! {
     backend_connect_timeouts: "counter",
     /// Connections that tried a second backend after the first failed.
     backend_retries: "counter",
+    /// Connections closed for a missing or malformed PROXY protocol header
+    /// (`--accept-proxy`).
+    proxy_header_errors: "counter",
     /// Connections ended by an IO or TLS error after the handshake.
     connection_errors: "counter",
     /// Established connections closed after `--idle-timeout` with no bytes moving.

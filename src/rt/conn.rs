@@ -67,6 +67,9 @@ pub enum ConnError {
     /// The TLS layer failed (bad input, alert).
     #[error("{0}")]
     Tls(#[from] TlsError),
+    /// The PROXY protocol header from the balancer was missing or bad.
+    #[error("PROXY header: {0}")]
+    ProxyHeader(crate::proxy::ProxyError),
     /// The client closed or reset before the handshake completed.
     #[error("client went away during the handshake")]
     HandshakeEof,
@@ -92,14 +95,14 @@ pub enum ConnError {
 
 /// Serves one accepted client connection to completion. The caller has
 /// counted it in `active`; this takes it off.
-pub async fn serve(ctx: Rc<WorkerCtx>, client: TcpStream) {
+pub async fn serve(ctx: Rc<WorkerCtx>, client: TcpStream, peer: SocketAddr) {
     let counters = &ctx.counters;
     let client = Rc::new(client);
     let accepted_at = Instant::now();
     let mut established = false;
     let key = client.as_raw_fd() as i64;
     ctx.track(key);
-    let result = drive(&ctx, &client, accepted_at, &mut established).await;
+    let result = drive(&ctx, &client, peer, accepted_at, &mut established).await;
     // Before the socket can close: no deadline, link or cut may name it.
     ctx.clear_deadline(key);
     ctx.untrack(key);
@@ -108,6 +111,7 @@ pub async fn serve(ctx: Rc<WorkerCtx>, client: TcpStream) {
             // After the handshake the relay counted it (connection_errors).
             ConnError::Tls(_) if established => {}
             ConnError::Tls(_) => counters.handshake_failures_tls.inc(),
+            ConnError::ProxyHeader(_) => counters.proxy_header_errors.inc(),
             ConnError::HandshakeEof => counters.handshake_failures_eof.inc(),
             ConnError::HandshakeTimeout => counters.handshake_timeouts.inc(),
             ConnError::Connect(_) => counters.backend_connect_failures.inc(),
@@ -125,6 +129,7 @@ pub async fn serve(ctx: Rc<WorkerCtx>, client: TcpStream) {
 async fn drive(
     ctx: &Rc<WorkerCtx>,
     client: &Rc<TcpStream>,
+    peer: SocketAddr,
     accepted_at: Instant,
     established: &mut bool,
 ) -> Result<(), ConnError> {
@@ -139,15 +144,35 @@ async fn drive(
         return Err(ConnError::DrainCut);
     }
     ctx.set_deadline(key, ctx.handshake_timeout_ms);
-    let handshake = handshake(
-        ctx,
-        client,
-        key,
-        &mut session,
-        &mut rx,
-        &mut to_client,
-        &mut to_backend,
-    )
+    // The addresses a PROXY header toward the backend carries: the TCP
+    // peer, or what a fronting balancer's PROXY header said.
+    let mut addresses = None;
+    if ctx.proxy_out.is_some() {
+        addresses = local_addr(client).map(|local| (peer, local));
+    }
+    let mut initial = Vec::new();
+    let handshake = async {
+        if ctx.accept_proxy {
+            let (header, rest) = read_proxy_header(ctx, client, key).await?;
+            if let (Some(src), Some(dst)) = (header.source, header.destination) {
+                addresses = Some((src, dst));
+            } else if header.local {
+                addresses = None;
+            }
+            initial = rest;
+        }
+        handshake(
+            ctx,
+            client,
+            key,
+            &mut session,
+            std::mem::take(&mut initial),
+            &mut rx,
+            &mut to_client,
+            &mut to_backend,
+        )
+        .await
+    }
     .await;
     let expired = !ctx.clear_deadline(key);
     match handshake {
@@ -209,6 +234,14 @@ async fn drive(
     // time-to-first-byte clock.
     let ttfb_from = (!to_backend.is_empty()).then(Instant::now);
 
+    // The PROXY header goes first, before any plaintext.
+    if let Some(version) = ctx.proxy_out {
+        let mut header = Vec::with_capacity(256 + to_backend.len());
+        proxy_header(version, addresses, &session, &mut header)?;
+        header.extend_from_slice(&to_backend);
+        to_backend = header;
+    }
+
     // Phase 2: connect to the backend, under the connect deadline.
     let connect_from = Instant::now();
     let backend = Rc::new(connect_routed(ctx, key, session.sni()).await?);
@@ -259,23 +292,32 @@ async fn handshake(
     client: &Rc<TcpStream>,
     key: i64,
     session: &mut TlsSession,
+    initial: Vec<u8>,
     rx: &mut Vec<u8>,
     to_client: &mut Vec<u8>,
     to_backend: &mut Vec<u8>,
 ) -> Result<bool, ConnError> {
+    // Bytes that arrived after a PROXY header: the start of the ClientHello.
+    let mut initial = Some(initial).filter(|b| !b.is_empty());
     // Whether a stateless ticket decrypted during this handshake: the
     // ticketer counts on this thread, inside `handle_read`, which runs
     // without yielding, so no other connection's handshake interleaves.
     let mut used_ticket = false;
     loop {
-        session.prepare_read(rx, HANDSHAKE_READ);
-        let (res, buf) = ops::recv(client, std::mem::take(rx)).await;
-        *rx = buf;
-        match res {
-            Ok(0) => return Err(ConnError::HandshakeEof),
-            Ok(n) => ctx.counters.bytes_from_clients.add(n as u64),
-            Err(e) if ops::is_cancelled(&e) => return Err(ConnError::Io(e)),
-            Err(_) => return Err(ConnError::HandshakeEof),
+        if let Some(bytes) = initial.take() {
+            // As if read: handle_read takes them from `rx`.
+            session.prepare_read(rx, bytes.len());
+            rx.extend_from_slice(&bytes);
+        } else {
+            session.prepare_read(rx, HANDSHAKE_READ);
+            let (res, buf) = ops::recv(client, std::mem::take(rx)).await;
+            *rx = buf;
+            match res {
+                Ok(0) => return Err(ConnError::HandshakeEof),
+                Ok(n) => ctx.counters.bytes_from_clients.add(n as u64),
+                Err(e) if ops::is_cancelled(&e) => return Err(ConnError::Io(e)),
+                Err(_) => return Err(ConnError::HandshakeEof),
+            }
         }
         if ctx.is_cutting() {
             return Err(ConnError::DrainCut);
@@ -314,6 +356,95 @@ async fn handshake(
             Err(_) => unreachable!("handled above"),
         }
     }
+}
+
+/// Reads a PROXY protocol header (`--accept-proxy`), under the handshake
+/// deadline. Returns it and the bytes that followed it (the start of the
+/// ClientHello). Bounded: the parser refuses a header longer than its
+/// limit, so at most one read past that is ever buffered.
+async fn read_proxy_header(
+    ctx: &WorkerCtx,
+    client: &Rc<TcpStream>,
+    key: i64,
+) -> Result<(crate::proxy::ProxyHeader, Vec<u8>), ConnError> {
+    use crate::proxy::{parse, ParseLimits, Parsed};
+    let limits = ParseLimits::default();
+    let mut buf: Vec<u8> = Vec::with_capacity(HANDSHAKE_READ);
+    loop {
+        // Read what is there (a header usually arrives whole, with the
+        // ClientHello behind it); `recv` appends into the spare capacity.
+        buf.reserve(HANDSHAKE_READ);
+        let (res, back) = ops::recv(client, buf).await;
+        buf = back;
+        match res {
+            Ok(0) => {
+                return Err(if buf.is_empty() {
+                    ConnError::HandshakeEof
+                } else {
+                    ConnError::ProxyHeader(crate::proxy::ProxyError::Missing(buf[0]))
+                })
+            }
+            Ok(n) => ctx.counters.bytes_from_clients.add(n as u64),
+            Err(e) if ops::is_cancelled(&e) => return Err(ConnError::Io(e)),
+            Err(_) => return Err(ConnError::HandshakeEof),
+        }
+        if ctx.is_cutting() {
+            return Err(ConnError::DrainCut);
+        }
+        if !ctx.has_deadline(key) {
+            return Err(ConnError::HandshakeTimeout);
+        }
+        match parse(&buf, &limits) {
+            Ok(Parsed::Done { header, consumed }) => {
+                buf.drain(..consumed);
+                return Ok((header, buf));
+            }
+            Ok(Parsed::NeedMore) => continue,
+            Err(e) => return Err(ConnError::ProxyHeader(e)),
+        }
+    }
+}
+
+/// The local address of a connected socket.
+fn local_addr(sock: &TcpStream) -> Option<SocketAddr> {
+    // SAFETY: the fd belongs to `sock`, which outlives this borrow.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(sock.as_raw_fd()) };
+    socket2::SockRef::from(&fd).local_addr().ok()?.as_socket()
+}
+
+/// Encodes the PROXY header for a finished handshake.
+fn proxy_header(
+    version: crate::proxy::Version,
+    addresses: Option<(SocketAddr, SocketAddr)>,
+    session: &TlsSession,
+    out: &mut Vec<u8>,
+) -> Result<(), ConnError> {
+    use crate::proxy::{encode, EncodeInfo, SslEncode};
+    let info = session.handshake_info();
+    let version_name = |v: rustls::ProtocolVersion| match v {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+        _ => "unknown",
+    };
+    let ssl = info.as_ref().map(|i| SslEncode {
+        version: version_name(i.version),
+        cipher: i.cipher.unwrap_or(""),
+        cert_in_connection: i.client_cert && !i.resumed,
+        cert_in_session: i.client_cert,
+        cert_verified: i.client_cert,
+        client_cn: i.client_cn.as_deref(),
+        sig_alg: None,
+        key_alg: None,
+    });
+    let encoded = EncodeInfo {
+        addresses,
+        alpn: info.as_ref().and_then(|i| i.alpn.as_deref()),
+        authority: info.as_ref().and_then(|i| i.sni.as_deref()),
+        ssl,
+    };
+    encode(version, &encoded, out)
+        .map(|_| ())
+        .map_err(|e| ConnError::Io(io::Error::other(e.to_string())))
 }
 
 /// Sends all of `buf`, then clears it.

@@ -161,6 +161,8 @@ pub fn start(
             handshake_timeout_ms: config.handshake_timeout_ms,
             connect_timeout_ms: config.connect_timeout_ms,
             idle_timeout_ms: config.idle_timeout_ms,
+            proxy_out: config.proxy_protocol,
+            accept_proxy: config.accept_proxy,
             max_connections: config.max_connections,
             drain: drain_hub.clone(),
             counters: counters[id].clone(),

@@ -45,6 +45,10 @@ pub struct WorkerCtx {
     pub idle_timeout_ms: u64,
     /// Connections above which new ones are closed at once; 0 = unlimited.
     pub max_connections: u64,
+    /// PROXY protocol header to send to backends.
+    pub proxy_out: Option<crate::proxy::Version>,
+    /// Expect a PROXY protocol header before the ClientHello.
+    pub accept_proxy: bool,
     /// This worker's counters.
     pub counters: Arc<WorkerCounters>,
     /// This worker's latency histograms (only this thread records).
@@ -179,6 +183,10 @@ pub struct WorkerSpec {
     pub idle_timeout_ms: u64,
     /// Connection limit; 0 = unlimited.
     pub max_connections: u64,
+    /// PROXY protocol header to send to backends.
+    pub proxy_out: Option<crate::proxy::Version>,
+    /// Expect a PROXY protocol header before the ClientHello.
+    pub accept_proxy: bool,
     /// Shutdown signalling shared with the main thread.
     pub drain: Arc<DrainHub>,
     /// Counters.
@@ -268,6 +276,8 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String
         handshake_timeout_ms: spec.handshake_timeout_ms,
         connect_timeout_ms: spec.connect_timeout_ms,
         idle_timeout_ms: spec.idle_timeout_ms,
+        proxy_out: spec.proxy_out,
+        accept_proxy: spec.accept_proxy,
         max_connections: spec.max_connections,
         counters: spec.counters,
         hist: RefCell::new(Histograms::new()),
@@ -313,7 +323,7 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener) {
     // is never dropped while in flight.
     while !ctx.draining.get() {
         match listener.accept().await {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 // TCP_NODELAY is inherited from the listening socket.
                 ctx.counters.accepted.inc();
                 if ctx.max_connections > 0 && ctx.counters.active.get() >= ctx.max_connections {
@@ -325,7 +335,7 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener) {
                 // Counted here, not in the task, so that the drain never
                 // sees zero while a spawned connection has not started.
                 ctx.counters.active.inc();
-                tokio_uring::spawn(conn::serve(ctx.clone(), stream));
+                tokio_uring::spawn(conn::serve(ctx.clone(), stream, peer));
             }
             Err(e) if ctx.draining.get() && ops::is_cancelled(&e) => break,
             Err(e) => {

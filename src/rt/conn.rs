@@ -150,7 +150,6 @@ async fn drive(
     if ctx.proxy_out.is_some() {
         addresses = local_addr(client).map(|local| (peer, local));
     }
-    let mut initial = Vec::new();
     let handshake = async {
         if ctx.accept_proxy {
             let (header, rest) = read_proxy_header(ctx, client, key).await?;
@@ -159,14 +158,13 @@ async fn drive(
             } else if header.local {
                 addresses = None;
             }
-            initial = rest;
+            rx = rest;
         }
         handshake(
             ctx,
             client,
             key,
             &mut session,
-            std::mem::take(&mut initial),
             &mut rx,
             &mut to_client,
             &mut to_backend,
@@ -292,22 +290,20 @@ async fn handshake(
     client: &Rc<TcpStream>,
     key: i64,
     session: &mut TlsSession,
-    initial: Vec<u8>,
     rx: &mut Vec<u8>,
     to_client: &mut Vec<u8>,
     to_backend: &mut Vec<u8>,
 ) -> Result<bool, ConnError> {
-    // Bytes that arrived after a PROXY header: the start of the ClientHello.
-    let mut initial = Some(initial).filter(|b| !b.is_empty());
+    // `rx` may already hold bytes that came after a PROXY header: the start
+    // of the ClientHello, handled as if just read.
+    let mut already_read = !rx.is_empty();
     // Whether a stateless ticket decrypted during this handshake: the
     // ticketer counts on this thread, inside `handle_read`, which runs
     // without yielding, so no other connection's handshake interleaves.
     let mut used_ticket = false;
     loop {
-        if let Some(bytes) = initial.take() {
-            // As if read: handle_read takes them from `rx`.
-            session.prepare_read(rx, bytes.len());
-            rx.extend_from_slice(&bytes);
+        if already_read {
+            already_read = false;
         } else {
             session.prepare_read(rx, HANDSHAKE_READ);
             let (res, buf) = ops::recv(client, std::mem::take(rx)).await;

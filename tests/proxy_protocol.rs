@@ -15,6 +15,9 @@ use common::*;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
+/// The SSL TLV: client flags, verify, sub-TLVs.
+type SslTlv = (u8, u32, Vec<(u8, Vec<u8>)>);
+
 /// What the backend saw before the plaintext.
 #[derive(Debug, Default, Clone)]
 struct Seen {
@@ -22,8 +25,7 @@ struct Seen {
     dst: Option<SocketAddr>,
     alpn: Option<Vec<u8>>,
     authority: Option<String>,
-    /// (client flags, verify, sub-TLVs)
-    ssl: Option<(u8, u32, Vec<(u8, Vec<u8>)>)>,
+    ssl: Option<SslTlv>,
 }
 
 /// Reads one PROXY header from `s` (v1 line or v2 binary), parses it with

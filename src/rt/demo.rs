@@ -7,7 +7,8 @@
 //!   replies with a short body saying how many bytes arrived.
 //!
 //! Keep-alive by default; `Connection: close` is honoured. Every response
-//! has a `Content-Length`.
+//! has a `Content-Length`. A PROXY protocol v1/v2 header at the start of a
+//! connection (`ringterm --proxy-protocol`) is accepted and skipped.
 
 use std::net::SocketAddr;
 
@@ -121,9 +122,27 @@ pub fn start(addr: SocketAddr) -> std::io::Result<SocketAddr> {
 async fn serve(stream: TcpStream) {
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     let mut pending_body: u64 = 0;
+    // Until the first bytes show whether a PROXY header is there.
+    let mut proxy_checked = false;
     loop {
+        if !proxy_checked {
+            use crate::proxy::{detect, parse, ParseLimits, Parsed};
+            match detect(&buf) {
+                Ok(None) if buf.is_empty() => {}
+                Ok(Some(_)) | Ok(None) => match parse(&buf, &ParseLimits::default()) {
+                    Ok(Parsed::Done { consumed, .. }) => {
+                        buf.drain(..consumed);
+                        proxy_checked = true;
+                    }
+                    Ok(Parsed::NeedMore) => {}
+                    Err(_) => return,
+                },
+                // Not a PROXY header: plain HTTP.
+                Err(_) => proxy_checked = true,
+            }
+        }
         // Parse every complete request in the buffer.
-        loop {
+        while proxy_checked {
             if pending_body > 0 {
                 let take = pending_body.min(buf.len() as u64) as usize;
                 buf.drain(..take);

@@ -231,16 +231,12 @@ pub fn render_prometheus(out: &mut String, workers: &[&Histograms], filter: Work
             .filter(|(w, _)| filter.includes(*w))
         {
             let h = hs.get(m);
-            for &bound in m.buckets() {
-                let upto = (bound * 1e6) as u64;
-                let n = if h.is_empty() {
-                    0
-                } else {
-                    h.count_between(0, upto)
-                };
+            let mut cumulative = 0;
+            for (&bound, n) in m.buckets().iter().zip(bucket_counts(h, m.buckets())) {
+                cumulative += n;
                 let _ = writeln!(
                     out,
-                    "ringterm_{family}_bucket{{worker=\"{w}\"{sep}{label},le=\"{bound}\"}} {n}"
+                    "ringterm_{family}_bucket{{worker=\"{w}\"{sep}{label},le=\"{bound}\"}} {cumulative}"
                 );
             }
             let _ = writeln!(
@@ -294,6 +290,21 @@ pub fn render_prometheus(out: &mut String, workers: &[&Histograms], filter: Work
             done_family = family;
         }
     }
+}
+
+/// Counts of `h` per Prometheus bucket (not cumulative): one pass over the
+/// recorded values, each counted in the first bucket whose bound (seconds)
+/// is at least the value.
+fn bucket_counts(h: &Histogram<u64>, bounds: &[f64]) -> Vec<u64> {
+    let bounds_us: Vec<u64> = bounds.iter().map(|b| (b * 1e6) as u64).collect();
+    let mut counts = vec![0; bounds.len()];
+    for v in h.iter_recorded() {
+        let value = h.lowest_equivalent(v.value_iterated_to());
+        if let Some(i) = bounds_us.iter().position(|&b| value <= b) {
+            counts[i] += v.count_at_value();
+        }
+    }
+    counts
 }
 
 fn help(family: &str) -> &'static str {

@@ -140,6 +140,16 @@ impl Settings {
         })
     }
 
+    /// Parses the TOML config file's raw bytes, as `--config` reads them:
+    /// they must be UTF-8, then [`Settings::from_toml`]. `file` names it in
+    /// errors.
+    pub fn from_toml_bytes(file: &str, bytes: &[u8]) -> Result<Self, ConfigError> {
+        let text = std::str::from_utf8(bytes).map_err(|_| ConfigError::NotUtf8 {
+            file: file.to_owned(),
+        })?;
+        Self::from_toml(file, text)
+    }
+
     /// Applies `over` on top of `self`: every field set in `over` wins.
     pub fn merge(self, over: Settings) -> Settings {
         Settings {
@@ -427,6 +437,12 @@ pub enum ConfigError {
         /// The accepted range.
         reason: String,
     },
+    /// The config file is not UTF-8.
+    #[error("--config {file}: not UTF-8")]
+    NotUtf8 {
+        /// The file.
+        file: String,
+    },
     /// The TOML file did not parse.
     #[error("{file}: {message}")]
     Toml {
@@ -610,6 +626,14 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("--session-sync-interval"));
+    }
+
+    #[test]
+    fn config_bytes_must_be_utf8() {
+        let err = Settings::from_toml_bytes("r.toml", b"workers = 2\n\xff").unwrap_err();
+        assert_eq!(err.to_string(), "--config r.toml: not UTF-8");
+        let s = Settings::from_toml_bytes("r.toml", b"workers = 2\n").unwrap();
+        assert_eq!(s.workers, Some(2));
     }
 
     #[test]

@@ -184,11 +184,8 @@ fn run(cli: Cli) -> Result<(), String> {
         None => Mode::Serve,
     };
     let file = match &cli.config {
-        Some(path) => {
-            let text = String::from_utf8(read_file("--config", path)?)
-                .map_err(|_| format!("--config {path}: not UTF-8"))?;
-            Settings::from_toml(path, &text).map_err(|e| e.to_string())?
-        }
+        Some(path) => Settings::from_toml_bytes(path, &read_file("--config", path)?)
+            .map_err(|e| e.to_string())?,
         None => Settings::default(),
     };
     let mut settings = file.merge(cli.settings());

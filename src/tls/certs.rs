@@ -95,6 +95,19 @@ pub fn build_server_config_with(
     resumption: ResumptionParts,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(aws_lc_rs::default_provider());
+    build_server_config_with_provider(chain, key, policy, resumption, provider)
+}
+
+/// [`build_server_config_with`] over a given crypto provider instead of
+/// aws-lc-rs's default one. The fuzz harness uses it with a deterministic
+/// provider so that recorded client sessions replay.
+pub fn build_server_config_with_provider(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    policy: &TlsPolicy,
+    resumption: ResumptionParts,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let certified = CertifiedKey::from_der(chain, key, &provider)
         .map_err(|e| TlsError::CertKey(e.to_string()))?;
     certified

@@ -7,8 +7,8 @@ mod certs;
 mod session;
 
 pub use certs::{
-    build_server_config, build_server_config_with, generate_self_signed, load_cert_chain,
-    load_private_key, ResumptionParts, TlsPolicy,
+    build_server_config, build_server_config_with, build_server_config_with_provider,
+    generate_self_signed, load_cert_chain, load_private_key, ResumptionParts, TlsPolicy,
 };
 pub use session::{HandshakeInfo, Status, TlsSession, MAX_FRAGMENT_LEN, MAX_RECORD_LEN};
 

@@ -265,7 +265,7 @@ fn drive_conn(
             Ok(Status::Closed) => break,
             Ok(Status::PeerClosed) => {
                 // The runtime stops reading the client; the backend sees EOF
-                // and closes, which sends our close_notify.
+                // and closes, which sends our close_notify: both sides closed.
                 let closed = session.close(&mut to_client);
                 assert_eq!(closed, Ok(Status::Closed));
                 status = closed;
@@ -274,12 +274,24 @@ fn drive_conn(
             _ => {}
         }
     }
-    // Client EOF (or the end of a closed connection): once established, the
-    // backend closes its side too. Idempotent after our close_notify.
+    // Client EOF without close_notify: once established, the backend
+    // closes its side too. `close` reports `Established` while the client
+    // has not closed (rt::conn ignores the status); a second call is a
+    // no-op that says `Closed`, and nothing is encrypted after it.
     if status.is_ok() && session.is_established() {
         let closed = session.close(&mut to_client);
-        assert_eq!(closed, Ok(Status::Closed));
-        status = closed;
+        assert!(
+            matches!(closed, Ok(Status::Established | Status::Closed)),
+            "{closed:?}"
+        );
+        let before = to_client.len();
+        assert_eq!(session.close(&mut to_client), Ok(Status::Closed));
+        assert_eq!(
+            session.encrypt(b"late", &mut to_client),
+            Err(TlsError::AlreadyClosed)
+        );
+        assert_eq!(to_client.len(), before);
+        status = Ok(Status::Closed);
     }
     out.to_client += to_client.len();
     match status {

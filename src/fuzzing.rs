@@ -44,7 +44,7 @@ use rustls::{NamedGroup, PeerMisbehaved, ProtocolVersion, ServerConfig};
 use crate::config::{Settings, DEFAULT_SESSION_TIMEOUT_S};
 use crate::session::cache::{CacheConfig, SessionCache};
 use crate::session::tickets::{TicketKey, Ticketer};
-use crate::tls::{self, Status, TlsError, TlsSession, MAX_RECORD_LEN};
+use crate::tls::{self, Status, TlsError, TlsSession};
 
 // ---------------------------------------------------------------------------
 // tls_step
@@ -65,12 +65,6 @@ pub const FLAG_ECHO: u8 = 2;
 
 /// The runtime's handshake read size (`rt::conn::HANDSHAKE_READ`).
 const HANDSHAKE_READ: usize = 2048;
-
-/// Upper bound on what a session may hold between reads: a handshake
-/// message being joined (at most 64 KiB plus its header, rustls's limit)
-/// plus one partial record behind it. More would let a client grow a
-/// worker's memory without bound.
-const MAX_PENDING: usize = 0x1_0000 + 4 + 2 * MAX_RECORD_LEN;
 
 /// What one connection of a `tls_step` input did.
 #[derive(Debug, Default, PartialEq)]
@@ -203,13 +197,14 @@ fn drive_conn(
         status = if flags & FLAG_CIPHERTEXT != 0 {
             session.handle_ciphertext(&rest[..n], &mut to_client, &mut to_backend)
         } else {
+            let pending = session.pending_len();
             session.prepare_read(&mut rx, read_size);
             let spare = rx.capacity() - rx.len();
             assert!(
                 spare >= read_size,
                 "prepare_read left {spare} < {read_size}"
             );
-            assert_eq!(rx.len(), session.pending_len());
+            assert_eq!(rx.len(), pending);
             // A recv fills at most the spare capacity.
             n = n.min(spare);
             rx.extend_from_slice(&rest[..n]);
@@ -219,8 +214,16 @@ fn drive_conn(
         };
         rest = &rest[n..];
         fed += n;
+        // The session's own bounds on what a client can make it hold while
+        // it reads (after close_notify the runtime reads no more).
+        let limit = if session.is_established() {
+            tls::MAX_PENDING_ESTABLISHED
+        } else {
+            tls::MAX_PENDING_HANDSHAKE
+        };
+        let reading = matches!(status, Ok(Status::Handshaking | Status::Established));
         assert!(
-            session.pending_len() <= MAX_PENDING,
+            !reading || session.pending_len() <= limit,
             "session holds {} bytes",
             session.pending_len()
         );

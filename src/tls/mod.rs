@@ -10,7 +10,10 @@ pub use certs::{
     build_server_config, build_server_config_with, build_server_config_with_provider,
     generate_self_signed, load_cert_chain, load_private_key, ResumptionParts, TlsPolicy,
 };
-pub use session::{HandshakeInfo, Status, TlsSession, MAX_FRAGMENT_LEN, MAX_RECORD_LEN};
+pub use session::{
+    HandshakeInfo, Status, TlsSession, MAX_FRAGMENT_LEN, MAX_PENDING_ESTABLISHED,
+    MAX_PENDING_HANDSHAKE, MAX_RECORD_LEN,
+};
 
 /// Errors of the TLS layer.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -32,6 +35,15 @@ pub enum TlsError {
     /// rustls returned a state this version of ringterm does not know.
     #[error("tls: unexpected connection state")]
     UnexpectedState,
+    /// The client made the session hold more unprocessed bytes than any
+    /// well-behaved client does (a handshake message in tiny records).
+    #[error("tls: {pending} bytes of unprocessed records, over the limit of {limit}")]
+    TooMuchPending {
+        /// Bytes held.
+        pending: usize,
+        /// The limit in force.
+        limit: usize,
+    },
     /// rustls made no progress within the step budget.
     #[error("tls: no progress")]
     NoProgress,

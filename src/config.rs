@@ -456,7 +456,9 @@ pub enum ConfigError {
 fn range(flag: &'static str, value: &str, reason: &str) -> ConfigError {
     ConfigError::OutOfRange {
         flag,
-        value: value.to_owned(),
+        // Escaped: a value from the config file may hold a newline, and the
+        // error is printed on one line.
+        value: value.escape_debug().to_string(),
         reason: reason.to_owned(),
     }
 }
@@ -626,6 +628,17 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("--session-sync-interval"));
+    }
+
+    #[test]
+    fn errors_stay_on_one_line() {
+        let mut s = base();
+        s.log_level = Some("info\nERROR forged".into());
+        let err = s.validate(&[0]).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "--log-level: info\\nERROR forged must be one of error, warn, info, debug, trace, off"
+        );
     }
 
     #[test]

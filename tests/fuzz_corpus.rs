@@ -383,6 +383,12 @@ fn generate_seed_corpus() {
           ring-entries = 1000\ncpus = \"3-1\"\nresumption = \"sometimes\"\n",
     );
     cfg("not-utf8.toml", b"log-level = \"\xff\xfe\"\n");
+    // A value with a newline: the error must still be one line.
+    cfg(
+        "multiline-value.toml",
+        b"listen = [\"127.0.0.1:8443\"]\nbackend = \"127.0.0.1:8080\"\ncert = \"c.pem\"\n\
+          key = \"k.pem\"\nlog-level = \"\"\"info\nERROR forged\"\"\"\nresumption = \"cache\\r\"\n",
+    );
     cfg("empty.toml", b"");
 
     // ticket_decrypt: real tickets under each fixed key, and junk.

@@ -981,7 +981,10 @@ mod tests {
                 assert_eq!((victim.1, victim.2), oldest, "evicted a non-oldest entry");
                 let expired = |created: u64| now >= created.saturating_add(timeout_ms);
                 if before.iter().any(|(_, c, _)| expired(*c)) {
-                    assert!(expired(victim.1), "evicted a live entry before an expired one");
+                    assert!(
+                        expired(victim.1),
+                        "evicted a live entry before an expired one"
+                    );
                 }
             }
         }

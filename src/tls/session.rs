@@ -114,6 +114,11 @@ pub struct TlsSession {
     conn: UnbufferedServerConnection,
     /// Ciphertext received from the client and not yet fully processed.
     incoming: Vec<u8>,
+    /// Offset in `incoming` of a record boundary with only complete records
+    /// before it: where [`TlsSession::record_remainder`] resumes its walk,
+    /// so that a client sending many tiny records does not make every read
+    /// walk all of them again.
+    walked: usize,
     /// Set once rustls reports the handshake complete.
     established: bool,
     /// Set once the client's close_notify was seen.
@@ -146,6 +151,7 @@ impl TlsSession {
         Ok(Self {
             conn,
             incoming: Vec::new(),
+            walked: 0,
             established: false,
             peer_closed: false,
             sent_close: false,
@@ -219,18 +225,34 @@ impl TlsSession {
 
     /// Bytes still missing from the partial record at the end of
     /// `incoming`, when its header is complete (RFC 8446 §5.1: 5-byte header,
-    /// length in bytes 3..5). Records are walked from the front.
-    fn record_remainder(&self) -> usize {
-        let mut at = 0;
+    /// length in bytes 3..5). Records are walked from the front, resuming
+    /// where the last walk found the first incomplete one.
+    fn record_remainder(&mut self) -> usize {
         let buf = &self.incoming;
+        let mut at = if self.walked <= buf.len() {
+            self.walked
+        } else {
+            0
+        };
+        let mut missing = 0;
         while buf.len() - at >= 5 {
             let len = 5 + u16::from_be_bytes([buf[at + 3], buf[at + 4]]) as usize;
             if buf.len() - at < len {
-                return (len - (buf.len() - at)).min(MAX_RECORD_LEN);
+                missing = (len - (buf.len() - at)).min(MAX_RECORD_LEN);
+                break;
             }
             at += len;
         }
-        0
+        self.walked = at;
+        missing
+    }
+
+    /// Removes `n` processed bytes (whole records) from the front of
+    /// `incoming`.
+    fn discard(&mut self, n: usize) {
+        let n = n.min(self.incoming.len());
+        self.incoming.drain(..n);
+        self.walked = self.walked.saturating_sub(n);
     }
 
     /// Handles a completed client read.
@@ -295,6 +317,7 @@ impl TlsSession {
         let pending = self.incoming.len();
         self.failed = true;
         self.incoming = Vec::new();
+        self.walked = 0;
         Err(TlsError::TooMuchPending { pending, limit })
     }
 
@@ -350,7 +373,7 @@ impl TlsSession {
             let state = match state {
                 Ok(state) => state,
                 Err(err) => {
-                    self.incoming.drain(..discard.min(self.incoming.len()));
+                    self.discard(discard);
                     self.failed = true;
                     self.drain_alert(&err, to_client);
                     return Err(TlsError::Rustls(err));
@@ -366,7 +389,7 @@ impl TlsSession {
                                 to_backend.extend_from_slice(record.payload);
                             }
                             Err(err) => {
-                                self.incoming.drain(..discard.min(self.incoming.len()));
+                                self.discard(discard);
                                 self.failed = true;
                                 self.drain_alert(&err, to_client);
                                 return Err(TlsError::Rustls(err));
@@ -436,7 +459,7 @@ impl TlsSession {
                 }
             }
             if discard > 0 {
-                self.incoming.drain(..discard);
+                self.discard(discard);
             }
             if let Some(status) = outcome {
                 if plaintext.is_some_and(|p| !p.is_empty()) {

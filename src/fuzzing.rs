@@ -317,7 +317,7 @@ thread_local! {
     static FUZZ_RNG: Cell<u64> = const { Cell::new(RNG_SEED) };
 }
 
-const RNG_SEED: u64 = 0x5eed_0f_f022_1e55;
+const RNG_SEED: u64 = 0x005e_ed0f_f022_1e55;
 
 /// Fixed Ed25519 seed of the server's key.
 const SERVER_KEY_SEED: [u8; 32] = [0x42; 32];

@@ -328,7 +328,9 @@ fn generate_seed_corpus() {
         Some(vec![rustls::crypto::aws_lc_rs::kx_group::SECP256R1]),
     );
     let big: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
-    let sessions: [(&str, &Arc<ClientConfig>, usize, &[u8], u8, u8); 8] = [
+    /// Name, client, connections, request, split byte, flags byte.
+    type Recording<'a> = (&'a str, &'a Arc<ClientConfig>, usize, &'a [u8], u8, u8);
+    let sessions: [Recording; 8] = [
         ("session-tls13", &tls13(), 1, REQUEST, 0, FLAG_ECHO),
         ("session-tls12", &tls12(), 1, REQUEST, 0, FLAG_ECHO),
         ("session-tls13-resume", &tls13(), 2, REQUEST, 0, 0),

@@ -277,6 +277,16 @@ impl Settings {
         })
     }
 
+    /// Parses the TOML config file's raw bytes, as `--config` reads them:
+    /// they must be UTF-8, then [`Settings::from_toml`]. `file` names it in
+    /// errors.
+    pub fn from_toml_bytes(file: &str, bytes: &[u8]) -> Result<Self, ConfigError> {
+        let text = std::str::from_utf8(bytes).map_err(|_| ConfigError::NotUtf8 {
+            file: file.to_owned(),
+        })?;
+        Self::from_toml(file, text)
+    }
+
     /// Applies `over` on top of `self`: every field set in `over` wins.
     pub fn merge(self, over: Settings) -> Settings {
         Settings {
@@ -650,6 +660,12 @@ pub enum ConfigError {
         /// The accepted range.
         reason: String,
     },
+    /// The config file is not UTF-8.
+    #[error("--config {file}: not UTF-8")]
+    NotUtf8 {
+        /// The file.
+        file: String,
+    },
     /// The TOML file did not parse.
     #[error("{file}: {message}")]
     Toml {
@@ -889,7 +905,9 @@ fn validate_edge(
 fn range(flag: &'static str, value: &str, reason: &str) -> ConfigError {
     ConfigError::OutOfRange {
         flag,
-        value: value.to_owned(),
+        // Escaped: a value from the config file may hold a newline, and the
+        // error is printed on one line.
+        value: value.escape_debug().to_string(),
         reason: reason.to_owned(),
     }
 }
@@ -1100,6 +1118,25 @@ mod tests {
         assert_eq!(c.drain_timeout_ms, 500);
         assert_eq!(c.user.as_deref(), Some("nobody"));
         assert_eq!(c.group.as_deref(), Some("nogroup"));
+    }
+
+    #[test]
+    fn errors_stay_on_one_line() {
+        let mut s = base();
+        s.log_level = Some("info\nERROR forged".into());
+        let err = s.validate(&[0]).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "--log-level: info\\nERROR forged must be one of error, warn, info, debug, trace, off"
+        );
+    }
+
+    #[test]
+    fn config_bytes_must_be_utf8() {
+        let err = Settings::from_toml_bytes("r.toml", b"workers = 2\n\xff").unwrap_err();
+        assert_eq!(err.to_string(), "--config r.toml: not UTF-8");
+        let s = Settings::from_toml_bytes("r.toml", b"workers = 2\n").unwrap();
+        assert_eq!(s.workers, Some(2));
     }
 
     #[test]

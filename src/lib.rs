@@ -26,6 +26,8 @@
 
 pub mod config;
 pub mod deadline;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod proxy;
 pub mod route;

@@ -479,11 +479,8 @@ fn wait_for_signal(mut handlers: Handlers<'_>) {
 /// The config file (if any) with the flags on top.
 fn load_settings(cli: &Cli) -> Result<Settings, String> {
     let file = match &cli.config {
-        Some(path) => {
-            let text = String::from_utf8(read_file("--config", path)?)
-                .map_err(|_| format!("--config {path}: not UTF-8"))?;
-            Settings::from_toml(path, &text).map_err(|e| e.to_string())?
-        }
+        Some(path) => Settings::from_toml_bytes(path, &read_file("--config", path)?)
+            .map_err(|e| e.to_string())?,
         None => Settings::default(),
     };
     let mut flags = cli.settings();

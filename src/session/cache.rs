@@ -1037,4 +1037,169 @@ mod tests {
         run_against_model(2, 3, 20, 6, 20_000);
         run_against_model(3, 0, 100, 4, 5_000);
     }
+
+    /// Property tests: random op sequences (put, get, take, remote put and
+    /// take, clock steps) over random small limits, against [`Model`] and
+    /// the cache's stated invariants.
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Put(u8, u8),
+            Get(u8),
+            Take(u8),
+            /// A remote put created `age` ms before now (+3: another core's
+            /// clock may read slightly ahead of ours).
+            RemotePut(u8, u8, u64),
+            RemoteTake(u8),
+            Advance(u64),
+        }
+
+        fn op(keys: u8, timeout_ms: u64) -> impl Strategy<Value = Op> {
+            prop_oneof![
+                3 => (0..keys, any::<u8>()).prop_map(|(k, v)| Op::Put(k, v)),
+                3 => (0..keys).prop_map(Op::Get),
+                1 => (0..keys).prop_map(Op::Take),
+                2 => (0..keys, any::<u8>(), 0..timeout_ms + 10)
+                    .prop_map(|(k, v, age)| Op::RemotePut(k, v, age)),
+                1 => (0..keys).prop_map(Op::RemoteTake),
+                2 => (0..timeout_ms / 2 + 2).prop_map(Op::Advance),
+            ]
+        }
+
+        fn case() -> impl Strategy<Value = (usize, u64, Vec<Op>)> {
+            (0usize..6, 1u64..60, 1u8..10).prop_flat_map(|(capacity, timeout_ms, keys)| {
+                (
+                    Just(capacity),
+                    Just(timeout_ms),
+                    prop::collection::vec(op(keys, timeout_ms), 1..200),
+                )
+            })
+        }
+
+        /// `(key, created_ms, seq)` of every entry.
+        fn snapshot(c: &SessionCache) -> Vec<(Vec<u8>, u64, u64)> {
+            c.entries
+                .iter()
+                .map(|(k, e)| (k.clone(), e.created_ms, e.seq))
+                .collect()
+        }
+
+        /// Checks the entries that left the cache during an op that may
+        /// have made room: at most one went, it was the oldest by
+        /// `(created_ms, seq)`, and it was an expired one whenever any was
+        /// expired.
+        fn check_victim(
+            before: &[(Vec<u8>, u64, u64)],
+            c: &SessionCache,
+            spared: &[u8],
+            now: u64,
+            timeout_ms: u64,
+        ) {
+            let gone: Vec<_> = before
+                .iter()
+                .filter(|(k, _, _)| k != spared && !c.entries.contains_key(k))
+                .collect();
+            assert!(gone.len() <= 1, "more than one entry evicted: {gone:?}");
+            if let Some(victim) = gone.first() {
+                let oldest = before.iter().map(|(_, c, s)| (*c, *s)).min().unwrap();
+                assert_eq!((victim.1, victim.2), oldest, "evicted a non-oldest entry");
+                let expired = |created: u64| now >= created.saturating_add(timeout_ms);
+                if before.iter().any(|(_, c, _)| expired(*c)) {
+                    assert!(
+                        expired(victim.1),
+                        "evicted a live entry before an expired one"
+                    );
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+            #[test]
+            fn cache_keeps_its_invariants((capacity, timeout_ms, ops) in case()) {
+                let mut c = cache(capacity, timeout_ms);
+                let mut m = Model {
+                    capacity,
+                    timeout_ms,
+                    items: Vec::new(),
+                    seq: 0,
+                    stats: CacheStats::default(),
+                };
+                let mut now: u64 = 1_000;
+                // Whether the model's entry for `key` is valid at `now`.
+                let live = |m: &Model, key: &[u8], now: u64| {
+                    m.find(key).is_some_and(|i| m.live(m.items[i].2, now))
+                };
+                for op in ops {
+                    let before = snapshot(&c);
+                    match op {
+                        Op::Put(key, v) => {
+                            let (key, value) = (k(key), vec![v; 8]);
+                            let msg = c.put_kind(key.clone(), value.clone(), kind_of(&key), now);
+                            prop_assert_eq!(&msg, &m.put(key.clone(), value.clone(), now));
+                            if capacity > 0 {
+                                // Just stored: readable with a full lifetime.
+                                prop_assert_eq!(&c.entries[&key].value, &value);
+                                prop_assert_eq!(c.entries[&key].created_ms, now);
+                            }
+                            check_victim(&before, &c, &key, now, timeout_ms);
+                        }
+                        Op::Get(key) => {
+                            let key = k(key);
+                            let was_live = live(&m, &key, now);
+                            let got = c.get(&key, now);
+                            prop_assert_eq!(&got, &m.get(&key, now));
+                            // Never an entry past its lifetime.
+                            prop_assert_eq!(got.is_some(), was_live);
+                        }
+                        Op::Take(key) => {
+                            let key = k(key);
+                            let was_live = live(&m, &key, now);
+                            let (got, msg) = c.take(&key, now);
+                            let (mgot, mmsg) = m.take(&key, now);
+                            prop_assert_eq!(&got, &mgot);
+                            prop_assert_eq!(&msg, &mmsg);
+                            prop_assert_eq!(got.is_some(), was_live);
+                            // A take removes the entry, live or expired.
+                            prop_assert!(!c.entries.contains_key(&key));
+                            prop_assert_eq!(c.get(&key, now), None);
+                            m.get(&key, now);
+                        }
+                        Op::RemotePut(key, v, age) => {
+                            let key = k(key);
+                            let created_ms = (now + 3).saturating_sub(age);
+                            let msg = kind_put(key.clone(), vec![v; 8], created_ms);
+                            c.merge(msg.clone(), now);
+                            m.merge(msg, now);
+                            if let Some(e) = c.entries.get(&key) {
+                                // Syncing never extends a session's life.
+                                prop_assert!(e.created_ms <= now + 3);
+                            }
+                            check_victim(&before, &c, &key, now, timeout_ms);
+                        }
+                        Op::RemoteTake(key) => {
+                            let key = k(key);
+                            let msg = SyncMsg::Take { key: key.clone() };
+                            c.merge(msg.clone(), now);
+                            m.merge(msg, now);
+                            prop_assert!(!c.entries.contains_key(&key));
+                        }
+                        Op::Advance(ms) => now += ms,
+                    }
+                    // Capacity, index agreement, FIFO order and its bound.
+                    prop_assert!(c.len() <= capacity);
+                    check_invariants(&c);
+                    prop_assert_eq!(c.len(), m.items.len());
+                    prop_assert_eq!(c.stats(), m.stats);
+                    // Memory: the age index stays within a constant factor
+                    // of the capacity, whatever the sequence.
+                    prop_assert!(c.fifo.len() + c.out_of_order.len() <= 3 * capacity + 33);
+                }
+            }
+        }
+    }
 }

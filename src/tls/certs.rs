@@ -212,6 +212,26 @@ pub fn build_server_config_with(
     build_server_config_multi(vec![spec], policy, resumption)
 }
 
+/// [`build_server_config_with`] over a given crypto provider instead of
+/// the one the policy selects from aws-lc-rs (the policy's suites and
+/// groups are then the provider's). The fuzz harness uses it with a
+/// deterministic provider so that recorded client sessions replay.
+pub fn build_server_config_with_provider(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    policy: &TlsPolicy,
+    resumption: ResumptionParts,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let spec = CertSpec {
+        chain,
+        key,
+        names: Vec::new(),
+        label: String::new(),
+    };
+    build_server_config_multi_with_provider(vec![spec], policy, resumption, provider)
+}
+
 /// Builds the server configuration: checks that each key matches its
 /// certificate, indexes the certificates by SNI (the first is the
 /// default), applies the policy, and plugs in the resumption parts.
@@ -221,6 +241,16 @@ pub fn build_server_config_multi(
     resumption: ResumptionParts,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(provider_for(policy)?);
+    build_server_config_multi_with_provider(certs, policy, resumption, provider)
+}
+
+/// [`build_server_config_multi`] over a given crypto provider.
+pub fn build_server_config_multi_with_provider(
+    certs: Vec<CertSpec>,
+    policy: &TlsPolicy,
+    resumption: ResumptionParts,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let mut keys = Vec::with_capacity(certs.len());
     let mut names = Vec::with_capacity(certs.len());
     for spec in certs {

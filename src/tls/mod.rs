@@ -11,12 +11,14 @@ pub mod sni;
 pub use alert::AlertKind;
 
 pub use certs::{
-    build_server_config, build_server_config_multi, build_server_config_with, generate_self_signed,
+    build_server_config, build_server_config_multi, build_server_config_multi_with_provider,
+    build_server_config_with, build_server_config_with_provider, generate_self_signed,
     load_cert_chain, load_private_key, provider_for, CertSpec, ClientAuth, ResumptionParts,
     TlsPolicy,
 };
 pub use session::{
-    subject_cn, HandshakeInfo, Status, TlsSession, MAX_FRAGMENT_LEN, MAX_RECORD_LEN,
+    subject_cn, HandshakeInfo, Status, TlsSession, MAX_FRAGMENT_LEN, MAX_PENDING_ESTABLISHED,
+    MAX_PENDING_HANDSHAKE, MAX_RECORD_LEN,
 };
 pub use sni::UnknownSni;
 
@@ -40,6 +42,15 @@ pub enum TlsError {
     /// rustls returned a state this version of ringterm does not know.
     #[error("tls: unexpected connection state")]
     UnexpectedState,
+    /// The client made the session hold more unprocessed bytes than any
+    /// well-behaved client does (a handshake message in tiny records).
+    #[error("tls: {pending} bytes of unprocessed records, over the limit of {limit}")]
+    TooMuchPending {
+        /// Bytes held.
+        pending: usize,
+        /// The limit in force.
+        limit: usize,
+    },
     /// rustls made no progress within the step budget.
     #[error("tls: no progress")]
     NoProgress,

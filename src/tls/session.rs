@@ -15,11 +15,25 @@
 //! rustls decrypts records in place there, and handshake messages that span
 //! several records stay there until complete. To keep reads zero-copy in the
 //! common case, the runtime reads into a buffer of its own that it first
-//! prepares with [`TlsSession::prepare_read`] (which copies the, at most one,
-//! pending partial record to its front), and hands it back with
-//! [`TlsSession::handle_read`], which swaps it in. While that read is in
-//! flight, `incoming` stays untouched and consistent, so the session can
-//! still encrypt backend data: full duplex without locks.
+//! prepares with [`TlsSession::prepare_read`], and hands it back with
+//! [`TlsSession::handle_read`], which swaps it in. Once the handshake is
+//! done, `prepare_read` copies what is pending (usually nothing, or one
+//! partial record) to the buffer's front: while that read is in flight,
+//! `incoming` stays untouched and consistent, so the session can still
+//! encrypt backend data: full duplex without locks. During the handshake
+//! nothing else uses `incoming`, so `prepare_read` hands it over instead of
+//! copying it.
+//!
+//! # Limits
+//!
+//! rustls's unbuffered API keeps every record of a handshake message being
+//! joined, headers included, and sets no limit of its own on that (its
+//! buffered API stops at 64 KiB). A client sending a handshake message in
+//! one-byte records would make the buffer grow to six times the message
+//! size and, were it copied on every read, cost time quadratic in what it
+//! sent. So the session fails with [`TlsError::TooMuchPending`] once more
+//! than [`MAX_PENDING_HANDSHAKE`] bytes (during the handshake) or
+//! [`MAX_PENDING_ESTABLISHED`] bytes (after it) wait unprocessed.
 //!
 //! # Invariant
 //!
@@ -42,6 +56,16 @@ pub const MAX_RECORD_LEN: usize = 5 + 16384 + 2048;
 
 /// Largest plaintext fragment in one record (RFC 8446 §5.1).
 pub const MAX_FRAGMENT_LEN: usize = 16384;
+
+/// Most unprocessed client bytes a session holds during the handshake: the
+/// largest handshake message rustls accepts (64 KiB) and one record more,
+/// which covers any sane fragmentation of it.
+pub const MAX_PENDING_HANDSHAKE: usize = 0x1_0000 + MAX_RECORD_LEN;
+
+/// Most unprocessed client bytes a session holds once established: a
+/// client then sends only small handshake messages (a KeyUpdate, or a TLS
+/// 1.2 renegotiation ClientHello that rustls refuses), so two records.
+pub const MAX_PENDING_ESTABLISHED: usize = 2 * MAX_RECORD_LEN;
 
 /// A plaintext fatal `decode_error` alert record (RFC 8446 §6: level 2,
 /// description 50), for errors rustls reports without an alert of its own.
@@ -104,6 +128,11 @@ pub struct TlsSession {
     conn: UnbufferedServerConnection,
     /// Ciphertext received from the client and not yet fully processed.
     incoming: Vec<u8>,
+    /// Offset in `incoming` of a record boundary with only complete records
+    /// before it: where [`TlsSession::record_remainder`] resumes its walk,
+    /// so that a client sending many tiny records does not make every read
+    /// walk all of them again.
+    walked: usize,
     /// Set once rustls reports the handshake complete.
     established: bool,
     /// Set once the client's close_notify was seen.
@@ -140,6 +169,7 @@ impl TlsSession {
         Ok(Self {
             conn,
             incoming: Vec::new(),
+            walked: 0,
             established: false,
             peer_closed: false,
             sent_close: false,
@@ -160,7 +190,10 @@ impl TlsSession {
         self.peer_closed
     }
 
-    /// Bytes of ciphertext held waiting for the rest of their record.
+    /// Bytes of ciphertext held waiting for the rest of their record (or
+    /// of their handshake message). During the handshake, between
+    /// [`TlsSession::prepare_read`] and [`TlsSession::handle_read`], they
+    /// are in the read buffer and this says 0.
     pub fn pending_len(&self) -> usize {
         self.incoming.len()
     }
@@ -196,37 +229,63 @@ impl TlsSession {
 
     /// Prepares `buf` for the next client read.
     ///
-    /// Call this before submitting a read. On return `buf` holds a copy of
-    /// the pending partial record (usually nothing) and has at least
-    /// `read_size` bytes of spare capacity, and always enough for the rest
-    /// of a record whose header has arrived. The read must append into that
-    /// spare capacity; then the buffer goes back through
+    /// Call this exactly once before submitting each read. On return `buf`
+    /// holds the pending bytes (usually nothing, or a partial record) and
+    /// has at least `read_size` bytes of spare capacity, and always enough
+    /// for the rest of a record whose header has arrived. The read must
+    /// append into that spare capacity; then the buffer goes back through
     /// [`TlsSession::handle_read`].
+    ///
+    /// Once established, the pending bytes are a copy and the session keeps
+    /// its own, so it can encrypt while the read is in flight. During the
+    /// handshake they are moved into `buf` (the session can do nothing
+    /// before the read completes), so that a client trickling tiny records
+    /// never makes each read copy everything it sent so far.
     ///
     /// A small `read_size` keeps idle connections light (the buffer is
     /// committed for as long as the read is in flight); the runtime grows it
     /// when reads come back full.
-    pub fn prepare_read(&self, buf: &mut Vec<u8>, read_size: usize) {
-        buf.clear();
-        buf.extend_from_slice(&self.incoming);
+    pub fn prepare_read(&mut self, buf: &mut Vec<u8>, read_size: usize) {
         let want = read_size.max(self.record_remainder()).max(1);
+        buf.clear();
+        if self.established {
+            buf.extend_from_slice(&self.incoming);
+        } else if !self.incoming.is_empty() {
+            *buf = std::mem::take(&mut self.incoming);
+        }
         buf.reserve(want);
     }
 
     /// Bytes still missing from the partial record at the end of
     /// `incoming`, when its header is complete (RFC 8446 §5.1: 5-byte header,
-    /// length in bytes 3..5). Records are walked from the front.
-    fn record_remainder(&self) -> usize {
-        let mut at = 0;
+    /// length in bytes 3..5). Records are walked from the front, resuming
+    /// where the last walk found the first incomplete one.
+    fn record_remainder(&mut self) -> usize {
         let buf = &self.incoming;
+        let mut at = if self.walked <= buf.len() {
+            self.walked
+        } else {
+            0
+        };
+        let mut missing = 0;
         while buf.len() - at >= 5 {
             let len = 5 + u16::from_be_bytes([buf[at + 3], buf[at + 4]]) as usize;
             if buf.len() - at < len {
-                return (len - (buf.len() - at)).min(MAX_RECORD_LEN);
+                missing = (len - (buf.len() - at)).min(MAX_RECORD_LEN);
+                break;
             }
             at += len;
         }
-        0
+        self.walked = at;
+        missing
+    }
+
+    /// Removes `n` processed bytes (whole records) from the front of
+    /// `incoming`.
+    fn discard(&mut self, n: usize) {
+        let n = n.min(self.incoming.len());
+        self.incoming.drain(..n);
+        self.walked = self.walked.saturating_sub(n);
     }
 
     /// Handles a completed client read.
@@ -252,6 +311,7 @@ impl TlsSession {
         // plus the new bytes: it becomes `incoming`, and the old copy goes.
         self.incoming = std::mem::take(buf);
         let status = self.step(None, false, to_client, to_backend);
+        let status = self.limit_pending(status);
         // When no partial record is left, hand the buffer back for the next
         // read and keep nothing: between reads the session holds no buffer,
         // so an idle connection has exactly one read buffer (in flight).
@@ -270,7 +330,28 @@ impl TlsSession {
         to_backend: &mut Vec<u8>,
     ) -> Result<Status, TlsError> {
         self.incoming.extend_from_slice(data);
-        self.step(None, false, to_client, to_backend)
+        let status = self.step(None, false, to_client, to_backend);
+        self.limit_pending(status)
+    }
+
+    /// Fails the session when more client bytes wait unprocessed than a
+    /// well-behaved client can make us hold (see the module documentation).
+    fn limit_pending(&mut self, status: Result<Status, TlsError>) -> Result<Status, TlsError> {
+        let limit = if self.established {
+            MAX_PENDING_ESTABLISHED
+        } else {
+            MAX_PENDING_HANDSHAKE
+        };
+        // After the client's close_notify nothing more is read anyway.
+        let reading = matches!(status, Ok(Status::Handshaking | Status::Established));
+        if !reading || self.incoming.len() <= limit {
+            return status;
+        }
+        let pending = self.incoming.len();
+        self.failed = true;
+        self.incoming = Vec::new();
+        self.walked = 0;
+        Err(TlsError::TooMuchPending { pending, limit })
     }
 
     /// Encrypts plaintext from the backend into `to_client`.
@@ -365,7 +446,7 @@ impl TlsSession {
             let state = match state {
                 Ok(state) => state,
                 Err(err) => {
-                    self.incoming.drain(..discard.min(self.incoming.len()));
+                    self.discard(discard);
                     self.failed = true;
                     self.drain_alert(&err, to_client);
                     return Err(TlsError::Rustls(err));
@@ -381,7 +462,7 @@ impl TlsSession {
                                 to_backend.extend_from_slice(record.payload);
                             }
                             Err(err) => {
-                                self.incoming.drain(..discard.min(self.incoming.len()));
+                                self.discard(discard);
                                 self.failed = true;
                                 self.drain_alert(&err, to_client);
                                 return Err(TlsError::Rustls(err));
@@ -451,7 +532,7 @@ impl TlsSession {
                 }
             }
             if discard > 0 {
-                self.incoming.drain(..discard);
+                self.discard(discard);
             }
             if let Some(status) = outcome {
                 if plaintext.is_some_and(|p| !p.is_empty()) {
@@ -873,6 +954,52 @@ mod tests {
         // the plaintext decode_error alert ourselves.
         assert_eq!(tc, PLAINTEXT_DECODE_ERROR_ALERT);
         assert!(tb.is_empty());
+        assert_eq!(
+            s.handle_ciphertext(b"x", &mut tc, &mut tb),
+            Err(TlsError::Failed)
+        );
+    }
+
+    /// A handshake message in one-byte records: each read costs time
+    /// proportional to the read, not to what is pending (nothing is copied
+    /// during the handshake), and the session gives up at the limit instead
+    /// of holding six times the message.
+    #[test]
+    fn tiny_records_hit_the_pending_limit() {
+        let (server, _) = configs(&rustls::version::TLS13);
+        let mut s = TlsSession::new(server).unwrap();
+        let (mut tc, mut tb) = (Vec::new(), Vec::new());
+        // A ClientHello header announcing 0xfff0 bytes, then its body.
+        let header = [0x16, 0x03, 0x01, 0x00, 0x04, 0x01, 0x00, 0xff, 0xf0];
+        assert_eq!(
+            s.handle_ciphertext(&header, &mut tc, &mut tb),
+            Ok(Status::Handshaking)
+        );
+        let mut rx = Vec::new();
+        let mut reads = 0;
+        let err = loop {
+            let pending = s.pending_len();
+            s.prepare_read(&mut rx, 1);
+            assert_eq!(rx.len(), pending);
+            assert_eq!(s.pending_len(), 0, "moved, not copied");
+            rx.extend_from_slice(&[0x16, 0x03, 0x03, 0x00, 0x01, 0x00]);
+            reads += 1;
+            match s.handle_read(&mut rx, &mut tc, &mut tb) {
+                Ok(Status::Handshaking) => assert!(s.pending_len() <= MAX_PENDING_HANDSHAKE),
+                other => break other.unwrap_err(),
+            }
+        };
+        assert!(
+            matches!(
+                err,
+                TlsError::TooMuchPending { pending, limit: MAX_PENDING_HANDSHAKE }
+                    if pending > MAX_PENDING_HANDSHAKE && pending <= MAX_PENDING_HANDSHAKE + 6
+            ),
+            "{err:?}"
+        );
+        assert!(reads < 0xfff0 && reads > MAX_PENDING_HANDSHAKE / 6 - 10);
+        assert!(tc.is_empty() && tb.is_empty());
+        assert_eq!(s.pending_len(), 0, "the memory is released");
         assert_eq!(
             s.handle_ciphertext(b"x", &mut tc, &mut tb),
             Err(TlsError::Failed)

@@ -600,3 +600,51 @@ fn routes_by_sni_round_robin_and_failover() {
         1
     );
 }
+
+#[test]
+fn certificate_chains_are_sent_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    // root → intermediate → leaf; the file holds leaf then intermediate.
+    let ca = |cn: &str| {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p
+    };
+    let root_key = rcgen::KeyPair::generate_for(EC).unwrap();
+    let root = ca("test root").self_signed(&root_key).unwrap();
+    let int_key = rcgen::KeyPair::generate_for(EC).unwrap();
+    let int = ca("test intermediate")
+        .signed_by(&int_key, &root, &root_key)
+        .unwrap();
+    let leaf_key = rcgen::KeyPair::generate_for(EC).unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["chain.test".to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &int, &int_key)
+        .unwrap();
+    let cert = dir.path().join("chain.pem");
+    let key = dir.path().join("chain.key");
+    std::fs::write(&cert, format!("{}{}", leaf.pem(), int.pem())).unwrap();
+    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+    let echo = echo_backend();
+    let rt = start(
+        echo.addr,
+        &[
+            "--cert".into(),
+            cert.display().to_string(),
+            "--key".into(),
+            key.display().to_string(),
+        ],
+    );
+    // A client that trusts only the root verifies the whole chain.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.der().clone()).unwrap();
+    let config = ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let s = connect(rt.addr(), "chain.test", Arc::new(config)).unwrap();
+    let chain = s.conn.peer_certificates().unwrap();
+    assert_eq!(chain.len(), 2);
+    assert_eq!(chain[0].as_ref(), leaf.der().as_ref());
+    assert_eq!(chain[1].as_ref(), int.der().as_ref());
+}

@@ -350,6 +350,24 @@ impl rustls::server::ProducesTickets for Ticketer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_never_reach_debug_or_error_text() {
+        let bytes: Vec<u8> = (0..80u8).map(|i| i.wrapping_mul(37) ^ 0x5a).collect();
+        let key = TicketKey::from_file_bytes("k", &bytes).unwrap();
+        let mut shown = format!("{key:?}");
+        shown += &format!("{:?}", TicketKeys::new(vec![key]).unwrap());
+        let secret_hex: String = bytes[16..].iter().map(|b| format!("{b:02x}")).collect();
+        for window in secret_hex.as_bytes().chunks(8) {
+            let w = std::str::from_utf8(window).unwrap();
+            assert!(!shown.contains(w), "secret bytes {w} in {shown}");
+        }
+        // A bad file's error names the file and the length, not the bytes.
+        let err = TicketKey::from_file_bytes("k", &bytes[..79])
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains(&secret_hex[..8]), "{err}");
+    }
     use rustls::server::ProducesTickets;
 
     const LIFETIME: u32 = 6 * 3600;

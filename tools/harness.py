@@ -215,7 +215,9 @@ def cpu_seconds(pid):
 
 
 def fetch_metrics(port, timeout=2.0):
-    """Parses ringterm's /metrics into {name: sum over labels}."""
+    """Parses ringterm's /metrics into {name: sum over labels}, plus
+    {'name{labels}': sum over workers} for series with labels other than
+    `worker` (e.g. 'ringterm_handshake_failures_total{reason="timeout"}')."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as r:
         text = r.read().decode()
     out = {}
@@ -226,6 +228,12 @@ def fetch_metrics(port, timeout=2.0):
             name_labels, value = line.rsplit(" ", 1)
             name = name_labels.split("{", 1)[0]
             out[name] = out.get(name, 0.0) + float(value)
+            if "{" in name_labels:
+                labels = [l for l in name_labels.split("{", 1)[1].rstrip("}").split(",")
+                          if l and not l.startswith("worker=")]
+                if labels:
+                    key = name + "{" + ",".join(labels) + "}"
+                    out[key] = out.get(key, 0.0) + float(value)
         except ValueError:
             continue
     return out

@@ -302,6 +302,15 @@ async fn handshake(
     // without yielding, so no other connection's handshake interleaves.
     let mut used_ticket = false;
     loop {
+        // The deadline may have expired while no op of ours was in flight
+        // (between a send's completion and the next read): its cancel then
+        // found nothing, so look before submitting anything new.
+        if ctx.is_cutting() {
+            return Err(ConnError::DrainCut);
+        }
+        if !ctx.has_deadline(key) {
+            return Err(ConnError::HandshakeTimeout);
+        }
         if already_read {
             already_read = false;
         } else {
@@ -367,6 +376,14 @@ async fn read_proxy_header(
     let limits = ParseLimits::default();
     let mut buf: Vec<u8> = Vec::with_capacity(HANDSHAKE_READ);
     loop {
+        // As in the handshake: a deadline that expired between ops cancelled
+        // nothing; look before submitting.
+        if ctx.is_cutting() {
+            return Err(ConnError::DrainCut);
+        }
+        if !ctx.has_deadline(key) {
+            return Err(ConnError::HandshakeTimeout);
+        }
         // Read what is there (a header usually arrives whole, with the
         // ClientHello behind it); `recv` appends into the spare capacity.
         buf.reserve(HANDSHAKE_READ);

@@ -594,11 +594,12 @@ pub fn sample_ticket(plain: &[u8]) -> Vec<u8> {
 }
 
 // ---------------------------------------------------------------------------
-// proxy_parse (to come)
+// proxy_parse
 // ---------------------------------------------------------------------------
-//
-// The PROXY protocol parser (`src/proxy/`) gets its target here:
-// `pub fn proxy_parse(data: &[u8])` feeding the bytes to the parser in
-// data-chosen splits; plus `fuzz/fuzz_targets/proxy_parse.rs`, a
-// `[[bin]]` in `fuzz/Cargo.toml`, seeds in `fuzz/corpus/proxy_parse/`, and
-// a `replay_proxy_parse` test in `tests/fuzz_corpus.rs`.
+
+/// The PROXY protocol parser (`--accept-proxy`): the bytes are parsed
+/// whole and as every prefix, under the default and a tiny length limit;
+/// results must agree (see [`crate::proxy::fuzz::fuzz_parse`]). Never panics.
+pub fn proxy_parse(data: &[u8]) {
+    crate::proxy::fuzz::fuzz_parse(data);
+}

@@ -67,6 +67,11 @@ fn replay_ticket_decrypt() {
     replay("ticket_decrypt", fuzzing::ticket_decrypt);
 }
 
+#[test]
+fn replay_proxy_parse() {
+    replay("proxy_parse", fuzzing::proxy_parse);
+}
+
 /// The recorded sessions in the corpus (`session-*`) still reach the
 /// established state and deliver their data: the fuzzer starts from deep
 /// states only while this holds.

@@ -142,50 +142,52 @@ async fn serve(stream: TcpStream) {
             }
         }
         // Parse every complete request in the buffer.
-        while proxy_checked {
-            if pending_body > 0 {
-                let take = pending_body.min(buf.len() as u64) as usize;
-                buf.drain(..take);
-                pending_body -= take as u64;
+        if proxy_checked {
+            loop {
                 if pending_body > 0 {
-                    break;
+                    let take = pending_body.min(buf.len() as u64) as usize;
+                    buf.drain(..take);
+                    pending_body -= take as u64;
+                    if pending_body > 0 {
+                        break;
+                    }
                 }
-            }
-            let head = match parse_head(&buf) {
-                Ok(h) => h,
-                Err(HeadError::Incomplete) => break,
-                Err(HeadError::Bad(why)) => {
-                    let body = format!("{why}\n");
-                    let resp = format!(
+                let head = match parse_head(&buf) {
+                    Ok(h) => h,
+                    Err(HeadError::Incomplete) => break,
+                    Err(HeadError::Bad(why)) => {
+                        let body = format!("{why}\n");
+                        let resp = format!(
                         "HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                         body.len()
                     );
-                    let _ = stream.write_all(resp.into_bytes()).await;
-                    return;
-                }
-            };
-            buf.drain(..head.len);
-            pending_body = head.content_length;
-            let consumed_now = pending_body.min(buf.len() as u64) as usize;
-            buf.drain(..consumed_now);
-            pending_body -= consumed_now as u64;
-            if pending_body > 0 {
-                // Read the rest of the body before answering.
-                while pending_body > 0 {
-                    let (res, b) = stream.read(std::mem::take(&mut buf)).await;
-                    buf = b;
-                    match res {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {
-                            let take = pending_body.min(buf.len() as u64) as usize;
-                            buf.drain(..take);
-                            pending_body -= take as u64;
+                        let _ = stream.write_all(resp.into_bytes()).await;
+                        return;
+                    }
+                };
+                buf.drain(..head.len);
+                pending_body = head.content_length;
+                let consumed_now = pending_body.min(buf.len() as u64) as usize;
+                buf.drain(..consumed_now);
+                pending_body -= consumed_now as u64;
+                if pending_body > 0 {
+                    // Read the rest of the body before answering.
+                    while pending_body > 0 {
+                        let (res, b) = stream.read(std::mem::take(&mut buf)).await;
+                        buf = b;
+                        match res {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) => {
+                                let take = pending_body.min(buf.len() as u64) as usize;
+                                buf.drain(..take);
+                                pending_body -= take as u64;
+                            }
                         }
                     }
                 }
-            }
-            if !respond(&stream, &head).await || head.close {
-                return;
+                if !respond(&stream, &head).await || head.close {
+                    return;
+                }
             }
         }
         if buf.capacity() - buf.len() < 4096 {

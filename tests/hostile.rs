@@ -73,6 +73,30 @@ fn fd_count(pid: u32) -> usize {
         .count()
 }
 
+/// The open fd numbers of `pid`, sorted.
+fn fd_numbers(pid: u32) -> Vec<u32> {
+    let mut v: Vec<u32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("read /proc/PID/fd")
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// One past the end of the run of fd numbers that starts at 0, allowing
+/// single-number holes.
+fn end_of_run(fds: &[u32]) -> u32 {
+    let mut end = 0;
+    for &fd in fds {
+        if fd > end + 1 {
+            break;
+        }
+        end = fd + 1;
+    }
+    end
+}
+
 /// Resident set size of `pid`, KiB.
 fn rss_kb(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -116,6 +140,28 @@ fn thread_ticks(pid: u32) -> Vec<(String, u64)> {
         }
     }
     out
+}
+
+/// CPU seconds `pid` uses over `window`, and the ticks of each thread that
+/// used any.
+fn cpu_over(pid: u32, window: Duration) -> (f64, Vec<(String, u64)>) {
+    let hz = clk_tck();
+    let threads_before = thread_ticks(pid);
+    let t0 = cpu_ticks(pid);
+    thread::sleep(window);
+    let used = cpu_ticks(pid) - t0;
+    let per_thread = thread_ticks(pid)
+        .into_iter()
+        .map(|(name, t)| {
+            let before = threads_before
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(0, |x| x.1);
+            (name, t - before)
+        })
+        .filter(|(_, d)| *d > 0)
+        .collect();
+    (used as f64 / hz as f64, per_thread)
 }
 
 /// Clock ticks per second (USER_HZ).
@@ -201,9 +247,37 @@ fn start(certs: &TestCerts, backend: SocketAddr, extra: &[&str]) -> (Ringterm, B
 fn assert_recovered(rt: &mut Ringterm, certs: &TestCerts, base: &Baseline, after: &str) {
     rt.assert_alive();
     base.assert_back(rt, after);
-    assert_echo(rt.addr(), certs.tls13(), after.as_bytes());
+    let addr = rt.addr();
+    let config = certs.tls13();
+    let attempt = std::panic::AssertUnwindSafe(|| assert_echo(addr, config, after.as_bytes()));
+    if let Err(panic) = std::panic::catch_unwind(attempt) {
+        eprintln!(
+            "after {after}: a normal connection failed; metrics:\n{}",
+            rt.metrics()
+        );
+        std::panic::resume_unwind(panic);
+    }
     base.assert_back(rt, after);
     rt.assert_alive();
+}
+
+/// Serialises the two heaviest tests (500 slowloris and 2,000 held
+/// connections), so that they do not run at the same time.
+static HEAVY: Mutex<()> = Mutex::new(());
+
+/// `--cpus` for a heavy test's ringterm: the last CPU this process may run
+/// on. Every single-worker ringterm pins its worker to the first one, so
+/// this keeps the heavy tests' worker off the CPU the other tests'
+/// workers share.
+fn last_cpu() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let list = s.lines().find(|l| l.starts_with("Cpus_allowed_list:"))?;
+            let last = list.split([',', ':']).next_back()?.trim();
+            Some(last.rsplit('-').next()?.trim().to_owned())
+        })
+        .unwrap_or_else(|| "0".to_owned())
 }
 
 /// Sets SO_LINGER to 0 so that closing `s` sends a RST.
@@ -261,8 +335,8 @@ fn malformed_first_flights_get_an_alert_or_a_close() {
         0x80, 0x2e, 0x01, 0x00, 0x02, 0x00, 0x15, 0x00, 0x00, 0x00, 0x10,
     ];
     sslv2.extend([
-        0x01, 0x00, 0x80, 0x07, 0x00, 0xc0, 0x03, 0x00, 0x80, 0x06, 0x00, 0x40, 0x02, 0x00,
-        0x80, 0x04, 0x00, 0x80, 0x00, 0x00, 0x05,
+        0x01, 0x00, 0x80, 0x07, 0x00, 0xc0, 0x03, 0x00, 0x80, 0x06, 0x00, 0x40, 0x02, 0x00, 0x80,
+        0x04, 0x00, 0x80, 0x00, 0x00, 0x05,
     ]);
     sslv2.extend(random_bytes(16));
     assert_eq!(sslv2.len(), 2 + 0x2e);
@@ -291,7 +365,14 @@ fn malformed_first_flights_get_an_alert_or_a_close() {
         ),
         ("SSLv2-style hello", sslv2, Then::Wait),
     ];
+    let timeouts = |rt: &Ringterm| {
+        metric_sum(
+            &rt.metrics(),
+            "ringterm_handshake_failures_total{reason=\"timeout\"}",
+        )
+    };
     for (name, bytes, then) in &cases {
+        let timeouts_before = timeouts(&rt);
         let mut s = tcp_connect(rt.addr());
         // The server may close while we write (oversized record): fine.
         let _ = s.write_all(bytes);
@@ -307,22 +388,29 @@ fn malformed_first_flights_get_an_alert_or_a_close() {
         if !got.is_empty() {
             assert_eq!(got[0], 0x15, "{name}: expected an alert, got {got:02x?}");
         }
-        if *name == "truncated ClientHello then silence" {
-            // Cut by the 1000 ms handshake timeout (100 ms timer ticks).
-            assert!(
-                took >= Duration::from_millis(800) && took < Duration::from_millis(2500),
-                "{name}: closed after {took:?}"
-            );
-        } else {
-            assert!(took < Duration::from_millis(800), "{name}: took {took:?}");
-        }
         rt.assert_alive();
         base.assert_back(&rt, name);
+        // Only the silent one may end by the handshake timeout; the others
+        // are refused at once (their time is not asserted: with other
+        // tests running, a worker pinned to a busy CPU can lag).
+        let timed_out = timeouts(&rt) - timeouts_before;
+        if *name == "truncated ClientHello then silence" {
+            assert_eq!(timed_out, 1, "{name}: not cut by the handshake timeout");
+            assert!(
+                took >= Duration::from_millis(900),
+                "{name}: closed after {took:?}, before the 1000 ms handshake timeout"
+            );
+        } else {
+            assert_eq!(timed_out, 0, "{name}: ended by the handshake timeout");
+        }
     }
     let text = rt.metrics();
     assert!(metric_sum(&text, "ringterm_handshake_failures_total") >= cases.len() as u64);
     assert_eq!(
-        metric_sum(&text, "ringterm_handshake_failures_total{reason=\"timeout\"}"),
+        metric_sum(
+            &text,
+            "ringterm_handshake_failures_total{reason=\"timeout\"}"
+        ),
         1,
         "only the silent truncated hello should time out:\n{text}"
     );
@@ -482,6 +570,51 @@ fn dribble(
     conns.into_iter().map(|c| c.closed).collect()
 }
 
+/// How long a normal client's phases took.
+#[derive(Debug, Clone, Copy)]
+struct Timed {
+    connect: Duration,
+    handshake: Duration,
+    echo: Duration,
+}
+
+impl Timed {
+    fn total(&self) -> Duration {
+        self.connect + self.handshake + self.echo
+    }
+}
+
+/// A normal client: TCP connect, TLS handshake, a 4 KiB echo and a clean
+/// close, each phase timed.
+fn timed_echo(addr: SocketAddr, config: Arc<ClientConfig>) -> Timed {
+    let t = Instant::now();
+    let mut sock = tcp_connect(addr);
+    let connect = t.elapsed();
+    let t = Instant::now();
+    let mut conn = ClientConnection::new(config, server_name()).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock).expect("normal handshake");
+    }
+    let handshake = t.elapsed();
+    let t = Instant::now();
+    let mut stream = StreamOwned::new(conn, sock);
+    let payload = random_bytes(4096);
+    stream.write_all(&payload).unwrap();
+    stream.flush().unwrap();
+    let mut back = vec![0u8; payload.len()];
+    stream.read_exact(&mut back).expect("echo");
+    assert!(back == payload, "echo differs");
+    close_write(&mut stream).unwrap();
+    let (rest, end) = tls_read_to_end(&mut stream);
+    assert!(rest.is_empty());
+    assert_eq!(end, TlsEnd::CloseNotify);
+    Timed {
+        connect,
+        handshake,
+        echo: t.elapsed(),
+    }
+}
+
 /// 500 connections dribble a ClientHello one byte every 200 ms under
 /// `--handshake-timeout 1500`: every one is cut at about the timeout, while
 /// normal clients, connecting during the attack, are served.
@@ -490,9 +623,15 @@ fn slowloris_500_connections_cut_at_the_handshake_timeout() {
     const CONNS: usize = 500;
     const THREADS: usize = 4;
     raise_nofile();
+    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     let certs = TestCerts::generate();
     let echo = echo_backend();
-    let (mut rt, base) = start(&certs, echo.addr, &["--handshake-timeout", "1500"]);
+    let cpu = last_cpu();
+    let (mut rt, base) = start(
+        &certs,
+        echo.addr,
+        &["--handshake-timeout", "1500", "--cpus", &cpu],
+    );
     let addr = rt.addr();
     let hello = client_hello_bytes(certs.tls13());
 
@@ -515,12 +654,9 @@ fn slowloris_500_connections_cut_at_the_handshake_timeout() {
         let normal = scope.spawn(|| {
             thread::sleep(Duration::from_millis(300));
             let mut took = Vec::new();
-            for i in 0..5 {
-                let t = Instant::now();
-                let payload = random_bytes(4096);
-                assert_echo(addr, certs.tls13(), &payload);
-                took.push((t.elapsed(), attack_start.elapsed()));
-                let _ = i;
+            for _ in 0..5 {
+                let at = attack_start.elapsed();
+                took.push((timed_echo(addr, certs.tls13()), at));
                 thread::sleep(Duration::from_millis(100));
             }
             took
@@ -529,40 +665,61 @@ fn slowloris_500_connections_cut_at_the_handshake_timeout() {
             .into_iter()
             .flat_map(|a| a.join().expect("attacker thread"))
             .collect();
-        (cuts, normal.join().expect("normal clients failed during the attack"))
+        (
+            cuts,
+            normal
+                .join()
+                .expect("normal clients failed during the attack"),
+        )
     });
     let total = attack_start.elapsed();
 
     let open = cuts.iter().filter(|c| c.is_none()).count();
     assert_eq!(open, 0, "{open} of {CONNS} slow connections never cut");
     let cuts: Vec<Duration> = cuts.into_iter().flatten().collect();
-    eprintln!("slowloris: {CONNS} connections cut after {}", spread(cuts.clone()));
+    eprintln!(
+        "slowloris: {CONNS} connections cut after {}",
+        spread(cuts.clone())
+    );
     eprintln!(
         "slowloris: normal clients during the attack (latency, at): {:?}; whole attack {total:?}",
         normal
     );
+    // Cut at the timeout: measured from the client's connect, which comes
+    // before ringterm's accept (and the deadline); the upper bound leaves
+    // room for the 100 ms timer tick and a busy machine.
     for c in &cuts {
         assert!(
-            *c >= Duration::from_millis(1300) && *c < Duration::from_millis(4000),
+            *c >= Duration::from_millis(1400) && *c < Duration::from_millis(5000),
             "a slow connection was cut after {c:?} (timeout 1500 ms): {}",
             spread(cuts.clone())
         );
     }
     for (took, at) in &normal {
         assert!(
-            *took < Duration::from_secs(2),
-            "a normal client took {took:?} (at {at:?} into the attack)"
+            took.total() < Duration::from_secs(5),
+            "a normal client took {took:?} (started {at:?} into the attack)"
         );
     }
-    // At least some of them ran while the attack was at full strength.
-    assert!(normal[0].1 < Duration::from_millis(1400), "{normal:?}");
+    // Served during the attack, not after it: the first normal client
+    // started before any slow connection was cut, and was served while
+    // slow connections were still held.
+    let (first_cut, last_cut) = (*cuts.iter().min().unwrap(), *cuts.iter().max().unwrap());
+    let (took, at) = normal[0];
+    assert!(
+        at < first_cut && at + took.total() < last_cut,
+        "first normal client: started {at:?}, took {took:?}; cuts from {first_cut:?} to {last_cut:?}"
+    );
     let text = rt.wait_metric(
         "ringterm_handshake_failures_total{reason=\"timeout\"}",
         |n| n >= CONNS as u64,
     );
     eprintln!(
         "slowloris: timeouts counted {}",
-        metric_sum(&text, "ringterm_handshake_failures_total{reason=\"timeout\"}")
+        metric_sum(
+            &text,
+            "ringterm_handshake_failures_total{reason=\"timeout\"}"
+        )
     );
     assert_recovered(&mut rt, &certs, &base, "slowloris");
 }
@@ -579,10 +736,12 @@ fn two_thousand_silent_connections_memory_bounded() {
     const CONNS: usize = 2000;
     const MAX_GROWTH_KB: u64 = 64 * 1024;
     raise_nofile();
+    let _heavy = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
     let certs = TestCerts::generate();
     let echo = echo_backend();
     // The default handshake timeout (10 s) holds them for the whole test.
-    let (mut rt, base) = start(&certs, echo.addr, &[]);
+    let cpu = last_cpu();
+    let (mut rt, base) = start(&certs, echo.addr, &["--cpus", &cpu]);
     let pid = pid(&rt);
     let before = rss_kb(pid);
 
@@ -600,17 +759,46 @@ fn two_thousand_silent_connections_memory_bounded() {
         took.push(t.elapsed());
     }
     let with_after_clients = rss_kb(pid);
-    assert_eq!(fd_count(pid), base.fds + CONNS, "one fd per held connection");
+    // One fd per held connection (the normal clients' fds close a moment
+    // after their close_notify).
+    let mut fds = 0;
+    assert!(
+        eventually(SETTLE, || {
+            fds = fd_count(pid);
+            fds == base.fds + CONNS
+        }),
+        "{fds} fds with {CONNS} held (baseline {})",
+        base.fds
+    );
 
     drop(held);
     base.assert_back(&rt, "dropping 2000 silent connections");
     let after = rss_kb(pid);
+
+    // A second round: memory the allocator kept from the first is reused,
+    // so RSS must not climb again (a leak would).
+    let held: Vec<TcpStream> = (0..CONNS).map(|_| tcp_connect(rt.addr())).collect();
+    rt.wait_metric("ringterm_active", |n| n == CONNS as u64);
+    let with2 = rss_kb(pid);
+    drop(held);
+    base.assert_back(&rt, "dropping 2000 silent connections again");
+    let after2 = rss_kb(pid);
     eprintln!(
         "half-open: RSS before {before} KiB / with {CONNS} held {with} KiB ({:.1} KiB each) / \
-         with them + 5 clients {with_after_clients} KiB / after {after} KiB; \
-         connected in {connected_in:?}; normal clients meanwhile: {}",
+         with them + 5 clients {with_after_clients} KiB / after {after} KiB; second round: \
+         with {with2} KiB / after {after2} KiB; connected in {connected_in:?}; normal clients \
+         meanwhile: {}",
         (with.saturating_sub(before)) as f64 / CONNS as f64,
         spread(took.clone())
+    );
+    // RSS moves by several MiB from round to round (allocator page reuse
+    // and purging); a leak of the per-connection state would add the
+    // whole first-round growth again.
+    let growth = with.saturating_sub(before);
+    assert!(
+        with2 <= with_after_clients + growth / 2,
+        "RSS climbed from {with_after_clients} KiB to {with2} KiB in the second round \
+         (the first round added {growth} KiB)"
     );
     assert!(
         with.saturating_sub(before) < MAX_GROWTH_KB,
@@ -623,8 +811,10 @@ fn two_thousand_silent_connections_memory_bounded() {
     );
     let text = rt.metrics();
     assert!(
-        metric_sum(&text, "ringterm_handshake_failures_total{reason=\"client_closed\"}")
-            >= CONNS as u64
+        metric_sum(
+            &text,
+            "ringterm_handshake_failures_total{reason=\"client_closed\"}"
+        ) >= 2 * CONNS as u64
     );
     assert_recovered(&mut rt, &certs, &base, "2000 silent connections");
 }
@@ -667,13 +857,27 @@ fn scripted_backend(payload: Arc<Vec<u8>>) -> (SocketAddr, mpsc::Receiver<Stream
             };
             let _ = tx.lock().unwrap().send(StreamEnd { written, error });
         } else if first[..n].starts_with(b"RESET") {
-            let half = payload.len() / 2;
-            let _ = s.write_all(&payload[..half]);
-            // Let some of it through ringterm first.
-            thread::sleep(Duration::from_millis(50));
-            let _ = s.write_all(&payload[half..]);
+            // Write until every buffer on the way is full (the client does
+            // not read yet), then reset: what is still in this socket's
+            // send queue is discarded.
+            s.set_write_timeout(Some(Duration::from_millis(300)))
+                .unwrap();
+            let mut written = 0;
+            for chunk in payload.chunks(64 * 1024) {
+                match s.write(chunk) {
+                    Ok(k) => written += k as u64,
+                    Err(_) => break,
+                }
+                if written % (64 * 1024) != 0 {
+                    break;
+                }
+            }
             linger_zero(&s);
             drop(s);
+            let _ = tx.lock().unwrap().send(StreamEnd {
+                written,
+                error: None,
+            });
         } else if s.write_all(&first[..n]).is_ok() {
             echo_conn(s, &std::sync::atomic::AtomicU64::new(0));
         }
@@ -724,28 +928,37 @@ fn client_reset_mid_transfer() {
 }
 
 /// The backend writes part of a response, then resets (SO_LINGER 0,
-/// close). The client gets a prefix of the response, intact, and then the
-/// connection ends *without* close_notify (a truncation must not look like
-/// a clean end); the error is counted; fds/active return to the baseline.
+/// close) while the client is not reading. The client then gets a strict
+/// prefix of the response, intact, and the connection ends *without*
+/// close_notify (a truncation must not look like a clean end); the error
+/// is counted; fds/active return to the baseline.
 #[test]
 fn backend_reset_mid_transfer() {
     let certs = TestCerts::generate();
-    let payload = Arc::new(random_bytes(512 * 1024));
-    let (backend, _) = scripted_backend(payload.clone());
+    let payload = Arc::new(random_bytes(16 << 20));
+    let (backend, ends) = scripted_backend(payload.clone());
     let (mut rt, base) = start(&certs, backend, &[]);
     let errors_before = metric_sum(&rt.metrics(), "ringterm_connection_errors_total");
     for tls in [Tls::V13, Tls::V12] {
         let client = TlsDuplex::connect(rt.addr(), certs.client_config(tls)).expect("connect");
         client.write_all(b"RESET").unwrap();
+        let backend_end = ends
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the backend never reset");
         set_timeouts(&client.sock, Duration::from_secs(5));
         let t = Instant::now();
         let mut r = &client;
         let (got, end) = tls_read_to_end(&mut r);
         eprintln!(
-            "backend reset ({tls:?}): client got {} of {} bytes, then {end:?} after {:?}",
+            "backend reset ({tls:?}): backend wrote {} bytes and reset; the client got {}, \
+             then {end:?} after {:?}",
+            backend_end.written,
             got.len(),
-            payload.len(),
             t.elapsed()
+        );
+        assert!(
+            (got.len() as u64) < backend_end.written,
+            "{tls:?}: the reset should have cut the stream"
         );
         assert_ne!(
             end,
@@ -778,18 +991,49 @@ fn backend_reset_mid_transfer() {
 // 5. File-descriptor exhaustion
 // ---------------------------------------------------------------------------
 
-/// ringterm's fd limit is lowered (prlimit) and held connections use up
-/// the rest: accept fails (EMFILE), is counted, and backs off instead of
-/// spinning (CPU stays low); a client that connects while fds are
-/// exhausted waits in the listen queue and is served once fds free up.
+/// ringterm's fd limit is lowered (prlimit) so that held connections use
+/// up every fd: accept fails (EMFILE), is counted, and backs off instead
+/// of spinning (CPU stays low), in the workers and in the admin thread; a
+/// client that connects while fds are exhausted waits in the listen queue
+/// and is served once fds free up.
+///
+/// The order makes the admin case deterministic: the admin thread blocks
+/// in `accept`, which reserves its fd number before waiting. A scrape made
+/// once the held connections are open leaves that reservation above them;
+/// the limit is then set just above the fds in use, so a scrape during the
+/// exhaustion gets the reserved fd (its handler then fails to clone it and
+/// closes it, a number above the limit), and the admin thread's next
+/// `accept` fails at once, and again, until fds free up.
 #[test]
 fn fd_exhaustion_backs_off_and_recovers() {
+    const HELD: usize = 40;
     raise_nofile();
     let certs = TestCerts::generate();
     let echo = echo_backend();
-    let (mut rt, base) = start(&certs, echo.addr, &[]);
+    // The held connections must outlast the test (handshake timeout).
+    let (mut rt, base) = start(&certs, echo.addr, &["--handshake-timeout", "30000"]);
     let pid = pid(&rt);
-    let limit: u64 = 64.max(base.fds as u64 + 16);
+
+    // Held connections fill every free fd number (no scrape meanwhile: a
+    // scrape's two fds would leave holes behind).
+    let mut held: Vec<TcpStream> = (0..HELD).map(|_| tcp_connect(rt.addr())).collect();
+    let settled = |want: usize| {
+        let mut n = 0;
+        let ok = eventually(SETTLE, || {
+            n = fd_count(pid);
+            n == want
+        });
+        assert!(ok, "ringterm holds {n} fds, expected {want}");
+    };
+    settled(base.fds + HELD);
+    // The fd numbers now run from 0 to the last held connection, with one
+    // hole: the admin thread's reservation. (fds inherited from the test
+    // harness, such as cargo's jobserver pipe, sit far above.)
+    let limit = u64::from(end_of_run(&fd_numbers(pid)));
+    // This scrape moves the admin thread's reservation to `limit` or just
+    // above (its own fds come and go; the hole stays).
+    assert_eq!(metric_sum(&rt.metrics(), "ringterm_active"), HELD as u64);
+    settled(base.fds + HELD);
     let (mut soft, mut hard) = (0u64, 0u64);
     rlimit::prlimit(
         pid as i32,
@@ -806,16 +1050,17 @@ fn fd_exhaustion_backs_off_and_recovers() {
     )
     .expect("lower ringterm's RLIMIT_NOFILE");
 
-    // Enough to use every fd, and some more waiting in the listen queue.
-    let want = limit as usize - base.fds + 8;
-    let held: Vec<TcpStream> = (0..want).map(|_| tcp_connect(rt.addr())).collect();
+    // One more connection takes the last free fd below the limit; the
+    // rest wait in the listen queue.
+    held.extend((0..8).map(|_| tcp_connect(rt.addr())));
     let exhausted = eventually(Duration::from_secs(5), || {
-        fd_count(pid) >= limit as usize
+        end_of_run(&fd_numbers(pid)) >= limit as u32 && fd_count(pid) > base.fds + HELD
     });
+    let exhausted_at = Instant::now();
     assert!(
         exhausted,
-        "ringterm holds {} fds, limit {limit}",
-        fd_count(pid)
+        "ringterm holds fds {:?}, limit {limit}",
+        fd_numbers(pid)
     );
 
     // A real client arrives while fds are exhausted: it must wait, not
@@ -830,27 +1075,11 @@ fn fd_exhaustion_backs_off_and_recovers() {
         })
     };
 
-    // CPU while exhausted.
+    // CPU while exhausted: first with only the workers' accepts failing,
+    // then after metrics scrapes came in (see above).
     thread::sleep(Duration::from_millis(200));
-    let hz = clk_tck();
-    let threads_before = thread_ticks(pid);
-    let t0 = cpu_ticks(pid);
     let window = Duration::from_secs(2);
-    thread::sleep(window);
-    let used = cpu_ticks(pid) - t0;
-    let threads_after = thread_ticks(pid);
-    let per_thread: Vec<(String, u64)> = threads_after
-        .iter()
-        .map(|(name, t)| {
-            let before = threads_before
-                .iter()
-                .find(|(n, _)| n == name)
-                .map_or(0, |x| x.1);
-            (name.clone(), t - before)
-        })
-        .filter(|(_, d)| *d > 0)
-        .collect();
-    let cpu_s = used as f64 / hz as f64;
+    let (cpu_s, per_thread) = cpu_over(pid, window);
     eprintln!(
         "fd exhaustion: limit {limit}, baseline {} fds, {} held; CPU {cpu_s:.2} s over {window:?} \
          (per thread, ticks: {per_thread:?})",
@@ -860,12 +1089,33 @@ fn fd_exhaustion_backs_off_and_recovers() {
     assert!(
         cpu_s < 0.5,
         "ringterm burned {cpu_s:.2} s of CPU in {window:?} while out of fds \
-         (per thread, ticks of 1/{hz} s: {per_thread:?})"
+         (per thread, ticks: {per_thread:?})"
+    );
+    // One scrape: it fails (no fd to answer it with), that is expected.
+    let scraped = (|| {
+        let mut s = TcpStream::connect_timeout(&rt.admin(), Duration::from_secs(1))?;
+        set_timeouts(&s, Duration::from_secs(1));
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+        let mut body = Vec::new();
+        s.read_to_end(&mut body)?;
+        Ok::<_, io::Error>(body.len())
+    })();
+    thread::sleep(Duration::from_millis(100));
+    let (cpu_s, per_thread) = cpu_over(pid, window);
+    eprintln!(
+        "fd exhaustion: a scrape during the exhaustion: {scraped:?}; then CPU {cpu_s:.2} s over \
+         {window:?} (per thread, ticks: {per_thread:?})"
+    );
+    assert!(
+        cpu_s < 0.5,
+        "after a metrics scrape, ringterm burned {cpu_s:.2} s of CPU in {window:?} while out \
+         of fds (per thread, ticks: {per_thread:?})"
     );
     rt.assert_alive();
 
     // Free the fds: the waiting client is served.
     drop(held);
+    let exhausted_for = exhausted_at.elapsed();
     let (got, end) = waiting
         .join()
         .unwrap()
@@ -874,10 +1124,16 @@ fn fd_exhaustion_backs_off_and_recovers() {
     assert_eq!(end, TlsEnd::CloseNotify);
     let text = rt.metrics();
     let errors = metric_sum(&text, "ringterm_accept_errors_total");
-    eprintln!("fd exhaustion: ringterm_accept_errors_total = {errors}");
+    eprintln!(
+        "fd exhaustion: ringterm_accept_errors_total = {errors} over about {exhausted_for:?}"
+    );
     assert!(errors > 0, "no accept error counted:\n{text}");
-    // At most a few per 50 ms back-off, not a spin.
-    assert!(errors < 200, "{errors} accept errors: a busy loop?");
+    // One per 50 ms back-off (with slack), not a spin.
+    let bound = (exhausted_for.as_millis() as u64 + 500) / 50 * 3 / 2;
+    assert!(
+        errors <= bound,
+        "{errors} accept errors in {exhausted_for:?}: not backing off"
+    );
     assert_recovered(&mut rt, &certs, &base, "fd exhaustion");
 }
 
@@ -1269,9 +1525,7 @@ fn client_alerts_mid_stream() {
     );
     drop(c);
     base.assert_back(&rt, "a fatal alert");
-    rt.wait_metric("ringterm_connection_errors_total", |n| {
-        n > errors_before
-    });
+    rt.wait_metric("ringterm_connection_errors_total", |n| n > errors_before);
 
     // (c) A warning-level alert other than user_canceled is fatal in TLS
     // 1.3: an alert back (rustls: decode_error), then the close.
@@ -1302,16 +1556,12 @@ fn client_alerts_mid_stream() {
     let _ = c.sock.write_all(&flood);
     let (records, end) = c.read_to_end();
     eprintln!("50 user_canceled: {records:?} then {end:?}");
-    assert!(
-        records.iter().all(|(ct, _)| *ct == CT_ALERT),
-        "{records:?}"
-    );
+    assert!(records.iter().all(|(ct, _)| *ct == CT_ALERT), "{records:?}");
     assert!(
         matches!(end, Rx::Eof | Rx::Error(io::ErrorKind::ConnectionReset)),
         "{end:?}"
     );
     drop(c);
-    assert_eq!(echo.conns.load(Ordering::Relaxed), 4);
     assert_recovered(&mut rt, &certs, &base, "client alerts");
 }
 
@@ -1343,8 +1593,15 @@ fn close_notify_mid_stream_half_closes_toward_the_backend() {
         let got = rx
             .recv_timeout(Duration::from_secs(5))
             .expect("the backend never saw EOF: no half-close after close_notify");
-        assert!(got.clean_eof, "{tls:?}: the backend read ended with an error");
-        assert_eq!(got.len, payload.len() as u64, "{tls:?}: bytes lost or added");
+        assert!(
+            got.clean_eof,
+            "{tls:?}: the backend read ended with an error"
+        );
+        assert_eq!(
+            got.len,
+            payload.len() as u64,
+            "{tls:?}: bytes lost or added"
+        );
         assert!(
             got.sha == sha256(&payload),
             "{tls:?}: the backend got different bytes"

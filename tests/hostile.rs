@@ -28,14 +28,25 @@
 //!   alerts, more than 4, is fatal). Any other warning-level alert in TLS 1.3
 //!   is treated as fatal (the level "can safely be ignored"; rustls answers
 //!   `decode_error`).
-//! - RFC 8446 §6.2: after a fatal alert from the client the server sends
-//!   nothing more (no data, no alert of its own) and closes.
-//! - RFC 8446 §6.1: close_notify ends the client's write direction only:
-//!   "Any data received after a closure alert has been received MUST be
-//!   ignored", and each party may keep sending. Checked: every byte before
-//!   the close_notify reaches the backend (SHA-256), a record after it does
-//!   not, the backend sees EOF (half-close) while its answer still reaches
-//!   the client, followed by ringterm's own close_notify.
+//! - RFC 8446 §6.2: "Upon transmission or receipt of a fatal alert
+//!   message, both parties MUST immediately close the connection." Checked:
+//!   after a fatal alert from the client ringterm sends nothing more (no
+//!   data, no alert of its own) and closes both sides.
+//! - RFC 8446 §6.1: close_notify closes the sender's write side only ("This
+//!   does not have any effect on its read side"), and "Any data received
+//!   after a closure alert has been received MUST be ignored". Checked, for
+//!   TLS 1.3 and 1.2: every byte before the close_notify reaches the backend
+//!   (SHA-256), a record after it does not, the backend sees EOF
+//!   (half-close) while its answer still reaches the client, followed by
+//!   ringterm's own close_notify. (RFC 5246 §7.2.1 asked a TLS 1.2 peer to
+//!   answer close_notify at once, discarding pending writes; ringterm
+//!   half-closes for TLS 1.2 too, by design, see `half_close.rs`.)
+//! - Record layer, first flight: a record header announcing more than
+//!   2^14 + 2048 bytes, an SSLv2 hello, bytes that are not TLS: a fatal
+//!   plaintext alert, then the close. (For the oversized record RFC 5246
+//!   §6.2.3 / RFC 8446 §5.2 name `record_overflow`; rustls sends
+//!   `decode_error` for a bad record header. Only "fatal alert" is
+//!   asserted.)
 
 mod common;
 
@@ -386,7 +397,11 @@ fn malformed_first_flights_get_an_alert_or_a_close() {
             &got[..got.len().min(7)]
         );
         if !got.is_empty() {
-            assert_eq!(got[0], 0x15, "{name}: expected an alert, got {got:02x?}");
+            // A whole plaintext fatal alert record: 15 03 0x 00 02 02 DESC.
+            assert!(
+                got.len() >= 7 && got[0] == 0x15 && got[3..6] == [0, 2, 2],
+                "{name}: expected a fatal alert, got {got:02x?}"
+            );
         }
         rt.assert_alive();
         base.assert_back(&rt, name);
@@ -413,6 +428,10 @@ fn malformed_first_flights_get_an_alert_or_a_close() {
         ),
         1,
         "only the silent truncated hello should time out:\n{text}"
+    );
+    assert!(
+        metric_sum(&text, "ringterm_alerts_sent_total") >= 3,
+        "garbage, the oversized record and the SSLv2 hello each get an alert:\n{text}"
     );
     assert_eq!(echo.conns.load(Ordering::Relaxed), 0);
     assert_recovered(&mut rt, &certs, &base, "malformed first flights");
@@ -1469,6 +1488,74 @@ fn tls12_renegotiation_is_refused() {
     assert!(metric_sum(&text, "ringterm_connection_errors_total") >= 1);
     drop(c);
     assert_recovered(&mut rt, &certs, &base, "TLS 1.2 renegotiation");
+}
+
+/// The same refusal seen by a real renegotiating client: `openssl
+/// s_client -tls1_2` and its `R` command. OpenSSL gets the
+/// `no_renegotiation` warning, gives up with a fatal `handshake_failure`
+/// (its choice) and exits; exactly one ServerHello was ever sent. Needs
+/// `openssl` on PATH, like `interop.rs` (CI installs it).
+#[test]
+fn openssl_renegotiation_is_refused() {
+    let certs = TestCerts::generate();
+    let echo = echo_backend();
+    let (mut rt, base) = start(&certs, echo.addr, &[]);
+    let mut child = std::process::Command::new("openssl")
+        .args(["s_client", "-connect", &rt.addr().to_string(), "-tls1_2"])
+        .args(["-msg", "-servername", "localhost"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("`openssl` is required (CI installs it)");
+    let collect = |mut r: Box<dyn Read + Send>| {
+        let text = Arc::new(Mutex::new(String::new()));
+        let sink = text.clone();
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = r.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        text
+    };
+    let out = collect(Box::new(child.stdout.take().unwrap()));
+    let err = collect(Box::new(child.stderr.take().unwrap()));
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"hello\n").unwrap();
+    let echoed = eventually(Duration::from_secs(10), || {
+        out.lock().unwrap().contains("\nhello\n")
+    });
+    assert!(echoed, "no echo: {}", out.lock().unwrap());
+    // `R` at the start of a line: SSL_renegotiate().
+    stdin.write_all(b"R\n").unwrap();
+    let exited = eventually(Duration::from_secs(10), || {
+        child.try_wait().unwrap().is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    let _ = child.wait();
+    drop(stdin);
+    thread::sleep(Duration::from_millis(100));
+    let (out, err) = (out.lock().unwrap().clone(), err.lock().unwrap().clone());
+    assert!(exited, "s_client still running: {out}\n{err}");
+    assert!(err.contains("RENEGOTIATING"), "{err}");
+    assert!(
+        out.contains("<<< TLS 1.2, Alert [length 0002], warning no_renegotiation"),
+        "no no_renegotiation warning: {out}"
+    );
+    let server_hellos = out
+        .lines()
+        .filter(|l| l.starts_with("<<<") && l.ends_with("ServerHello"))
+        .count();
+    assert_eq!(server_hellos, 1, "renegotiated? {out}");
+    assert_recovered(&mut rt, &certs, &base, "openssl renegotiation");
 }
 
 /// Alerts from the client in the middle of a TLS 1.3 stream.

@@ -21,7 +21,9 @@
 //!   goes on under the old keys. rustls sends that warning once and treats a
 //!   second request as fatal. Checked: the warning arrives encrypted under
 //!   the existing keys, no ServerHello follows, application data still flows
-//!   both ways, the second request ends the connection.
+//!   both ways, the second request ends the connection. A real
+//!   renegotiating client (`openssl s_client -tls1_2`, command `R`) gets
+//!   the same warning and gives up.
 //! - RFC 8446 §6 / §6.1 (TLS 1.3): `user_canceled` is the one warning-level
 //!   alert besides close_notify; it "SHOULD be followed by a close_notify".
 //!   rustls ignores it (data after it still flows; a flood of warning

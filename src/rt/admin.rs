@@ -19,6 +19,9 @@ use crate::metrics::{hgrm, render_counters, WorkerCounters, WorkerFilter};
 /// How long a scrape waits for the workers' fresh histogram copies.
 pub const COLLECT_WAIT: Duration = Duration::from_millis(250);
 
+/// Pause after a failed accept (the workers' accept loops use the same).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
 /// Binds `addr` and serves it on a new thread. Returns the bound address.
 pub fn start(
     addr: SocketAddr,
@@ -39,7 +42,19 @@ pub fn serve(
     std::thread::Builder::new()
         .name("ringterm-admin".into())
         .spawn(move || {
-            for stream in listener.incoming().flatten() {
+            for stream in listener.incoming() {
+                let stream = match stream {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        // accept(2) takes its fd number before it waits, so
+                        // while the process is out of fds (EMFILE, ENFILE)
+                        // it fails at once, every time: back off like the
+                        // workers do instead of spinning.
+                        tracing::warn!(error = %e, "admin accept failed");
+                        std::thread::sleep(ACCEPT_BACKOFF);
+                        continue;
+                    }
+                };
                 let counters = counters.clone();
                 let hists = hists.clone();
                 // One short-lived thread per admin request: a client that

@@ -305,12 +305,7 @@ async fn handshake(
         // The deadline may have expired while no op of ours was in flight
         // (between a send's completion and the next read): its cancel then
         // found nothing, so look before submitting anything new.
-        if ctx.is_cutting() {
-            return Err(ConnError::DrainCut);
-        }
-        if !ctx.has_deadline(key) {
-            return Err(ConnError::HandshakeTimeout);
-        }
+        in_time(ctx, key)?;
         if already_read {
             already_read = false;
         } else {
@@ -324,12 +319,7 @@ async fn handshake(
                 Err(_) => return Err(ConnError::HandshakeEof),
             }
         }
-        if ctx.is_cutting() {
-            return Err(ConnError::DrainCut);
-        }
-        if !ctx.has_deadline(key) {
-            return Err(ConnError::HandshakeTimeout);
-        }
+        in_time(ctx, key)?;
         if !session.is_established() && ctx.uses_session_cache() {
             // Sessions other workers created up to now become visible here.
             super::session_store::drain();
@@ -378,12 +368,7 @@ async fn read_proxy_header(
     loop {
         // As in the handshake: a deadline that expired between ops cancelled
         // nothing; look before submitting.
-        if ctx.is_cutting() {
-            return Err(ConnError::DrainCut);
-        }
-        if !ctx.has_deadline(key) {
-            return Err(ConnError::HandshakeTimeout);
-        }
+        in_time(ctx, key)?;
         // Read what is there (a header usually arrives whole, with the
         // ClientHello behind it); `recv` appends into the spare capacity.
         buf.reserve(HANDSHAKE_READ);
@@ -401,12 +386,7 @@ async fn read_proxy_header(
             Err(e) if ops::is_cancelled(&e) => return Err(ConnError::Io(e)),
             Err(_) => return Err(ConnError::HandshakeEof),
         }
-        if ctx.is_cutting() {
-            return Err(ConnError::DrainCut);
-        }
-        if !ctx.has_deadline(key) {
-            return Err(ConnError::HandshakeTimeout);
-        }
+        in_time(ctx, key)?;
         match parse(&buf, &limits) {
             Ok(Parsed::Done { header, consumed }) => {
                 buf.drain(..consumed);
@@ -415,6 +395,20 @@ async fn read_proxy_header(
             Ok(Parsed::NeedMore) => continue,
             Err(e) => return Err(ConnError::ProxyHeader(e)),
         }
+    }
+}
+
+/// Whether a handshake-phase connection may go on: not cut by the drain,
+/// and its handshake deadline not expired. Checked after each completed
+/// read and before each new submit (see `LIFECYCLE.md`: a deadline that
+/// expires between ops cancels nothing).
+fn in_time(ctx: &WorkerCtx, key: i64) -> Result<(), ConnError> {
+    if ctx.is_cutting() {
+        Err(ConnError::DrainCut)
+    } else if !ctx.has_deadline(key) {
+        Err(ConnError::HandshakeTimeout)
+    } else {
+        Ok(())
     }
 }
 

@@ -79,6 +79,18 @@ pub struct CertSpec {
     pub label: String,
 }
 
+impl CertSpec {
+    /// One certificate served for its own names, without a label.
+    pub fn single(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>) -> Self {
+        Self {
+            chain,
+            key,
+            names: Vec::new(),
+            label: String::new(),
+        }
+    }
+}
+
 /// The crypto provider with `policy`'s suites and groups applied.
 pub fn provider_for(policy: &TlsPolicy) -> Result<CryptoProvider, TlsError> {
     let mut provider = aws_lc_rs::default_provider();
@@ -203,12 +215,7 @@ pub fn build_server_config_with(
     policy: &TlsPolicy,
     resumption: ResumptionParts,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let spec = CertSpec {
-        chain,
-        key,
-        names: Vec::new(),
-        label: String::new(),
-    };
+    let spec = CertSpec::single(chain, key);
     build_server_config_multi(vec![spec], policy, resumption)
 }
 
@@ -223,12 +230,7 @@ pub fn build_server_config_with_provider(
     resumption: ResumptionParts,
     provider: Arc<CryptoProvider>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let spec = CertSpec {
-        chain,
-        key,
-        names: Vec::new(),
-        label: String::new(),
-    };
+    let spec = CertSpec::single(chain, key);
     build_server_config_multi_with_provider(vec![spec], policy, resumption, provider)
 }
 

@@ -398,19 +398,25 @@ impl SessionCache {
     /// Removes `key` from both indexes, returning its entry.
     fn unlink(&mut self, key: &[u8]) -> Option<Entry> {
         let entry = self.entries.remove(key)?;
-        if entry.in_fifo {
-            // Lazy: its record is skipped when it reaches the front. Compact
-            // when stale records outnumber live ones, which keeps the FIFO
-            // within a constant factor of `capacity` at O(1) amortized cost.
-            if self.fifo.len() > 2 * self.entries.len() + 32 {
-                let entries = &self.entries;
-                self.fifo
-                    .retain(|(_, seq, k)| Self::is_current(entries, k, *seq));
-            }
-        } else {
+        if !entry.in_fifo {
             self.out_of_order.remove(&(entry.created_ms, entry.seq));
         }
+        // An in-FIFO record is removed lazily (skipped when it reaches the
+        // front).
+        self.maybe_compact();
         Some(entry)
+    }
+
+    /// Compacts the FIFO when stale records outnumber live entries. Called
+    /// after every removal (whichever index the entry was in), so the FIFO
+    /// never holds more than `2 × entries + 33` records, at O(1) amortized
+    /// cost: a compaction removes at least `entries + 32` stale records.
+    fn maybe_compact(&mut self) {
+        if self.fifo.len() > 2 * self.entries.len() + 32 {
+            let entries = &self.entries;
+            self.fifo
+                .retain(|(_, seq, k)| Self::is_current(entries, k, *seq));
+        }
     }
 
     fn is_current(entries: &HashMap<Vec<u8>, Entry>, key: &[u8], seq: u64) -> bool {
@@ -452,7 +458,9 @@ impl SessionCache {
         } else {
             self.out_of_order.remove(&(created_ms, seq))
         };
-        if let Some(entry) = key.and_then(|key| self.entries.remove(&key)) {
+        let removed = key.and_then(|key| self.entries.remove(&key));
+        self.maybe_compact();
+        if let Some(entry) = removed {
             if self.is_live(created_ms, now_ms) {
                 self.stats.evictions += 1;
                 self.stats.kind_mut(entry.kind).evictions += 1;

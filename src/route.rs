@@ -133,21 +133,20 @@ impl Pools {
     /// Records that `backend` of `pool` failed to connect at `now_ms`: it
     /// is skipped for the ejection time.
     pub fn failed(&mut self, pool: PoolId, backend: SocketAddr, now_ms: u64) {
-        if let Some(p) = self.pools.get_mut(pool) {
-            for (i, b) in p.backends.iter().enumerate() {
-                if *b == backend {
-                    p.down_until[i] = now_ms.saturating_add(self.eject_ms);
-                }
-            }
-        }
+        let until = now_ms.saturating_add(self.eject_ms);
+        self.set_down_until(pool, backend, until);
     }
 
     /// Records a successful connect: the backend is back in rotation.
     pub fn succeeded(&mut self, pool: PoolId, backend: SocketAddr) {
+        self.set_down_until(pool, backend, 0);
+    }
+
+    fn set_down_until(&mut self, pool: PoolId, backend: SocketAddr, until: u64) {
         if let Some(p) = self.pools.get_mut(pool) {
-            for (i, b) in p.backends.iter().enumerate() {
+            for (b, down) in p.backends.iter().zip(&mut p.down_until) {
                 if *b == backend {
-                    p.down_until[i] = 0;
+                    *down = until;
                 }
             }
         }

@@ -212,3 +212,31 @@ fn curl_against_demo() {
     assert_eq!(metric_sum(&text, "ringterm_handshake_failures_total"), 0);
     rt.assert_alive();
 }
+
+/// The demo backend skips the PROXY header ringterm sends it, v1 or v2.
+#[test]
+fn curl_against_demo_behind_proxy_protocol() {
+    require_tool("curl", "--version");
+    for version in ["v1", "v2"] {
+        let rt = Ringterm::start_until(
+            &[
+                "demo",
+                "--listen",
+                "127.0.0.1:0",
+                "--workers",
+                "1",
+                "--proxy-protocol",
+                version,
+            ],
+            |line| line.starts_with("try:"),
+        );
+        let root = format!("https://{}/", rt.addr());
+        let bytes_url = format!("https://{}/bytes/1000", rt.addr());
+        assert_eq!(
+            String::from_utf8_lossy(&curl(&[&root])),
+            "hello from the ringterm demo backend\n",
+            "{version}"
+        );
+        assert_eq!(curl(&[&bytes_url]).len(), 1000, "{version}");
+    }
+}

@@ -213,10 +213,14 @@ fn label(m: Metric) -> &'static str {
 /// `worker="N"`), and p50/p99/p999 gauges per worker and, with
 /// [`WorkerFilter::All`], merged over all workers (`worker="all"`).
 pub fn render_prometheus(out: &mut String, workers: &[&Histograms], filter: WorkerFilter) {
-    let mut all = Histograms::new();
-    for w in workers {
-        all.merge(w);
-    }
+    // The merged copy is only shown for all workers.
+    let all = (filter == WorkerFilter::All).then(|| {
+        let mut all = Histograms::new();
+        for w in workers {
+            all.merge(w);
+        }
+        all
+    });
     let mut done_family = "";
     for m in Metric::ALL {
         let (family, label) = m.prometheus();
@@ -284,7 +288,7 @@ pub fn render_prometheus(out: &mut String, workers: &[&Histograms], filter: Work
             {
                 emit(&w.to_string(), hs.get(m));
             }
-            if filter == WorkerFilter::All {
+            if let Some(all) = &all {
                 emit("all", all.get(m));
             }
             done_family = family;

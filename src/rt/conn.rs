@@ -312,11 +312,8 @@ async fn handshake(
             session.prepare_read(rx, HANDSHAKE_READ);
             let (res, buf) = ops::recv(client, std::mem::take(rx)).await;
             *rx = buf;
-            match res {
-                Ok(0) => return Err(ConnError::HandshakeEof),
-                Ok(n) => ctx.counters.bytes_from_clients.add(n as u64),
-                Err(e) if ops::is_cancelled(&e) => return Err(ConnError::Io(e)),
-                Err(_) => return Err(ConnError::HandshakeEof),
+            if handshake_read(ctx, res)? == 0 {
+                return Err(ConnError::HandshakeEof);
             }
         }
         in_time(ctx, key)?;
@@ -374,17 +371,11 @@ async fn read_proxy_header(
         buf.reserve(HANDSHAKE_READ);
         let (res, back) = ops::recv(client, buf).await;
         buf = back;
-        match res {
-            Ok(0) => {
-                return Err(if buf.is_empty() {
-                    ConnError::HandshakeEof
-                } else {
-                    ConnError::ProxyHeader(crate::proxy::ProxyError::Missing(buf[0]))
-                })
-            }
-            Ok(n) => ctx.counters.bytes_from_clients.add(n as u64),
-            Err(e) if ops::is_cancelled(&e) => return Err(ConnError::Io(e)),
-            Err(_) => return Err(ConnError::HandshakeEof),
+        if handshake_read(ctx, res)? == 0 {
+            return Err(match buf.first() {
+                None => ConnError::HandshakeEof,
+                Some(&b) => ConnError::ProxyHeader(crate::proxy::ProxyError::Missing(b)),
+            });
         }
         in_time(ctx, key)?;
         match parse(&buf, &limits) {
@@ -395,6 +386,21 @@ async fn read_proxy_header(
             Ok(Parsed::NeedMore) => continue,
             Err(e) => return Err(ConnError::ProxyHeader(e)),
         }
+    }
+}
+
+/// A completed client read before the handshake is done: the byte count
+/// (0 at EOF), counted. A cancellation stays an IO error (the caller's
+/// deadline or drain check names it); any other error is the client going
+/// away.
+fn handshake_read(ctx: &WorkerCtx, res: io::Result<usize>) -> Result<usize, ConnError> {
+    match res {
+        Ok(n) => {
+            ctx.counters.bytes_from_clients.add(n as u64);
+            Ok(n)
+        }
+        Err(e) if ops::is_cancelled(&e) => Err(ConnError::Io(e)),
+        Err(_) => Err(ConnError::HandshakeEof),
     }
 }
 

@@ -125,20 +125,17 @@ async fn serve(stream: TcpStream) {
     // Until the first bytes show whether a PROXY header is there.
     let mut proxy_checked = false;
     loop {
-        if !proxy_checked {
-            use crate::proxy::{detect, parse, ParseLimits, Parsed};
-            match detect(&buf) {
-                Ok(None) if buf.is_empty() => {}
-                Ok(Some(_)) | Ok(None) => match parse(&buf, &ParseLimits::default()) {
-                    Ok(Parsed::Done { consumed, .. }) => {
-                        buf.drain(..consumed);
-                        proxy_checked = true;
-                    }
-                    Ok(Parsed::NeedMore) => {}
-                    Err(_) => return,
-                },
-                // Not a PROXY header: plain HTTP.
-                Err(_) => proxy_checked = true,
+        if !proxy_checked && !buf.is_empty() {
+            use crate::proxy::{parse, ParseLimits, Parsed, ProxyError};
+            match parse(&buf, &ParseLimits::default()) {
+                Ok(Parsed::Done { consumed, .. }) => {
+                    buf.drain(..consumed);
+                    proxy_checked = true;
+                }
+                Ok(Parsed::NeedMore) => {}
+                // No PROXY signature: plain HTTP.
+                Err(ProxyError::Missing(_) | ProxyError::BadSignature) => proxy_checked = true,
+                Err(_) => return,
             }
         }
         // Parse every complete request in the buffer.

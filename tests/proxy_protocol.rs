@@ -182,19 +182,7 @@ fn proxy_v1_and_v2_headers_to_the_backend() {
 fn proxy_v2_carries_the_verified_client_certificate_subject() {
     let certs = TestCerts::generate();
     let dir = tempfile::tempdir().unwrap();
-    // A client CA and a client certificate with CN "client one".
-    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let ca_path = dir.path().join("ca.pem");
-    std::fs::write(&ca_path, ca.pem()).unwrap();
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "client one");
-    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let (ca_path, chain, key) = client_pki(dir.path());
 
     let (backend, seen_rx) = proxy_backend();
     let ca_arg = ca_path.display().to_string();
@@ -217,10 +205,7 @@ fn proxy_v2_carries_the_verified_client_certificate_subject() {
     roots.add(server_cert).unwrap();
     let with_cert = ClientConfig::builder()
         .with_root_certificates(roots)
-        .with_client_auth_cert(
-            vec![cert.der().clone()],
-            rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
-        )
+        .with_client_auth_cert(chain, key)
         .unwrap();
     let mut s = tls_connect(rt.addr(), Arc::new(with_cert)).unwrap();
     echo_check(&mut s, b"mtls");

@@ -185,18 +185,9 @@ fn cert_args(certs: &[&Cert]) -> Vec<String> {
 }
 
 fn start(backend: SocketAddr, args: &[String]) -> Ringterm {
-    let mut all: Vec<String> = vec![
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--backend".into(),
-        backend.to_string(),
-        "--admin".into(),
-        "127.0.0.1:0".into(),
-        "--workers".into(),
-        "1".into(),
-    ];
+    let mut all = vec!["--backend".to_owned(), backend.to_string()];
     all.extend(args.iter().cloned());
-    Ringterm::start(&all)
+    start_ringterm_args(&all)
 }
 
 const EC: &rcgen::SignatureAlgorithm = &rcgen::PKCS_ECDSA_P256_SHA256;
@@ -413,33 +404,6 @@ fn bad_policy_flags_exit_64_naming_the_flag() {
     }
 }
 
-/// A CA and a client certificate it signed.
-fn client_pki(
-    dir: &Path,
-) -> (
-    PathBuf,
-    Vec<CertificateDer<'static>>,
-    PrivateKeyDer<'static>,
-) {
-    let ca_key = rcgen::KeyPair::generate_for(EC).unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "test client CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let ca_path = dir.join("client-ca.pem");
-    std::fs::write(&ca_path, ca.pem()).unwrap();
-    let key = rcgen::KeyPair::generate_for(EC).unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "client one");
-    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-    let key = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
-    (ca_path, vec![cert.der().clone()], key)
-}
-
 /// Sends `msg` and reads the echo; an error if the server refused us.
 fn echo_once(s: &mut Stream, msg: &[u8]) -> std::io::Result<Vec<u8>> {
     s.write_all(msg)?;
@@ -561,19 +525,13 @@ fn routes_by_sni_round_robin_and_failover() {
         format!("flaky.test={down},{b2}"),
     ]);
     let mut all = vec![
-        "--listen".to_owned(),
-        "127.0.0.1:0".into(),
-        "--backend".into(),
+        "--backend".to_owned(),
         b1.to_string(),
         "--backend".into(),
         b2.to_string(),
-        "--admin".into(),
-        "127.0.0.1:0".into(),
-        "--workers".into(),
-        "1".into(),
     ];
     all.extend(args);
-    let rt = Ringterm::start(&all);
+    let rt = start_ringterm_args(&all);
     let addr = rt.addr();
 
     // Default pool: round-robin over the two --backend addresses.

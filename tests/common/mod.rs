@@ -965,20 +965,27 @@ pub fn client_hello_bytes(config: Arc<ClientConfig>) -> Vec<u8> {
 /// certificate, an admin listener, and `extra` flags (which may repeat, and
 /// so override, `--workers 1`).
 pub fn start_ringterm(certs: &TestCerts, backend: SocketAddr, extra: &[&str]) -> Ringterm {
-    let mut args: Vec<String> = vec![
+    let mut args = vec!["--backend".to_owned(), backend.to_string()];
+    args.extend(certs.args());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    start_ringterm_args(&args)
+}
+
+/// Starts `ringterm` on 127.0.0.1:0 with an admin listener, `--workers 1`
+/// unless `args` sets it, and `args` (which bring the backend and the
+/// certificates).
+pub fn start_ringterm_args(args: &[String]) -> Ringterm {
+    let mut all: Vec<String> = vec![
         "--listen".into(),
         "127.0.0.1:0".into(),
-        "--backend".into(),
-        backend.to_string(),
         "--admin".into(),
         "127.0.0.1:0".into(),
     ];
-    args.extend(certs.args());
-    if !extra.contains(&"--workers") {
-        args.extend(["--workers".to_owned(), "1".to_owned()]);
+    if !args.iter().any(|a| a == "--workers") {
+        all.extend(["--workers".to_owned(), "1".to_owned()]);
     }
-    args.extend(extra.iter().map(|s| s.to_string()));
-    Ringterm::start(&args)
+    all.extend(args.iter().cloned());
+    Ringterm::start(&all)
 }
 
 /// Sends `signal` (e.g. "HUP", "TERM") to `pid` with the shell's `kill`.
@@ -989,4 +996,32 @@ pub fn send_signal(pid: u32, signal: &str) {
         .status()
         .expect("run kill");
     assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+/// A client CA (written to `dir/client-ca.pem`, returned path) and a
+/// client certificate it signed, with subject CN "client one".
+pub fn client_pki(
+    dir: &std::path::Path,
+) -> (
+    PathBuf,
+    Vec<CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+) {
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "test client CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let ca_path = dir.join("client-ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "client one");
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+    (ca_path, vec![cert.der().clone()], key)
 }

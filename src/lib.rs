@@ -25,6 +25,7 @@
 //! timeouts are io_uring ops of their own.
 
 pub mod config;
+pub mod conn;
 pub mod deadline;
 #[doc(hidden)]
 pub mod fuzzing;

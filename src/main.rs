@@ -307,14 +307,15 @@ fn run(cli: Cli) -> Result<(), String> {
         None
     };
     let resumption = tls::ResumptionParts {
+        // Each worker puts its own counting store and ticketer in its copy
+        // of the configuration (`rt::worker`); these stand for them.
         storage: config.resumption.uses_cache().then(|| {
-            Arc::new(ringterm::rt::session_store::WorkerStore)
+            Arc::new(ringterm::rt::session_store::WorkerStore::unbound())
                 as Arc<dyn rustls::server::StoresServerSessions>
         }),
-        ticketer: ticketer.clone().map(|t| {
-            Arc::new(ringterm::rt::ticket_keys::CountingTicketer(t))
-                as Arc<dyn rustls::server::ProducesTickets>
-        }),
+        ticketer: ticketer
+            .clone()
+            .map(|t| t as Arc<dyn rustls::server::ProducesTickets>),
         tls13_tickets: config.tls13_tickets,
     };
     let tls_config = build_tls(&config, generated.as_ref(), resumption.clone())?;

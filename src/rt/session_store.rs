@@ -16,7 +16,7 @@
 //! message (counted): a slow worker can delay resumption, never make memory
 //! grow.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,6 +24,7 @@ use std::time::Instant;
 use crossbeam_queue::ArrayQueue;
 use rustls::server::StoresServerSessions;
 
+use crate::metrics::WorkerCounters;
 use crate::session::cache::{CacheConfig, CacheStats, SessionCache, SessionKind, SyncMsg};
 
 /// Messages one queue holds before it drops new ones.
@@ -91,65 +92,12 @@ impl Local {
 }
 
 thread_local! {
+    /// The worker's own cache. rustls calls its session store through the
+    /// `ServerConfig`, which gives the store no per-worker context, so the
+    /// per-core cache lives with the worker's thread; the store object each
+    /// worker installs in its own copy of the configuration
+    /// ([`WorkerStore::new`]) carries the worker's counters.
     static LOCAL: RefCell<Option<Local>> = const { RefCell::new(None) };
-    static KINDS: Cell<KindCounts> = const { Cell::new(KindCounts::ZERO) };
-    static PUT_KIND: Cell<SessionKind> = const { Cell::new(SessionKind::Unknown) };
-}
-
-/// Tags what rustls stores next on this thread: the runtime calls it before
-/// each handshake step with the kind the connection's version implies (a
-/// TLS 1.2 session ID or a TLS 1.3 stateful ticket). A worker runs one
-/// step at a time, so the tag belongs to the connection being stepped.
-pub fn set_put_kind(kind: SessionKind) {
-    PUT_KIND.with(|k| k.set(kind));
-}
-
-/// Resumption lookups by kind, counted on the worker's own thread (plain
-/// cells, no atomics). rustls looks TLS 1.2 session IDs up with `get` and
-/// single-use TLS 1.3 stateful tickets with `take`; stateless tickets go
-/// through the ticketer's `decrypt`.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct KindCounts {
-    /// TLS 1.2 session-ID lookups that found the session.
-    pub id_hits: u64,
-    /// TLS 1.2 session-ID lookups that did not.
-    pub id_misses: u64,
-    /// TLS 1.3 stateful-ticket lookups that found the session.
-    pub stateful_hits: u64,
-    /// TLS 1.3 stateful-ticket lookups that did not.
-    pub stateful_misses: u64,
-    /// Stateless tickets (TLS 1.2 or 1.3) that decrypted.
-    pub ticket_hits: u64,
-    /// Stateless tickets that did not (unknown or expired key, forged).
-    pub ticket_misses: u64,
-    /// Stateless tickets issued.
-    pub tickets_issued: u64,
-}
-
-impl KindCounts {
-    const ZERO: Self = Self {
-        id_hits: 0,
-        id_misses: 0,
-        stateful_hits: 0,
-        stateful_misses: 0,
-        ticket_hits: 0,
-        ticket_misses: 0,
-        tickets_issued: 0,
-    };
-}
-
-/// This thread's resumption lookups so far.
-pub fn kind_counts() -> KindCounts {
-    KINDS.with(Cell::get)
-}
-
-/// Counts one lookup on this thread.
-pub fn count_kind(f: impl FnOnce(&mut KindCounts)) {
-    KINDS.with(|k| {
-        let mut v = k.get();
-        f(&mut v);
-        k.set(v);
-    });
 }
 
 /// Installs worker `id`'s cache on the current thread. `epoch` must be the
@@ -210,15 +158,33 @@ fn with_local<R>(f: impl FnOnce(&mut Local) -> R) -> Option<R> {
     LOCAL.with(|l| l.try_borrow_mut().ok()?.as_mut().map(f))
 }
 
-/// rustls's session store: dispatches to the calling worker's cache.
-#[derive(Debug, Default)]
-pub struct WorkerStore;
+/// rustls's session store: dispatches to the calling worker's cache and
+/// counts lookups by kind in that worker's counters. rustls looks TLS 1.2
+/// session IDs up with `get` and single-use TLS 1.3 stateful tickets with
+/// `take`. Each worker puts its own in its copy of the configuration.
+#[derive(Debug)]
+pub struct WorkerStore {
+    counters: Arc<WorkerCounters>,
+}
+
+impl WorkerStore {
+    /// The store of the worker that owns `counters`.
+    pub fn new(counters: Arc<WorkerCounters>) -> Self {
+        Self { counters }
+    }
+
+    /// A store that counts nowhere: the shared configuration's, which each
+    /// worker replaces with its own.
+    pub fn unbound() -> Self {
+        Self::new(Arc::default())
+    }
+}
 
 impl StoresServerSessions for WorkerStore {
     fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
         with_local(|l| {
             let now = l.now_ms();
-            let kind = PUT_KIND.with(Cell::get);
+            let kind = SessionKind::of_value(&value);
             let msg = l.cache.put_kind(key, value, kind, now);
             l.hub.publish(l.id, msg);
             true
@@ -232,10 +198,10 @@ impl StoresServerSessions for WorkerStore {
             l.cache.get(key, now)
         })
         .flatten();
-        count_kind(|k| match found {
-            Some(_) => k.id_hits += 1,
-            None => k.id_misses += 1,
-        });
+        match found {
+            Some(_) => self.counters.session_id_hits.inc(),
+            None => self.counters.session_id_misses.inc(),
+        }
         found
     }
 
@@ -249,10 +215,10 @@ impl StoresServerSessions for WorkerStore {
             value
         })
         .flatten();
-        count_kind(|k| match found {
-            Some(_) => k.stateful_hits += 1,
-            None => k.stateful_misses += 1,
-        });
+        match found {
+            Some(_) => self.counters.session_stateful_hits.inc(),
+            None => self.counters.session_stateful_misses.inc(),
+        }
         found
     }
 

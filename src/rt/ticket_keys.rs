@@ -7,37 +7,48 @@ use std::time::Duration;
 
 use rustls::server::ProducesTickets;
 
-use super::session_store::count_kind;
+use crate::metrics::WorkerCounters;
 use crate::session::tickets::{TicketKey, Ticketer};
 
-/// The ticketer as rustls sees it: counts issued tickets and decrypt
-/// results on the calling worker's thread, then delegates.
+/// The ticketer as one worker's copy of the configuration sees it: counts
+/// issued tickets and decrypt results in that worker's counters, then
+/// delegates to the shared ticketer.
 #[derive(Debug)]
-pub struct CountingTicketer(pub Arc<Ticketer>);
+pub struct CountingTicketer {
+    inner: Arc<dyn ProducesTickets>,
+    counters: Arc<WorkerCounters>,
+}
+
+impl CountingTicketer {
+    /// Wraps the shared ticketer for the worker that owns `counters`.
+    pub fn new(inner: Arc<dyn ProducesTickets>, counters: Arc<WorkerCounters>) -> Self {
+        Self { inner, counters }
+    }
+}
 
 impl ProducesTickets for CountingTicketer {
     fn enabled(&self) -> bool {
-        self.0.enabled()
+        self.inner.enabled()
     }
 
     fn lifetime(&self) -> u32 {
-        self.0.lifetime()
+        self.inner.lifetime()
     }
 
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
-        let ticket = self.0.encrypt(plain);
+        let ticket = self.inner.encrypt(plain);
         if ticket.is_some() {
-            count_kind(|k| k.tickets_issued += 1);
+            self.counters.session_tickets_issued.inc();
         }
         ticket
     }
 
     fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
-        let plain = self.0.decrypt(cipher);
-        count_kind(|k| match plain {
-            Some(_) => k.ticket_hits += 1,
-            None => k.ticket_misses += 1,
-        });
+        let plain = self.inner.decrypt(cipher);
+        match plain {
+            Some(_) => self.counters.session_ticket_hits.inc(),
+            None => self.counters.session_ticket_misses.inc(),
+        }
         plain
     }
 }

@@ -4,7 +4,7 @@
 //! each worker's own counters (written by that worker only).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -17,7 +17,9 @@ use tokio_uring::net::TcpListener;
 
 use super::drain::DrainHub;
 use super::hist_hub::HistHub;
-use super::{conn, ops, session_store};
+use super::conn::{self, ConnSignal};
+use super::{ops, session_store, ticket_keys};
+use crate::conn::{ConnConfig, CLOSE_FLUSH};
 use crate::deadline::Deadlines;
 use crate::metrics::hist::{Histograms, Metric};
 use crate::metrics::WorkerCounters;
@@ -33,22 +35,15 @@ pub struct WorkerCtx {
     pub id: usize,
     /// TLS configuration (shared; swapped on reload).
     pub tls: Arc<ArcSwap<ServerConfig>>,
+    /// This worker's copy of it (see [`WorkerCtx::tls_config`]), with the
+    /// shared one it was made from.
+    local_tls: RefCell<Option<(Arc<ServerConfig>, Arc<ServerConfig>)>>,
     /// This worker's backend pools (round-robin, ejection).
     pub pools: RefCell<Pools>,
-    /// Relay buffer size.
-    pub buffer_size: usize,
-    /// Handshake timeout.
-    pub handshake_timeout_ms: u64,
-    /// Backend connect timeout.
-    pub connect_timeout_ms: u64,
-    /// Idle timeout of established connections, ms; 0 = off.
-    pub idle_timeout_ms: u64,
+    /// Per-connection settings.
+    pub conn: ConnConfig,
     /// Connections above which new ones are closed at once; 0 = unlimited.
     pub max_connections: u64,
-    /// PROXY protocol header to send to backends.
-    pub proxy_out: Option<crate::proxy::Version>,
-    /// Expect a PROXY protocol header before the ClientHello.
-    pub accept_proxy: bool,
     /// This worker's counters.
     pub counters: Arc<WorkerCounters>,
     /// This worker's latency histograms (only this thread records).
@@ -63,12 +58,9 @@ pub struct WorkerCtx {
     draining: Cell<bool>,
     /// Set once the drain timeout passed: connections stop.
     cutting: Cell<bool>,
-    /// Client fds of the connections being served (for the cut).
-    live: RefCell<HashSet<i64>>,
-    /// A connection's other socket (the backend), by client fd: when the
-    /// client's deadline expires or the cut comes, its ops are cancelled
-    /// too.
-    links: RefCell<HashMap<i64, RawFd>>,
+    /// The connections being served, by client fd: how the timer and the
+    /// drain's cut reach them.
+    conns: RefCell<HashMap<i64, Rc<ConnSignal>>>,
 }
 
 impl WorkerCtx {
@@ -77,54 +69,68 @@ impl WorkerCtx {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// `at` on the deadlines' clock, rounded up.
+    pub fn ms_at(&self, at: Instant) -> u64 {
+        let d = at.saturating_duration_since(self.epoch);
+        d.as_millis() as u64 + u64::from(d.subsec_nanos() % 1_000_000 != 0)
+    }
+
     /// Whether the drain timeout passed and connections must stop.
     pub fn is_cutting(&self) -> bool {
         self.cutting.get()
     }
 
     /// Registers a served connection by its client fd; call
-    /// [`WorkerCtx::untrack`] before the socket closes.
-    pub fn track(&self, key: i64) {
-        self.live.borrow_mut().insert(key);
-    }
-
-    /// Forgets a served connection (and its link).
-    pub fn untrack(&self, key: i64) {
-        self.live.borrow_mut().remove(&key);
-        self.links.borrow_mut().remove(&key);
-    }
-
-    /// Ties `other` (the backend socket) to `key` (the client fd): a
-    /// deadline expiry or a cut of `key` cancels `other`'s ops too. Call
-    /// [`WorkerCtx::unlink`] before `other` closes.
-    pub fn link(&self, key: i64, other: RawFd) {
-        self.links.borrow_mut().insert(key, other);
-    }
-
-    /// Unties `key`'s other socket.
-    pub fn unlink(&self, key: i64) {
-        self.links.borrow_mut().remove(&key);
-    }
-
-    /// Submits `IORING_OP_ASYNC_CANCEL` for every op on `key` and on its
-    /// linked socket. The SQEs are queued before this returns, so they reach
-    /// the kernel ahead of any op submitted later (an fd number cannot be
-    /// reused in between: deadlines and links are cleared before close).
-    fn cancel_conn(&self, key: i64) -> Vec<ops::PlainOp> {
-        let mut v = vec![ops::cancel_fd(key as RawFd)];
-        if let Some(&other) = self.links.borrow().get(&key) {
-            v.push(ops::cancel_fd(other));
+    /// [`WorkerCtx::untrack`] before the socket closes. A connection
+    /// accepted after the cut is cut at once.
+    pub fn track(&self, key: i64) -> Rc<ConnSignal> {
+        let signal = Rc::new(ConnSignal::default());
+        if self.cutting.get() {
+            signal.cut();
         }
-        v
+        self.conns.borrow_mut().insert(key, signal.clone());
+        signal
     }
 
-    /// Arms a deadline `after_ms` from now for `key` (a socket fd).
-    pub fn set_deadline(&self, key: i64, after_ms: u64) {
-        let at = self.now_ms() + after_ms;
+    /// Forgets a served connection.
+    pub fn untrack(&self, key: i64) {
+        self.conns.borrow_mut().remove(&key);
+    }
+
+    /// This worker's TLS configuration: a copy of the shared one whose
+    /// session store and ticketer count into this worker's counters
+    /// (rustls calls them with no other context). Made again when a reload
+    /// swapped the shared one.
+    pub fn tls_config(&self) -> Arc<ServerConfig> {
+        let shared = self.tls.load();
+        let mut local = self.local_tls.borrow_mut();
+        match &*local {
+            Some((from, mine)) if Arc::ptr_eq(from, &shared) => mine.clone(),
+            _ => {
+                let mut mine = ServerConfig::clone(&shared);
+                if self.uses_session_cache() {
+                    mine.session_storage =
+                        Arc::new(session_store::WorkerStore::new(self.counters.clone()));
+                }
+                if mine.ticketer.enabled() {
+                    mine.ticketer = Arc::new(ticket_keys::CountingTicketer::new(
+                        mine.ticketer.clone(),
+                        self.counters.clone(),
+                    ));
+                }
+                let mine = Arc::new(mine);
+                *local = Some((Arc::clone(&shared), mine.clone()));
+                mine
+            }
+        }
+    }
+
+    /// Arms `key`'s deadline at `at_ms` on the deadlines' clock.
+    pub fn set_deadline_at(&self, key: i64, at_ms: u64) {
         let was_empty = {
             let mut d = self.deadlines.borrow_mut();
             let was_empty = d.is_empty();
-            d.set(key, at);
+            d.set(key, at_ms);
             was_empty
         };
         if was_empty {
@@ -147,13 +153,13 @@ impl WorkerCtx {
 
     /// Records `since`'s elapsed time into histogram `m`.
     pub fn record_since(&self, m: Metric, since: Instant) {
-        let us = since.elapsed().as_micros().min(u128::from(u64::MAX)) as u64;
-        self.hist.borrow_mut().record(m, us);
+        self.record(m, since.elapsed());
     }
 
-    /// Whether `key` still has an armed deadline.
-    pub fn has_deadline(&self, key: i64) -> bool {
-        self.deadlines.borrow().contains(key)
+    /// Records a duration into histogram `m`.
+    pub fn record(&self, m: Metric, d: Duration) {
+        let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
+        self.hist.borrow_mut().record(m, us);
     }
 }
 
@@ -268,27 +274,33 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String
     if let Some(cache) = spec.cache {
         session_store::install(spec.id, cache.config, cache.hub, cache.epoch);
     }
+    let epoch = Instant::now();
     let ctx = Rc::new(WorkerCtx {
         id: spec.id,
         tls: spec.tls,
+        local_tls: RefCell::new(None),
         pools: RefCell::new(Pools::new(&spec.routes)),
-        buffer_size: spec.buffer_size,
-        handshake_timeout_ms: spec.handshake_timeout_ms,
-        connect_timeout_ms: spec.connect_timeout_ms,
-        idle_timeout_ms: spec.idle_timeout_ms,
-        proxy_out: spec.proxy_out,
-        accept_proxy: spec.accept_proxy,
+        conn: ConnConfig {
+            accept_proxy: spec.accept_proxy,
+            proxy_out: spec.proxy_out,
+            handshake_timeout: Duration::from_millis(spec.handshake_timeout_ms),
+            connect_timeout: Duration::from_millis(spec.connect_timeout_ms),
+            idle_timeout: (spec.idle_timeout_ms > 0)
+                .then(|| Duration::from_millis(spec.idle_timeout_ms)),
+            buffer_size: spec.buffer_size,
+            close_flush: CLOSE_FLUSH,
+            epoch,
+        },
         max_connections: spec.max_connections,
         counters: spec.counters,
         hist: RefCell::new(Histograms::new()),
         sync_interval_ms,
         deadlines: RefCell::new(Deadlines::default()),
         timer_wake: Notify::new(),
-        epoch: Instant::now(),
+        epoch,
         draining: Cell::new(false),
         cutting: Cell::new(false),
-        live: RefCell::new(HashSet::new()),
-        links: RefCell::new(HashMap::new()),
+        conns: RefCell::new(HashMap::new()),
     });
     let listeners = spec.listeners;
     let hist_hub = spec.histograms;
@@ -348,9 +360,10 @@ async fn accept_loop(ctx: Rc<WorkerCtx>, listener: TcpListener) {
     }
 }
 
-/// The worker's one timer: while deadlines exist, wake every tick and cancel
-/// the ops of every connection whose deadline passed; with the session
-/// cache on, also merge the other workers' sessions every sync interval.
+/// The worker's one timer: while deadlines exist, wake every tick and tell
+/// every connection whose deadline passed (its machine decides what that
+/// means); with the session cache on, also merge the other workers'
+/// sessions every sync interval.
 async fn timer(ctx: Rc<WorkerCtx>) {
     let tick = match ctx.sync_interval_ms {
         Some(ms) => TIMER_TICK.min(Duration::from_millis(ms)),
@@ -368,16 +381,10 @@ async fn timer(ctx: Rc<WorkerCtx>) {
         }
         let now = ctx.now_ms();
         let expired = ctx.deadlines.borrow_mut().expire(now);
-        // The key is the fd of a live socket: connections clear their
-        // deadline (and link) before their socket can be closed. Every
-        // cancel is queued before the first await, so none can reach an fd
-        // number that a later connection reused.
-        let cancels: Vec<ops::PlainOp> = expired
-            .into_iter()
-            .flat_map(|key| ctx.cancel_conn(key))
-            .collect();
-        for c in cancels {
-            let _ = c.await;
+        for key in expired {
+            if let Some(signal) = ctx.conns.borrow().get(&key) {
+                signal.fire();
+            }
         }
         if let Some(interval) = ctx.sync_interval_ms {
             if now >= next_sync {
@@ -392,7 +399,7 @@ async fn timer(ctx: Rc<WorkerCtx>) {
 
 /// Waits for the main thread's shutdown steps: on the drain, stop
 /// accepting (cancel the accepts in flight; the accept loops then end and
-/// close their listeners); on the cut, cancel every open connection's ops.
+/// close their listeners); on the cut, tell every open connection.
 async fn drain_watch(ctx: Rc<WorkerCtx>, hub: Arc<DrainHub>, listener_fds: Vec<RawFd>) {
     loop {
         hub.changed(ctx.id).await;
@@ -408,11 +415,8 @@ async fn drain_watch(ctx: Rc<WorkerCtx>, hub: Arc<DrainHub>, listener_fds: Vec<R
         }
         if hub.is_cut() && !ctx.cutting.get() {
             ctx.cutting.set(true);
-            let keys: Vec<i64> = ctx.live.borrow().iter().copied().collect();
-            let cancels: Vec<ops::PlainOp> =
-                keys.into_iter().flat_map(|k| ctx.cancel_conn(k)).collect();
-            for c in cancels {
-                let _ = c.await;
+            for signal in ctx.conns.borrow().values() {
+                signal.cut();
             }
         }
     }

@@ -69,6 +69,26 @@ impl SessionKind {
     /// Every kind, in [`index`](Self::index) order.
     pub const ALL: [SessionKind; 3] = [Self::Unknown, Self::Tls12Id, Self::Tls13Stateful];
 
+    /// The kind of a session rustls stores, read from its serialized value:
+    /// rustls encodes a `ServerSessionValue` as an optional SNI (a presence
+    /// byte, then a u8-length name), then the protocol version
+    /// (`msgs/persist.rs`). A unit test with real handshakes pins it.
+    pub fn of_value(value: &[u8]) -> Self {
+        let at = match value.first() {
+            Some(0) => 1,
+            Some(1) => match value.get(1) {
+                Some(&len) => 2 + len as usize,
+                None => return Self::Unknown,
+            },
+            _ => return Self::Unknown,
+        };
+        match value.get(at..at + 2) {
+            Some([3, 4]) => Self::Tls13Stateful,
+            Some([3, 3]) => Self::Tls12Id,
+            _ => Self::Unknown,
+        }
+    }
+
     /// Position in [`CacheStats::by_kind`].
     pub fn index(self) -> usize {
         self as usize

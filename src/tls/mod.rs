@@ -5,6 +5,7 @@
 
 mod alert;
 mod certs;
+pub mod hello;
 mod session;
 pub mod sni;
 
@@ -17,13 +18,13 @@ pub use certs::{
     TlsPolicy,
 };
 pub use session::{
-    subject_cn, HandshakeInfo, Status, TlsSession, MAX_FRAGMENT_LEN, MAX_PENDING_ESTABLISHED,
+    subject_cn, HandshakeInfo, Resumption, Status, TlsSession, MAX_FRAGMENT_LEN, MAX_PENDING_ESTABLISHED,
     MAX_PENDING_HANDSHAKE, MAX_RECORD_LEN,
 };
 pub use sni::UnknownSni;
 
 /// Errors of the TLS layer.
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
 #[non_exhaustive]
 pub enum TlsError {
     /// rustls rejected the peer's bytes (bad record, handshake failure...).

@@ -47,6 +47,7 @@ use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
 use rustls::{HandshakeKind, ProtocolVersion, ServerConfig};
 
+use super::hello::{self, HelloFacts, Peek};
 use super::TlsError;
 
 /// Largest TLS record on the wire: 5 bytes of header, 2^14 bytes of
@@ -103,6 +104,8 @@ pub struct HandshakeInfo {
     pub version: ProtocolVersion,
     /// Whether the session was resumed.
     pub resumed: bool,
+    /// How it was resumed, when it was.
+    pub resumption: Option<Resumption>,
     /// The SNI the client sent, if any.
     pub sni: Option<String>,
     /// The negotiated ALPN protocol, if any.
@@ -114,6 +117,26 @@ pub struct HandshakeInfo {
     pub client_cert: bool,
     /// The client certificate's subject common name, if any.
     pub client_cn: Option<String>,
+}
+
+/// How a resumed handshake found its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resumption {
+    /// TLS 1.2, by session ID from the session cache.
+    Tls12Id,
+    /// TLS 1.2, by a stateless ticket.
+    Tls12Ticket,
+    /// TLS 1.3, by a single-use stateful ticket from the session cache.
+    Tls13Stateful,
+    /// TLS 1.3, by a stateless ticket.
+    Tls13Ticket,
+}
+
+impl Resumption {
+    /// Whether a stateless ticket was used.
+    pub fn is_ticket(self) -> bool {
+        matches!(self, Resumption::Tls12Ticket | Resumption::Tls13Ticket)
+    }
 }
 
 /// The subject CN of a DER certificate, if it parses and has one.
@@ -144,10 +167,12 @@ pub struct TlsSession {
     /// Set once any TLS bytes were produced for the client: before that,
     /// the record layer is plaintext.
     wrote_any: bool,
-    /// Set once the certificate resolver has seen the ClientHello.
-    hello_seen: bool,
-    /// The SNI the client sent (lowercased), once the ClientHello was seen.
-    sni: Option<String>,
+    /// What the ClientHello said, once it arrived whole (see
+    /// [`super::hello`]); `Some(default)` when it did not parse.
+    hello: Option<HelloFacts>,
+    /// Whether the configuration resumes with stateless tickets: with it,
+    /// rustls resumes TLS 1.3 only by ticket, and TLS 1.2 by ticket first.
+    ticketer_enabled: bool,
 }
 
 impl std::fmt::Debug for TlsSession {
@@ -165,6 +190,7 @@ impl std::fmt::Debug for TlsSession {
 impl TlsSession {
     /// Starts a server session with the given configuration.
     pub fn new(config: Arc<ServerConfig>) -> Result<Self, TlsError> {
+        let ticketer_enabled = config.ticketer.enabled();
         let conn = UnbufferedServerConnection::new(config).map_err(TlsError::Rustls)?;
         Ok(Self {
             conn,
@@ -175,8 +201,8 @@ impl TlsSession {
             sent_close: false,
             failed: false,
             wrote_any: false,
-            hello_seen: false,
-            sni: None,
+            hello: None,
+            ticketer_enabled,
         })
     }
 
@@ -209,10 +235,13 @@ impl TlsSession {
         if !self.established {
             return None;
         }
+        let version = self.conn.protocol_version()?;
+        let resumed = self.conn.handshake_kind() == Some(HandshakeKind::Resumed);
         Some(HandshakeInfo {
-            version: self.conn.protocol_version()?,
-            resumed: self.conn.handshake_kind() == Some(HandshakeKind::Resumed),
-            sni: self.sni.clone(),
+            version,
+            resumed,
+            resumption: resumed.then(|| self.resumption(version)),
+            sni: self.sni().map(str::to_owned),
             alpn: self.conn.alpn_protocol().map(<[u8]>::to_vec),
             cipher: self
                 .conn
@@ -389,10 +418,37 @@ impl TlsSession {
         self.step(None, true, to_client, &mut scratch)
     }
 
-    /// The SNI the client sent (lowercased), once the ClientHello has been
-    /// processed; `None` before that or when the client sent none.
+    /// The SNI the client sent (lowercased), once the ClientHello has
+    /// arrived whole; `None` before that or when the client sent none.
     pub fn sni(&self) -> Option<&str> {
-        self.sni.as_deref()
+        self.hello.as_ref()?.sni.as_deref()
+    }
+
+    /// What the client offered in its ClientHello, once it arrived whole.
+    pub fn hello(&self) -> Option<&HelloFacts> {
+        self.hello.as_ref()
+    }
+
+    /// How a resumed handshake of `version` found its session. rustls
+    /// resumes TLS 1.3 through the ticketer when it is enabled and through
+    /// the session store otherwise (`server/tls13.rs`); TLS 1.2 tries an
+    /// offered ticket first, then the session ID (`server/tls12.rs`). A
+    /// TLS 1.2 ticket that fails to decrypt while the same ClientHello's
+    /// session ID resumes is counted as a ticket resumption: rustls says no
+    /// more than "resumed".
+    fn resumption(&self, version: ProtocolVersion) -> Resumption {
+        let hello = self.hello.as_ref();
+        if version == ProtocolVersion::TLSv1_3 {
+            if self.ticketer_enabled {
+                Resumption::Tls13Ticket
+            } else {
+                Resumption::Tls13Stateful
+            }
+        } else if self.ticketer_enabled && hello.and_then(|h| h.ticket_len).unwrap_or(0) > 0 {
+            Resumption::Tls12Ticket
+        } else {
+            Resumption::Tls12Id
+        }
     }
 
     /// The client's certificate chain, when it presented one (mTLS).
@@ -400,8 +456,8 @@ impl TlsSession {
         self.conn.peer_certificates()
     }
 
-    /// [`step_inner`](Self::step_inner), watching the certificate resolver
-    /// until it has seen the ClientHello (see [`super::sni`]).
+    /// [`step_inner`](Self::step_inner), looking at the ClientHello first
+    /// (see [`super::hello`]) until it has arrived whole.
     fn step(
         &mut self,
         plaintext: Option<&[u8]>,
@@ -409,20 +465,22 @@ impl TlsSession {
         to_client: &mut Vec<u8>,
         to_backend: &mut Vec<u8>,
     ) -> Result<Status, TlsError> {
-        if self.hello_seen {
-            return self.step_inner(plaintext, close, to_client, to_backend);
+        if self.hello.is_none() {
+            match hello::peek(&self.incoming) {
+                Peek::NeedMore => {}
+                Peek::Invalid => self.hello = Some(HelloFacts::default()),
+                Peek::Hello(facts) => self.hello = Some(facts),
+            }
         }
-        super::sni::clear_seen();
         let before = to_client.len();
         let result = self.step_inner(plaintext, close, to_client, to_backend);
-        let seen = super::sni::take_seen();
-        if seen.resolved {
-            self.hello_seen = true;
-            self.sni = seen.sni;
-            if seen.rejected && result.is_err() {
-                // rustls refuses a ClientHello it has no certificate for
-                // with access_denied; strict SNI answers unrecognized_name
-                // (RFC 6066 §3). Nothing is encrypted yet at this point.
+        if let Err(TlsError::Rustls(rustls::Error::General(msg))) = &result {
+            if msg == NO_CERTIFICATE {
+                // rustls refuses a ClientHello its resolver found no
+                // certificate for with access_denied; strict SNI answers
+                // unrecognized_name (RFC 6066 §3). Nothing is encrypted
+                // before the ServerHello: the rewrite only touches a
+                // plaintext alert record.
                 rewrite_plaintext_alert(&mut to_client[before..], UNRECOGNIZED_NAME);
             }
         }
@@ -630,6 +688,10 @@ fn encrypt_into(
         }
     }
 }
+
+/// rustls's error when the certificate resolver returned nothing
+/// (`server/hs.rs`); a unit test pins it.
+const NO_CERTIFICATE: &str = "no server certificate chain resolved";
 
 /// The `unrecognized_name` alert description.
 const UNRECOGNIZED_NAME: u8 = 112;

@@ -2,15 +2,10 @@
 //! (ECDSA, RSA) per name chosen by what the client supports, a default for
 //! no or unknown SNI or a rejection.
 //!
-//! The resolver also tells the step function which name the client asked
-//! for: rustls's unbuffered server connection does not expose the SNI, but
-//! it calls the resolver with the ClientHello, on the thread that runs the
-//! handshake step, inside that step. The resolver notes the name in a
-//! thread-local that [`TlsSession`](super::TlsSession) clears before and
-//! reads after each handshake step; one thread runs one step at a time, so
-//! the note belongs to the session being stepped. No IO, no clock.
+//! The step function learns the name the client asked for from its own look
+//! at the ClientHello ([`super::hello`]): rustls's unbuffered server
+//! connection does not expose it. No IO, no clock.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -20,31 +15,6 @@ use rustls::sign::CertifiedKey;
 use rustls::SignatureScheme;
 
 use super::TlsError;
-
-/// What the resolver saw during one handshake step.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub(crate) struct Seen {
-    /// Whether the resolver ran (the ClientHello was processed).
-    pub resolved: bool,
-    /// The SNI, lowercased, if the client sent one.
-    pub sni: Option<String>,
-    /// Whether the resolver refused the name (strict SNI).
-    pub rejected: bool,
-}
-
-thread_local! {
-    static SEEN: RefCell<Seen> = RefCell::new(Seen::default());
-}
-
-/// Clears the note before a handshake step.
-pub(crate) fn clear_seen() {
-    SEEN.with(|s| *s.borrow_mut() = Seen::default());
-}
-
-/// Takes the note after a handshake step.
-pub(crate) fn take_seen() -> Seen {
-    SEEN.with(|s| std::mem::take(&mut *s.borrow_mut()))
-}
 
 /// What to do with a ClientHello whose SNI matches no certificate, or that
 /// has none.
@@ -159,17 +129,8 @@ impl SniResolver {
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         let sni = hello.server_name().map(str::to_ascii_lowercase);
-        let chosen = self
-            .select(sni.as_deref(), hello.signature_schemes())
-            .cloned();
-        SEEN.with(|s| {
-            *s.borrow_mut() = Seen {
-                resolved: true,
-                rejected: chosen.is_none(),
-                sni,
-            }
-        });
-        chosen
+        self.select(sni.as_deref(), hello.signature_schemes())
+            .cloned()
     }
 }
 

@@ -2,6 +2,10 @@
 //! stable regression test `tests/fuzz_corpus.rs`, which replays the corpus in
 //! the normal `cargo test` run.
 //!
+//! `tls_step` drives the real connection machine ([`crate::conn::Conn`])
+//! with the client bytes, so the fuzzer exercises the relay logic the
+//! runtime runs, not a copy of it.
+//!
 //! Every entry point takes arbitrary bytes and must never panic: a panic (an
 //! assertion below included) is a bug in ringterm. Nothing here touches a
 //! socket, a file or the clock.
@@ -10,10 +14,9 @@
 //!
 //! ```text
 //! byte 0    how to split the client bytes into reads (see `chunk_len`)
-//! byte 1    flags: bit 0 feed with `handle_ciphertext` instead of the
-//!           runtime's `prepare_read`/`handle_read`; bit 1 echo decrypted data
-//!           back through `encrypt` (as an echo backend would); bits 2-3 pick
-//!           the read size the runtime asks for (2048, 1, 512, 16 KiB)
+//! byte 1    flags: bit 0 client writes complete short; bit 1 the backend
+//!           echoes what it gets; bits 2-3 the most a backend read returns
+//!           (all, 1, 512, 16 KiB)
 //! rest      client bytes of up to MAX_CONNS connections, separated by
 //!           CONN_SEPARATOR; the connections share one session cache, so a
 //!           later one can resume an earlier one
@@ -44,7 +47,7 @@ use rustls::{NamedGroup, PeerMisbehaved, ProtocolVersion, ServerConfig};
 use crate::config::{Settings, DEFAULT_SESSION_TIMEOUT_S};
 use crate::session::cache::{CacheConfig, SessionCache};
 use crate::session::tickets::{TicketKey, Ticketer};
-use crate::tls::{self, Status, TlsError, TlsSession};
+use crate::tls::{self, Status, TlsError};
 
 // ---------------------------------------------------------------------------
 // tls_step
@@ -57,14 +60,11 @@ pub const CONN_SEPARATOR: &[u8] = b"\xffringterm-next-conn\xff";
 /// Most connections one `tls_step` input drives.
 pub const MAX_CONNS: usize = 4;
 
-/// Flag bit: feed with `handle_ciphertext` (slices) instead of the runtime's
-/// `prepare_read`/`handle_read` buffer swap.
-pub const FLAG_CIPHERTEXT: u8 = 1;
-/// Flag bit: encrypt the decrypted data back to the client (echo backend).
+/// Flag bit: client writes complete short (a third of what is left), so
+/// the machine resumes them.
+pub const FLAG_SHORT_WRITES: u8 = 1;
+/// Flag bit: the backend echoes what it gets.
 pub const FLAG_ECHO: u8 = 2;
-
-/// The runtime's handshake read size (`rt::conn::HANDSHAKE_READ`).
-const HANDSHAKE_READ: usize = 2048;
 
 /// What one connection of a `tls_step` input did.
 #[derive(Debug, Default, PartialEq)]
@@ -91,15 +91,9 @@ pub fn tls_replay(data: &[u8]) -> Vec<ConnOutcome> {
     let [split, flags, rest @ ..] = data else {
         return Vec::new();
     };
-    let read_size = match (flags >> 2) & 3 {
-        0 => HANDSHAKE_READ,
-        1 => 1,
-        2 => 512,
-        _ => 16 * 1024,
-    };
     let config = tls_begin();
     split_conns(rest)
-        .map(|conn| drive_conn(&config, conn, *split, *flags, read_size))
+        .map(|conn| drive_conn(&config, conn, *split, *flags))
         .collect()
 }
 
@@ -175,133 +169,167 @@ fn chunk_len(split: u8, read_no: usize, left: usize) -> usize {
     n.clamp(1, left.max(1))
 }
 
-/// Drives one connection the way `rt::conn` does: read, step, write what
-/// the session produced, stop on `Closed` or an error; the backend echoes
-/// when asked to, and closes when the client is done.
-fn drive_conn(
-    config: &Arc<ServerConfig>,
-    mut rest: &[u8],
-    split: u8,
-    flags: u8,
-    read_size: usize,
-) -> ConnOutcome {
+/// Drives one connection through the real connection machine
+/// ([`crate::conn::Conn`]), playing the runtime: client reads return the
+/// input's bytes in data-chosen lengths, writes complete (short ones with
+/// [`FLAG_SHORT_WRITES`]), the backend connects at once, echoes what it gets
+/// when asked to, and closes once the machine half-closed toward it.
+fn drive_conn(config: &Arc<ServerConfig>, mut rest: &[u8], split: u8, flags: u8) -> ConnOutcome {
+    use crate::conn::{CancelResult, Conn, ConnConfig, End, IoResult, Op, Side};
+    use crate::route::{Pools, RouteTable};
+    use std::collections::VecDeque;
+    use std::time::{Duration, Instant};
+
+    let epoch = Instant::now();
+    let cfg = ConnConfig {
+        accept_proxy: false,
+        proxy_out: None,
+        handshake_timeout: Duration::from_secs(60),
+        connect_timeout: Duration::from_secs(60),
+        idle_timeout: None,
+        buffer_size: 64 * 1024,
+        close_flush: Duration::from_secs(1),
+        epoch,
+    };
+    let backend_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
+    let mut pools = Pools::new(&RouteTable::single(vec![backend_addr], 0));
+    let peer = std::net::SocketAddr::from(([192, 0, 2, 1], 2));
+    let mut conn = Conn::new(cfg, Arc::clone(config), peer, None, epoch).expect("a valid config");
+    let backend_read_max = match (flags >> 2) & 3 {
+        0 => usize::MAX,
+        1 => 1,
+        2 => 512,
+        _ => 16 * 1024,
+    };
     let mut out = ConnOutcome::default();
-    let mut session = TlsSession::new(Arc::clone(config)).expect("a valid server config");
-    let (mut rx, mut to_client, mut to_backend) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut c_read, mut c_write, mut b_read, mut b_write) = (None, None, None, None);
+    let mut connecting = false;
+    let mut cancels: VecDeque<Side> = VecDeque::new();
+    let mut echo: VecDeque<u8> = VecDeque::new();
+    let mut backend_shut = false;
     let mut fed = 0usize;
     let mut read_no = 0;
-    let mut status = Ok(Status::Handshaking);
-    while !rest.is_empty() {
-        let mut n = chunk_len(split, read_no, rest.len());
-        read_no += 1;
-        status = if flags & FLAG_CIPHERTEXT != 0 {
-            session.handle_ciphertext(&rest[..n], &mut to_client, &mut to_backend)
-        } else {
-            let pending = session.pending_len();
-            session.prepare_read(&mut rx, read_size);
-            let spare = rx.capacity() - rx.len();
-            assert!(
-                spare >= read_size,
-                "prepare_read left {spare} < {read_size}"
+    for _ in 0..1_000_000 {
+        while let Some(op) = conn.poll_op(epoch, &mut pools) {
+            match op {
+                Op::Recv {
+                    side: Side::Client,
+                    buf,
+                } => c_read = Some(buf),
+                Op::Recv {
+                    side: Side::Backend,
+                    buf,
+                } => b_read = Some(buf),
+                Op::Send {
+                    side: Side::Client,
+                    buf,
+                    off,
+                } => c_write = Some((buf, off)),
+                Op::Send {
+                    side: Side::Backend,
+                    buf,
+                    off,
+                } => b_write = Some((buf, off)),
+                Op::ShutdownWrite {
+                    side: Side::Backend,
+                } => backend_shut = true,
+                Op::ShutdownWrite { side: Side::Client } | Op::ShutdownBoth { .. } => {}
+                Op::Connect { .. } => {
+                    assert!(conn.is_established(), "connect before the handshake");
+                    connecting = true;
+                }
+                Op::Cancel { side } => cancels.push_back(side),
+            }
+        }
+        if let Some(outcome) = conn.poll_outcome() {
+            if let Some(info) = &outcome.handshake {
+                out.established = true;
+                out.version = Some(info.version);
+                out.resumed = info.resumed;
+            }
+            match outcome.end {
+                End::Closed => out.status = Some(Status::Closed),
+                End::HandshakeTls(e) | End::Tls(e) => out.error = Some(e),
+                _ if out.established => out.status = Some(Status::Established),
+                _ => out.status = Some(Status::Handshaking),
+            }
+            // Decrypted data never exceeds the ciphertext it came from.
+            assert!(out.backend.len() <= fed);
+            return out;
+        }
+        // Complete one op, writes and cancels first.
+        if let Some(side) = cancels.pop_front() {
+            let mut n = 0;
+            let (read, write) = match side {
+                Side::Client => (c_read.take(), c_write.take()),
+                Side::Backend => (b_read.take(), b_write.take()),
+            };
+            if let Some(buf) = read {
+                n += 1;
+                conn.handle_recv(side, IoResult::Cancelled, buf, epoch);
+            }
+            if let Some((buf, off)) = write {
+                n += 1;
+                conn.handle_send(side, IoResult::Cancelled, buf, off, epoch);
+            }
+            if side == Side::Backend && std::mem::take(&mut connecting) {
+                n += 1;
+                conn.handle_connect(IoResult::Cancelled, epoch, &mut pools);
+            }
+            conn.handle_cancel(side, CancelResult::Cancelled(n));
+        } else if let Some((buf, off)) = c_write.take() {
+            let left = buf.len() - off;
+            let n = if flags & FLAG_SHORT_WRITES != 0 {
+                left.div_ceil(3)
+            } else {
+                left
+            };
+            out.to_client += n;
+            conn.handle_send(Side::Client, IoResult::Done(n), buf, off, epoch);
+        } else if let Some((buf, off)) = b_write.take() {
+            out.backend.extend_from_slice(&buf[off..]);
+            if flags & FLAG_ECHO != 0 {
+                echo.extend(&buf[off..]);
+            }
+            conn.handle_send(
+                Side::Backend,
+                IoResult::Done(buf.len() - off),
+                buf,
+                off,
+                epoch,
             );
-            assert_eq!(rx.len(), pending);
-            // A recv fills at most the spare capacity.
-            n = n.min(spare);
-            rx.extend_from_slice(&rest[..n]);
-            let status = session.handle_read(&mut rx, &mut to_client, &mut to_backend);
-            assert!(rx.is_empty(), "handle_read leaves the read buffer empty");
-            status
-        };
-        rest = &rest[n..];
-        fed += n;
-        // The session's own bounds on what a client can make it hold while
-        // it reads (after close_notify the runtime reads no more).
-        let limit = if session.is_established() {
-            tls::MAX_PENDING_ESTABLISHED
+        } else if std::mem::take(&mut connecting) {
+            conn.handle_connect(IoResult::Done(0), epoch, &mut pools);
+        } else if let Some(mut buf) = c_read.take() {
+            let spare = buf.capacity() - buf.len();
+            assert!(spare > 0, "a read with no room");
+            let n = chunk_len(split, read_no, rest.len()).min(spare);
+            read_no += 1;
+            let n = if rest.is_empty() { 0 } else { n };
+            buf.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            fed += n;
+            conn.handle_recv(Side::Client, IoResult::Done(n), buf, epoch);
+            if !conn.is_established() {
+                assert!(out.backend.is_empty(), "plaintext before the handshake");
+            }
+        } else if let Some(mut buf) = b_read.take() {
+            if !echo.is_empty() {
+                let spare = buf.capacity() - buf.len();
+                let n = echo.len().min(spare).min(backend_read_max);
+                buf.extend(echo.drain(..n));
+                conn.handle_recv(Side::Backend, IoResult::Done(n), buf, epoch);
+            } else if backend_shut {
+                conn.handle_recv(Side::Backend, IoResult::Done(0), buf, epoch);
+            } else {
+                // The backend waits for the client: nothing else can move.
+                panic!("stalled: {conn:?}");
+            }
         } else {
-            tls::MAX_PENDING_HANDSHAKE
-        };
-        let reading = matches!(status, Ok(Status::Handshaking | Status::Established));
-        assert!(
-            !reading || session.pending_len() <= limit,
-            "session holds {} bytes",
-            session.pending_len()
-        );
-        // Decrypted data never exceeds the ciphertext it came from.
-        assert!(out.backend.len() + to_backend.len() <= fed);
-        match status {
-            Err(ref err) => {
-                // The session is dead: it processes nothing more.
-                let again = session.handle_ciphertext(b"\x17", &mut to_client, &mut to_backend);
-                assert_eq!(again, Err(TlsError::Failed), "after {err:?}");
-                // No plaintext is forwarded after a broken record stream
-                // (the runtime drops it), but what came before is real.
-                break;
-            }
-            Ok(Status::Handshaking) => {
-                assert!(!session.is_established());
-                assert!(to_backend.is_empty(), "plaintext before the handshake");
-                assert_eq!(
-                    session.encrypt(b"early", &mut to_client),
-                    Err(TlsError::NotEstablished)
-                );
-            }
-            Ok(s) => {
-                assert!(session.is_established());
-                if !out.established {
-                    out.established = true;
-                    let info = session.handshake_info().expect("established");
-                    out.version = Some(info.version);
-                    out.resumed = info.resumed;
-                }
-                if s != Status::Closed && flags & FLAG_ECHO != 0 && !to_backend.is_empty() {
-                    let echoed = session.encrypt(&to_backend, &mut to_client);
-                    assert!(echoed.is_ok(), "echo after {s:?}: {echoed:?}");
-                }
-            }
-        }
-        out.backend.append(&mut to_backend);
-        // "Written" to the client.
-        out.to_client += to_client.len();
-        to_client.clear();
-        match status {
-            Ok(Status::Closed) => break,
-            Ok(Status::PeerClosed) => {
-                // The runtime stops reading the client; the backend sees EOF
-                // and closes, which sends our close_notify: both sides closed.
-                let closed = session.close(&mut to_client);
-                assert_eq!(closed, Ok(Status::Closed));
-                status = closed;
-                break;
-            }
-            _ => {}
+            panic!("nothing in flight and no outcome: {conn:?}");
         }
     }
-    // Client EOF without close_notify: once established, the backend
-    // closes its side too. `close` reports `Established` while the client
-    // has not closed (rt::conn ignores the status); a second call is a
-    // no-op that says `Closed`, and nothing is encrypted after it.
-    if status.is_ok() && session.is_established() {
-        let closed = session.close(&mut to_client);
-        assert!(
-            matches!(closed, Ok(Status::Established | Status::Closed)),
-            "{closed:?}"
-        );
-        let before = to_client.len();
-        assert_eq!(session.close(&mut to_client), Ok(Status::Closed));
-        assert_eq!(
-            session.encrypt(b"late", &mut to_client),
-            Err(TlsError::AlreadyClosed)
-        );
-        assert_eq!(to_client.len(), before);
-        status = Ok(Status::Closed);
-    }
-    out.to_client += to_client.len();
-    match status {
-        Ok(s) => out.status = Some(s),
-        Err(e) => out.error = Some(e),
-    }
-    out
+    panic!("the connection did not end: {conn:?}");
 }
 
 /// Per-thread fuzzing server: its configuration and session cache. Per

@@ -15,7 +15,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ringterm::fuzzing::{self, ConnOutcome, FLAG_CIPHERTEXT, FLAG_ECHO};
+use ringterm::fuzzing::{self, ConnOutcome, FLAG_ECHO, FLAG_SHORT_WRITES};
 use ringterm::tls::{Status, TlsSession};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, ProtocolVersion, RootCertStore};
@@ -251,7 +251,7 @@ fn recorded_sessions_replay_in_any_split() {
         let (input, resumed) = session_input(&config, conns, REQUEST, 0, 0);
         assert_eq!(resumed, expect_resumed);
         for split in [0u8, 1, 7, 100, 130, 255] {
-            for flags in [0u8, FLAG_CIPHERTEXT, FLAG_ECHO, 4, 8 | FLAG_ECHO, 12] {
+            for flags in [0u8, FLAG_SHORT_WRITES, FLAG_ECHO, 4, 8 | FLAG_ECHO, 12] {
                 let mut input = input.clone();
                 input[..2].copy_from_slice(&[split, flags]);
                 check_replay(&input, version, &resumed, REQUEST);
@@ -347,7 +347,7 @@ fn generate_seed_corpus() {
             1,
             REQUEST,
             200,
-            FLAG_CIPHERTEXT,
+            FLAG_SHORT_WRITES,
         ),
         ("session-tls13-bytewise", &tls13(), 1, REQUEST, 1, 4),
         ("session-tls13-20k", &tls13(), 1, &big, 0, 8 | FLAG_ECHO),

@@ -434,6 +434,10 @@ impl Conn {
     /// The next op to submit, if any. Call after creating the connection
     /// and after every `handle_*` call, until it returns `None`.
     pub fn poll_op(&mut self, now: Instant, pools: &mut Pools) -> Option<Op> {
+        if self.state == State::Stopping && !self.in_flight() {
+            // Everything in flight completed: the stop's flush begins.
+            self.begin_flush_after_stop(now);
+        }
         // Cancels first: they target what is in flight now.
         for side in [Side::Client, Side::Backend] {
             let connecting = side == Side::Backend && self.connecting.is_some();
@@ -470,12 +474,6 @@ impl Conn {
         }
         match self.state {
             State::Done => {}
-            // Everything in flight completed: the stop's flush begins, or
-            // the failure is final.
-            State::Stopping => {
-                self.begin_flush_after_stop();
-                return None;
-            }
             State::Failing => self.state = State::Done,
             State::Flushing if !self.client.owes(&self.to_client) => self.state = State::Done,
             // Nothing in flight and nothing to submit: both directions are
@@ -556,7 +554,14 @@ impl Conn {
     }
 
     /// A write on `side` completed; `buf` is the buffer of its [`Op::Send`].
-    pub fn handle_send(&mut self, side: Side, res: IoResult, buf: Vec<u8>, off: usize, now: Instant) {
+    pub fn handle_send(
+        &mut self,
+        side: Side,
+        res: IoResult,
+        buf: Vec<u8>,
+        off: usize,
+        now: Instant,
+    ) {
         self.sock_mut(side).write = false;
         let failing = !self.still_owed(side);
         match res {
@@ -567,6 +572,8 @@ impl Conn {
                 let off = off + n;
                 if off < buf.len() {
                     if failing {
+                        // The rest of this buffer is dropped too.
+                        self.mark_dropped(side);
                         self.drop_owed(side);
                     } else {
                         self.sock_mut(side).unsent = Some((buf, off));
@@ -578,6 +585,7 @@ impl Conn {
             IoResult::Cancelled if off < buf.len() => {
                 // Nothing was sent: resume it, unless it is no longer owed.
                 if failing {
+                    self.mark_dropped(side);
                     self.drop_owed(side);
                 } else {
                     self.sock_mut(side).unsent = Some((buf, off));
@@ -585,10 +593,12 @@ impl Conn {
             }
             IoResult::Cancelled => self.recycle(side, buf),
             IoResult::Done(_) => {
+                self.mark_dropped(side);
                 self.drop_owed(side);
                 self.fail(End::Io(side, io::ErrorKind::WriteZero));
             }
             IoResult::Failed(kind) => {
+                self.mark_dropped(side);
                 self.drop_owed(side);
                 if self.state == State::Handshaking {
                     self.fail(End::HandshakeEof);
@@ -822,7 +832,7 @@ impl Conn {
         match status {
             Ok(Status::Handshaking) => {}
             Ok(status) => self.established(status, now),
-            Err(err) => self.tls_failed(err, true),
+            Err(err) => self.tls_failed(err, true, now),
         }
     }
 
@@ -922,7 +932,10 @@ impl Conn {
         if self.to_backend.is_empty() {
             return None;
         }
-        let buf = std::mem::replace(&mut self.to_backend, std::mem::take(&mut self.backend.spare));
+        let buf = std::mem::replace(
+            &mut self.to_backend,
+            std::mem::take(&mut self.backend.spare),
+        );
         self.backend.write = true;
         Some(Op::Send {
             side: Side::Backend,
@@ -999,14 +1012,14 @@ impl Conn {
                 let max = self.cfg.buffer_size.max(MAX_RECORD_LEN);
                 self.client.read_size = next_read_size(self.client.read_size, n, offered, max);
                 let mut buf = std::mem::take(&mut self.client.buf);
-                let status = self
-                    .tls
-                    .handle_read(&mut buf, &mut self.to_client, &mut self.to_backend);
+                let status =
+                    self.tls
+                        .handle_read(&mut buf, &mut self.to_client, &mut self.to_backend);
                 self.client.buf = buf;
                 match status {
                     Ok(Status::PeerClosed | Status::Closed) => self.client.eof = true,
                     Ok(_) => {}
-                    Err(err) => return self.tls_failed(err, false),
+                    Err(err) => return self.tls_failed(err, false, now),
                 }
                 if self.ttfb_from.is_none() && !self.to_backend.is_empty() {
                     self.ttfb_from = Some(now);
@@ -1029,7 +1042,9 @@ impl Conn {
                 if !self.ttfb_done {
                     // A backend that speaks first has no TTFB.
                     self.ttfb_done = true;
-                    self.out.ttfb = self.ttfb_from.map(|from| now.saturating_duration_since(from));
+                    self.out.ttfb = self
+                        .ttfb_from
+                        .map(|from| now.saturating_duration_since(from));
                 }
                 let max = self.cfg.buffer_size.max(1);
                 self.backend.read_size = next_read_size(self.backend.read_size, n, offered, max);
@@ -1052,7 +1067,7 @@ impl Conn {
 
     /// A TLS failure: the alert the session queued (if any) is flushed to
     /// the client, nothing more is forwarded to the backend.
-    fn tls_failed(&mut self, err: TlsError, handshake: bool) {
+    fn tls_failed(&mut self, err: TlsError, handshake: bool, now: Instant) {
         let alert = AlertKind::of_failure(&err, &self.to_client);
         self.out.alert = alert;
         let end = if handshake {
@@ -1072,7 +1087,7 @@ impl Conn {
         self.client.cancel_wanted = self.client.read.is_some();
         self.end = Some(end);
         self.state = State::Flushing;
-        self.phase_at = self.last_activity;
+        self.phase_at = now;
     }
 
     /// A stop (idle timeout, drain cut): cancel what is in flight; once it
@@ -1088,13 +1103,13 @@ impl Conn {
     /// the client is owed is a valid record stream; a close_notify after it
     /// ends it cleanly. Plaintext not yet written to the backend is dropped
     /// (and the backend reset).
-    fn begin_flush_after_stop(&mut self) {
+    fn begin_flush_after_stop(&mut self, now: Instant) {
         self.drop_owed(Side::Backend);
         if !self.client.shut {
             let _ = self.tls.close(&mut self.to_client);
         }
         self.state = State::Flushing;
-        self.phase_at = self.last_activity.max(self.phase_at);
+        self.phase_at = now;
         if !self.client.owes(&self.to_client) {
             self.state = State::Done;
         }
@@ -1115,6 +1130,14 @@ impl Conn {
         self.backend.cancel_wanted = true;
     }
 
+    /// Marks `side` for a reset: bytes owed to it were dropped.
+    fn mark_dropped(&mut self, side: Side) {
+        match side {
+            Side::Client => self.out.reset_client = true,
+            Side::Backend => self.out.reset_backend = true,
+        }
+    }
+
     /// Drops what `side` is owed (queued or to resume) and marks it for a
     /// reset when that was anything.
     fn drop_owed(&mut self, side: Side) {
@@ -1126,10 +1149,7 @@ impl Conn {
         queued.clear();
         sock.unsent = None;
         if owed {
-            match side {
-                Side::Client => self.out.reset_client = true,
-                Side::Backend => self.out.reset_backend = true,
-            }
+            self.mark_dropped(side);
         }
     }
 

@@ -1,0 +1,970 @@
+//! Unit tests of the connection machine, per state, in memory: a rustls
+//! client on one side, a scripted backend on the other, and a harness that
+//! plays the runtime (it holds the ops in flight and completes them when a
+//! test says so). The model-based property test (`model.rs`) drives the same
+//! harness with random interleavings.
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig};
+
+use super::*;
+use crate::route::{Pools, RouteTable};
+use crate::tls::{
+    build_server_config, generate_self_signed, load_cert_chain, load_private_key, TlsPolicy,
+};
+
+pub(super) const BACKEND_A: &str = "127.0.0.1:9001";
+pub(super) const BACKEND_B: &str = "127.0.0.1:9002";
+
+fn configs() -> &'static (Arc<ServerConfig>, Arc<ClientConfig>) {
+    static CONFIGS: OnceLock<(Arc<ServerConfig>, Arc<ClientConfig>)> = OnceLock::new();
+    CONFIGS.get_or_init(|| {
+        let (cert, key) = generate_self_signed(&["localhost"]).unwrap();
+        let chain = load_cert_chain("c", cert.as_bytes()).unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(chain[0].clone()).unwrap();
+        let key = load_private_key("k", key.as_bytes()).unwrap();
+        let server = build_server_config(chain, key, &TlsPolicy::default()).unwrap();
+        let client = ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        (server, Arc::new(client))
+    })
+}
+
+pub(super) fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// A read or write the machine asked for, held by the harness.
+#[derive(Debug)]
+pub(super) struct Pending {
+    pub buf: Vec<u8>,
+    pub off: usize,
+}
+
+/// The runtime, the client and the backend, in memory.
+pub(super) struct World {
+    pub conn: Conn,
+    pub pools: Pools,
+    pub now: Instant,
+    pub client: ClientConnection,
+    /// Ciphertext the client sent that the server has not read yet.
+    pub client_wire: VecDeque<u8>,
+    /// The client sent FIN (after its queued bytes).
+    pub client_fin: bool,
+    /// The client reset its connection.
+    pub client_reset: bool,
+    /// Plaintext the client's application wrote, in order.
+    pub client_sent: Vec<u8>,
+    /// For each chunk the client's application wrote: the ciphertext
+    /// offset (in all bytes the client sent) at which it was complete.
+    pub client_chunks: Vec<(usize, usize)>,
+    /// All ciphertext the client sent so far, and how much the server read.
+    pub client_wire_total: usize,
+    pub client_read_by_server: usize,
+    /// Plaintext the client received, and whether a close_notify came.
+    pub client_got: Vec<u8>,
+    pub client_close_notify: bool,
+    /// The client's TLS stack failed (an alert, a broken record).
+    pub client_tls_error: bool,
+    /// The server shut the client's write side (FIN) / both.
+    pub client_fin_from_server: bool,
+    /// Plaintext the backend sent that the server has not read yet.
+    pub backend_wire: VecDeque<u8>,
+    pub backend_sent: Vec<u8>,
+    pub backend_fin: bool,
+    pub backend_reset: bool,
+    /// Bytes the server read from the backend.
+    pub backend_read_by_server: usize,
+    /// What the backend received, and whether the server sent FIN.
+    pub backend_got: Vec<u8>,
+    pub backend_fin_from_server: bool,
+    /// The backend the server connected to.
+    pub connected: Option<SocketAddr>,
+    /// Ops in flight.
+    pub c_read: Option<Pending>,
+    pub c_write: Option<Pending>,
+    pub b_read: Option<Pending>,
+    pub b_write: Option<Pending>,
+    pub connect: Option<SocketAddr>,
+    pub c_cancel: bool,
+    pub b_cancel: bool,
+    /// Backends that refuse connections.
+    pub refusing: Vec<SocketAddr>,
+    pub outcome: Option<Outcome>,
+}
+
+impl World {
+    pub fn new(cfg: ConnConfig, backends: &[&str]) -> Self {
+        let (server, client) = configs();
+        Self::with_server(cfg, backends, server.clone(), client.clone())
+    }
+
+    pub fn with_server(
+        cfg: ConnConfig,
+        backends: &[&str],
+        server: Arc<ServerConfig>,
+        client: Arc<ClientConfig>,
+    ) -> Self {
+        let now = cfg.epoch;
+        let table = RouteTable::single(backends.iter().map(|b| addr(b)).collect(), 5_000);
+        let conn = Conn::new(
+            cfg,
+            server,
+            addr("192.0.2.1:40000"),
+            Some(addr("127.0.0.1:443")),
+            now,
+        )
+        .unwrap();
+        let client =
+            ClientConnection::new(client, ServerName::try_from("localhost").unwrap()).unwrap();
+        let mut w = Self {
+            conn,
+            pools: Pools::new(&table),
+            now,
+            client,
+            client_wire: VecDeque::new(),
+            client_fin: false,
+            client_reset: false,
+            client_sent: Vec::new(),
+            client_chunks: Vec::new(),
+            client_wire_total: 0,
+            client_read_by_server: 0,
+            client_got: Vec::new(),
+            client_close_notify: false,
+            client_tls_error: false,
+            client_fin_from_server: false,
+            backend_wire: VecDeque::new(),
+            backend_sent: Vec::new(),
+            backend_fin: false,
+            backend_reset: false,
+            backend_read_by_server: 0,
+            backend_got: Vec::new(),
+            backend_fin_from_server: false,
+            connected: None,
+            c_read: None,
+            c_write: None,
+            b_read: None,
+            b_write: None,
+            connect: None,
+            c_cancel: false,
+            b_cancel: false,
+            refusing: Vec::new(),
+            outcome: None,
+        };
+        w.flush_client_tls();
+        w.pump();
+        w
+    }
+
+    /// Moves the client's pending TLS output to the wire.
+    fn flush_client_tls(&mut self) {
+        let mut out = Vec::new();
+        while self.client.wants_write() {
+            if self.client.write_tls(&mut out).is_err() {
+                break;
+            }
+        }
+        self.client_wire_total += out.len();
+        self.client_wire.extend(out);
+    }
+
+    /// Asks the machine for ops until it has none, then for its outcome.
+    pub fn pump(&mut self) {
+        while let Some(op) = self.conn.poll_op(self.now, &mut self.pools) {
+            self.take_op(op);
+        }
+        if let Some(out) = self.conn.poll_outcome() {
+            assert!(self.outcome.is_none(), "outcome reported twice");
+            assert!(
+                self.c_read.is_none()
+                    && self.c_write.is_none()
+                    && self.b_read.is_none()
+                    && self.b_write.is_none()
+                    && self.connect.is_none()
+                    && !self.c_cancel
+                    && !self.b_cancel,
+                "outcome with an op in flight: {out:?}"
+            );
+            self.outcome = Some(out);
+        }
+    }
+
+    fn take_op(&mut self, op: Op) {
+        assert!(self.outcome.is_none(), "op after the outcome: {op:?}");
+        match op {
+            Op::Recv { side, buf } => {
+                let slot = match side {
+                    Side::Client => &mut self.c_read,
+                    Side::Backend => &mut self.b_read,
+                };
+                assert!(slot.is_none(), "two reads in flight on {side:?}");
+                assert!(buf.capacity() > buf.len(), "a read with no room");
+                *slot = Some(Pending { buf, off: 0 });
+            }
+            Op::Send { side, buf, off } => {
+                assert!(off < buf.len(), "an empty write");
+                let slot = match side {
+                    Side::Client => &mut self.c_write,
+                    Side::Backend => &mut self.b_write,
+                };
+                assert!(slot.is_none(), "two writes in flight on {side:?}");
+                *slot = Some(Pending { buf, off });
+            }
+            Op::ShutdownWrite { side } => match side {
+                Side::Client => {
+                    assert!(self.c_write.is_none(), "FIN with a client write in flight");
+                    self.client_fin_from_server = true;
+                }
+                Side::Backend => {
+                    assert!(self.b_write.is_none(), "FIN with a backend write in flight");
+                    // Everything the client sent that the server read has
+                    // reached the backend.
+                    assert_eq!(
+                        self.backend_got,
+                        self.client_plaintext_read(),
+                        "FIN to the backend while plaintext owed to it was dropped"
+                    );
+                    self.backend_fin_from_server = true;
+                }
+            },
+            Op::ShutdownBoth { .. } => {}
+            Op::Connect { addr } => {
+                assert!(self.connect.is_none());
+                self.connect = Some(addr);
+            }
+            Op::Cancel { side } => {
+                let slot = match side {
+                    Side::Client => &mut self.c_cancel,
+                    Side::Backend => &mut self.b_cancel,
+                };
+                assert!(!*slot, "two cancels in flight on {side:?}");
+                *slot = true;
+            }
+        }
+    }
+
+    /// The client plaintext whose records the server has read whole.
+    pub fn client_plaintext_read(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut from = 0;
+        for &(end_plain, end_wire) in &self.client_chunks {
+            if end_wire <= self.client_read_by_server {
+                out.extend_from_slice(&self.client_sent[from..end_plain]);
+            }
+            from = end_plain;
+        }
+        out
+    }
+
+    // ------------------------------------------------------------------
+    // Peers
+    // ------------------------------------------------------------------
+
+    /// The client's application writes `data`.
+    pub fn client_send(&mut self, data: &[u8]) {
+        if self.client_fin || self.client_reset {
+            return;
+        }
+        // One record per chunk, so that a chunk is decrypted exactly when
+        // the server has read its ciphertext whole.
+        for chunk in data.chunks(crate::tls::MAX_FRAGMENT_LEN) {
+            self.client.writer().write_all(chunk).unwrap();
+            self.client_sent.extend_from_slice(chunk);
+            self.flush_client_tls();
+            self.client_chunks
+                .push((self.client_sent.len(), self.client_wire_total));
+        }
+    }
+
+    /// The client sends close_notify (`notify`) and FIN.
+    pub fn client_close(&mut self, notify: bool) {
+        if self.client_fin || self.client_reset {
+            return;
+        }
+        if notify {
+            self.client.send_close_notify();
+            self.flush_client_tls();
+        }
+        self.client_fin = true;
+    }
+
+    pub fn backend_send(&mut self, data: &[u8]) {
+        if self.backend_fin || self.backend_reset {
+            return;
+        }
+        self.backend_sent.extend_from_slice(data);
+        self.backend_wire.extend(data.iter().copied());
+    }
+
+    // ------------------------------------------------------------------
+    // Completions
+    // ------------------------------------------------------------------
+
+    /// Completes the client read with at most `max` bytes, if it can
+    /// complete (bytes, EOF or reset available). Returns whether it did.
+    pub fn complete_client_read(&mut self, max: usize) -> bool {
+        let Some(p) = self.c_read.as_ref() else {
+            return false;
+        };
+        let room = p.buf.capacity() - p.buf.len();
+        let res = if self.client_reset {
+            IoResult::Failed(io::ErrorKind::ConnectionReset)
+        } else if !self.client_wire.is_empty() {
+            IoResult::Done(room.min(max.max(1)).min(self.client_wire.len()))
+        } else if self.client_fin {
+            IoResult::Done(0)
+        } else {
+            return false;
+        };
+        let mut p = self.c_read.take().unwrap();
+        if let IoResult::Done(n) = res {
+            p.buf.extend(self.client_wire.drain(..n));
+            self.client_read_by_server += n;
+        }
+        self.conn.handle_recv(Side::Client, res, p.buf, self.now);
+        self.pump();
+        true
+    }
+
+    pub fn complete_backend_read(&mut self, max: usize) -> bool {
+        let Some(p) = self.b_read.as_ref() else {
+            return false;
+        };
+        let room = p.buf.capacity() - p.buf.len();
+        let res = if self.backend_reset {
+            IoResult::Failed(io::ErrorKind::ConnectionReset)
+        } else if !self.backend_wire.is_empty() {
+            IoResult::Done(room.min(max.max(1)).min(self.backend_wire.len()))
+        } else if self.backend_fin {
+            IoResult::Done(0)
+        } else {
+            return false;
+        };
+        let mut p = self.b_read.take().unwrap();
+        if let IoResult::Done(n) = res {
+            p.buf.extend(self.backend_wire.drain(..n));
+            self.backend_read_by_server += n;
+        }
+        self.conn.handle_recv(Side::Backend, res, p.buf, self.now);
+        self.pump();
+        true
+    }
+
+    /// Completes the client write with at most `max` bytes written.
+    pub fn complete_client_write(&mut self, max: usize) -> bool {
+        let Some(p) = self.c_write.take() else {
+            return false;
+        };
+        let res = if self.client_reset {
+            IoResult::Failed(io::ErrorKind::BrokenPipe)
+        } else {
+            let n = (p.buf.len() - p.off).min(max.max(1));
+            self.deliver_to_client(&p.buf[p.off..p.off + n]);
+            IoResult::Done(n)
+        };
+        self.conn
+            .handle_send(Side::Client, res, p.buf, p.off, self.now);
+        self.pump();
+        true
+    }
+
+    pub fn complete_backend_write(&mut self, max: usize) -> bool {
+        let Some(p) = self.b_write.take() else {
+            return false;
+        };
+        let res = if self.backend_reset {
+            IoResult::Failed(io::ErrorKind::BrokenPipe)
+        } else {
+            let n = (p.buf.len() - p.off).min(max.max(1));
+            self.backend_got.extend_from_slice(&p.buf[p.off..p.off + n]);
+            IoResult::Done(n)
+        };
+        self.conn
+            .handle_send(Side::Backend, res, p.buf, p.off, self.now);
+        self.pump();
+        true
+    }
+
+    pub fn complete_connect(&mut self) -> bool {
+        let Some(a) = self.connect.take() else {
+            return false;
+        };
+        let res = if self.refusing.contains(&a) {
+            IoResult::Failed(io::ErrorKind::ConnectionRefused)
+        } else {
+            self.connected = Some(a);
+            IoResult::Done(0)
+        };
+        self.conn.handle_connect(res, self.now, &mut self.pools);
+        self.pump();
+        true
+    }
+
+    /// Completes a side's cancel: every op on that side completes as
+    /// cancelled (a connect too).
+    pub fn complete_cancel(&mut self, side: Side) -> bool {
+        let slot = match side {
+            Side::Client => &mut self.c_cancel,
+            Side::Backend => &mut self.b_cancel,
+        };
+        if !std::mem::take(slot) {
+            return false;
+        }
+        let mut n = 0;
+        let (read, write) = match side {
+            Side::Client => (self.c_read.take(), self.c_write.take()),
+            Side::Backend => (self.b_read.take(), self.b_write.take()),
+        };
+        if let Some(p) = read {
+            n += 1;
+            self.conn
+                .handle_recv(side, IoResult::Cancelled, p.buf, self.now);
+        }
+        if let Some(p) = write {
+            n += 1;
+            self.conn
+                .handle_send(side, IoResult::Cancelled, p.buf, p.off, self.now);
+        }
+        if side == Side::Backend && self.connect.take().is_some() {
+            n += 1;
+            self.conn
+                .handle_connect(IoResult::Cancelled, self.now, &mut self.pools);
+        }
+        self.conn.handle_cancel(side, CancelResult::Cancelled(n));
+        self.pump();
+        true
+    }
+
+    /// Advances the clock by `ms` and tells the machine when its deadline
+    /// passed (or, with `spurious`, regardless).
+    pub fn tick(&mut self, ms: u64, spurious: bool) {
+        self.now += Duration::from_millis(ms);
+        let due = self.conn.poll_timeout().is_some_and(|at| self.now >= at);
+        if due || spurious {
+            self.conn.handle_timeout(self.now);
+        }
+        self.pump();
+    }
+
+    pub fn stop(&mut self) {
+        self.conn.handle_stop(self.now);
+        self.pump();
+    }
+
+    fn deliver_to_client(&mut self, mut bytes: &[u8]) {
+        if self.client_tls_error {
+            return;
+        }
+        while !bytes.is_empty() {
+            match self.client.read_tls(&mut bytes) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            match self.client.process_new_packets() {
+                Ok(state) => {
+                    if state.peer_has_closed() {
+                        self.client_close_notify = true;
+                    }
+                }
+                Err(_) => {
+                    self.client_tls_error = true;
+                    return;
+                }
+            }
+            let mut buf = [0u8; 16384];
+            loop {
+                match self.client.reader().read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => self.client_got.extend_from_slice(&buf[..n]),
+                    Err(_) => break,
+                }
+            }
+        }
+        // The client answers (its Finished, KeyUpdate responses...).
+        self.flush_client_tls();
+    }
+
+    /// Completes everything that can complete, fully, until nothing moves.
+    pub fn settle(&mut self) {
+        for _ in 0..10_000 {
+            let moved = self.complete_client_write(usize::MAX)
+                || self.complete_backend_write(usize::MAX)
+                || self.complete_cancel(Side::Client)
+                || self.complete_cancel(Side::Backend)
+                || self.complete_connect()
+                || self.complete_client_read(usize::MAX)
+                || self.complete_backend_read(usize::MAX);
+            if !moved {
+                return;
+            }
+        }
+        panic!("settle did not converge");
+    }
+
+    pub fn outcome(&self) -> &Outcome {
+        self.outcome.as_ref().expect("the connection is over")
+    }
+
+    pub fn handshake_done(&self) -> bool {
+        !self.client.is_handshaking()
+    }
+}
+
+pub(super) fn cfg() -> ConnConfig {
+    ConnConfig {
+        accept_proxy: false,
+        proxy_out: None,
+        handshake_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(2),
+        idle_timeout: Some(Duration::from_secs(10)),
+        buffer_size: 64 * 1024,
+        close_flush: Duration::from_secs(1),
+        epoch: Instant::now(),
+    }
+}
+
+/// A world past the handshake and the connect, relaying.
+fn relaying() -> World {
+    let mut w = World::new(cfg(), &[BACKEND_A]);
+    w.settle();
+    assert!(w.handshake_done());
+    assert_eq!(w.connected, Some(addr(BACKEND_A)));
+    w
+}
+
+// ----------------------------------------------------------------------
+// Handshaking
+// ----------------------------------------------------------------------
+
+#[test]
+fn handshake_then_connect_then_relay_both_ways() {
+    let mut w = relaying();
+    w.client_send(b"GET / HTTP/1.1\r\n\r\n");
+    w.settle();
+    assert_eq!(w.backend_got, b"GET / HTTP/1.1\r\n\r\n");
+    w.backend_send(b"HTTP/1.1 200 OK\r\n\r\nhello");
+    w.settle();
+    assert_eq!(w.client_got, b"HTTP/1.1 200 OK\r\n\r\nhello");
+    // Close both ways: client close_notify, then the backend's FIN.
+    w.client_close(true);
+    w.settle();
+    assert!(w.backend_fin_from_server, "half-close reached the backend");
+    assert!(w.outcome.is_none(), "the other direction is still open");
+    w.backend_send(b"tail");
+    w.backend_fin = true;
+    w.settle();
+    assert_eq!(w.client_got, b"HTTP/1.1 200 OK\r\n\r\nhellotail");
+    assert!(w.client_close_notify);
+    assert!(w.client_fin_from_server);
+    let out = w.outcome();
+    assert_eq!(out.end, End::Closed);
+    assert!(out.handshake.is_some());
+    assert_eq!(out.backend, Some(addr(BACKEND_A)));
+    assert!(!out.reset_client && !out.reset_backend);
+    assert!(out.ttfb.is_some());
+}
+
+#[test]
+fn handshake_one_byte_reads() {
+    let mut w = World::new(cfg(), &[BACKEND_A]);
+    for _ in 0..100_000 {
+        if w.connected.is_some() {
+            break;
+        }
+        let moved = w.complete_client_write(usize::MAX)
+            || w.complete_connect()
+            || w.complete_client_read(1);
+        assert!(moved, "stalled in the handshake");
+    }
+    assert!(w.handshake_done());
+}
+
+#[test]
+fn handshake_eof_and_reset() {
+    let mut w = World::new(cfg(), &[BACKEND_A]);
+    w.client_wire.clear();
+    w.client_fin = true;
+    w.settle();
+    assert_eq!(w.outcome().end, End::HandshakeEof);
+
+    let mut w = World::new(cfg(), &[BACKEND_A]);
+    w.client_reset = true;
+    w.settle();
+    assert_eq!(w.outcome().end, End::HandshakeEof);
+}
+
+#[test]
+fn handshake_garbage_gets_an_alert() {
+    let mut w = World::new(cfg(), &[BACKEND_A]);
+    w.client_wire.clear();
+    w.client_wire
+        .extend(b"GET / HTTP/1.1\r\n\r\n".iter().copied());
+    w.complete_client_read(usize::MAX);
+    // The alert is flushed before the end.
+    assert!(w.c_write.is_some());
+    assert!(w.outcome.is_none());
+    w.settle();
+    let out = w.outcome();
+    assert!(matches!(out.end, End::HandshakeTls(_)), "{out:?}");
+    assert!(out.alert.is_some());
+}
+
+#[test]
+fn handshake_timeout_cancels_the_read() {
+    let mut w = World::new(cfg(), &[BACKEND_A]);
+    w.client_wire.clear(); // a silent client
+    w.settle();
+    assert!(w.c_read.is_some());
+    w.tick(4_999, false);
+    assert!(!w.c_cancel);
+    w.tick(1, false);
+    assert!(w.c_cancel, "the read is cancelled at the deadline");
+    assert!(w.outcome.is_none(), "not before the read completed");
+    w.settle();
+    assert_eq!(w.outcome().end, End::HandshakeTimeout);
+}
+
+#[test]
+fn drain_cut_during_the_handshake() {
+    let mut w = World::new(cfg(), &[BACKEND_A]);
+    w.client_wire.clear();
+    w.settle();
+    w.stop();
+    w.settle();
+    assert_eq!(w.outcome().end, End::DrainCut);
+}
+
+// ----------------------------------------------------------------------
+// ExpectProxyHeader
+// ----------------------------------------------------------------------
+
+fn proxy_world(header: &[u8], proxy_out: bool) -> World {
+    let mut c = cfg();
+    c.accept_proxy = true;
+    if proxy_out {
+        c.proxy_out = Some(proxy::Version::V1);
+    }
+    let mut w = World::new(c, &[BACKEND_A]);
+    let hello: Vec<u8> = w.client_wire.drain(..).collect();
+    w.client_wire.extend(header.iter().copied());
+    w.client_wire.extend(hello);
+    w
+}
+
+#[test]
+fn proxy_header_then_handshake_in_one_read_and_split() {
+    let header = b"PROXY TCP4 198.51.100.7 203.0.113.9 5555 443\r\n";
+    for max in [usize::MAX, 3] {
+        let mut w = proxy_world(header, true);
+        w.client_read_by_server = 0;
+        for _ in 0..10_000 {
+            if w.connected.is_some() {
+                break;
+            }
+            let moved = w.complete_client_write(usize::MAX)
+                || w.complete_connect()
+                || w.complete_client_read(max);
+            assert!(moved, "stalled");
+        }
+        w.settle();
+        // The PROXY header toward the backend carries the incoming one's
+        // addresses.
+        let got = String::from_utf8_lossy(&w.backend_got).to_string();
+        assert!(
+            got.starts_with("PROXY TCP4 198.51.100.7 203.0.113.9 5555 443\r\n"),
+            "{got}"
+        );
+    }
+}
+
+#[test]
+fn proxy_header_missing_or_bad() {
+    let mut w = proxy_world(b"", false);
+    w.settle();
+    assert!(
+        matches!(w.outcome().end, End::ProxyHeader(ProxyError::Missing(0x16))),
+        "{:?}",
+        w.outcome().end
+    );
+    let mut w = proxy_world(b"PROXY TCP4 nonsense\r\n", false);
+    w.settle();
+    assert!(matches!(w.outcome().end, End::ProxyHeader(_)));
+}
+
+// ----------------------------------------------------------------------
+// ExpectBackend
+// ----------------------------------------------------------------------
+
+#[test]
+fn connect_retries_the_next_backend_once() {
+    let mut w = World::new(cfg(), &[BACKEND_A, BACKEND_B]);
+    w.refusing = vec![addr(BACKEND_A)];
+    w.settle();
+    assert_eq!(w.connected, Some(addr(BACKEND_B)));
+    w.client_close(true);
+    w.backend_fin = true;
+    w.settle();
+    let out = w.outcome();
+    assert_eq!(out.end, End::Closed);
+    assert_eq!((out.connect_failures, out.retries), (1, 1));
+}
+
+#[test]
+fn connect_fails_on_every_backend() {
+    let mut w = World::new(cfg(), &[BACKEND_A, BACKEND_B]);
+    w.refusing = vec![addr(BACKEND_A), addr(BACKEND_B)];
+    w.settle();
+    let out = w.outcome();
+    assert_eq!(
+        out.end,
+        End::ConnectFailed(io::ErrorKind::ConnectionRefused)
+    );
+    assert_eq!((out.connect_failures, out.retries), (2, 1));
+    // The second connection's first pick skips the ejected backends in
+    // order: both are out, the one that comes back first is tried.
+}
+
+#[test]
+fn connect_timeout_then_retry_then_timeout() {
+    let mut w = World::new(cfg(), &[BACKEND_A, BACKEND_B]);
+    // Handshake done, connect in flight, never completing on its own.
+    for _ in 0..1000 {
+        if w.connect.is_some() {
+            break;
+        }
+        let moved = w.complete_client_write(usize::MAX) || w.complete_client_read(usize::MAX);
+        assert!(moved);
+    }
+    assert_eq!(w.connect, Some(addr(BACKEND_A)));
+    w.tick(2_000, false);
+    assert!(w.b_cancel);
+    w.complete_cancel(Side::Backend);
+    assert_eq!(w.connect, Some(addr(BACKEND_B)), "retried");
+    w.tick(2_000, false);
+    w.complete_cancel(Side::Backend);
+    w.settle();
+    let out = w.outcome();
+    assert_eq!(out.end, End::ConnectTimeout);
+    assert_eq!((out.connect_timeouts, out.retries), (2, 1));
+}
+
+#[test]
+fn drain_cut_during_connect_is_not_a_backend_failure() {
+    let mut w = World::new(cfg(), &[BACKEND_A, BACKEND_B]);
+    for _ in 0..1000 {
+        if w.connect.is_some() {
+            break;
+        }
+        let moved = w.complete_client_write(usize::MAX) || w.complete_client_read(usize::MAX);
+        assert!(moved);
+    }
+    w.stop();
+    w.settle();
+    let out = w.outcome();
+    assert_eq!(out.end, End::DrainCut);
+    assert_eq!((out.connect_failures, out.retries), (0, 0));
+}
+
+// ----------------------------------------------------------------------
+// Relaying
+// ----------------------------------------------------------------------
+
+#[test]
+fn backpressure_one_pending_one_in_flight() {
+    let mut w = relaying();
+    // The backend never takes its writes: the client is read once more
+    // (one buffer pending, one in flight), then no more.
+    for i in 0..50 {
+        w.client_send(&[i as u8; 16 * 1024]);
+    }
+    for _ in 0..100 {
+        w.complete_client_read(usize::MAX);
+    }
+    assert!(w.b_write.is_some());
+    assert!(
+        w.c_read.is_none(),
+        "the client is not read while the backend is behind"
+    );
+    assert!(w.conn.to_backend.len() <= 64 * 1024 + MAX_RECORD_LEN);
+    // Once the backend takes everything, all of it arrives in order.
+    w.settle();
+    assert_eq!(w.backend_got, w.client_sent);
+}
+
+#[test]
+fn short_writes_resume_in_order() {
+    let mut w = relaying();
+    let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    w.backend_send(&data);
+    for _ in 0..100_000 {
+        let moved = w.complete_client_write(777) || w.complete_backend_read(5_000);
+        if !moved {
+            break;
+        }
+    }
+    assert_eq!(w.client_got, data);
+}
+
+#[test]
+fn idle_timeout_flushes_then_close_notify() {
+    let mut w = relaying();
+    w.backend_send(b"late response");
+    w.complete_backend_read(usize::MAX);
+    assert!(w.c_write.is_some());
+    w.tick(10_000, false);
+    // The write in flight is cancelled (nothing sent), then flushed with
+    // the close_notify.
+    w.settle();
+    assert_eq!(w.client_got, b"late response");
+    assert!(w.client_close_notify);
+    let out = w.outcome();
+    assert_eq!(out.end, End::IdleTimeout);
+    assert!(!out.reset_client);
+}
+
+#[test]
+fn spurious_timeouts_change_nothing() {
+    let mut w = relaying();
+    for _ in 0..20 {
+        w.tick(9_000, true);
+        w.client_send(b"x");
+        w.settle();
+    }
+    assert!(w.outcome.is_none());
+    assert_eq!(w.backend_got, vec![b'x'; 20]);
+}
+
+/// The data-loss case of the old relay: a stop decided in the same batch as
+/// a completed backend read threw the read's bytes away, yet sent a
+/// close_notify, so the client saw a truncated response as a clean end.
+#[test]
+fn regression_stop_with_a_backend_read_completing_loses_nothing() {
+    for stop in [true, false] {
+        let mut w = relaying();
+        w.backend_send(b"response bytes that must arrive");
+        assert!(w.b_read.is_some());
+        // The stop is decided (cancels submitted) ...
+        if stop {
+            w.stop();
+        } else {
+            w.tick(10_000, false);
+        }
+        assert!(w.b_cancel);
+        // ... and the backend read completes with data before the cancel.
+        assert!(w.complete_backend_read(usize::MAX));
+        w.settle();
+        assert!(w.client_close_notify);
+        assert_eq!(w.client_got, b"response bytes that must arrive");
+        let out = w.outcome();
+        assert_eq!(
+            out.end,
+            if stop {
+                End::DrainCut
+            } else {
+                End::IdleTimeout
+            }
+        );
+        assert!(!out.reset_client);
+    }
+}
+
+#[test]
+fn stop_drops_client_bytes_and_resets_the_backend() {
+    let mut w = relaying();
+    w.client_send(b"request the backend will never see");
+    w.stop();
+    // The client read completes with data after the stop.
+    assert!(w.complete_client_read(usize::MAX));
+    w.settle();
+    let out = w.outcome();
+    assert_eq!(out.end, End::DrainCut);
+    assert!(out.reset_backend, "no FIN while owed plaintext was dropped");
+    assert!(w.backend_got.is_empty());
+}
+
+#[test]
+fn flush_deadline_resets_a_client_that_does_not_read() {
+    let mut w = relaying();
+    w.backend_send(&[7u8; 1000]);
+    w.complete_backend_read(usize::MAX);
+    w.stop();
+    w.complete_cancel(Side::Client);
+    w.complete_cancel(Side::Backend);
+    assert!(w.c_write.is_some(), "flushing");
+    w.tick(1_000, false);
+    w.settle();
+    let out = w.outcome();
+    assert!(out.reset_client, "owed bytes dropped: no clean end");
+    assert!(!w.client_close_notify);
+}
+
+#[test]
+fn client_tls_error_sends_an_alert_and_drops_backend_data() {
+    let mut w = relaying();
+    w.client_send(b"good");
+    w.settle();
+    // A corrupted record.
+    w.client_wire
+        .extend([23u8, 3, 3, 0, 20].iter().chain([0u8; 20].iter()).copied());
+    w.settle();
+    let out = w.outcome();
+    assert!(matches!(out.end, End::Tls(_)), "{out:?}");
+    assert!(out.alert.is_some());
+    assert_eq!(w.backend_got, b"good");
+}
+
+#[test]
+fn backend_reset_mid_response_is_no_clean_end() {
+    let mut w = relaying();
+    w.backend_send(b"partial");
+    w.complete_backend_read(usize::MAX);
+    w.backend_reset = true;
+    w.settle();
+    assert!(!w.client_close_notify);
+    assert!(matches!(w.outcome().end, End::Io(Side::Backend, _)));
+}
+
+#[test]
+fn close_notify_with_finished_half_closes_at_once() {
+    let mut w = World::new(cfg(), &[BACKEND_A]);
+    // Let the client finish its handshake, then queue its request and a
+    // close_notify before the server reads the client's Finished.
+    for _ in 0..100 {
+        if w.handshake_done() {
+            break;
+        }
+        let moved = w.complete_client_write(usize::MAX);
+        if !moved && !w.complete_client_read(usize::MAX) {
+            break;
+        }
+    }
+    w.client_send(b"req");
+    w.client_close(true);
+    w.settle();
+    assert_eq!(w.backend_got, b"req");
+    assert!(w.backend_fin_from_server);
+}
+
+#[test]
+fn read_sizes_adapt_both_ways() {
+    // A full read doubles, up to the max.
+    assert_eq!(next_read_size(512, 512, 512, 65536), 1024);
+    assert_eq!(next_read_size(65536, 65536, 65536, 65536), 65536);
+    // A tiny read halves, down to FIRST_READ.
+    assert_eq!(next_read_size(65536, 100, 65536, 65536), 32768);
+    assert_eq!(next_read_size(FIRST_READ, 1, FIRST_READ, 65536), FIRST_READ);
+    // In between, it stays.
+    assert_eq!(next_read_size(4096, 2000, 4096, 65536), 4096);
+}

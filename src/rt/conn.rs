@@ -17,7 +17,6 @@
 //! registered one fires, which the machine then calls spurious). The timer
 //! and the drain's cut wake the connection through its [`ConnSignal`].
 
-use std::cell::Cell;
 use std::future::poll_fn;
 use std::future::Future;
 use std::io;
@@ -25,44 +24,16 @@ use std::net::{Shutdown, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Poll, Waker};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use tokio_uring::net::TcpStream;
 
+use super::ctx::{ConnSignal, WorkerCtx};
 use super::ops;
-use super::worker::WorkerCtx;
 use crate::conn::{CancelResult, Conn, End, IoResult, Op, Outcome, Side};
 use crate::metrics::hist::Metric;
 use crate::tls::Resumption;
-
-/// How the worker's timer and drain reach a connection's task.
-#[derive(Default)]
-pub struct ConnSignal {
-    fired: Cell<bool>,
-    cut: Cell<bool>,
-    waker: Cell<Option<Waker>>,
-}
-
-impl ConnSignal {
-    /// The connection's registered deadline passed.
-    pub fn fire(&self) {
-        self.fired.set(true);
-        self.wake();
-    }
-
-    /// The shutdown drain timed out.
-    pub fn cut(&self) {
-        self.cut.set(true);
-        self.wake();
-    }
-
-    fn wake(&self) {
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
-    }
-}
 
 /// Serves one accepted client connection to completion. The caller has
 /// counted it in `active`; this takes it off.
@@ -158,8 +129,10 @@ fn count(ctx: &WorkerCtx, out: &Outcome, accepted_at: Instant) {
     if let Some(ttfb) = out.ttfb {
         ctx.record(Metric::Ttfb, ttfb);
     }
-    c.backend_connect_failures.add(u64::from(out.connect_failures));
-    c.backend_connect_timeouts.add(u64::from(out.connect_timeouts));
+    c.backend_connect_failures
+        .add(u64::from(out.connect_failures));
+    c.backend_connect_timeouts
+        .add(u64::from(out.connect_timeouts));
     c.backend_retries.add(u64::from(out.retries));
     if let Some(alert) = out.alert {
         c.alert(alert).inc();

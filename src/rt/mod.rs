@@ -2,7 +2,9 @@
 //!
 //! - `worker`: one pinned OS thread per core with its own tokio-uring runtime;
 //! - `listener`: SO_REUSEPORT listening sockets (socket2);
-//! - `conn`: the connection driver (read → step → write);
+//! - `conn`: the connection driver: submits what the connection machine
+//!   (`crate::conn`) asks for and feeds the completions back;
+//! - `ctx`: what a worker's connections share (worker context, signals);
 //! - `ops`: the io_uring ops we submit ourselves (recv, send, connect,
 //!   shutdown, timeout, cancel);
 //! - `admin`: the admin/metrics endpoint, on its own thread;
@@ -12,6 +14,7 @@
 
 pub mod admin;
 pub mod conn;
+pub mod ctx;
 pub mod demo;
 pub mod drain;
 pub mod hist_hub;

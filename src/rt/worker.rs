@@ -15,153 +15,20 @@ use rustls::ServerConfig;
 use tokio::sync::Notify;
 use tokio_uring::net::TcpListener;
 
+use super::conn;
+use super::ctx::WorkerCtx;
 use super::drain::DrainHub;
 use super::hist_hub::HistHub;
-use super::conn::{self, ConnSignal};
-use super::{ops, session_store, ticket_keys};
+use super::{ops, session_store};
 use crate::conn::{ConnConfig, CLOSE_FLUSH};
 use crate::deadline::Deadlines;
-use crate::metrics::hist::{Histograms, Metric};
+use crate::metrics::hist::Histograms;
 use crate::metrics::WorkerCounters;
 use crate::route::{Pools, RouteTable};
 use crate::session::cache::CacheConfig;
 
 /// How often the worker's timer looks at its deadlines while some exist.
 const TIMER_TICK: Duration = Duration::from_millis(100);
-
-/// Everything a worker's connections read.
-pub struct WorkerCtx {
-    /// Worker index.
-    pub id: usize,
-    /// TLS configuration (shared; swapped on reload).
-    pub tls: Arc<ArcSwap<ServerConfig>>,
-    /// This worker's copy of it (see [`WorkerCtx::tls_config`]), with the
-    /// shared one it was made from.
-    local_tls: RefCell<Option<(Arc<ServerConfig>, Arc<ServerConfig>)>>,
-    /// This worker's backend pools (round-robin, ejection).
-    pub pools: RefCell<Pools>,
-    /// Per-connection settings.
-    pub conn: ConnConfig,
-    /// Connections above which new ones are closed at once; 0 = unlimited.
-    pub max_connections: u64,
-    /// This worker's counters.
-    pub counters: Arc<WorkerCounters>,
-    /// This worker's latency histograms (only this thread records).
-    pub hist: RefCell<Histograms>,
-    /// How often the session cache merges other workers' sessions; `None`
-    /// when the cache is off.
-    sync_interval_ms: Option<u64>,
-    deadlines: RefCell<Deadlines>,
-    timer_wake: Notify,
-    epoch: Instant,
-    /// Set once the drain began: accept loops end.
-    draining: Cell<bool>,
-    /// Set once the drain timeout passed: connections stop.
-    cutting: Cell<bool>,
-    /// The connections being served, by client fd: how the timer and the
-    /// drain's cut reach them.
-    conns: RefCell<HashMap<i64, Rc<ConnSignal>>>,
-}
-
-impl WorkerCtx {
-    /// Milliseconds since the worker started (its deadlines' clock).
-    pub fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
-    }
-
-    /// `at` on the deadlines' clock, rounded up.
-    pub fn ms_at(&self, at: Instant) -> u64 {
-        let d = at.saturating_duration_since(self.epoch);
-        d.as_millis() as u64 + u64::from(d.subsec_nanos() % 1_000_000 != 0)
-    }
-
-    /// Whether the drain timeout passed and connections must stop.
-    pub fn is_cutting(&self) -> bool {
-        self.cutting.get()
-    }
-
-    /// Registers a served connection by its client fd; call
-    /// [`WorkerCtx::untrack`] before the socket closes. A connection
-    /// accepted after the cut is cut at once.
-    pub fn track(&self, key: i64) -> Rc<ConnSignal> {
-        let signal = Rc::new(ConnSignal::default());
-        if self.cutting.get() {
-            signal.cut();
-        }
-        self.conns.borrow_mut().insert(key, signal.clone());
-        signal
-    }
-
-    /// Forgets a served connection.
-    pub fn untrack(&self, key: i64) {
-        self.conns.borrow_mut().remove(&key);
-    }
-
-    /// This worker's TLS configuration: a copy of the shared one whose
-    /// session store and ticketer count into this worker's counters
-    /// (rustls calls them with no other context). Made again when a reload
-    /// swapped the shared one.
-    pub fn tls_config(&self) -> Arc<ServerConfig> {
-        let shared = self.tls.load();
-        let mut local = self.local_tls.borrow_mut();
-        match &*local {
-            Some((from, mine)) if Arc::ptr_eq(from, &shared) => mine.clone(),
-            _ => {
-                let mut mine = ServerConfig::clone(&shared);
-                if self.uses_session_cache() {
-                    mine.session_storage =
-                        Arc::new(session_store::WorkerStore::new(self.counters.clone()));
-                }
-                if mine.ticketer.enabled() {
-                    mine.ticketer = Arc::new(ticket_keys::CountingTicketer::new(
-                        mine.ticketer.clone(),
-                        self.counters.clone(),
-                    ));
-                }
-                let mine = Arc::new(mine);
-                *local = Some((Arc::clone(&shared), mine.clone()));
-                mine
-            }
-        }
-    }
-
-    /// Arms `key`'s deadline at `at_ms` on the deadlines' clock.
-    pub fn set_deadline_at(&self, key: i64, at_ms: u64) {
-        let was_empty = {
-            let mut d = self.deadlines.borrow_mut();
-            let was_empty = d.is_empty();
-            d.set(key, at_ms);
-            was_empty
-        };
-        if was_empty {
-            self.timer_wake.notify_one();
-        }
-    }
-
-    /// Disarms `key`'s deadline. Returns false if it had already expired.
-    pub fn clear_deadline(&self, key: i64) -> bool {
-        let mut d = self.deadlines.borrow_mut();
-        let armed = d.contains(key);
-        d.clear(key);
-        armed
-    }
-
-    /// Whether the session cache is on.
-    pub fn uses_session_cache(&self) -> bool {
-        self.sync_interval_ms.is_some()
-    }
-
-    /// Records `since`'s elapsed time into histogram `m`.
-    pub fn record_since(&self, m: Metric, since: Instant) {
-        self.record(m, since.elapsed());
-    }
-
-    /// Records a duration into histogram `m`.
-    pub fn record(&self, m: Metric, d: Duration) {
-        let us = d.as_micros().min(u128::from(u64::MAX)) as u64;
-        self.hist.borrow_mut().record(m, us);
-    }
-}
 
 /// What a worker thread needs to start.
 pub struct WorkerSpec {

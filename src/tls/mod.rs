@@ -18,8 +18,8 @@ pub use certs::{
     TlsPolicy,
 };
 pub use session::{
-    subject_cn, HandshakeInfo, Resumption, Status, TlsSession, MAX_FRAGMENT_LEN, MAX_PENDING_ESTABLISHED,
-    MAX_PENDING_HANDSHAKE, MAX_RECORD_LEN,
+    subject_cn, HandshakeInfo, Resumption, Status, TlsSession, MAX_FRAGMENT_LEN,
+    MAX_PENDING_ESTABLISHED, MAX_PENDING_HANDSHAKE, MAX_RECORD_LEN,
 };
 pub use sni::UnknownSni;
 

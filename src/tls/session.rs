@@ -842,6 +842,102 @@ mod tests {
         assert_eq!(p.client.reader().read_to_end(&mut rest).unwrap(), 0);
     }
 
+    /// A resolver that finds no certificate: rustls's error text (which the
+    /// step matches) and the rewrite of its access_denied alert into
+    /// unrecognized_name (RFC 6066 §3).
+    #[test]
+    fn no_certificate_is_answered_with_unrecognized_name() {
+        #[derive(Debug)]
+        struct Nothing;
+        impl rustls::server::ResolvesServerCert for Nothing {
+            fn resolve(
+                &self,
+                _: rustls::server::ClientHello<'_>,
+            ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+                None
+            }
+        }
+        let (server, client) = configs(&rustls::version::TLS13);
+        let mut server = ServerConfig::clone(&server);
+        server.cert_resolver = Arc::new(Nothing);
+        let mut session = TlsSession::new(Arc::new(server)).unwrap();
+        let mut c =
+            ClientConnection::new(client, ServerName::try_from("unknown.test").unwrap()).unwrap();
+        let mut hello = Vec::new();
+        c.write_tls(&mut hello).unwrap();
+        let (mut to_client, mut to_backend) = (Vec::new(), Vec::new());
+        let err = session
+            .handle_ciphertext(&hello, &mut to_client, &mut to_backend)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            TlsError::Rustls(rustls::Error::General(NO_CERTIFICATE.to_owned()))
+        );
+        assert_eq!(to_client, [21, 3, 3, 0, 2, 2, UNRECOGNIZED_NAME]);
+        assert_eq!(session.sni(), Some("unknown.test"));
+    }
+
+    /// The session kind the cache tags an entry with is read from rustls's
+    /// serialized value (`SessionKind::of_value`): pinned here with real
+    /// handshakes of both versions.
+    #[test]
+    fn stored_session_values_carry_their_version() {
+        use crate::session::cache::SessionKind;
+        use std::sync::Mutex;
+
+        #[derive(Debug, Default)]
+        struct Recorder(Mutex<Vec<Vec<u8>>>);
+        impl rustls::server::StoresServerSessions for Recorder {
+            fn put(&self, _key: Vec<u8>, value: Vec<u8>) -> bool {
+                self.0.lock().unwrap().push(value);
+                true
+            }
+            fn get(&self, _key: &[u8]) -> Option<Vec<u8>> {
+                None
+            }
+            fn take(&self, _key: &[u8]) -> Option<Vec<u8>> {
+                None
+            }
+            fn can_cache(&self) -> bool {
+                true
+            }
+        }
+        for (version, kind) in [
+            (&rustls::version::TLS13, SessionKind::Tls13Stateful),
+            (&rustls::version::TLS12, SessionKind::Tls12Id),
+        ] {
+            {
+                let name = "localhost";
+                let (server, client) = configs(version);
+                let recorder = Arc::new(Recorder::default());
+                let mut server = ServerConfig::clone(&server);
+                server.session_storage = recorder.clone();
+                server.send_tls13_tickets = 1;
+                let mut p = Pair {
+                    client: ClientConnection::new(client, ServerName::try_from(name).unwrap())
+                        .unwrap(),
+                    server: TlsSession::new(Arc::new(server)).unwrap(),
+                    backend: Vec::new(),
+                    client_rx: Vec::new(),
+                };
+                p.pump(usize::MAX).unwrap();
+                let values = recorder.0.lock().unwrap();
+                assert!(!values.is_empty(), "{version:?}: nothing stored");
+                for v in values.iter() {
+                    assert_eq!(SessionKind::of_value(v), kind, "{version:?} {name}");
+                }
+            }
+        }
+        // Without SNI the presence byte is 0 and the version follows.
+        assert_eq!(
+            SessionKind::of_value(&[0, 3, 4, 0]),
+            SessionKind::Tls13Stateful
+        );
+        assert_eq!(SessionKind::of_value(&[0, 3, 3]), SessionKind::Tls12Id);
+        assert_eq!(SessionKind::of_value(&[]), SessionKind::Unknown);
+        assert_eq!(SessionKind::of_value(&[1, 200, 3]), SessionKind::Unknown);
+    }
+
     #[test]
     fn tls13_handshake_and_data() {
         handshake_and_exchange(&rustls::version::TLS13, usize::MAX);

@@ -18,6 +18,7 @@ pub mod hist_hub;
 pub mod listener;
 pub mod ops;
 pub mod privdrop;
+pub mod reload;
 pub mod session_store;
 pub mod ticket_keys;
 pub mod worker;

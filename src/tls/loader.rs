@@ -1,0 +1,420 @@
+//! From a validated [`Config`] to a rustls `ServerConfig`: read every
+//! certificate, key, certificate folder, OCSP response and client CA,
+//! check them, and build.
+//!
+//! Sans-IO: files come through a [`FileSource`] the caller passes in (the
+//! runtime's reads the disk, tests may serve memory), and the time for the
+//! OCSP checks is an argument. The runtime's reloader (`rt::reload`) keeps
+//! the last [`Loaded`] set so that a reload can keep the previous version
+//! of a certificate-folder file that went bad.
+
+use std::sync::Arc;
+
+use rustls::pki_types::CertificateDer;
+use rustls::sign::CertifiedKey;
+
+use super::ocsp::{self, OcspValidity};
+use super::{ClientAuth, ResumptionParts, TlsError, TlsPolicy, UnknownSni};
+use crate::config::{CertFiles, Config};
+
+/// Where the loader gets file contents.
+pub trait FileSource {
+    /// The file's bytes.
+    fn read(&self, path: &str) -> std::io::Result<Vec<u8>>;
+    /// The paths of the `*.pem` files in `dir`, sorted by name.
+    fn pem_files(&self, dir: &str) -> std::io::Result<Vec<String>>;
+}
+
+/// Start (every bad file is an error) or reload (a bad file of a
+/// certificate folder is skipped, its previous version kept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadMode {
+    /// At start, and for `ringterm check`.
+    Start,
+    /// On SIGHUP.
+    Reload,
+}
+
+/// The OCSP state of one certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OcspState {
+    /// No response file (none set, none in the OCSP folder).
+    None,
+    /// A checked response, stapled.
+    Stapled {
+        /// The DER response.
+        der: Vec<u8>,
+        /// Its validity.
+        validity: OcspValidity,
+    },
+    /// A response file that is not stapled, and why.
+    Rejected(String),
+}
+
+/// One loaded certificate.
+#[derive(Debug, Clone)]
+pub struct LoadedCert {
+    /// The certificate file.
+    pub file: String,
+    /// The flag or key it came from (`--cert`, `--cert-dir`).
+    pub flag: &'static str,
+    /// The chain and key (checked to match), without a staple.
+    pub key: Arc<CertifiedKey>,
+    /// Configured names (empty: the certificate's own).
+    pub names: Vec<String>,
+    /// The names it is served for (configured, or its DNS SANs).
+    pub served_names: Vec<String>,
+    /// Its `notAfter`, seconds since the Unix epoch.
+    pub not_after: u64,
+    /// The OCSP response file looked at, if any.
+    pub ocsp_file: Option<String>,
+    /// Whether that file was set explicitly (`ocsp = ...`): then it must
+    /// exist.
+    pub ocsp_explicit: bool,
+    /// The OCSP state.
+    pub ocsp: OcspState,
+}
+
+/// Every certificate, in configuration order (the default first).
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    /// The certificates.
+    pub certs: Vec<LoadedCert>,
+    /// Files skipped on reload (their previous version, if any, kept), with
+    /// why: `PATH: reason`.
+    pub skipped: Vec<String>,
+}
+
+/// A loading error: names the flag (or key) and the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError {
+    /// The flag or key (`--cert`, `--key`, `--cert-dir`, `--client-ca`,
+    /// `--ocsp-dir`, `ocsp`).
+    pub flag: &'static str,
+    /// The file or folder.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}: {}", self.flag, self.message)
+        } else {
+            write!(f, "{} {}: {}", self.flag, self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+impl LoadError {
+    fn new(flag: &'static str, path: &str, message: impl ToString) -> Self {
+        Self {
+            flag,
+            path: path.to_owned(),
+            message: message.to_string(),
+        }
+    }
+}
+
+/// Reads and checks every certificate of `config` (explicit ones, then
+/// each certificate folder's `*.pem` files by name) and their OCSP
+/// responses, checked at `now` (seconds since the Unix epoch).
+///
+/// In [`LoadMode::Reload`], a certificate-folder file that fails is
+/// skipped (listed in [`Loaded::skipped`]) and its version in `previous`
+/// kept; every other failure is an error in both modes.
+pub fn load(
+    config: &Config,
+    files: &dyn FileSource,
+    now: u64,
+    mode: LoadMode,
+    previous: Option<&Loaded>,
+) -> Result<Loaded, LoadError> {
+    let mut out = Loaded::default();
+    for spec in &config.certs {
+        let cert = load_one(spec, "--cert", files)?;
+        out.certs.push(cert);
+    }
+    for dir in &config.cert_dirs {
+        let paths = files
+            .pem_files(dir)
+            .map_err(|e| LoadError::new("--cert-dir", dir, e))?;
+        for path in paths {
+            let spec = CertFiles {
+                cert: path.clone(),
+                key: None,
+                names: Vec::new(),
+                ocsp: None,
+            };
+            match (load_one(&spec, "--cert-dir", files), mode) {
+                (Ok(cert), _) => out.certs.push(cert),
+                (Err(e), LoadMode::Start) => return Err(e),
+                (Err(e), LoadMode::Reload) => {
+                    out.skipped.push(format!("{path}: {}", e.message));
+                    if let Some(old) = previous
+                        .into_iter()
+                        .flat_map(|p| &p.certs)
+                        .find(|c| c.file == path)
+                    {
+                        out.certs.push(old.clone());
+                    }
+                }
+            }
+        }
+    }
+    if out.certs.is_empty() {
+        let dir = config.cert_dirs.join(", ");
+        return Err(LoadError::new(
+            "--cert-dir",
+            &dir,
+            "no certificate (*.pem) found",
+        ));
+    }
+    for (cert, spec) in out.certs.iter_mut().zip(config.certs.iter().map(Some).chain(std::iter::repeat(None))) {
+        let explicit = spec.and_then(|s| s.ocsp.clone());
+        cert.ocsp_explicit = explicit.is_some();
+        cert.ocsp_file = explicit.or_else(|| {
+            config.ocsp_dir.as_ref().map(|dir| {
+                let name = std::path::Path::new(&cert.file)
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                std::path::Path::new(dir)
+                    .join(format!("{name}.ocsp"))
+                    .display()
+                    .to_string()
+            })
+        });
+        cert.ocsp = ocsp_state(cert, files, now, mode)?;
+    }
+    Ok(out)
+}
+
+/// Re-reads and re-checks every certificate's OCSP response at `now`
+/// (the timer's refresh). Unreadable files are rejected states, not
+/// errors.
+pub fn refresh_ocsp(loaded: &Loaded, files: &dyn FileSource, now: u64) -> Loaded {
+    let mut out = loaded.clone();
+    for cert in &mut out.certs {
+        cert.ocsp = ocsp_state(cert, files, now, LoadMode::Reload)
+            .unwrap_or_else(|e| OcspState::Rejected(e.to_string()));
+    }
+    out
+}
+
+/// One warning line per certificate whose OCSP response is rejected now
+/// and was not rejected for the same reason in `previous` (a warning is
+/// given once, not on every refresh).
+pub fn ocsp_warnings(previous: Option<&Loaded>, now: &Loaded) -> Vec<String> {
+    now.certs
+        .iter()
+        .filter_map(|c| {
+            let OcspState::Rejected(why) = &c.ocsp else {
+                return None;
+            };
+            let before = previous
+                .into_iter()
+                .flat_map(|p| &p.certs)
+                .find(|p| p.file == c.file)
+                .map(|p| &p.ocsp);
+            if before == Some(&c.ocsp) {
+                return None;
+            }
+            Some(format!(
+                "OCSP response {} for {} not stapled: {why}",
+                c.ocsp_file.as_deref().unwrap_or("?"),
+                c.file
+            ))
+        })
+        .collect()
+}
+
+fn load_one(
+    spec: &CertFiles,
+    flag: &'static str,
+    files: &dyn FileSource,
+) -> Result<LoadedCert, LoadError> {
+    let cert_pem = files
+        .read(&spec.cert)
+        .map_err(|e| LoadError::new(flag, &spec.cert, e))?;
+    let chain = super::load_cert_chain(&spec.cert, &cert_pem)
+        .map_err(|e| LoadError::new(flag, &spec.cert, strip(&e, &spec.cert)))?;
+    let key = match &spec.key {
+        Some(key_file) => {
+            let pem = files
+                .read(key_file)
+                .map_err(|e| LoadError::new("--key", key_file, e))?;
+            super::load_private_key(key_file, &pem)
+                .map_err(|e| LoadError::new("--key", key_file, strip(&e, key_file)))?
+        }
+        None => super::load_private_key(&spec.cert, &cert_pem).map_err(|e| {
+            let msg = match e {
+                TlsError::NoPrivateKey(_) => {
+                    "no private key found (give --key, or put the key in this file)".to_owned()
+                }
+                other => strip(&other, &spec.cert),
+            };
+            LoadError::new(flag, &spec.cert, msg)
+        })?,
+    };
+    let label = match &spec.key {
+        Some(k) => format!("{}/{}", spec.cert, k),
+        None => spec.cert.clone(),
+    };
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let certified = CertifiedKey::from_der(chain, key, &provider)
+        .map_err(|e| LoadError::new(flag, &label, format!("certificate/key: {e}")))?;
+    certified
+        .keys_match()
+        .map_err(|e| LoadError::new(flag, &label, format!("certificate/key: {e}")))?;
+    let leaf = &certified.cert[0];
+    let not_after = ocsp::not_after(leaf).map_err(|e| LoadError::new(flag, &spec.cert, e))?;
+    let served_names = if spec.names.is_empty() {
+        super::sni::dns_names(leaf).map_err(|e| LoadError::new(flag, &spec.cert, e))?
+    } else {
+        spec.names.iter().map(|n| n.to_ascii_lowercase()).collect()
+    };
+    Ok(LoadedCert {
+        file: spec.cert.clone(),
+        flag,
+        key: Arc::new(certified),
+        names: spec.names.clone(),
+        served_names,
+        not_after,
+        ocsp_file: None,
+        ocsp_explicit: false,
+        ocsp: OcspState::None,
+    })
+}
+
+/// The error text without the file name the TLS layer puts first.
+fn strip(e: &TlsError, file: &str) -> String {
+    let text = e.to_string();
+    text.strip_prefix(file)
+        .map(|r| r.trim_start_matches(':').trim_start().to_owned())
+        .unwrap_or(text)
+}
+
+fn ocsp_state(
+    cert: &LoadedCert,
+    files: &dyn FileSource,
+    now: u64,
+    mode: LoadMode,
+) -> Result<OcspState, LoadError> {
+    let Some(path) = &cert.ocsp_file else {
+        return Ok(OcspState::None);
+    };
+    let flag = if cert.ocsp_explicit {
+        "ocsp"
+    } else {
+        "--ocsp-dir"
+    };
+    let der = match files.read(path) {
+        Ok(der) => der,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !cert.ocsp_explicit => {
+            return Ok(OcspState::None)
+        }
+        Err(e) if mode == LoadMode::Start => return Err(LoadError::new(flag, path, e)),
+        Err(e) => return Ok(OcspState::Rejected(format!("{path}: {e}"))),
+    };
+    let Some(issuer) = cert.key.cert.get(1) else {
+        return Ok(OcspState::Rejected(ocsp::OcspError::NoIssuer.to_string()));
+    };
+    Ok(match ocsp::verify(&der, &cert.key.cert[0], issuer, now) {
+        Ok(validity) => OcspState::Stapled { der, validity },
+        Err(e) => OcspState::Rejected(e.to_string()),
+    })
+}
+
+/// Builds the server configuration from `loaded` (staples attached) and
+/// `config`'s TLS policy; reads the client CA file through `files`.
+pub fn build(
+    config: &Config,
+    loaded: &Loaded,
+    files: &dyn FileSource,
+    resumption: ResumptionParts,
+) -> Result<Arc<rustls::ServerConfig>, LoadError> {
+    let t = &config.tls;
+    let client_auth = match &t.client_ca {
+        Some(file) => {
+            let ca_pem = files
+                .read(file)
+                .map_err(|e| LoadError::new("--client-ca", file, e))?;
+            // Checked here so that the error blames --client-ca.
+            super::load_cert_chain(file, &ca_pem)
+                .map_err(|e| LoadError::new("--client-ca", file, strip(&e, file)))?;
+            Some(ClientAuth {
+                file: file.clone(),
+                ca_pem,
+                required: t.client_auth_required,
+            })
+        }
+        None => None,
+    };
+    let policy = TlsPolicy {
+        tls12: t.tls12,
+        tls13: t.tls13,
+        alpn: t.alpn.iter().map(|p| p.as_bytes().to_vec()).collect(),
+        cipher_suites: t.ciphers.clone(),
+        groups: t.groups.clone(),
+        client_auth,
+        unknown_sni: if t.reject_unknown_sni {
+            UnknownSni::Reject
+        } else {
+            UnknownSni::Default
+        },
+    };
+    let provider = Arc::new(super::provider_for(&policy).map_err(policy_error)?);
+    let mut keys = Vec::with_capacity(loaded.certs.len());
+    let mut names = Vec::with_capacity(loaded.certs.len());
+    for c in &loaded.certs {
+        let staple = match &c.ocsp {
+            OcspState::Stapled { der, .. } => Some(der.clone()),
+            _ => None,
+        };
+        keys.push(Arc::new(CertifiedKey {
+            ocsp: staple,
+            ..(*c.key).clone()
+        }));
+        names.push(c.names.clone());
+    }
+    super::build_server_config_from_keys(keys, &names, &policy, resumption, provider).map_err(
+        |e| match e {
+            TlsError::Pem(file, msg) if Some(&file) == t.client_ca.as_ref() => {
+                LoadError::new("--client-ca", &file, msg)
+            }
+            TlsError::NoCertificate(file) if Some(&file) == t.client_ca.as_ref() => {
+                LoadError::new("--client-ca", &file, "no certificate found")
+            }
+            other => policy_error(other),
+        },
+    )
+}
+
+fn policy_error(e: TlsError) -> LoadError {
+    match e {
+        TlsError::Policy(flag, msg) => LoadError {
+            flag,
+            path: String::new(),
+            message: msg,
+        },
+        other => LoadError::new("--cert", "", other),
+    }
+}
+
+/// The leaf certificate of each loaded certificate, for callers that
+/// want to look at it (the `check` summary, the OCSP fetcher).
+pub fn leaves(loaded: &Loaded) -> Vec<&CertificateDer<'static>> {
+    loaded.certs.iter().map(|c| &c.key.cert[0]).collect()
+}
+
+/// `2026-12-04T17:00:00Z` for `t` seconds since the Unix epoch.
+pub fn format_utc(t: u64) -> String {
+    match der::DateTime::from_unix_duration(std::time::Duration::from_secs(t)) {
+        Ok(d) => d.to_string(),
+        Err(_) => format!("@{t}"),
+    }
+}

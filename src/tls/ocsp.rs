@@ -70,7 +70,7 @@ pub enum OcspError {
     #[error("bad responder signature")]
     BadSignature,
     /// `thisUpdate` lies in the future.
-    #[error("not yet valid: thisUpdate is {this_update} (unix seconds), now is {now}")]
+    #[error("not yet valid: thisUpdate is {} (responder clock ahead?)", crate::tls::loader::format_utc(*this_update))]
     NotYetValid {
         /// `thisUpdate`, seconds since the epoch.
         this_update: u64,
@@ -78,7 +78,7 @@ pub enum OcspError {
         now: u64,
     },
     /// The response expired.
-    #[error("expired: nextUpdate was {next_update} (unix seconds), now is {now}")]
+    #[error("expired: nextUpdate was {}", crate::tls::loader::format_utc(*next_update))]
     Expired {
         /// `nextUpdate` (or the assumed end of validity), seconds since the
         /// epoch.

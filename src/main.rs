@@ -319,9 +319,10 @@ fn run(cli: Cli) -> Result<(), String> {
 
     let mut files = DiskFiles::default();
     if let Some((cert, key)) = &generated {
-        files
-            .overlay
-            .insert("(generated)".to_owned(), format!("{cert}{key}").into_bytes());
+        files.overlay.insert(
+            "(generated)".to_owned(),
+            format!("{cert}{key}").into_bytes(),
+        );
     }
     let config = layered.validate(&allowed_cpus())?;
     let ticketer = if config.resumption.uses_tickets() {

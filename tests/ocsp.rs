@@ -41,7 +41,13 @@ impl Pki {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ];
         let mut ca = vec!["req", "-x509"];
         ca.extend(ec);
         ca.extend([
@@ -87,8 +93,22 @@ impl Pki {
             openssl(
                 d,
                 &[
-                    "x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key",
-                    "-set_serial", serial, "-days", "2", "-extfile", ext, "-out", &pem,
+                    "x509",
+                    "-req",
+                    "-in",
+                    &csr,
+                    "-CA",
+                    "ca.pem",
+                    "-CAkey",
+                    "ca.key",
+                    "-set_serial",
+                    serial,
+                    "-days",
+                    "2",
+                    "-extfile",
+                    ext,
+                    "-out",
+                    &pem,
                 ],
             );
         }
@@ -123,7 +143,14 @@ impl Pki {
         openssl(
             d,
             &[
-                "ocsp", "-issuer", "ca.pem", "-cert", cert, "-reqout", &req, "-no_nonce",
+                "ocsp",
+                "-issuer",
+                "ca.pem",
+                "-cert",
+                cert,
+                "-reqout",
+                &req,
+                "-no_nonce",
             ],
         );
         let signer_pem = format!("{signer}.pem");
@@ -131,8 +158,21 @@ impl Pki {
         openssl(
             d,
             &[
-                "ocsp", "-index", "index.txt", "-rsigner", &signer_pem, "-rkey", &signer_key,
-                "-CA", "ca.pem", "-reqin", &req, "-respout", out, "-ndays", "1",
+                "ocsp",
+                "-index",
+                "index.txt",
+                "-rsigner",
+                &signer_pem,
+                "-rkey",
+                &signer_key,
+                "-CA",
+                "ca.pem",
+                "-reqin",
+                &req,
+                "-respout",
+                out,
+                "-ndays",
+                "1",
             ],
         );
     }
@@ -330,7 +370,11 @@ fn s_client_sees_the_staple_and_sighup_picks_up_a_new_one() {
         .contains("ringterm_reloads_total{result=\"success\"} 2")));
     let out = s_client_status(rt.addr());
     assert!(not_stapled(&out), "{out}");
-    assert!(rt.stderr().contains("another certificate"), "{}", rt.stderr());
+    assert!(
+        rt.stderr().contains("another certificate"),
+        "{}",
+        rt.stderr()
+    );
 
     // A good one: stapled after the reload.
     pki.response("leaf.pem", "1001", "V", "ca", "ocsp/chain.pem.ocsp");

@@ -68,7 +68,10 @@ impl ProcessMetrics {
 
     /// Reloads so far: (succeeded, failed).
     pub fn reloads(&self) -> (u64, u64) {
-        (self.reloads_ok.load(Relaxed), self.reloads_failed.load(Relaxed))
+        (
+            self.reloads_ok.load(Relaxed),
+            self.reloads_failed.load(Relaxed),
+        )
     }
 
     /// Appends the Prometheus text.

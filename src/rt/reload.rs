@@ -198,10 +198,7 @@ impl TlsReloader {
                 warn_ocsp(Some(&state.loaded), &refreshed);
                 process::global().set_certs(process::cert_gauges(&refreshed));
                 self.tls.store(server);
-                tracing::info!(
-                    stapled = stapled(&refreshed),
-                    "OCSP responses refreshed"
-                );
+                tracing::info!(stapled = stapled(&refreshed), "OCSP responses refreshed");
                 state.loaded = refreshed;
                 true
             }

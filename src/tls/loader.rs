@@ -173,7 +173,11 @@ pub fn load(
             "no certificate (*.pem) found",
         ));
     }
-    for (cert, spec) in out.certs.iter_mut().zip(config.certs.iter().map(Some).chain(std::iter::repeat(None))) {
+    for (cert, spec) in out
+        .certs
+        .iter_mut()
+        .zip(config.certs.iter().map(Some).chain(std::iter::repeat(None)))
+    {
         let explicit = spec.and_then(|s| s.ocsp.clone());
         cert.ocsp_explicit = explicit.is_some();
         cert.ocsp_file = explicit.or_else(|| {
@@ -381,8 +385,8 @@ pub fn build(
         }));
         names.push(c.names.clone());
     }
-    super::build_server_config_from_keys(keys, &names, &policy, resumption, provider).map_err(
-        |e| match e {
+    super::build_server_config_from_keys(keys, &names, &policy, resumption, provider).map_err(|e| {
+        match e {
             TlsError::Pem(file, msg) if Some(&file) == t.client_ca.as_ref() => {
                 LoadError::new("--client-ca", &file, msg)
             }
@@ -390,8 +394,8 @@ pub fn build(
                 LoadError::new("--client-ca", &file, "no certificate found")
             }
             other => policy_error(other),
-        },
-    )
+        }
+    })
 }
 
 fn policy_error(e: TlsError) -> LoadError {

@@ -13,10 +13,10 @@ pub mod sni;
 pub use alert::AlertKind;
 
 pub use certs::{
-    build_server_config, build_server_config_multi, build_server_config_from_keys, build_server_config_multi_with_provider,
-    build_server_config_with, build_server_config_with_provider, generate_self_signed,
-    load_cert_chain, load_private_key, provider_for, CertSpec, ClientAuth, ResumptionParts,
-    TlsPolicy,
+    build_server_config, build_server_config_from_keys, build_server_config_multi,
+    build_server_config_multi_with_provider, build_server_config_with,
+    build_server_config_with_provider, generate_self_signed, load_cert_chain, load_private_key,
+    provider_for, CertSpec, ClientAuth, ResumptionParts, TlsPolicy,
 };
 pub use session::{
     subject_cn, HandshakeInfo, Status, TlsSession, MAX_FRAGMENT_LEN, MAX_PENDING_ESTABLISHED,

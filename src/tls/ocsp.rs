@@ -154,8 +154,7 @@ pub fn verify(
         }
         let alg = hash_alg(&id.hash_algorithm.oid.to_string())?;
         if aws_lc_rs::digest::digest(alg, &issuer_name).as_ref() == id.issuer_name_hash.as_bytes()
-            && aws_lc_rs::digest::digest(alg, issuer_key).as_ref()
-                == id.issuer_key_hash.as_bytes()
+            && aws_lc_rs::digest::digest(alg, issuer_key).as_ref() == id.issuer_key_hash.as_bytes()
         {
             single = Some(s);
             break;
@@ -164,21 +163,14 @@ pub fn verify(
     let single = single.ok_or(OcspError::WrongCertificate)?;
 
     // 2. The responder and its signature.
-    let responder: CertificateDer<'_> = if responder_is(
-        &basic.tbs_response_data.responder_id,
-        &issuer_cert,
-    )? {
-        issuer.clone()
-    } else {
-        delegated_responder(&basic, &issuer_cert, issuer, now)?
-    };
+    let responder: CertificateDer<'_> =
+        if responder_is(&basic.tbs_response_data.responder_id, &issuer_cert)? {
+            issuer.clone()
+        } else {
+            delegated_responder(&basic, &issuer_cert, issuer, now)?
+        };
     let sig_alg = basic.signature_algorithm.to_der().map_err(malformed)?;
-    check_signature(
-        &responder,
-        &sig_alg,
-        tbs_raw,
-        basic.signature.raw_bytes(),
-    )?;
+    check_signature(&responder, &sig_alg, tbs_raw, basic.signature.raw_bytes())?;
 
     // 3. Time.
     let this_update = single.this_update.0.to_unix_duration().as_secs();
@@ -206,8 +198,8 @@ pub fn verify(
 
 /// The certificate's `notAfter`, seconds since the Unix epoch.
 pub fn not_after(cert: &CertificateDer<'_>) -> Result<u64, OcspError> {
-    let c = Certificate::from_der(cert.as_ref())
-        .map_err(|e| OcspError::Certificate(e.to_string()))?;
+    let c =
+        Certificate::from_der(cert.as_ref()).map_err(|e| OcspError::Certificate(e.to_string()))?;
     Ok(c.tbs_certificate
         .validity
         .not_after
@@ -299,8 +291,7 @@ fn delegated_responder(
         let der = cert
             .to_der()
             .map_err(|e| OcspError::Certificate(e.to_string()))?;
-        let tbs_raw =
-            first_element_raw(&der).map_err(|e| OcspError::Certificate(e.to_string()))?;
+        let tbs_raw = first_element_raw(&der).map_err(|e| OcspError::Certificate(e.to_string()))?;
         let alg = cert
             .signature_algorithm
             .to_der()

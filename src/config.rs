@@ -1378,11 +1378,98 @@ mod tests {
     }
 
     #[test]
-    fn toml_errors_name_the_file() {
+    fn toml_errors_name_the_file_line_and_column() {
         let err = Settings::from_toml("r.toml", "bogus = 1\n").unwrap_err();
-        assert!(err.to_string().starts_with("r.toml: "), "{err}");
-        let err = Settings::from_toml("r.toml", "workers = \"x\"\n").unwrap_err();
-        assert!(err.to_string().starts_with("r.toml: "), "{err}");
+        assert!(err.to_string().starts_with("r.toml:1:1: "), "{err}");
+        let err = Settings::from_toml("r.toml", "workers = 2\nbacklog = \"x\"\n").unwrap_err();
+        assert!(err.to_string().starts_with("r.toml:2:11: "), "{err}");
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+        assert_eq!(line_col("", 0), (1, 1));
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_folder() {
+        let s = Settings::from_toml(
+            "/etc/rt/r.toml",
+            "cert = \"c.pem\"\nkey = \"/abs/k.pem\"\ncert-dirs = [\"d\"]\nocsp-dir = \"o\"\nclient-ca = \"ca.pem\"\nticket-key-file = [\"t.key\"]\n",
+        )
+        .unwrap();
+        assert_eq!(s.cert, Some(CertSetting::from("/etc/rt/c.pem")));
+        assert_eq!(s.key, Some(Files::from("/abs/k.pem")));
+        assert_eq!(s.cert_dirs, Some(vec!["/etc/rt/d".to_owned()]));
+        assert_eq!(s.ocsp_dir.as_deref(), Some("/etc/rt/o"));
+        assert_eq!(s.client_ca.as_deref(), Some("/etc/rt/ca.pem"));
+        assert_eq!(s.ticket_key_file, Some(vec!["/etc/rt/t.key".to_owned()]));
+        let t = Settings::from_toml(
+            "conf/r.toml",
+            "[[cert]]\ncert = \"a.pem\"\nocsp = \"a.ocsp\"\n",
+        )
+        .unwrap();
+        let Some(CertSetting::Tables(tables)) = t.cert else {
+            panic!()
+        };
+        assert_eq!(tables[0].cert, "conf/a.pem");
+        assert_eq!(tables[0].ocsp.as_deref(), Some("conf/a.ocsp"));
+        assert_eq!(tables[0].key, None);
+        // Flags are not touched (they are relative to the working folder).
+        let s = Settings::from_toml("r.toml", "cert = \"c.pem\"\n").unwrap();
+        assert_eq!(s.cert, Some(CertSetting::from("c.pem")));
+    }
+
+    #[test]
+    fn layered_errors_name_the_file_and_key() {
+        let file = Settings::from_toml("r.toml", "backend = \"nope\"\nworkers = 0\n").unwrap();
+        let flags = Settings {
+            listen: Some(vec!["127.0.0.1:1".into()]),
+            cert: Some("c.pem".into()),
+            ..Settings::default()
+        };
+        let l = Layered::new(Some(("r.toml".into(), file.clone())), flags.clone());
+        let err = l.validate(&[0]).unwrap_err();
+        assert!(err.starts_with("r.toml: backend: invalid address"), "{err}");
+        assert_eq!(l.source_of("--backend"), Some(("r.toml", "backend")));
+        assert_eq!(l.source_of("--listen"), None);
+        // The flag overrides the file: the flag is named.
+        let over = Settings {
+            backend: Some("nope2".into()),
+            ..flags
+        };
+        let l = Layered::new(Some(("r.toml".into(), file)), over);
+        let err = l.validate(&[0]).unwrap_err();
+        assert!(err.starts_with("--backend: invalid address"), "{err}");
+    }
+
+    #[test]
+    fn cert_dirs_and_combined_files() {
+        let s = Settings {
+            cert: None,
+            key: None,
+            cert_dirs: Some(vec!["/d".into()]),
+            ..base()
+        };
+        let c = s.validate(&[0]).unwrap();
+        assert!(c.certs.is_empty());
+        assert_eq!(c.cert_dirs, vec!["/d".to_owned()]);
+        let s = Settings {
+            key: None,
+            ..base()
+        };
+        let c = s.validate(&[0]).unwrap();
+        assert_eq!(c.certs[0].key, None);
+        let s = Settings {
+            cert: None,
+            ..base()
+        };
+        assert!(s.validate(&[0]).unwrap_err().to_string().contains("--cert"));
+        let s = Settings {
+            ocsp_refresh: Some(0),
+            ..base()
+        };
+        assert!(s
+            .validate(&[0])
+            .unwrap_err()
+            .to_string()
+            .starts_with("--ocsp-refresh"));
     }
     #[test]
     fn cert_tables_and_repeated_flags() {

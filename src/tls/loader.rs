@@ -264,16 +264,16 @@ fn load_one(
             LoadError::new(flag, &spec.cert, msg)
         })?,
     };
-    let label = match &spec.key {
-        Some(k) => format!("{}/{}", spec.cert, k),
-        None => spec.cert.clone(),
+    let (pair_flag, label) = match &spec.key {
+        Some(k) => ("--cert/--key", format!("{}/{}", spec.cert, k)),
+        None => (flag, spec.cert.clone()),
     };
     let provider = rustls::crypto::aws_lc_rs::default_provider();
     let certified = CertifiedKey::from_der(chain, key, &provider)
-        .map_err(|e| LoadError::new(flag, &label, format!("certificate/key: {e}")))?;
+        .map_err(|e| LoadError::new(pair_flag, &label, format!("certificate/key: {e}")))?;
     certified
         .keys_match()
-        .map_err(|e| LoadError::new(flag, &label, format!("certificate/key: {e}")))?;
+        .map_err(|e| LoadError::new(pair_flag, &label, format!("certificate/key: {e}")))?;
     let leaf = &certified.cert[0];
     let not_after = ocsp::not_after(leaf).map_err(|e| LoadError::new(flag, &spec.cert, e))?;
     let served_names = if spec.names.is_empty() {

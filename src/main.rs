@@ -361,11 +361,11 @@ fn run(cli: Cli) -> Result<(), String> {
         TlsReloader::new(&config, files, resumption, config_source)
             .map_err(|e| load_error(&layered, e))?,
     );
-    if config.ocsp_dir.is_some() || config.certs.iter().any(|c| c.ocsp.is_some()) {
-        reloader
-            .spawn_ocsp_timer()
-            .map_err(|e| format!("--ocsp-dir: OCSP timer thread: {e}"))?;
-    }
+    // Always started: a reload may add OCSP files; without any, each tick
+    // (every --ocsp-refresh s) only finds nothing changed.
+    reloader
+        .spawn_ocsp_timer()
+        .map_err(|e| format!("--ocsp-refresh: OCSP timer thread: {e}"))?;
     if let Some(t) = &ticketer {
         if config.ticket_key_files.is_empty() {
             ringterm::rt::ticket_keys::start_rotation(

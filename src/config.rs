@@ -109,6 +109,9 @@ pub struct Settings {
     pub ocsp_dir: Option<String>,
     /// Period of the OCSP re-check, seconds (`--ocsp-refresh`).
     pub ocsp_refresh: Option<u64>,
+    /// Fetch OCSP responses from each certificate's responder
+    /// (`--ocsp-fetch`).
+    pub ocsp_fetch: Option<bool>,
     /// Number of workers (`--workers`); default: one per allowed CPU.
     pub workers: Option<usize>,
     /// CPUs to pin workers to (`--cpus`, e.g. `0-3,8`).
@@ -375,6 +378,7 @@ impl Settings {
             cert_dirs: over.cert_dirs.or(self.cert_dirs),
             ocsp_dir: over.ocsp_dir.or(self.ocsp_dir),
             ocsp_refresh: over.ocsp_refresh.or(self.ocsp_refresh),
+            ocsp_fetch: over.ocsp_fetch.or(self.ocsp_fetch),
             workers: over.workers.or(self.workers),
             cpus: over.cpus.or(self.cpus),
             ring_entries: over.ring_entries.or(self.ring_entries),
@@ -632,6 +636,7 @@ impl Settings {
             cert_dirs,
             ocsp_dir: self.ocsp_dir,
             ocsp_refresh_s,
+            ocsp_fetch: self.ocsp_fetch.unwrap_or(false),
             tls,
             pins,
             ring_entries,
@@ -757,6 +762,8 @@ pub struct Config {
     pub ocsp_dir: Option<String>,
     /// Period of the OCSP re-check, seconds.
     pub ocsp_refresh_s: u64,
+    /// Fetch OCSP responses from the certificates' responders.
+    pub ocsp_fetch: bool,
     /// The TLS policy.
     pub tls: TlsSettingsValid,
     /// The CPU each worker is pinned to; its length is the worker count.

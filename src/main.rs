@@ -60,6 +60,10 @@ struct Cli {
     /// OCSP re-check period, seconds (default 3600).
     #[arg(long, value_name = "SECS", global = true)]
     ocsp_refresh: Option<u64>,
+    /// Fetch OCSP responses from each certificate's responder (its AIA
+    /// OCSP URL), on a thread of its own, refreshed before nextUpdate.
+    #[arg(long, global = true)]
+    ocsp_fetch: bool,
     /// Number of workers (default: one per CPU this process may run on).
     #[arg(long, value_name = "N", global = true)]
     workers: Option<usize>,
@@ -194,6 +198,7 @@ impl Cli {
             cert_dirs: (!self.cert_dir.is_empty()).then(|| self.cert_dir.clone()),
             ocsp_dir: self.ocsp_dir.clone(),
             ocsp_refresh: self.ocsp_refresh,
+            ocsp_fetch: self.ocsp_fetch.then_some(true),
             workers: self.workers,
             cpus: self.cpus.clone(),
             ring_entries: self.ring_entries,
@@ -357,10 +362,15 @@ fn run(cli: Cli) -> Result<(), String> {
             load_layered(&cli).and_then(|l| l.validate(&allowed_cpus()))
         }))
     };
+    let fetched = files.fetched.clone();
     let reloader = Arc::new(
         TlsReloader::new(&config, files, resumption, config_source)
             .map_err(|e| load_error(&layered, e))?,
     );
+    if config.ocsp_fetch {
+        ringterm::rt::ocsp_fetch::spawn(reloader.clone(), fetched)
+            .map_err(|e| format!("--ocsp-fetch: fetch thread: {e}"))?;
+    }
     // Always started: a reload may add OCSP files; without any, each tick
     // (every --ocsp-refresh s) only finds nothing changed.
     reloader

@@ -446,3 +446,100 @@ fn cert_table_ocsp_key_staples() {
     assert_eq!(exited.status.code(), Some(64), "{}", exited.stderr);
     assert!(exited.stderr.contains("leaf.ocsp"), "{}", exited.stderr);
 }
+
+/// `--ocsp-fetch` against a real `openssl ocsp -port` responder on
+/// loopback: the certificate's AIA names it, ringterm's fetch thread asks
+/// it at start, checks the answer and staples it, with no response file.
+#[test]
+fn ocsp_fetch_from_a_real_responder() {
+    let pki = Pki::new();
+    let d = pki.dir.path();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    std::fs::write(
+        d.join("aia.ext"),
+        format!(
+            "subjectAltName=DNS:localhost\nauthorityInfoAccess=OCSP;URI:http://127.0.0.1:{port}/ocsp\n"
+        ),
+    )
+    .unwrap();
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-set_serial",
+            "0x1003",
+            "-days",
+            "2",
+            "-extfile",
+            "aia.ext",
+            "-out",
+            "aia.pem",
+        ],
+    );
+    let chain = std::fs::read_to_string(d.join("aia.pem")).unwrap()
+        + &std::fs::read_to_string(d.join("ca.pem")).unwrap();
+    std::fs::write(d.join("aia-chain.pem"), chain).unwrap();
+    std::fs::write(
+        d.join("index.txt"),
+        "V\t301231235959Z\t\t1003\tunknown\t/CN=leaf\n",
+    )
+    .unwrap();
+    let port_arg = port.to_string();
+    let mut responder = Command::new("openssl")
+        .current_dir(d)
+        .args([
+            "ocsp",
+            "-index",
+            "index.txt",
+            "-port",
+            &port_arg,
+            "-rsigner",
+            "ca.pem",
+            "-rkey",
+            "ca.key",
+            "-CA",
+            "ca.pem",
+            "-ndays",
+            "1",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl ocsp -port");
+    // Wait for its "waiting for OCSP client connections" line (a probe
+    // connection would block this one-connection-at-a-time responder).
+    let mut stderr = std::io::BufReader::new(responder.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+    assert!(line.contains("waiting"), "openssl ocsp: {line}");
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    let rt = start_ringterm_args(&[
+        "--backend".to_owned(),
+        "127.0.0.1:9".to_owned(),
+        "--cert".to_owned(),
+        d.join("aia-chain.pem").display().to_string(),
+        "--key".to_owned(),
+        d.join("leaf.key").display().to_string(),
+        "--ocsp-fetch".to_owned(),
+    ]);
+    let ok = eventually(Duration::from_secs(20), || {
+        rt.metrics()
+            .contains("ringterm_ocsp_stapled{name=\"localhost\"} 1")
+    });
+    let _ = responder.kill();
+    let _ = responder.wait();
+    assert!(ok, "{}", rt.stderr());
+    let out = s_client_status(rt.addr());
+    assert!(stapled(&out), "{out}");
+}

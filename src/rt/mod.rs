@@ -16,6 +16,7 @@ pub mod demo;
 pub mod drain;
 pub mod hist_hub;
 pub mod listener;
+pub mod ocsp_fetch;
 pub mod ops;
 pub mod privdrop;
 pub mod reload;

@@ -25,11 +25,13 @@ use crate::tls::loader::{self, FileSource, LoadMode, Loaded};
 use crate::tls::ResumptionParts;
 
 /// Files from the disk, with optional in-memory files over them (the demo's
-/// generated certificate).
+/// generated certificate), and the OCSP responses `--ocsp-fetch` fetched.
 #[derive(Debug, Default, Clone)]
 pub struct DiskFiles {
     /// Path → contents served instead of the disk.
     pub overlay: HashMap<String, Vec<u8>>,
+    /// Certificate file → fetched OCSP response.
+    pub fetched: super::ocsp_fetch::Fetched,
 }
 
 impl FileSource for DiskFiles {
@@ -50,6 +52,10 @@ impl FileSource for DiskFiles {
         }
         out.sort();
         Ok(out)
+    }
+
+    fn fetched_ocsp(&self, cert_file: &str) -> Option<Vec<u8>> {
+        self.fetched.load().get(cert_file).cloned()
     }
 }
 
@@ -207,6 +213,11 @@ impl TlsReloader {
                 false
             }
         }
+    }
+
+    /// The OCSP refresh period in force, seconds.
+    pub fn refresh_period(&self) -> u64 {
+        self.lock().config.ocsp_refresh_s
     }
 
     /// How long the timer sleeps: the refresh period, or less when a

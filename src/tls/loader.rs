@@ -23,6 +23,13 @@ pub trait FileSource {
     fn read(&self, path: &str) -> std::io::Result<Vec<u8>>;
     /// The paths of the `*.pem` files in `dir`, sorted by name.
     fn pem_files(&self, dir: &str) -> std::io::Result<Vec<String>>;
+    /// An OCSP response fetched from the responder for the certificate
+    /// file `cert_file` (`--ocsp-fetch`), if any. Used when the response
+    /// file is missing or not valid.
+    fn fetched_ocsp(&self, cert_file: &str) -> Option<Vec<u8>> {
+        let _ = cert_file;
+        None
+    }
 }
 
 /// Start (every bad file is an error) or reload (a bad file of a
@@ -303,6 +310,24 @@ fn strip(e: &TlsError, file: &str) -> String {
 }
 
 fn ocsp_state(
+    cert: &LoadedCert,
+    files: &dyn FileSource,
+    now: u64,
+    mode: LoadMode,
+) -> Result<OcspState, LoadError> {
+    let from_file = ocsp_file_state(cert, files, now, mode)?;
+    if matches!(from_file, OcspState::Stapled { .. }) {
+        return Ok(from_file);
+    }
+    if let (Some(der), Some(issuer)) = (files.fetched_ocsp(&cert.file), cert.key.cert.get(1)) {
+        if let Ok(validity) = ocsp::verify(&der, &cert.key.cert[0], issuer, now) {
+            return Ok(OcspState::Stapled { der, validity });
+        }
+    }
+    Ok(from_file)
+}
+
+fn ocsp_file_state(
     cert: &LoadedCert,
     files: &dyn FileSource,
     now: u64,

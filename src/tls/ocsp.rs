@@ -228,6 +228,49 @@ pub fn responder_urls(cert: &CertificateDer<'_>) -> Vec<String> {
         .collect()
 }
 
+/// The DER OCSP request (RFC 6960 §4.1, no nonce, unsigned) for `leaf`
+/// issued by `issuer`, with a SHA-1 `CertID` (what responders expect and
+/// what `openssl ocsp` sends).
+pub fn request(
+    leaf: &CertificateDer<'_>,
+    issuer: &CertificateDer<'_>,
+) -> Result<Vec<u8>, OcspError> {
+    use der::asn1::{Null, OctetString};
+    use x509_ocsp::{CertId, OcspRequest, Request, TbsRequest};
+    let cert_err = |e: der::Error| OcspError::Certificate(e.to_string());
+    let leaf = Certificate::from_der(leaf.as_ref()).map_err(cert_err)?;
+    let issuer = Certificate::from_der(issuer.as_ref()).map_err(cert_err)?;
+    let sha1 = &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY;
+    let name = issuer.tbs_certificate.subject.to_der().map_err(cert_err)?;
+    let key = issuer
+        .tbs_certificate
+        .subject_public_key_info
+        .subject_public_key
+        .raw_bytes();
+    let octets = |d: aws_lc_rs::digest::Digest| OctetString::new(d.as_ref()).map_err(cert_err);
+    let cert_id = CertId {
+        hash_algorithm: spki::AlgorithmIdentifierOwned {
+            oid: der::asn1::ObjectIdentifier::new_unwrap("1.3.14.3.2.26"),
+            parameters: Some(Null.into()),
+        },
+        issuer_name_hash: octets(aws_lc_rs::digest::digest(sha1, &name))?,
+        issuer_key_hash: octets(aws_lc_rs::digest::digest(sha1, key))?,
+        serial_number: leaf.tbs_certificate.serial_number.clone(),
+    };
+    OcspRequest {
+        tbs_request: TbsRequest {
+            request_list: vec![Request {
+                req_cert: cert_id,
+                single_request_extensions: None,
+            }],
+            ..TbsRequest::default()
+        },
+        optional_signature: None,
+    }
+    .to_der()
+    .map_err(cert_err)
+}
+
 fn hash_alg(oid: &str) -> Result<&'static aws_lc_rs::digest::Algorithm, OcspError> {
     use aws_lc_rs::digest;
     Ok(match oid {

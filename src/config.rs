@@ -727,7 +727,7 @@ impl Layered {
         let key = match flag.trim_start_matches("--") {
             "cert-dir" => "cert-dirs",
             "no-tls12" => "tls12",
-            "ocsp" => "cert",
+            "ocsp" | "cert/--key" => "cert",
             k => k,
         };
         let file = self.file.as_deref()?;

@@ -575,6 +575,8 @@ fn check(cli: &Cli) -> Result<(), String> {
     if !config.ticket_key_files.is_empty() {
         ringterm::rt::ticket_keys::load_keys(&config.ticket_key_files)?;
     }
+    ringterm::rt::privdrop::resolve(config.user.as_deref(), config.group.as_deref())
+        .map_err(|e| e.to_string())?;
     for &addr in &config.listen {
         ringterm::rt::listener::check_bind(addr).map_err(|e| format!("--listen {addr}: {e}"))?;
     }

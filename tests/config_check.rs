@@ -348,3 +348,30 @@ fn check_passes_next_to_the_running_server() {
     // And the server still serves.
     assert!(tls_connect(rt.addr(), certs.tls13()).is_ok());
 }
+
+/// A reload that fails (the key no longer matches the certificate) changes
+/// nothing, and is counted as a failure with its timestamp.
+#[test]
+fn failed_reload_is_counted_and_keeps_the_old_configuration() {
+    let certs = TestCerts::generate();
+    let rt = start_ringterm_args(&{
+        let mut a = vec!["--backend".to_owned(), "127.0.0.1:9".to_owned()];
+        a.extend(certs.args());
+        a
+    });
+    let before = rt.metrics();
+    assert!(before.contains("ringterm_reloads_total{result=\"failure\"} 0"));
+    assert!(before.contains("ringterm_last_reload_timestamp_seconds 0"));
+    assert!(before.contains("ringterm_build_info{version=\""));
+    let other = TestCerts::generate();
+    std::fs::write(&certs.key_path, &other.key_pem).unwrap();
+    send_signal(rt.child.id(), "HUP");
+    assert!(eventually(Duration::from_secs(10), || rt
+        .metrics()
+        .contains("ringterm_reloads_total{result=\"failure\"} 1")));
+    let after = rt.metrics();
+    assert!(after.contains("ringterm_last_reload_success 0"), "{after}");
+    assert!(!after.contains("ringterm_last_reload_timestamp_seconds 0\n"));
+    assert!(tls_connect(rt.addr(), certs.tls13()).is_ok());
+    assert!(rt.stderr().contains("reload failed"), "{}", rt.stderr());
+}

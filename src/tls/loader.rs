@@ -447,3 +447,143 @@ pub fn format_utc(t: u64) -> String {
         Err(_) => format!("@{t}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// Files in memory.
+    #[derive(Default)]
+    struct Mem(HashMap<String, Vec<u8>>);
+
+    impl FileSource for Mem {
+        fn read(&self, path: &str) -> std::io::Result<Vec<u8>> {
+            self.0
+                .get(path)
+                .cloned()
+                .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound))
+        }
+
+        fn pem_files(&self, dir: &str) -> std::io::Result<Vec<String>> {
+            let mut v: Vec<String> = self
+                .0
+                .keys()
+                .filter(|k| k.starts_with(&format!("{dir}/")) && k.ends_with(".pem"))
+                .cloned()
+                .collect();
+            v.sort();
+            Ok(v)
+        }
+    }
+
+    fn combined(name: &str) -> Vec<u8> {
+        let (cert, key) = crate::tls::generate_self_signed(&[name]).unwrap();
+        format!("{key}{cert}").into_bytes()
+    }
+
+    fn config(settings: crate::config::Settings) -> Config {
+        crate::config::Settings {
+            listen: Some(vec!["127.0.0.1:0".into()]),
+            backend: Some("127.0.0.1:9".into()),
+            ..settings
+        }
+        .validate(&[0])
+        .unwrap()
+    }
+
+    #[test]
+    fn cert_dir_start_fails_reload_skips_and_keeps_previous() {
+        let mut mem = Mem::default();
+        for i in 0..3 {
+            mem.0
+                .insert(format!("/d/n{i}.pem"), combined(&format!("n{i}.test")));
+        }
+        let c = config(crate::config::Settings {
+            cert_dirs: Some(vec!["/d".into()]),
+            ..Default::default()
+        });
+        let first = load(&c, &mem, 0, LoadMode::Start, None).unwrap();
+        assert_eq!(first.certs.len(), 3);
+        assert_eq!(first.certs[1].served_names, vec!["n1.test".to_owned()]);
+        assert_eq!(first.certs[1].flag, "--cert-dir");
+
+        mem.0.insert("/d/n1.pem".into(), b"junk".to_vec());
+        mem.0.insert("/d/zz.pem".into(), b"junk".to_vec());
+        let err = load(&c, &mem, 0, LoadMode::Start, None).unwrap_err();
+        assert_eq!((err.flag, err.path.as_str()), ("--cert-dir", "/d/n1.pem"));
+
+        let again = load(&c, &mem, 0, LoadMode::Reload, Some(&first)).unwrap();
+        assert_eq!(again.skipped.len(), 2, "{:?}", again.skipped);
+        // n1 keeps its previous version; zz had none.
+        let names: Vec<&str> = again
+            .certs
+            .iter()
+            .map(|c| c.served_names[0].as_str())
+            .collect();
+        assert_eq!(names, ["n0.test", "n1.test", "n2.test"]);
+        build(&c, &again, &mem, ResumptionParts::default()).unwrap();
+    }
+
+    #[test]
+    fn combined_file_key_and_errors_name_the_flag() {
+        let mut mem = Mem::default();
+        mem.0.insert("/c.pem".into(), combined("a.test"));
+        let (cert_only, key_only) = crate::tls::generate_self_signed(&["b.test"]).unwrap();
+        mem.0.insert("/b.pem".into(), cert_only.into_bytes());
+        mem.0.insert("/b.key".into(), key_only.clone().into_bytes());
+        mem.0.insert("/ca-is-key.pem".into(), key_only.into_bytes());
+        let c = config(crate::config::Settings {
+            cert: Some(crate::config::CertSetting::Files(
+                crate::config::Files::Many(vec!["/c.pem".into(), "/b.pem".into()]),
+            )),
+            key: None,
+            ..Default::default()
+        });
+        let err = load(&c, &mem, 0, LoadMode::Start, None).unwrap_err();
+        assert_eq!((err.flag, err.path.as_str()), ("--cert", "/b.pem"));
+        assert!(err.message.contains("no private key"), "{err}");
+
+        let c = config(crate::config::Settings {
+            cert: Some("/c.pem".into()),
+            client_ca: Some("/ca-is-key.pem".into()),
+            ..Default::default()
+        });
+        let loaded = load(&c, &mem, 0, LoadMode::Start, None).unwrap();
+        assert_eq!(loaded.certs[0].served_names, vec!["a.test".to_owned()]);
+        let err = build(&c, &loaded, &mem, ResumptionParts::default()).unwrap_err();
+        assert_eq!(err.flag, "--client-ca");
+        assert_eq!(
+            err.to_string(),
+            "--client-ca /ca-is-key.pem: no certificate found"
+        );
+    }
+
+    #[test]
+    fn ocsp_files_missing_from_the_dir_are_not_errors() {
+        let mut mem = Mem::default();
+        mem.0.insert("/c.pem".into(), combined("a.test"));
+        mem.0.insert("/o/c.pem.ocsp".into(), b"not DER".to_vec());
+        let c = config(crate::config::Settings {
+            cert: Some("/c.pem".into()),
+            ocsp_dir: Some("/elsewhere".into()),
+            ..Default::default()
+        });
+        let loaded = load(&c, &mem, 0, LoadMode::Start, None).unwrap();
+        assert_eq!(loaded.certs[0].ocsp, OcspState::None);
+        assert_eq!(
+            loaded.certs[0].ocsp_file.as_deref(),
+            Some("/elsewhere/c.pem.ocsp")
+        );
+        let c = config(crate::config::Settings {
+            cert: Some("/c.pem".into()),
+            ocsp_dir: Some("/o".into()),
+            ..Default::default()
+        });
+        let loaded = load(&c, &mem, 0, LoadMode::Start, None).unwrap();
+        // Self-signed: no issuer in the chain, so nothing can be checked.
+        assert!(matches!(loaded.certs[0].ocsp, OcspState::Rejected(_)));
+        assert_eq!(ocsp_warnings(None, &loaded).len(), 1);
+        assert!(format_utc(0).starts_with("1970-01-01T00:00:00"));
+    }
+}

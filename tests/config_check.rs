@@ -375,3 +375,26 @@ fn failed_reload_is_counted_and_keeps_the_old_configuration() {
     assert!(tls_connect(rt.addr(), certs.tls13()).is_ok());
     assert!(rt.stderr().contains("reload failed"), "{}", rt.stderr());
 }
+
+/// The systemd unit checks the configuration it starts with before it
+/// sends SIGHUP (`systemctl reload` fails on a broken configuration).
+#[test]
+fn systemd_unit_checks_before_reloading() {
+    let unit = include_str!("../config/ringterm.service");
+    let reload: Vec<&str> = unit
+        .lines()
+        .filter(|l| l.starts_with("ExecReload="))
+        .collect();
+    assert_eq!(reload.len(), 2, "{reload:?}");
+    assert!(reload[0].contains("ringterm check --config "), "{reload:?}");
+    assert!(reload[1].contains("kill -HUP $MAINPID"), "{reload:?}");
+    let start = unit
+        .lines()
+        .find(|l| l.starts_with("ExecStart="))
+        .expect("ExecStart");
+    let config = start
+        .split("--config ")
+        .nth(1)
+        .expect("--config in ExecStart");
+    assert!(reload[0].ends_with(config), "{reload:?} vs {start}");
+}

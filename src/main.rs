@@ -563,77 +563,14 @@ fn load_error(layered: &Layered, e: LoadError) -> String {
 /// `ringterm check`: everything `run` would load and bind, without
 /// serving; a summary on stdout.
 fn check(cli: &Cli) -> Result<(), String> {
-    use ringterm::tls::loader::{self, LoadMode, OcspState};
+    use ringterm::rt::reload::CheckError;
     let layered = load_layered(cli)?;
     let config = layered.validate(&allowed_cpus())?;
-    let files = DiskFiles::default();
-    let now = ringterm::rt::reload::now_unix();
-    let loaded = loader::load(&config, &files, now, LoadMode::Start, None)
-        .map_err(|e| load_error(&layered, e))?;
-    loader::build(&config, &loaded, &files, tls::ResumptionParts::default())
-        .map_err(|e| load_error(&layered, e))?;
-    if !config.ticket_key_files.is_empty() {
-        ringterm::rt::ticket_keys::load_keys(&config.ticket_key_files)?;
-    }
-    ringterm::rt::privdrop::resolve(config.user.as_deref(), config.group.as_deref())
-        .map_err(|e| e.to_string())?;
-    for &addr in &config.listen {
-        ringterm::rt::listener::check_bind(addr).map_err(|e| format!("--listen {addr}: {e}"))?;
-    }
-    if let Some(addr) = config.admin {
-        ringterm::rt::listener::check_bind(addr).map_err(|e| format!("--admin {addr}: {e}"))?;
-    }
-    let mut out = String::new();
-    use std::fmt::Write as _;
+    let summary = ringterm::rt::reload::check(&config).map_err(|e| match e {
+        CheckError::Load(e) => load_error(&layered, e),
+        CheckError::Other(msg) => msg,
+    })?;
     let source = layered.file.as_deref().unwrap_or("(flags)");
-    let _ = writeln!(out, "configuration {source}: OK");
-    let listen: Vec<String> = config.listen.iter().map(|a| a.to_string()).collect();
-    let _ = writeln!(out, "listen: {}", listen.join(", "));
-    if let Some(admin) = config.admin {
-        let _ = writeln!(out, "admin: {admin}");
-    }
-    let _ = writeln!(out, "workers: {}", config.workers());
-    let pool = |p: &[std::net::SocketAddr]| {
-        p.iter()
-            .map(|a| a.to_string())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let _ = writeln!(out, "backend: {}", pool(&config.routes.default));
-    for r in &config.routes.routes {
-        let _ = writeln!(
-            out,
-            "route: {} -> {}",
-            r.names.join(", "),
-            pool(&r.backends)
-        );
-    }
-    let _ = writeln!(out, "certificates: {}", loaded.certs.len());
-    for c in &loaded.certs {
-        let days = (c.not_after as i64 - now as i64) / 86_400;
-        let ocsp = match &c.ocsp {
-            OcspState::None => "no OCSP".to_owned(),
-            OcspState::Stapled { validity, .. } => format!(
-                "OCSP good until {}",
-                loader::format_utc(validity.next_update)
-            ),
-            OcspState::Rejected(why) => format!("OCSP NOT STAPLED: {why}"),
-        };
-        let names = if c.served_names.is_empty() {
-            "(no DNS names)".to_owned()
-        } else {
-            c.served_names.join(", ")
-        };
-        let _ = writeln!(
-            out,
-            "  {names}: expires {} ({days} days), {ocsp} [{}]",
-            loader::format_utc(c.not_after),
-            c.file
-        );
-    }
-    if let Some(ca) = &config.tls.client_ca {
-        let _ = writeln!(out, "client CA: {ca}");
-    }
-    print!("{out}");
+    print!("configuration {source}: OK\n{summary}");
     Ok(())
 }

@@ -270,3 +270,39 @@ fn warn_ocsp(previous: Option<&Loaded>, now: &Loaded) {
         tracing::warn!("{w}");
     }
 }
+
+/// Why `ringterm check` failed.
+#[derive(Debug)]
+pub enum CheckError {
+    /// A certificate, key, OCSP response or CA (names its flag and file).
+    Load(loader::LoadError),
+    /// Anything else, already one line naming its flag.
+    Other(String),
+}
+
+/// `ringterm check`: loads every certificate, key, certificate folder, OCSP
+/// response, client CA and ticket key file of `config`, builds the TLS
+/// configuration, resolves `--user`/`--group`, and checks that each listen
+/// and admin address can be bound ([`super::listener::check_bind`]).
+/// Returns the summary ([`loader::summary`]).
+pub fn check(config: &Config) -> Result<String, CheckError> {
+    let files = DiskFiles::default();
+    let now = now_unix();
+    let loaded =
+        loader::load(config, &files, now, LoadMode::Start, None).map_err(CheckError::Load)?;
+    loader::build(config, &loaded, &files, ResumptionParts::default()).map_err(CheckError::Load)?;
+    if !config.ticket_key_files.is_empty() {
+        super::ticket_keys::load_keys(&config.ticket_key_files).map_err(CheckError::Other)?;
+    }
+    super::privdrop::resolve(config.user.as_deref(), config.group.as_deref())
+        .map_err(|e| CheckError::Other(e.to_string()))?;
+    for &addr in &config.listen {
+        super::listener::check_bind(addr)
+            .map_err(|e| CheckError::Other(format!("--listen {addr}: {e}")))?;
+    }
+    if let Some(addr) = config.admin {
+        super::listener::check_bind(addr)
+            .map_err(|e| CheckError::Other(format!("--admin {addr}: {e}")))?;
+    }
+    Ok(loader::summary(config, &loaded, now))
+}

@@ -440,6 +440,64 @@ pub fn leaves(loaded: &Loaded) -> Vec<&CertificateDer<'static>> {
     loaded.certs.iter().map(|c| &c.key.cert[0]).collect()
 }
 
+/// The `ringterm check` summary: listeners, backends, routes, and each
+/// certificate's names, expiry (days left at `now`) and OCSP state.
+pub fn summary(config: &Config, loaded: &Loaded, now: u64) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let list = |p: &[std::net::SocketAddr]| {
+        p.iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let _ = writeln!(out, "listen: {}", list(&config.listen));
+    if let Some(admin) = config.admin {
+        let _ = writeln!(out, "admin: {admin}");
+    }
+    let _ = writeln!(out, "workers: {}", config.workers());
+    let _ = writeln!(out, "backend: {}", list(&config.routes.default));
+    for r in &config.routes.routes {
+        let _ = writeln!(
+            out,
+            "route: {} -> {}",
+            r.names.join(", "),
+            list(&r.backends)
+        );
+    }
+    let _ = writeln!(out, "certificates: {}", loaded.certs.len());
+    for c in &loaded.certs {
+        let days = (c.not_after as i64 - now as i64).div_euclid(86_400);
+        let ocsp = match &c.ocsp {
+            OcspState::None => "no OCSP".to_owned(),
+            OcspState::Stapled { validity, .. } => {
+                format!("OCSP good until {}", format_utc(validity.next_update))
+            }
+            OcspState::Rejected(why) => format!("OCSP NOT STAPLED: {why}"),
+        };
+        let names = if c.served_names.is_empty() {
+            "(no DNS names)".to_owned()
+        } else {
+            c.served_names.join(", ")
+        };
+        let expiry = if c.not_after < now {
+            "EXPIRED".to_owned()
+        } else {
+            format!("{days} days")
+        };
+        let _ = writeln!(
+            out,
+            "  {names}: expires {} ({expiry}), {ocsp} [{}]",
+            format_utc(c.not_after),
+            c.file
+        );
+    }
+    if let Some(ca) = &config.tls.client_ca {
+        let _ = writeln!(out, "client CA: {ca}");
+    }
+    out
+}
+
 /// `2026-12-04T17:00:00Z` for `t` seconds since the Unix epoch.
 pub fn format_utc(t: u64) -> String {
     match der::DateTime::from_unix_duration(std::time::Duration::from_secs(t)) {
@@ -557,6 +615,30 @@ mod tests {
             err.to_string(),
             "--client-ca /ca-is-key.pem: no certificate found"
         );
+    }
+
+    #[test]
+    fn summary_lists_listeners_backends_and_certificates() {
+        let mut mem = Mem::default();
+        mem.0.insert("/d/a.pem".into(), combined("a.test"));
+        let c = config(crate::config::Settings {
+            cert_dirs: Some(vec!["/d".into()]),
+            route: Some(vec![crate::config::RouteSetting::parse_flag(
+                "api.test=127.0.0.1:7",
+            )
+            .unwrap()]),
+            ..Default::default()
+        });
+        let loaded = load(&c, &mem, 0, LoadMode::Start, None).unwrap();
+        let text = summary(&c, &loaded, 0);
+        assert!(text.contains("listen: 127.0.0.1:0\n"), "{text}");
+        assert!(text.contains("backend: 127.0.0.1:9\n"), "{text}");
+        assert!(text.contains("route: api.test -> 127.0.0.1:7\n"), "{text}");
+        assert!(text.contains("certificates: 1\n"), "{text}");
+        assert!(text.contains("  a.test: expires "), "{text}");
+        assert!(text.contains("no OCSP [/d/a.pem]"), "{text}");
+        let later = summary(&c, &loaded, loaded.certs[0].not_after + 1);
+        assert!(later.contains("(EXPIRED)"), "{later}");
     }
 
     #[test]

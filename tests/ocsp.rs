@@ -254,6 +254,18 @@ fn verify_checks_certificate_signature_time_and_status() {
         ocsp::verify(&tampered, &leaf, &ca, now),
         Err(OcspError::BadSignature)
     );
+
+    // Every single-byte change and every truncation: no panic, and nothing
+    // accepted but the same answer (a change in the unsigned certificate
+    // list may still verify against the issuer).
+    for i in 0..good.len() {
+        let mut flipped = good.clone();
+        flipped[i] ^= 0x55;
+        if let Ok(w) = ocsp::verify(&flipped, &leaf, &ca, now) {
+            assert_eq!(w, v, "byte {i} changed the accepted answer");
+        }
+        assert!(ocsp::verify(&good[..i], &leaf, &ca, now).is_err());
+    }
 }
 
 /// The loader with `--ocsp-dir` at a time past the response's nextUpdate:

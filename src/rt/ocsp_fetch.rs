@@ -68,7 +68,7 @@ fn round(
         };
         let refresh_at = match &cert.ocsp {
             OcspState::Stapled { validity, .. } => {
-                validity.this_update + (validity.next_update - validity.this_update) / 2
+                validity.this_update + validity.next_update.saturating_sub(validity.this_update) / 2
             }
             _ => 0,
         };

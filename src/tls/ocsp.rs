@@ -178,6 +178,11 @@ pub fn verify(
         Some(t) => t.0.to_unix_duration().as_secs(),
         None => this_update.saturating_add(MAX_AGE_WITHOUT_NEXT_UPDATE_S),
     };
+    if next_update <= this_update {
+        return Err(OcspError::Malformed(
+            "nextUpdate is not after thisUpdate".into(),
+        ));
+    }
     if this_update > now.saturating_add(CLOCK_SKEW_S) {
         return Err(OcspError::NotYetValid { this_update, now });
     }
@@ -417,6 +422,27 @@ mod tests {
         // A well-formed "tryLater" answer.
         let err = verify(b"\x30\x03\x0a\x01\x03", &der, &der, 0).unwrap_err();
         assert!(matches!(err, OcspError::NotSuccessful(_)), "{err:?}");
+    }
+
+    #[test]
+    fn request_carries_the_cert_id() {
+        use x509_ocsp::OcspRequest;
+        let (leaf, _) = crate::tls::generate_self_signed(&["a.test"]).unwrap();
+        let (issuer, _) = crate::tls::generate_self_signed(&["ca.test"]).unwrap();
+        let (leaf, issuer) = (cert_der(&leaf), cert_der(&issuer));
+        let der = request(&leaf, &issuer).unwrap();
+        let req = OcspRequest::from_der(&der).unwrap();
+        let id = &req.tbs_request.request_list[0].req_cert;
+        assert_eq!(id.hash_algorithm.oid.to_string(), "1.3.14.3.2.26");
+        let issuer_cert = Certificate::from_der(issuer.as_ref()).unwrap();
+        let name = issuer_cert.tbs_certificate.subject.to_der().unwrap();
+        assert_eq!(
+            id.issuer_name_hash.as_bytes(),
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &name).as_ref()
+        );
+        let leaf_cert = Certificate::from_der(leaf.as_ref()).unwrap();
+        assert_eq!(id.serial_number, leaf_cert.tbs_certificate.serial_number);
+        assert!(req.optional_signature.is_none());
     }
 
     #[test]

@@ -108,7 +108,7 @@ impl ProcessMetrics {
         );
         let _ = writeln!(
             out,
-            "# HELP ringterm_ocsp_rejected_total OCSP responses not stapled because stale or invalid.\n# TYPE ringterm_ocsp_rejected_total counter\nringterm_ocsp_rejected_total {}",
+            "# HELP ringterm_ocsp_rejected_total OCSP responses not stapled because stale or invalid, and failed --ocsp-fetch attempts (each warned about once).\n# TYPE ringterm_ocsp_rejected_total counter\nringterm_ocsp_rejected_total {}",
             self.ocsp_rejected.load(Relaxed)
         );
         let certs = self.certs.load();

@@ -9,7 +9,7 @@
 
 use core::net::SocketAddr;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Default ring size (submission queue entries) per worker.
 pub const DEFAULT_RING_ENTRIES: u32 = 1024;
@@ -37,6 +37,9 @@ pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 300_000;
 /// Default time established connections get to finish after SIGTERM or
 /// SIGINT, in milliseconds.
 pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 30_000;
+/// Default period of the OCSP re-check (re-read the response files,
+/// re-validate, restaple), in seconds.
+pub const DEFAULT_OCSP_REFRESH_S: u64 = 3600;
 
 /// How sessions are resumed (`--resumption`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +83,7 @@ impl Resumption {
 
 /// Everything that can be set, from the TOML file or from flags. Every field
 /// is optional: a flag overrides the file, and `validate` fills defaults.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Settings {
     /// Addresses to accept TLS on (`--listen`, repeatable).
@@ -96,8 +99,19 @@ pub struct Settings {
     /// tables in the TOML file.
     pub cert: Option<CertSetting>,
     /// PEM private key file(s) (`--key`, repeatable, paired with `--cert`
-    /// by position).
+    /// by position). Without it, each `--cert` file holds its key too.
     pub key: Option<Files>,
+    /// Folders of combined PEM files (`--cert-dir`, repeatable): each
+    /// `*.pem` holds a key and its chain; names come from the SANs.
+    pub cert_dirs: Option<Vec<String>>,
+    /// Folder of DER OCSP responses to staple (`--ocsp-dir`): the response
+    /// for `cert.pem` is `cert.pem.ocsp`.
+    pub ocsp_dir: Option<String>,
+    /// Period of the OCSP re-check, seconds (`--ocsp-refresh`).
+    pub ocsp_refresh: Option<u64>,
+    /// Fetch OCSP responses from each certificate's responder
+    /// (`--ocsp-fetch`).
+    pub ocsp_fetch: Option<bool>,
     /// Number of workers (`--workers`); default: one per allowed CPU.
     pub workers: Option<usize>,
     /// CPUs to pin workers to (`--cpus`, e.g. `0-3,8`).
@@ -174,7 +188,7 @@ pub struct Settings {
 }
 
 /// One `[[route]]` table.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct RouteSetting {
     /// SNI names (exact or `*.example.com`).
@@ -207,7 +221,7 @@ impl RouteSetting {
 pub const DEFAULT_BACKEND_EJECT_MS: u64 = 10_000;
 
 /// One path or several (a flag given once or repeated).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum Files {
     /// `key = "k.pem"`.
@@ -238,7 +252,7 @@ impl Files {
 }
 
 /// `cert = "c.pem"`, `cert = [...]`, or `[[cert]]` tables.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum CertSetting {
     /// Certificate file(s), paired with `key`.
@@ -248,13 +262,18 @@ pub enum CertSetting {
 }
 
 /// One `[[cert]]` table.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct CertTable {
     /// PEM certificate chain (leaf first).
     pub cert: String,
-    /// PEM private key.
-    pub key: String,
+    /// PEM private key (default: the key in the `cert` file).
+    #[serde(default)]
+    pub key: Option<String>,
+    /// DER OCSP response to staple (default: `<cert file name>.ocsp` in
+    /// `ocsp-dir`, if set).
+    #[serde(default)]
+    pub ocsp: Option<String>,
     /// SNI names to serve it for (default: its subjectAltName DNS names);
     /// `*.example.com` wildcards allowed.
     #[serde(default)]
@@ -262,19 +281,79 @@ pub struct CertTable {
 }
 
 impl Settings {
-    /// Parses the TOML config file's text. `file` names it in errors.
+    /// Parses the TOML config file's text. `file` names it in errors
+    /// (with the line and column), and relative paths in it are taken
+    /// relative to `file`'s folder.
     pub fn from_toml(file: &str, text: &str) -> Result<Self, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Toml {
-            file: file.to_owned(),
-            // One line: the parser's message can span several.
-            message: e
-                .message()
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .collect::<Vec<_>>()
-                .join("; "),
+        let settings: Settings = toml::from_str(text).map_err(|e| {
+            let (line, col) = match e.span() {
+                Some(span) => line_col(text, span.start),
+                None => (1, 1),
+            };
+            ConfigError::Toml {
+                file: file.to_owned(),
+                line,
+                col,
+                // One line: the parser's message can span several.
+                message: e
+                    .message()
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            }
+        })?;
+        let dir = std::path::Path::new(file)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty());
+        Ok(match dir {
+            Some(dir) => settings.relative_to(dir),
+            None => settings,
         })
+    }
+
+    /// Makes every relative file or folder path absolute against `dir`
+    /// (the config file's folder). Pure path joining: nothing is read.
+    pub fn relative_to(mut self, dir: &std::path::Path) -> Self {
+        let join = |p: &mut String| {
+            if !p.is_empty() && std::path::Path::new(p.as_str()).is_relative() {
+                *p = dir.join(p.as_str()).display().to_string();
+            }
+        };
+        let join_files = |f: &mut Files| match f {
+            Files::One(p) => join(p),
+            Files::Many(v) => v.iter_mut().for_each(join),
+        };
+        match &mut self.cert {
+            Some(CertSetting::Files(f)) => join_files(f),
+            Some(CertSetting::Tables(tables)) => {
+                for t in tables {
+                    join(&mut t.cert);
+                    t.key.iter_mut().for_each(join);
+                    t.ocsp.iter_mut().for_each(join);
+                }
+            }
+            None => {}
+        }
+        self.key.iter_mut().for_each(join_files);
+        self.cert_dirs.iter_mut().flatten().for_each(join);
+        self.ocsp_dir.iter_mut().for_each(join);
+        self.client_ca.iter_mut().for_each(join);
+        self.ticket_key_file.iter_mut().flatten().for_each(join);
+        self
+    }
+
+    /// The TOML keys this layer sets.
+    fn keys_set(&self) -> Vec<String> {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(map)) => map
+                .into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, _)| k)
+                .collect(),
+            _ => Vec::new(),
+        }
     }
 
     /// Parses the TOML config file's raw bytes, as `--config` reads them:
@@ -296,6 +375,10 @@ impl Settings {
             backend_eject: over.backend_eject.or(self.backend_eject),
             cert: over.cert.or(self.cert),
             key: over.key.or(self.key),
+            cert_dirs: over.cert_dirs.or(self.cert_dirs),
+            ocsp_dir: over.ocsp_dir.or(self.ocsp_dir),
+            ocsp_refresh: over.ocsp_refresh.or(self.ocsp_refresh),
+            ocsp_fetch: over.ocsp_fetch.or(self.ocsp_fetch),
             workers: over.workers.or(self.workers),
             cpus: over.cpus.or(self.cpus),
             ring_entries: over.ring_entries.or(self.ring_entries),
@@ -374,7 +457,19 @@ impl Settings {
             default: backends,
             eject_ms: self.backend_eject.unwrap_or(DEFAULT_BACKEND_EJECT_MS),
         };
-        let certs = certs(self.cert, self.key)?;
+        let cert_dirs = self.cert_dirs.unwrap_or_default();
+        if let Some(bad) = cert_dirs.iter().find(|d| d.trim().is_empty()) {
+            return Err(range("--cert-dir", bad, "must be a folder"));
+        }
+        let certs = certs(self.cert, self.key, !cert_dirs.is_empty())?;
+        let ocsp_refresh_s = self.ocsp_refresh.unwrap_or(DEFAULT_OCSP_REFRESH_S);
+        if !(1..=86_400).contains(&ocsp_refresh_s) {
+            return Err(range(
+                "--ocsp-refresh",
+                &ocsp_refresh_s.to_string(),
+                "must be from 1 to 86400 seconds",
+            ));
+        }
         let tls = tls_policy(&TlsSettings {
             tls12: self.tls12,
             min_tls: self.min_tls,
@@ -538,6 +633,10 @@ impl Settings {
             backend,
             routes,
             certs,
+            cert_dirs,
+            ocsp_dir: self.ocsp_dir,
+            ocsp_refresh_s,
+            ocsp_fetch: self.ocsp_fetch.unwrap_or(false),
             tls,
             pins,
             ring_entries,
@@ -552,6 +651,100 @@ impl Settings {
     }
 }
 
+/// 1-based line and column of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
+    (line, col)
+}
+
+/// The config file's settings with the flags on top, and which keys the
+/// file set (and the flags did not), so that an error names the file and
+/// the key instead of the flag.
+#[derive(Debug, Clone, Default)]
+pub struct Layered {
+    /// The merged settings.
+    pub settings: Settings,
+    /// The config file, if any.
+    pub file: Option<String>,
+    from_file: Vec<String>,
+}
+
+impl Layered {
+    /// Merges `flags` over `file` (its name and settings).
+    pub fn new(file: Option<(String, Settings)>, flags: Settings) -> Self {
+        let flag_keys = flags.keys_set();
+        match file {
+            Some((name, settings)) => {
+                let from_file = settings
+                    .keys_set()
+                    .into_iter()
+                    .filter(|k| !flag_keys.contains(k))
+                    .collect();
+                Self {
+                    settings: settings.merge(flags),
+                    file: Some(name),
+                    from_file,
+                }
+            }
+            None => Self {
+                settings: flags,
+                file: None,
+                from_file: Vec::new(),
+            },
+        }
+    }
+
+    /// Validates the merged settings; an error about a value the file set
+    /// names the file and key ([`Layered::blame`]).
+    pub fn validate(&self, allowed_cpus: &[usize]) -> Result<Config, String> {
+        self.settings
+            .clone()
+            .validate(allowed_cpus)
+            .map_err(|e| match e.flag() {
+                Some(flag) => {
+                    let text = e.to_string();
+                    let rest = text
+                        .strip_prefix(flag)
+                        .map(|r| r.trim_start_matches(':').trim_start())
+                        .unwrap_or(&text);
+                    self.blame(flag, rest)
+                }
+                None => e.to_string(),
+            })
+    }
+
+    /// The config file and TOML key that set `flag`'s value, when the file
+    /// set it and no flag overrode it. `ocsp` (a `[[cert]]` table key) is
+    /// looked up as `cert`.
+    pub fn source_of(&self, flag: &str) -> Option<(&str, &str)> {
+        let key = match flag.trim_start_matches("--") {
+            "cert-dir" => "cert-dirs",
+            "no-tls12" => "tls12",
+            "ocsp" | "cert/--key" => "cert",
+            k => k,
+        };
+        let file = self.file.as_deref()?;
+        let key = self.from_file.iter().find(|k| *k == key)?;
+        Some((file, key))
+    }
+
+    /// One error line about the setting of `flag`: `FILE: key: message`
+    /// when the config file set it, `--flag: message` otherwise.
+    pub fn blame(&self, flag: &str, message: &str) -> String {
+        match self.source_of(flag) {
+            Some((file, key)) => format!("{file}: {key}: {message}"),
+            None => format!("{flag}: {message}"),
+        }
+    }
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -561,8 +754,16 @@ pub struct Config {
     pub backend: SocketAddr,
     /// Every backend: the default pool and the per-SNI routes.
     pub routes: crate::route::RouteTable,
-    /// Certificates, the default first.
+    /// Certificates, the default first (then those of `cert_dirs`).
     pub certs: Vec<CertFiles>,
+    /// Folders of combined PEM files, read in order, files sorted by name.
+    pub cert_dirs: Vec<String>,
+    /// Folder of OCSP responses (`<cert file name>.ocsp`).
+    pub ocsp_dir: Option<String>,
+    /// Period of the OCSP re-check, seconds.
+    pub ocsp_refresh_s: u64,
+    /// Fetch OCSP responses from the certificates' responders.
+    pub ocsp_fetch: bool,
     /// The TLS policy.
     pub tls: TlsSettingsValid,
     /// The CPU each worker is pinned to; its length is the worker count.
@@ -667,13 +868,28 @@ pub enum ConfigError {
         file: String,
     },
     /// The TOML file did not parse.
-    #[error("{file}: {message}")]
+    #[error("{file}:{line}:{col}: {message}")]
     Toml {
         /// The file.
         file: String,
+        /// 1-based line of the error.
+        line: usize,
+        /// 1-based column of the error.
+        col: usize,
         /// What the parser said.
         message: String,
     },
+}
+
+impl ConfigError {
+    /// The flag the error is about, when it is about one flag's value.
+    pub fn flag(&self) -> Option<&'static str> {
+        match self {
+            Self::InvalidAddr { flag, .. } | Self::OutOfRange { flag, .. } => Some(flag),
+            Self::InvalidCpuList { .. } | Self::CpuNotAllowed(_) => Some("--cpus"),
+            _ => None,
+        }
+    }
 }
 
 /// One certificate's files.
@@ -681,10 +897,12 @@ pub enum ConfigError {
 pub struct CertFiles {
     /// PEM chain file.
     pub cert: String,
-    /// PEM key file.
-    pub key: String,
+    /// PEM key file; `None`: the key is in the `cert` file.
+    pub key: Option<String>,
     /// SNI names (empty: the certificate's own).
     pub names: Vec<String>,
+    /// DER OCSP response file set for this certificate (`ocsp = "..."`).
+    pub ocsp: Option<String>,
 }
 
 /// The TLS policy settings, before checking.
@@ -723,8 +941,22 @@ pub struct TlsSettingsValid {
     pub reject_unknown_sni: bool,
 }
 
-fn certs(cert: Option<CertSetting>, key: Option<Files>) -> Result<Vec<CertFiles>, ConfigError> {
-    match cert.ok_or(ConfigError::Missing("--cert"))? {
+fn certs(
+    cert: Option<CertSetting>,
+    key: Option<Files>,
+    have_dirs: bool,
+) -> Result<Vec<CertFiles>, ConfigError> {
+    let cert = match cert {
+        Some(c) => c,
+        None if have_dirs => {
+            if key.is_some() {
+                return Err(ConfigError::Missing("--cert (for --key)"));
+            }
+            return Ok(Vec::new());
+        }
+        None => return Err(ConfigError::Missing("--cert or --cert-dir")),
+    };
+    match cert {
         CertSetting::Tables(tables) => {
             if key.is_some() {
                 return Err(range(
@@ -742,15 +974,27 @@ fn certs(cert: Option<CertSetting>, key: Option<Files>) -> Result<Vec<CertFiles>
                     cert: t.cert,
                     key: t.key,
                     names: t.names,
+                    ocsp: t.ocsp,
                 })
                 .collect())
         }
         CertSetting::Files(files) => {
             let certs = files.into_vec();
-            let keys = key.ok_or(ConfigError::Missing("--key"))?.into_vec();
             if certs.is_empty() {
                 return Err(ConfigError::Missing("--cert"));
             }
+            let Some(keys) = key.map(Files::into_vec) else {
+                // Combined PEM files: each holds its key.
+                return Ok(certs
+                    .into_iter()
+                    .map(|cert| CertFiles {
+                        cert,
+                        key: None,
+                        names: Vec::new(),
+                        ocsp: None,
+                    })
+                    .collect());
+            };
             if certs.len() != keys.len() {
                 return Err(range(
                     "--key",
@@ -766,8 +1010,9 @@ fn certs(cert: Option<CertSetting>, key: Option<Files>) -> Result<Vec<CertFiles>
                 .zip(keys)
                 .map(|(cert, key)| CertFiles {
                     cert,
-                    key,
+                    key: Some(key),
                     names: Vec::new(),
+                    ocsp: None,
                 })
                 .collect())
         }
@@ -1140,11 +1385,98 @@ mod tests {
     }
 
     #[test]
-    fn toml_errors_name_the_file() {
+    fn toml_errors_name_the_file_line_and_column() {
         let err = Settings::from_toml("r.toml", "bogus = 1\n").unwrap_err();
-        assert!(err.to_string().starts_with("r.toml: "), "{err}");
-        let err = Settings::from_toml("r.toml", "workers = \"x\"\n").unwrap_err();
-        assert!(err.to_string().starts_with("r.toml: "), "{err}");
+        assert!(err.to_string().starts_with("r.toml:1:1: "), "{err}");
+        let err = Settings::from_toml("r.toml", "workers = 2\nbacklog = \"x\"\n").unwrap_err();
+        assert!(err.to_string().starts_with("r.toml:2:11: "), "{err}");
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+        assert_eq!(line_col("", 0), (1, 1));
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_folder() {
+        let s = Settings::from_toml(
+            "/etc/rt/r.toml",
+            "cert = \"c.pem\"\nkey = \"/abs/k.pem\"\ncert-dirs = [\"d\"]\nocsp-dir = \"o\"\nclient-ca = \"ca.pem\"\nticket-key-file = [\"t.key\"]\n",
+        )
+        .unwrap();
+        assert_eq!(s.cert, Some(CertSetting::from("/etc/rt/c.pem")));
+        assert_eq!(s.key, Some(Files::from("/abs/k.pem")));
+        assert_eq!(s.cert_dirs, Some(vec!["/etc/rt/d".to_owned()]));
+        assert_eq!(s.ocsp_dir.as_deref(), Some("/etc/rt/o"));
+        assert_eq!(s.client_ca.as_deref(), Some("/etc/rt/ca.pem"));
+        assert_eq!(s.ticket_key_file, Some(vec!["/etc/rt/t.key".to_owned()]));
+        let t = Settings::from_toml(
+            "conf/r.toml",
+            "[[cert]]\ncert = \"a.pem\"\nocsp = \"a.ocsp\"\n",
+        )
+        .unwrap();
+        let Some(CertSetting::Tables(tables)) = t.cert else {
+            panic!()
+        };
+        assert_eq!(tables[0].cert, "conf/a.pem");
+        assert_eq!(tables[0].ocsp.as_deref(), Some("conf/a.ocsp"));
+        assert_eq!(tables[0].key, None);
+        // Flags are not touched (they are relative to the working folder).
+        let s = Settings::from_toml("r.toml", "cert = \"c.pem\"\n").unwrap();
+        assert_eq!(s.cert, Some(CertSetting::from("c.pem")));
+    }
+
+    #[test]
+    fn layered_errors_name_the_file_and_key() {
+        let file = Settings::from_toml("r.toml", "backend = \"nope\"\nworkers = 0\n").unwrap();
+        let flags = Settings {
+            listen: Some(vec!["127.0.0.1:1".into()]),
+            cert: Some("c.pem".into()),
+            ..Settings::default()
+        };
+        let l = Layered::new(Some(("r.toml".into(), file.clone())), flags.clone());
+        let err = l.validate(&[0]).unwrap_err();
+        assert!(err.starts_with("r.toml: backend: invalid address"), "{err}");
+        assert_eq!(l.source_of("--backend"), Some(("r.toml", "backend")));
+        assert_eq!(l.source_of("--listen"), None);
+        // The flag overrides the file: the flag is named.
+        let over = Settings {
+            backend: Some("nope2".into()),
+            ..flags
+        };
+        let l = Layered::new(Some(("r.toml".into(), file)), over);
+        let err = l.validate(&[0]).unwrap_err();
+        assert!(err.starts_with("--backend: invalid address"), "{err}");
+    }
+
+    #[test]
+    fn cert_dirs_and_combined_files() {
+        let s = Settings {
+            cert: None,
+            key: None,
+            cert_dirs: Some(vec!["/d".into()]),
+            ..base()
+        };
+        let c = s.validate(&[0]).unwrap();
+        assert!(c.certs.is_empty());
+        assert_eq!(c.cert_dirs, vec!["/d".to_owned()]);
+        let s = Settings {
+            key: None,
+            ..base()
+        };
+        let c = s.validate(&[0]).unwrap();
+        assert_eq!(c.certs[0].key, None);
+        let s = Settings {
+            cert: None,
+            ..base()
+        };
+        assert!(s.validate(&[0]).unwrap_err().to_string().contains("--cert"));
+        let s = Settings {
+            ocsp_refresh: Some(0),
+            ..base()
+        };
+        assert!(s
+            .validate(&[0])
+            .unwrap_err()
+            .to_string()
+            .starts_with("--ocsp-refresh"));
     }
     #[test]
     fn cert_tables_and_repeated_flags() {

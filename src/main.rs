@@ -4,8 +4,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use ringterm::config::{CertSetting, Config, Files, Settings};
+use ringterm::config::{CertSetting, Files, Layered, Settings};
+use ringterm::rt::reload::{DiskFiles, TlsReloader};
 use ringterm::tls;
+use ringterm::tls::loader::LoadError;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -13,7 +15,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// EX_USAGE: a bad flag, config file, certificate, or address.
 const EX_USAGE: u8 = 64;
 
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(
     name = "ringterm",
     version,
@@ -43,9 +45,25 @@ struct Cli {
     /// the first is the default).
     #[arg(long, value_name = "PEM", global = true)]
     cert: Vec<String>,
-    /// PEM private key (repeatable, paired with --cert by position).
+    /// PEM private key (repeatable, paired with --cert by position;
+    /// without it, each --cert file holds its key too).
     #[arg(long, value_name = "PEM", global = true)]
     key: Vec<String>,
+    /// Folder of combined PEM files (key + chain, names from the SANs),
+    /// repeatable.
+    #[arg(long, value_name = "DIR", global = true)]
+    cert_dir: Vec<String>,
+    /// Folder of DER OCSP responses to staple: CERTFILE.ocsp for each
+    /// certificate file (re-read on SIGHUP and every --ocsp-refresh s).
+    #[arg(long, value_name = "DIR", global = true)]
+    ocsp_dir: Option<String>,
+    /// OCSP re-check period, seconds (default 3600).
+    #[arg(long, value_name = "SECS", global = true)]
+    ocsp_refresh: Option<u64>,
+    /// Fetch OCSP responses from each certificate's responder (its AIA
+    /// OCSP URL), on a thread of its own, refreshed before nextUpdate.
+    #[arg(long, global = true)]
+    ocsp_fetch: bool,
     /// Number of workers (default: one per CPU this process may run on).
     #[arg(long, value_name = "N", global = true)]
     workers: Option<usize>,
@@ -153,7 +171,7 @@ struct Cli {
     accept_proxy: bool,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 enum Cmd {
     /// Terminate TLS in front of a built-in demo backend, with a generated
     /// self-signed certificate for localhost.
@@ -161,6 +179,10 @@ enum Cmd {
     /// Run only the built-in demo HTTP/1.1 backend (plaintext), e.g. for
     /// benchmarks.
     Backend,
+    /// Check the configuration: load every certificate, key, OCSP response
+    /// and CA, check the listen addresses can be bound, print a summary.
+    /// Exit 0, or 64 with one line.
+    Check,
 }
 
 impl Cli {
@@ -173,6 +195,10 @@ impl Cli {
             cert: (!self.cert.is_empty())
                 .then(|| CertSetting::Files(Files::Many(self.cert.clone()))),
             key: (!self.key.is_empty()).then(|| Files::Many(self.key.clone())),
+            cert_dirs: (!self.cert_dir.is_empty()).then(|| self.cert_dir.clone()),
+            ocsp_dir: self.ocsp_dir.clone(),
+            ocsp_refresh: self.ocsp_refresh,
+            ocsp_fetch: self.ocsp_fetch.then_some(true),
             workers: self.workers,
             cpus: self.cpus.clone(),
             ring_entries: self.ring_entries,
@@ -255,10 +281,12 @@ fn run(cli: Cli) -> Result<(), String> {
     let mode = match cli.cmd {
         Some(Cmd::Demo) => Mode::Demo,
         Some(Cmd::Backend) => Mode::Backend,
+        Some(Cmd::Check) => return check(&cli),
         None if cli.demo => Mode::Demo,
         None => Mode::Serve,
     };
-    let mut settings = load_settings(&cli)?;
+    let mut layered = load_layered(&cli)?;
+    let settings = &mut layered.settings;
     init_logging(settings.log_level.as_deref().unwrap_or("info"))?;
 
     if mode == Mode::Backend {
@@ -294,9 +322,14 @@ fn run(cli: Cli) -> Result<(), String> {
         None
     };
 
-    let config = settings
-        .validate(&allowed_cpus())
-        .map_err(|e| e.to_string())?;
+    let mut files = DiskFiles::default();
+    if let Some((cert, key)) = &generated {
+        files.overlay.insert(
+            "(generated)".to_owned(),
+            format!("{cert}{key}").into_bytes(),
+        );
+    }
+    let config = layered.validate(&allowed_cpus())?;
     let ticketer = if config.resumption.uses_tickets() {
         let lifetime = config.session_timeout_s.min(u32::MAX as u64) as u32;
         Some(ringterm::rt::ticket_keys::ticketer(
@@ -318,7 +351,32 @@ fn run(cli: Cli) -> Result<(), String> {
             .map(|t| t as Arc<dyn rustls::server::ProducesTickets>),
         tls13_tickets: config.tls13_tickets,
     };
-    let tls_config = build_tls(&config, generated.as_ref(), resumption.clone())?;
+    // Certificates and TLS policy are re-read on SIGHUP (not in demo mode:
+    // its certificate is generated once); on any error the old
+    // configuration stays. New connections get the new one; established
+    // ones keep theirs.
+    let config_source: Option<ringterm::rt::reload::ConfigSource> = if mode == Mode::Demo {
+        None
+    } else {
+        let cli = cli.clone();
+        Some(Box::new(move || {
+            load_layered(&cli).and_then(|l| l.validate(&allowed_cpus()))
+        }))
+    };
+    let fetched = files.fetched.clone();
+    let reloader = Arc::new(
+        TlsReloader::new(&config, files, resumption, config_source)
+            .map_err(|e| load_error(&layered, e))?,
+    );
+    if config.ocsp_fetch {
+        ringterm::rt::ocsp_fetch::spawn(reloader.clone(), fetched)
+            .map_err(|e| format!("--ocsp-fetch: fetch thread: {e}"))?;
+    }
+    // Always started: a reload may add OCSP files; without any, each tick
+    // (every --ocsp-refresh s) only finds nothing changed.
+    reloader
+        .spawn_ocsp_timer()
+        .map_err(|e| format!("--ocsp-refresh: OCSP timer thread: {e}"))?;
     if let Some(t) = &ticketer {
         if config.ticket_key_files.is_empty() {
             ringterm::rt::ticket_keys::start_rotation(
@@ -329,8 +387,7 @@ fn run(cli: Cli) -> Result<(), String> {
         }
     }
 
-    let tls_config = Arc::new(arc_swap::ArcSwap::new(tls_config));
-    let server = ringterm::rt::start(&config, tls_config.clone()).map_err(|e| e.to_string())?;
+    let server = ringterm::rt::start(&config, reloader.tls()).map_err(|e| e.to_string())?;
     for addr in &server.listen {
         println!("listening on {addr}");
     }
@@ -355,20 +412,14 @@ fn run(cli: Cli) -> Result<(), String> {
     let _ = std::io::stdout().flush();
     let drain_timeout = std::time::Duration::from_millis(config.drain_timeout_ms);
     let mut reload = move || {
-        // Certificates and TLS policy: everything is re-read and rebuilt;
-        // on any error the old configuration stays. New connections get the
-        // new one; established ones keep theirs.
-        if mode != Mode::Demo {
-            let rebuilt = load_settings(&cli)
-                .and_then(|s| s.validate(&allowed_cpus()).map_err(|e| e.to_string()))
-                .and_then(|c| build_tls(&c, None, resumption.clone()));
-            match rebuilt {
-                Ok(new) => {
-                    tls_config.store(new);
-                    tracing::info!("certificates and TLS policy reloaded");
-                }
-                Err(e) => tracing::error!("reload failed, keeping the old TLS configuration: {e}"),
-            }
+        match reloader.reload() {
+            Ok(r) => tracing::info!(
+                certificates = r.certificates,
+                ocsp_stapled = r.stapled,
+                skipped = r.skipped.len(),
+                "certificates and TLS policy reloaded"
+            ),
+            Err(e) => tracing::error!("reload failed, keeping the old TLS configuration: {e}"),
         }
         if let Some(t) = &ticketer {
             if !config.ticket_key_files.is_empty() {
@@ -478,11 +529,14 @@ fn wait_for_signal(mut handlers: Handlers<'_>) {
 }
 
 /// The config file (if any) with the flags on top.
-fn load_settings(cli: &Cli) -> Result<Settings, String> {
+fn load_layered(cli: &Cli) -> Result<Layered, String> {
     let file = match &cli.config {
-        Some(path) => Settings::from_toml_bytes(path, &read_file("--config", path)?)
-            .map_err(|e| e.to_string())?,
-        None => Settings::default(),
+        Some(path) => Some((
+            path.clone(),
+            Settings::from_toml_bytes(path, &read_file("--config", path)?)
+                .map_err(|e| e.to_string())?,
+        )),
+        None => None,
     };
     let mut flags = cli.settings();
     if !cli.route.is_empty() {
@@ -494,60 +548,30 @@ fn load_settings(cli: &Cli) -> Result<Settings, String> {
                 .map_err(|e| e.to_string())?,
         );
     }
-    Ok(file.merge(flags))
+    Ok(Layered::new(file, flags))
 }
 
-/// Reads the certificates and keys and builds the TLS configuration.
-/// `generated` replaces the files (demo mode).
-fn build_tls(
-    config: &Config,
-    generated: Option<&(String, String)>,
-    resumption: tls::ResumptionParts,
-) -> Result<Arc<rustls::ServerConfig>, String> {
-    let mut specs = Vec::with_capacity(config.certs.len());
-    for files in &config.certs {
-        let (cert_pem, key_pem) = match generated {
-            Some((c, k)) => (c.clone().into_bytes(), k.clone().into_bytes()),
-            None => (
-                read_file("--cert", &files.cert)?,
-                read_file("--key", &files.key)?,
-            ),
-        };
-        let chain =
-            tls::load_cert_chain(&files.cert, &cert_pem).map_err(|e| format!("--cert {e}"))?;
-        let key = tls::load_private_key(&files.key, &key_pem).map_err(|e| format!("--key {e}"))?;
-        specs.push(tls::CertSpec {
-            chain,
-            key,
-            names: files.names.clone(),
-            label: format!("--cert/--key {}/{}", files.cert, files.key),
-        });
+/// A loading error on one line, naming the config file and key when the
+/// file set the value, else the flag.
+fn load_error(layered: &Layered, e: LoadError) -> String {
+    match layered.source_of(e.flag) {
+        Some((file, key)) if e.path.is_empty() => format!("{file}: {key}: {}", e.message),
+        Some((file, key)) => format!("{file}: {key}: {}: {}", e.path, e.message),
+        None => e.to_string(),
     }
-    let t = &config.tls;
-    let client_auth = match &t.client_ca {
-        Some(file) => Some(tls::ClientAuth {
-            file: file.clone(),
-            ca_pem: read_file("--client-ca", file)?,
-            required: t.client_auth_required,
-        }),
-        None => None,
-    };
-    let policy = tls::TlsPolicy {
-        tls12: t.tls12,
-        tls13: t.tls13,
-        alpn: t.alpn.iter().map(|p| p.as_bytes().to_vec()).collect(),
-        cipher_suites: t.ciphers.clone(),
-        groups: t.groups.clone(),
-        client_auth,
-        unknown_sni: if t.reject_unknown_sni {
-            tls::UnknownSni::Reject
-        } else {
-            tls::UnknownSni::Default
-        },
-    };
-    tls::build_server_config_multi(specs, &policy, resumption).map_err(|e| match e {
-        tls::TlsError::CertKey(msg) if msg.starts_with("--") => msg,
-        tls::TlsError::Policy(..) => e.to_string(),
-        other => format!("--cert/--key: {other}"),
-    })
+}
+
+/// `ringterm check`: everything `run` would load and bind, without
+/// serving; a summary on stdout.
+fn check(cli: &Cli) -> Result<(), String> {
+    use ringterm::rt::reload::CheckError;
+    let layered = load_layered(cli)?;
+    let config = layered.validate(&allowed_cpus())?;
+    let summary = ringterm::rt::reload::check(&config).map_err(|e| match e {
+        CheckError::Load(e) => load_error(&layered, e),
+        CheckError::Other(msg) => msg,
+    })?;
+    let source = layered.file.as_deref().unwrap_or("(flags)");
+    print!("configuration {source}: OK\n{summary}");
+    Ok(())
 }

@@ -226,7 +226,9 @@ fn bad_config_files() {
     // The flag in `base` overrides the file's backend, so drop it.
     let mut args = without(&certs, "--backend");
     args.extend(["--config".to_owned(), bad_value.clone()]);
-    expect_usage_error(&args, &["--backend", "nope"]);
+    // A value from the file names the file and its key, not the flag.
+    let line = expect_usage_error(&args, &[&bad_value, "backend", "nope"]);
+    assert!(!line.contains("--backend"), "{line}");
 
     let missing = path("missing.toml");
     expect_usage_error(&with(&certs, "--config", &missing), &["--config", &missing]);

@@ -15,6 +15,7 @@ use crate::tls::AlertKind;
 
 pub mod hgrm;
 pub mod hist;
+pub mod process;
 
 /// A counter with one writer thread and any number of readers.
 #[derive(Debug, Default)]

@@ -132,6 +132,9 @@ fn route(
             let copies = hists.collect(COLLECT_WAIT);
             let hrefs: Vec<&Histograms> = copies.iter().map(|c| &c.hist).collect();
             hist::render_prometheus(&mut out, &hrefs, filter);
+            if filter == WorkerFilter::All {
+                crate::metrics::process::global().render(&mut out);
+            }
             Ok(out)
         }
         _ => {

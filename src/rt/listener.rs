@@ -59,3 +59,19 @@ fn already_listening(addr: SocketAddr) -> bool {
     };
     std::net::TcpStream::connect_timeout(&probe, std::time::Duration::from_millis(200)).is_ok()
 }
+
+/// `ringterm check`: whether `addr` can be bound by this user, with
+/// SO_REUSEPORT and without listening (a socket that does not listen
+/// receives no connection, so checking next to a running ringterm that
+/// holds the port is harmless). Fails for an address this host does not
+/// have, a port below 1024 without the capability, or a port another
+/// user's or a non-SO_REUSEPORT socket holds.
+pub fn check_bind(addr: SocketAddr) -> io::Result<()> {
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+    }
+    sock.bind(&addr.into())
+}

@@ -269,7 +269,20 @@ pub fn build_server_config_multi_with_provider(
         keys.push(Arc::new(certified));
         names.push(spec.names);
     }
-    let resolver = SniResolver::new(keys, &names, policy.unknown_sni)?;
+    build_server_config_from_keys(keys, &names, policy, resumption, provider)
+}
+
+/// Builds the server configuration from keys already loaded and checked
+/// (their `ocsp` field is stapled as it is). `names[i]`, when not empty,
+/// replaces key `i`'s own names.
+pub fn build_server_config_from_keys(
+    keys: Vec<Arc<CertifiedKey>>,
+    names: &[Vec<String>],
+    policy: &TlsPolicy,
+    resumption: ResumptionParts,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let resolver = SniResolver::new(keys, names, policy.unknown_sni)?;
     let mut versions: Vec<&'static rustls::SupportedProtocolVersion> = Vec::new();
     if policy.tls13 {
         versions.push(&rustls::version::TLS13);

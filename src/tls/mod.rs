@@ -6,16 +6,18 @@
 mod alert;
 mod certs;
 pub mod hello;
+pub mod loader;
+pub mod ocsp;
 mod session;
 pub mod sni;
 
 pub use alert::AlertKind;
 
 pub use certs::{
-    build_server_config, build_server_config_multi, build_server_config_multi_with_provider,
-    build_server_config_with, build_server_config_with_provider, generate_self_signed,
-    load_cert_chain, load_private_key, provider_for, CertSpec, ClientAuth, ResumptionParts,
-    TlsPolicy,
+    build_server_config, build_server_config_from_keys, build_server_config_multi,
+    build_server_config_multi_with_provider, build_server_config_with,
+    build_server_config_with_provider, generate_self_signed, load_cert_chain, load_private_key,
+    provider_for, CertSpec, ClientAuth, ResumptionParts, TlsPolicy,
 };
 pub use session::{
     subject_cn, HandshakeInfo, Resumption, Status, TlsSession, MAX_FRAGMENT_LEN,

@@ -285,7 +285,7 @@ fn run(cli: Cli) -> Result<(), String> {
             .map_err(|_| format!("--listen: invalid address {addr:?}"))?;
         let bound = ringterm::rt::demo::start(addr).map_err(|e| format!("--listen {addr}: {e}"))?;
         tracing::info!("demo backend listening on {bound}");
-        wait_for_signal(Handlers::default());
+        wait_for_signal(catch_signals(false), Handlers::default());
         return Ok(());
     }
 
@@ -343,6 +343,7 @@ fn run(cli: Cli) -> Result<(), String> {
     }
 
     let tls_config = Arc::new(arc_swap::ArcSwap::new(tls_config));
+    let signals = catch_signals(true);
     let mut upgrade = upgrade::Upgrade::new(upgrade_socket);
     let (server, took_over) = upgrade
         .start(&config, tls_config.clone())
@@ -399,11 +400,14 @@ fn run(cli: Cli) -> Result<(), String> {
     };
     let mut usr1 = || tracing::info!("latency summary (SIGUSR1):\n{}", summary());
     let mut usr2 = || upgrade.spawn_new_process();
-    wait_for_signal(Handlers {
-        hup: Some(&mut reload),
-        usr1: Some(&mut usr1),
-        usr2: Some(&mut usr2),
-    });
+    wait_for_signal(
+        signals,
+        Handlers {
+            hup: Some(&mut reload),
+            usr1: Some(&mut usr1),
+            usr2: Some(&mut usr2),
+        },
+    );
     upgrade.before_drain();
     drain(&server, drain_timeout);
     tracing::info!("latency summary at shutdown:\n{}", summary());
@@ -507,39 +511,40 @@ struct Handlers<'a> {
     usr2: Option<&'a mut dyn FnMut()>,
 }
 
-/// Blocks until SIGINT or SIGTERM, running the handlers of other signals.
-fn wait_for_signal(mut handlers: Handlers<'_>) {
+/// Catches SIGINT and SIGTERM, and SIGHUP, SIGUSR1 and SIGUSR2 when
+/// `all`. Call before announcing readiness: a reload signal that arrives
+/// before [`wait_for_signal`] runs waits for it instead of killing the
+/// process (SIGHUP's default action).
+fn catch_signals(all: bool) -> Option<signal_hook::iterator::Signals> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
     let mut wanted = vec![SIGINT, SIGTERM];
-    if handlers.hup.is_some() {
-        wanted.push(SIGHUP);
+    if all {
+        wanted.extend([SIGHUP, SIGUSR1, SIGUSR2]);
     }
-    if handlers.usr1.is_some() {
-        wanted.push(SIGUSR1);
-    }
-    if handlers.usr2.is_some() {
-        wanted.push(SIGUSR2);
-    }
-    match signal_hook::iterator::Signals::new(&wanted) {
-        Ok(mut signals) => {
-            for sig in signals.forever() {
-                let handler = match sig {
-                    SIGHUP => handlers.hup.as_mut(),
-                    SIGUSR1 => handlers.usr1.as_mut(),
-                    SIGUSR2 => handlers.usr2.as_mut(),
-                    _ => {
-                        tracing::info!(signal = sig, "shutting down");
-                        return;
-                    }
-                };
-                if let Some(h) = handler {
-                    h();
-                }
-            }
-        }
-        Err(_) => loop {
+    signal_hook::iterator::Signals::new(&wanted).ok()
+}
+
+/// Blocks until SIGINT or SIGTERM, running the handlers of other signals.
+fn wait_for_signal(signals: Option<signal_hook::iterator::Signals>, mut handlers: Handlers<'_>) {
+    use signal_hook::consts::{SIGHUP, SIGUSR1, SIGUSR2};
+    let Some(mut signals) = signals else {
+        loop {
             std::thread::park();
-        },
+        }
+    };
+    for sig in signals.forever() {
+        let handler = match sig {
+            SIGHUP => handlers.hup.as_mut(),
+            SIGUSR1 => handlers.usr1.as_mut(),
+            SIGUSR2 => handlers.usr2.as_mut(),
+            _ => {
+                tracing::info!(signal = sig, "shutting down");
+                return;
+            }
+        };
+        if let Some(h) = handler {
+            h();
+        }
     }
 }
 

@@ -117,13 +117,18 @@ pub fn take_over(path: &Path) -> Result<Option<Inherited>, HandoverError> {
     }
     conn.set_read_timeout(Some(TAKE_TIMEOUT))?;
     conn.set_write_timeout(Some(TAKE_TIMEOUT))?;
-    send_msg(&conn, format!("TAKE {}", std::process::id()).as_bytes(), None)?;
+    send_msg(
+        &conn,
+        format!("TAKE {}", std::process::id()).as_bytes(),
+        None,
+    )?;
     let mut listeners = Vec::new();
     let mut admin = None;
     loop {
         let (text, fd) = recv_msg(&conn)?;
         let listener = || -> Result<TcpListener, HandoverError> {
-            let fd = fd.ok_or_else(|| HandoverError::Protocol(format!("{text} without a socket")))?;
+            let fd =
+                fd.ok_or_else(|| HandoverError::Protocol(format!("{text} without a socket")))?;
             if !is_listening(&fd) {
                 return Err(HandoverError::Protocol(format!(
                     "{text}: not a listening socket"
@@ -255,7 +260,9 @@ fn hand_over(conn: &Socket, shared: &Handle) -> Result<u32, HandoverError> {
             Err(p) => p.into_inner(),
         };
         let Some(offered) = offered.as_ref() else {
-            return Err(HandoverError::Protocol("draining: nothing to hand over".into()));
+            return Err(HandoverError::Protocol(
+                "draining: nothing to hand over".into(),
+            ));
         };
         for o in offered {
             let tag: &[u8] = match o.kind {
@@ -266,7 +273,10 @@ fn hand_over(conn: &Socket, shared: &Handle) -> Result<u32, HandoverError> {
         }
     }
     send_msg(conn, format!("END {}", std::process::id()).as_bytes(), None)?;
-    tracing::info!(pid = peer_pid, "upgrade: listening sockets sent to the new process");
+    tracing::info!(
+        pid = peer_pid,
+        "upgrade: listening sockets sent to the new process"
+    );
     conn.set_read_timeout(Some(READY_TIMEOUT))?;
     let (ready, _) = recv_msg(conn)?;
     if ready != "READY" {

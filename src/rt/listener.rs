@@ -95,11 +95,7 @@ impl Inherited {
             .groups
             .iter()
             .position(|(a, _)| *a == want)
-            .or_else(|| {
-                self.groups
-                    .iter()
-                    .position(|(a, _)| same_address(want, *a))
-            })?;
+            .or_else(|| self.groups.iter().position(|(a, _)| same_address(want, *a)))?;
         Some(self.groups.remove(i).1)
     }
 

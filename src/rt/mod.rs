@@ -143,7 +143,9 @@ pub fn start_inherited(
                 .map_err(|source| StartError::Bind { addr, source })?,
         );
         for (i, l) in listeners.into_iter().enumerate() {
-            let dup = l.try_clone().map_err(|source| StartError::Bind { addr, source })?;
+            let dup = l
+                .try_clone()
+                .map_err(|source| StartError::Bind { addr, source })?;
             offered.push(handover::Offered {
                 kind: handover::Kind::Listener,
                 fd: dup.into(),

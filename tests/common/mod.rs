@@ -237,11 +237,12 @@ pub struct Ringterm {
     messages: Arc<Mutex<mpsc::Receiver<String>>>,
 }
 
-/// The message of a text log line, `TIME  LEVEL ringterm: MESSAGE fields`:
-/// everything after the binary's target (`ringterm: `); `None` for other
-/// targets and other lines.
+/// The message of a text log line, `TIME  LEVEL TARGET: MESSAGE fields`
+/// (the target is `ringterm` or `ringterm::module`): everything after the
+/// target; `None` for other lines.
 pub fn log_message(line: &str) -> Option<&str> {
-    line.split_once(" ringterm: ").map(|(_, m)| m)
+    let (_, rest) = line.split_once(" ringterm")?;
+    rest.split_once(": ").map(|(_, m)| m)
 }
 
 impl Ringterm {

@@ -317,6 +317,15 @@ fn consecutive_upgrades_under_load_drop_nothing() {
         .collect();
 
     for round in 0..UPGRADES {
+        // Load runs across every round: wait for new client connections.
+        let before = counts.ok.load(Ordering::Relaxed);
+        assert!(
+            eventually(Duration::from_secs(20), || {
+                counts.ok.load(Ordering::Relaxed) >= before + 10
+                    || !counts.errors.lock().unwrap().is_empty()
+            }),
+            "round {round}: the clients made no progress"
+        );
         // Established on the current process, through to the backend.
         let held = TlsDuplex::connect(addr, config.clone()).expect("held connection");
         held.write_all(b"x").unwrap();

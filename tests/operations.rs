@@ -452,3 +452,31 @@ fn sigusr2_starts_the_successor() {
         assert!(!m.contains("STOPPING=1"), "{m:?}");
     }
 }
+
+/// The admin endpoint serves at most 16 connections at once: with 16 idle
+/// ones open, the next is answered 503 at once; once they close, scrapes
+/// work again.
+#[test]
+fn admin_connections_are_capped() {
+    use std::io::Read;
+    let certs = TestCerts::generate();
+    let echo = echo_backend();
+    let rt = start_ringterm(&certs, echo.addr, &[]);
+    let admin = rt.admin();
+    let idle: Vec<std::net::TcpStream> = (0..16).map(|_| tcp_connect(admin)).collect();
+    // Nothing sent: the answer comes at accept (a request left unread
+    // could turn the close into a reset).
+    let mut over = tcp_connect(admin);
+    let mut answer = String::new();
+    over.read_to_string(&mut answer).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 503 "),
+        "over the cap: {answer:?}"
+    );
+    drop(idle);
+    assert!(
+        eventually(Duration::from_secs(10), || http_get(admin, "/healthz").0
+            == 200),
+        "the admin endpoint did not recover"
+    );
+}

@@ -139,10 +139,18 @@ pub fn take_over(path: &Path) -> Result<Option<Inherited>, HandoverError> {
         match text.as_str() {
             "L" => listeners.push(listener()?),
             "A" => admin = Some(listener()?),
-            end if end.starts_with("END ") => {
-                let from_pid = end[4..]
+            "" => {
+                return Err(HandoverError::Protocol(
+                    "the old process closed the upgrade socket".into(),
+                ))
+            }
+            other => {
+                let Some(pid) = other.strip_prefix("END ") else {
+                    return Err(HandoverError::Protocol(other.to_owned()));
+                };
+                let from_pid = pid
                     .parse()
-                    .map_err(|_| HandoverError::Protocol(end.to_owned()))?;
+                    .map_err(|_| HandoverError::Protocol(other.to_owned()))?;
                 return Ok(Some(Inherited {
                     listeners,
                     admin,
@@ -150,12 +158,6 @@ pub fn take_over(path: &Path) -> Result<Option<Inherited>, HandoverError> {
                     conn,
                 }));
             }
-            "" => {
-                return Err(HandoverError::Protocol(
-                    "the old process closed the upgrade socket".into(),
-                ))
-            }
-            other => return Err(HandoverError::Protocol(other.to_owned())),
         }
     }
 }

@@ -480,3 +480,56 @@ fn admin_connections_are_capped() {
         "the admin endpoint did not recover"
     );
 }
+
+/// A new process that fails after taking the sockets (here: a second
+/// `--listen` address already in use) exits 64; the old process keeps
+/// serving and hands over to the next attempt.
+#[test]
+fn a_failed_takeover_leaves_the_old_process_serving() {
+    let certs = TestCerts::generate();
+    let echo = echo_backend();
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = one_worker(&certs, echo.addr);
+    args.extend([
+        "--upgrade-socket".to_owned(),
+        dir.path().join("upgrade.sock").display().to_string(),
+    ]);
+    let mut old = Ringterm::start(&args);
+    let addr = old.addr();
+
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_addr = busy.local_addr().unwrap().to_string();
+    let mut bad = args.clone();
+    bad.extend(["--listen".to_owned(), busy_addr.clone()]);
+    let out = run_to_exit(&bad, Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(
+        out.stderr
+            .starts_with(&format!("ringterm: --listen {busy_addr}: "))
+            && out.stderr.lines().count() == 1,
+        "{out:?}"
+    );
+    assert!(
+        old.wait_log(Duration::from_secs(10), |m| m
+            .starts_with("upgrade: hand-over failed, still serving"))
+            .is_some(),
+        "{}",
+        old.stderr()
+    );
+    old.assert_alive();
+    assert_echo(addr, certs.tls13(), b"still the old process");
+
+    let next = Ringterm::start(&args);
+    assert_eq!(next.addr(), addr);
+    let exited = eventually(Duration::from_secs(15), || {
+        old.child.try_wait().unwrap().is_some()
+    });
+    assert!(exited, "the old process did not exit: {}", old.stderr());
+    assert_eq!(
+        old.child.wait().unwrap().code(),
+        Some(0),
+        "{}",
+        old.stderr()
+    );
+    assert_echo(addr, certs.tls13(), b"the new process");
+}

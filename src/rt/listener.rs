@@ -110,7 +110,9 @@ impl Inherited {
 
 /// Completes adopted sockets of one address to at least `workers`, binding
 /// the missing ones with SO_REUSEPORT on the same address. Never closes one:
-/// the caller spreads any extra sockets over the workers.
+/// the caller spreads any extra sockets over the workers. The adopted ones
+/// take `backlog` (listen(2) again on a listening socket only resizes its
+/// queue; what is queued stays).
 pub fn adopt(
     mut adopted: Vec<std::net::TcpListener>,
     workers: usize,
@@ -120,6 +122,9 @@ pub fn adopt(
         .first()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no socket to adopt"))?
         .local_addr()?;
+    for l in &adopted {
+        socket2::SockRef::from(l).listen(backlog.min(i32::MAX as u32) as i32)?;
+    }
     while adopted.len() < workers {
         adopted.push(bind(addr, backlog)?);
     }
@@ -146,6 +151,8 @@ mod tests {
         let l1b = bind(a1, 16).unwrap();
         let l2 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let a2 = l2.local_addr().unwrap();
+        // Queued before the adoption: still there after listen(2) again.
+        let _queued = std::net::TcpStream::connect(a1).unwrap();
         let mut inh = Inherited::new(vec![l1, l2, l1b]);
         let g1 = inh.take(a1).unwrap();
         assert_eq!(g1.len(), 2);
@@ -155,5 +162,11 @@ mod tests {
         let all = adopt(g1, 4, 16).unwrap();
         assert_eq!(all.len(), 4);
         assert!(all.iter().all(|l| l.local_addr().unwrap() == a1));
+        // The queued connection sits on one of the first two sockets.
+        let accepted = all[..2].iter().filter(|l| {
+            l.set_nonblocking(true).unwrap();
+            l.accept().is_ok()
+        });
+        assert_eq!(accepted.count(), 1);
     }
 }

@@ -276,8 +276,10 @@ struct KillOnDrop(u32);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", &self.0.to_string()])
+        // The shell's kill builtin: no procps needed.
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -KILL {}", self.0))
             .status();
     }
 }

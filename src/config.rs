@@ -134,6 +134,11 @@ pub struct Settings {
     pub tls12: Option<bool>,
     /// Log level (`--log-level`), default `info`.
     pub log_level: Option<String>,
+    /// Log line format (`--log-format`): `text` (default) or `json`.
+    pub log_format: Option<String>,
+    /// UNIX socket that hands the listening sockets over to a new process
+    /// (`--upgrade-socket`), for restarts and upgrades that drop nothing.
+    pub upgrade_socket: Option<String>,
     /// `cache`, `tickets`, `both` or `off` (`--resumption`), default `cache`.
     pub resumption: Option<String>,
     /// Session lifetime in seconds (`--session-timeout`).
@@ -390,6 +395,8 @@ impl Settings {
             connect_timeout: over.connect_timeout.or(self.connect_timeout),
             tls12: over.tls12.or(self.tls12),
             log_level: over.log_level.or(self.log_level),
+            log_format: over.log_format.or(self.log_format),
+            upgrade_socket: over.upgrade_socket.or(self.upgrade_socket),
             resumption: over.resumption.or(self.resumption),
             session_timeout: over.session_timeout.or(self.session_timeout),
             session_cache_size: over.session_cache_size.or(self.session_cache_size),

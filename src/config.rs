@@ -21,6 +21,10 @@ pub const DEFAULT_BUFFER_SIZE: usize = 64 * 1024;
 pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 /// Default backend connect timeout, in milliseconds.
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Whether the server's cipher suite order wins by default
+/// (`--prefer-server-ciphers`). See README "Cipher suite order".
+pub const DEFAULT_PREFER_SERVER_CIPHERS: bool = false;
+
 /// Default session lifetime, in seconds (nginx's `ssl_session_timeout`).
 pub const DEFAULT_SESSION_TIMEOUT_S: u64 = 300;
 /// Default session cache entries per worker.
@@ -143,6 +147,9 @@ pub struct Settings {
     pub ciphers: Option<Vec<String>>,
     /// Key exchange groups, in preference order (`--groups`).
     pub groups: Option<Vec<String>>,
+    /// Choose the cipher suite by the server's order, not the client's
+    /// (`--prefer-server-ciphers`, hitch's `prefer-server-ciphers`).
+    pub prefer_server_ciphers: Option<bool>,
     /// ALPN protocols, in preference order (`--alpn h2,http/1.1`).
     pub alpn: Option<Vec<String>>,
     /// CA file for client certificates (`--client-ca`): turns on mTLS.
@@ -318,6 +325,7 @@ impl Settings {
             max_tls: over.max_tls.or(self.max_tls),
             ciphers: over.ciphers.or(self.ciphers),
             groups: over.groups.or(self.groups),
+            prefer_server_ciphers: over.prefer_server_ciphers.or(self.prefer_server_ciphers),
             alpn: over.alpn.or(self.alpn),
             client_ca: over.client_ca.or(self.client_ca),
             client_auth: over.client_auth.or(self.client_auth),
@@ -381,6 +389,7 @@ impl Settings {
             max_tls: self.max_tls,
             ciphers: self.ciphers,
             groups: self.groups,
+            prefer_server_ciphers: self.prefer_server_ciphers,
             alpn: self.alpn,
             client_ca: self.client_ca,
             client_auth: self.client_auth,
@@ -695,6 +704,7 @@ struct TlsSettings {
     max_tls: Option<String>,
     ciphers: Option<Vec<String>>,
     groups: Option<Vec<String>>,
+    prefer_server_ciphers: Option<bool>,
     alpn: Option<Vec<String>>,
     client_ca: Option<String>,
     client_auth: Option<String>,
@@ -713,6 +723,9 @@ pub struct TlsSettingsValid {
     pub ciphers: Vec<String>,
     /// Key exchange groups (empty: defaults).
     pub groups: Vec<String>,
+    /// Pick the suite in the server's order (see
+    /// [`DEFAULT_PREFER_SERVER_CIPHERS`]).
+    pub prefer_server_ciphers: bool,
     /// ALPN protocols.
     pub alpn: Vec<String>,
     /// Client CA file (mTLS on).
@@ -834,6 +847,9 @@ fn tls_policy(t: &TlsSettings) -> Result<TlsSettingsValid, ConfigError> {
         tls13: max >= 3,
         ciphers: list("--ciphers", &t.ciphers)?,
         groups: list("--groups", &t.groups)?,
+        prefer_server_ciphers: t
+            .prefer_server_ciphers
+            .unwrap_or(DEFAULT_PREFER_SERVER_CIPHERS),
         alpn,
         client_ca: t.client_ca.clone(),
         client_auth_required,

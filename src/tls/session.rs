@@ -562,15 +562,24 @@ impl TlsSession {
         if let Ok(ConnectionState::EncodeTlsData(mut encode)) = state {
             let _ = encode_into(to_client, |out| encode.encode(out));
         }
-        // rustls returns some decoding errors (e.g. an oversized handshake
-        // message, from its handshake joiner) without queuing an alert.
-        // Before we have sent anything the record layer is plaintext, so we
-        // send the `decode_error` alert rustls would have (RFC 8446 §6.2).
-        if to_client.len() == before
-            && !self.wrote_any
-            && matches!(err, rustls::Error::InvalidMessage(_))
-        {
-            to_client.extend_from_slice(&PLAINTEXT_DECODE_ERROR_ALERT);
+        if to_client.len() > before {
+            // rustls queued an alert. Where it is still plaintext and the
+            // RFC names another one for this error, send the RFC's.
+            if let Some(description) = rfc_alert(err) {
+                rewrite_plaintext_alert(&mut to_client[before..], description);
+            }
+            return;
+        }
+        // rustls returns some record-layer errors (an oversized handshake
+        // message, from its handshake joiner; a record interleaved with a
+        // fragmented handshake message) without queuing an alert. Before
+        // we have sent anything the record layer is plaintext, so we send
+        // the alert the RFC names (RFC 8446 §6.2) ourselves.
+        if !self.wrote_any {
+            if let Some(description) = unalerted_description(err) {
+                to_client.extend_from_slice(&PLAINTEXT_DECODE_ERROR_ALERT);
+                rewrite_plaintext_alert(&mut to_client[before..], description);
+            }
         }
     }
 }
@@ -633,6 +642,55 @@ fn encrypt_into(
 
 /// The `unrecognized_name` alert description.
 const UNRECOGNIZED_NAME: u8 = 112;
+
+/// The `unexpected_message` alert description.
+const UNEXPECTED_MESSAGE: u8 = 10;
+
+/// The `decode_error` alert description.
+const DECODE_ERROR: u8 = 50;
+
+/// The `missing_extension` alert description.
+const MISSING_EXTENSION: u8 = 109;
+
+/// The alert the RFC requires for `err` where rustls queues another one.
+/// Only plaintext alerts can be rewritten (see [`rewrite_plaintext_alert`]);
+/// the encrypted cases are listed in the README's "TLS conformance" table.
+fn rfc_alert(err: &rustls::Error) -> Option<u8> {
+    use rustls::{Error as E, PeerIncompatible as PI};
+    match err {
+        // A ClientHello with supported_groups but without key_share: RFC
+        // 8446 §9.2 "MUST abort the handshake with a missing_extension
+        // alert"; rustls sends handshake_failure.
+        E::PeerIncompatible(PI::KeyShareExtensionRequired) => Some(MISSING_EXTENSION),
+        // A zero-length record of a type other than application data (an
+        // empty alert or handshake record): RFC 8446 §5.4 "MUST terminate
+        // the connection with an unexpected_message alert"; rustls sends
+        // decode_error.
+        E::InvalidMessage(rustls::InvalidMessage::InvalidEmptyPayload) => Some(UNEXPECTED_MESSAGE),
+        _ => None,
+    }
+}
+
+/// The alert for an error rustls returns without queuing one, if any.
+fn unalerted_description(err: &rustls::Error) -> Option<u8> {
+    use rustls::{Error as E, PeerMisbehaved as PM};
+    if let Some(description) = rfc_alert(err) {
+        return Some(description);
+    }
+    match err {
+        // Malformed or oversized handshake messages (RFC 8446 §6.2).
+        E::InvalidMessage(_) => Some(DECODE_ERROR),
+        // A record of another type between the fragments of a handshake
+        // message (RFC 8446 §5.1 "MUST NOT be interleaved"), or a run of
+        // empty records: an unexpected message (RFC 8446 §5, §6.2).
+        E::PeerMisbehaved(
+            PM::MessageInterleavedWithHandshakeMessage
+            | PM::RejectedEarlyDataInterleavedWithHandshakeMessage
+            | PM::TooManyEmptyFragments,
+        ) => Some(UNEXPECTED_MESSAGE),
+        _ => None,
+    }
+}
 
 /// Replaces the description of a trailing plaintext fatal alert record.
 fn rewrite_plaintext_alert(out: &mut [u8], description: u8) {

@@ -1236,6 +1236,17 @@ names = ["*.example.com"]
         let c = p(|s| s.alpn = Some(vec!["h2".into(), " http/1.1".into()])).unwrap();
         assert_eq!(c.tls.alpn, vec!["h2", "http/1.1"]);
         assert!(p(|s| s.alpn = Some(vec!["".into()])).is_err());
+        let c = p(|_| {}).unwrap();
+        assert_eq!(c.tls.prefer_server_ciphers, DEFAULT_PREFER_SERVER_CIPHERS);
+        let c = p(|s| s.prefer_server_ciphers = Some(!DEFAULT_PREFER_SERVER_CIPHERS)).unwrap();
+        assert_eq!(c.tls.prefer_server_ciphers, !DEFAULT_PREFER_SERVER_CIPHERS);
+        let file = Settings::from_toml("f.toml", "prefer-server-ciphers = false").unwrap();
+        assert_eq!(file.prefer_server_ciphers, Some(false));
+        let flags = Settings {
+            prefer_server_ciphers: Some(true),
+            ..Settings::default()
+        };
+        assert_eq!(file.merge(flags).prefer_server_ciphers, Some(true));
     }
 
     #[test]

@@ -594,3 +594,31 @@ fn empty_plaintext_alert_is_unexpected_message() {
         }
     }
 }
+
+/// tlsfuzzer test-invalid-client-hello-w-record-overflow.py "Client Hello
+/// type fuzz": a first handshake message of another type than ClientHello
+/// is unexpected (RFC 8446 §6.2), whatever rustls makes of its body.
+#[test]
+fn first_handshake_message_other_than_client_hello_is_unexpected_message() {
+    let config = server_config(&TlsPolicy::default(), 0);
+    let hello = big_client_hello(0);
+    for ty in [0u8, 2, 4, 8, 11, 15, 20, 24, 25, 254] {
+        let mut msg = hello.clone();
+        msg[0] = ty;
+        let mut s = TlsSession::new(config.clone()).unwrap();
+        let (mut tc, mut tb) = (Vec::new(), Vec::new());
+        let err = s
+            .handle_ciphertext(&records(&msg, 16384), &mut tc, &mut tb)
+            .unwrap_err();
+        assert_eq!(tc, [21, 3, 3, 0, 2, 2, 10], "type {ty}: {err:?}");
+    }
+    // A malformed ClientHello itself stays a decode_error.
+    let mut msg = hello.clone();
+    msg.truncate(60);
+    msg[1..4].copy_from_slice(&[0, 0, 56]);
+    let mut s = TlsSession::new(config).unwrap();
+    let (mut tc, mut tb) = (Vec::new(), Vec::new());
+    s.handle_ciphertext(&records(&msg, 16384), &mut tc, &mut tb)
+        .unwrap_err();
+    assert_eq!(tc, [21, 3, 3, 0, 2, 2, 50]);
+}

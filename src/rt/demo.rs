@@ -299,7 +299,10 @@ mod tests {
         assert_eq!((h.len, h.path.as_str(), h.close), (16, "/", true));
         let h = parse_head(b"GET /a HTTP/1.1\nHost: x\r\n\r\n").unwrap();
         assert_eq!((h.len, h.path.as_str()), (27, "/a"));
-        assert_eq!(parse_head(b"GET / HTTP/1.0\r\n\r"), Err(HeadError::Incomplete));
+        assert_eq!(
+            parse_head(b"GET / HTTP/1.0\r\n\r"),
+            Err(HeadError::Incomplete)
+        );
         let h = parse_head(b"GET /bytes/10 HTTP/1.1\r\nHost: x\r\n\r\nrest").unwrap();
         assert_eq!(h.len, 35);
         assert_eq!(h.path, "/bytes/10");

@@ -144,6 +144,9 @@ pub struct TlsSession {
     /// Set once any TLS bytes were produced for the client: before that,
     /// the record layer is plaintext.
     wrote_any: bool,
+    /// The type of the client's first handshake message, once its record
+    /// header and type byte have arrived (a ClientHello is 1).
+    first_handshake_type: Option<u8>,
     /// Set once the certificate resolver has seen the ClientHello.
     hello_seen: bool,
     /// The SNI the client sent (lowercased), once the ClientHello was seen.
@@ -175,6 +178,7 @@ impl TlsSession {
             sent_close: false,
             failed: false,
             wrote_any: false,
+            first_handshake_type: None,
             hello_seen: false,
             sni: None,
         })
@@ -440,6 +444,10 @@ impl TlsSession {
         if self.failed {
             return Err(TlsError::Failed);
         }
+        if self.first_handshake_type.is_none() && self.incoming.len() > 5 && self.incoming[0] == 22
+        {
+            self.first_handshake_type = Some(self.incoming[5]);
+        }
         for _ in 0..MAX_STEPS {
             let UnbufferedStatus { mut discard, state } =
                 self.conn.process_tls_records(&mut self.incoming);
@@ -567,6 +575,15 @@ impl TlsSession {
             // RFC names another one for this error, send the RFC's.
             if let Some(description) = rfc_alert(err) {
                 rewrite_plaintext_alert(&mut to_client[before..], description);
+            } else if !self.wrote_any
+                && self.first_handshake_type.is_some_and(|t| t != CLIENT_HELLO)
+                && matches!(err, rustls::Error::InvalidMessage(_))
+            {
+                // The client opened with another handshake message than a
+                // ClientHello (a ServerHello, a Certificate...): rustls
+                // tries to decode it and sends decode_error, where it is
+                // an unexpected message (RFC 8446 §6.2).
+                rewrite_plaintext_alert(&mut to_client[before..], UNEXPECTED_MESSAGE);
             }
             return;
         }
@@ -642,6 +659,9 @@ fn encrypt_into(
 
 /// The `unrecognized_name` alert description.
 const UNRECOGNIZED_NAME: u8 = 112;
+
+/// The ClientHello handshake type.
+const CLIENT_HELLO: u8 = 1;
 
 /// The `unexpected_message` alert description.
 const UNEXPECTED_MESSAGE: u8 = 10;

@@ -303,6 +303,13 @@ impl TlsSession {
     /// written in order. Decrypted application data is appended to
     /// `to_backend`.
     ///
+    /// When the client's Finished completes the handshake, the TLS 1.3
+    /// NewSessionTickets are in `to_client` on return, even when the
+    /// client's first request came in the same read (and is in
+    /// `to_backend`): the runtime writes `to_client` before it relays
+    /// anything, so the tickets precede the backend's response, and a
+    /// client that reads one response and closes has its ticket.
+    ///
     /// On error, the alert for the client (if any) has been appended to
     /// `to_client`: send it, then close.
     pub fn handle_read(

@@ -142,6 +142,12 @@ struct Cli {
     /// X25519MLKEM768,X25519,secp256r1,secp384r1).
     #[arg(long, value_name = "LIST", value_delimiter = ',', global = true)]
     groups: Vec<String>,
+    /// Pick the cipher suite in the server's order (AES-128-GCM first), not
+    /// the client's: on or off (a bare flag means on).
+    #[arg(long, value_name = "on|off", num_args = 0..=1, require_equals = true,
+          default_missing_value = "on", value_parser = clap::builder::BoolishValueParser::new(),
+          global = true)]
+    prefer_server_ciphers: Option<bool>,
     /// ALPN protocols, comma-separated, e.g. h2,http/1.1.
     #[arg(long, value_name = "LIST", value_delimiter = ',', global = true)]
     alpn: Vec<String>,
@@ -232,6 +238,7 @@ impl Cli {
             max_tls: self.max_tls.clone(),
             ciphers: (!self.ciphers.is_empty()).then(|| self.ciphers.clone()),
             groups: (!self.groups.is_empty()).then(|| self.groups.clone()),
+            prefer_server_ciphers: self.prefer_server_ciphers,
             alpn: (!self.alpn.is_empty()).then(|| self.alpn.clone()),
             client_ca: self.client_ca.clone(),
             client_auth: self.client_auth.clone(),

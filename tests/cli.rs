@@ -129,6 +129,9 @@ fn bad_flags() {
         &with(&certs, "--log-level", "loud"),
         &["--log-level", "loud"],
     );
+    let mut args = base(&certs);
+    args.push("--prefer-server-ciphers=maybe".into());
+    expect_usage_error(&args, &["--prefer-server-ciphers", "maybe"]);
 }
 
 #[test]

@@ -255,6 +255,9 @@ fn check_good_and_bad_configs_relative_paths_and_error_sources() {
             }
             line.clear();
         }
+        // Keep draining the log, so that ringterm never writes to a closed
+        // pipe.
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
         (child, addr.expect("listening line"))
     };
     let (mut child, addr) = rt;

@@ -1,6 +1,9 @@
 //! The runtime: the only code that touches io_uring, sockets or the clock.
 //!
-//! - `worker`: one pinned OS thread per core with its own tokio-uring runtime;
+//! - `worker`: one pinned OS thread per core with its own io_uring and a
+//!   plain completion loop;
+//! - `ring`: ring setup and the kernel probe; `bufring`: the provided read
+//!   buffers; `wake`: the eventfd other threads wake a worker with;
 //! - `listener`: SO_REUSEPORT listening sockets (socket2);
 //! - `conn`: the connection driver: submits what the connection machine
 //!   (`crate::conn`) asks for and feeds the completions back;
@@ -20,11 +23,14 @@ pub mod drain;
 pub mod hist_hub;
 pub mod listener;
 pub mod ocsp_fetch;
+pub mod bufring;
 pub mod ops;
+pub mod ring;
 pub mod privdrop;
 pub mod reload;
 pub mod session_store;
 pub mod ticket_keys;
+pub mod wake;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -120,7 +126,11 @@ pub fn start(
     let counters: Vec<Arc<WorkerCounters>> = (0..workers)
         .map(|_| Arc::new(WorkerCounters::default()))
         .collect();
-    let histograms = hist_hub::HistHub::new(workers);
+    let wakes: Vec<Arc<wake::WakeFd>> = (0..workers)
+        .map(|_| wake::WakeFd::new().map(Arc::new))
+        .collect::<Result<_, _>>()
+        .map_err(StartError::Thread)?;
+    let histograms = hist_hub::HistHub::new(wakes.clone());
     let admin_listener = match config.admin {
         Some(addr) => Some((
             addr,
@@ -141,7 +151,7 @@ pub fn start(
         ),
         None => None,
     };
-    let drain_hub = drain::DrainHub::new(workers);
+    let drain_hub = drain::DrainHub::new(wakes.clone());
 
     let cache = config.resumption.uses_cache().then(|| worker::CacheSpec {
         config: crate::session::cache::CacheConfig {
@@ -172,6 +182,7 @@ pub fn start(
             drain: drain_hub.clone(),
             counters: counters[id].clone(),
             histograms: histograms.clone(),
+            wake: wakes[id].clone(),
             cache: cache.clone(),
         };
         let tx = tx.clone();

@@ -172,6 +172,7 @@ pub fn start(
             routes: config.routes.clone(),
             buffer_size: config.buffer_size,
             ring_entries: config.ring_entries,
+            read_buffers: config.read_buffers,
             sqpoll_idle_ms: config.sqpoll_idle_ms,
             handshake_timeout_ms: config.handshake_timeout_ms,
             connect_timeout_ms: config.connect_timeout_ms,

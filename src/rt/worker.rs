@@ -43,10 +43,6 @@ const TIMER_TICK: Duration = Duration::from_millis(100);
 /// spins.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Provided read buffers per worker, and their size. A connection holds
-/// one only between a completion and its processing in the same turn.
-pub const BUF_RING_ENTRIES: u16 = 512;
-
 /// Buffer group of the read buffers.
 const BGID: u16 = 1;
 
@@ -66,6 +62,8 @@ pub struct WorkerSpec {
     pub buffer_size: usize,
     /// Ring entries.
     pub ring_entries: u32,
+    /// Provided read buffers.
+    pub read_buffers: u16,
     /// SQPOLL idle in ms.
     pub sqpoll_idle_ms: Option<u32>,
     /// Handshake timeout.
@@ -159,7 +157,7 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String
             return;
         }
     };
-    let bufs = match BufRing::new(&ring, BUF_RING_ENTRIES, spec.buffer_size, BGID) {
+    let bufs = match BufRing::new(&ring, spec.read_buffers, spec.buffer_size, BGID) {
         Ok(b) => b,
         Err(e) => {
             let missing = ring::Missing {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// Default ring size (submission queue entries) per worker.
 pub const DEFAULT_RING_ENTRIES: u32 = 1024;
 /// Default number of provided read buffers per worker.
-pub const DEFAULT_READ_BUFFERS: u32 = 512;
+pub const DEFAULT_READ_BUFFERS: u32 = 64;
 /// Default listen backlog. The kernel caps it at `net.core.somaxconn`.
 pub const DEFAULT_BACKLOG: u32 = 4096;
 /// Default size of each direction's relay buffer, in bytes.

@@ -116,6 +116,9 @@ counters! {
     ring_cq_overflow: "counter",
     /// Cancels that failed (the socket was then shut down).
     cancel_failures: "counter",
+    /// Backend sockets that could not be created for lack of fds
+    /// (EMFILE/ENFILE): the connect waits and tries again.
+    fd_exhausted: "counter",
     /// Handshakes completed, by protocol version and whether resumed.
     handshakes_tls13: "counter" as "handshakes" { "version=\"TLSv1.3\",resumed=\"false\"" },
     /// Resumed TLS 1.3 handshakes.

@@ -467,6 +467,17 @@ impl Worker {
         };
         let fd = match ops::result(res) {
             Ok(fd) => fd as RawFd,
+            // Out of fds: not the backend's fault. The connect waits (its
+            // deadline still runs) and the socket is made again at the
+            // next tick; the accepts are armed again so that they wait too.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                s.connecting = Some(Connecting::Socket(addr));
+                self.ctx.counters.fd_exhausted.inc();
+                self.socket_retry
+                    .push((index, self.gens[index as usize], addr));
+                self.refresh_accepts();
+                return;
+            }
             Err(e) => {
                 s.conn.handle_connect(
                     IoResult::Failed(e.kind()),
@@ -503,6 +514,22 @@ impl Worker {
                 &mut self.ctx.pools.borrow_mut(),
             );
         }
+    }
+
+    /// Creates the backend socket again after fds ran out (or reports the
+    /// connect cancelled, when the machine cancelled it meanwhile).
+    pub(super) fn retry_socket(&mut self, index: u32, addr: SocketAddr, now: Instant) {
+        let Some(Some(s)) = self.slots.get_mut(index as usize) else {
+            return;
+        };
+        if std::mem::take(&mut s.cancel_socket) {
+            s.connecting = None;
+            s.conn
+                .handle_connect(IoResult::Cancelled, now, &mut self.ctx.pools.borrow_mut());
+            return;
+        }
+        s.connecting = None;
+        self.submit(index, Op::Connect { addr }, now);
     }
 
     /// Closes `fd` with `IORING_OP_CLOSE` (a reset first when `reset`).

@@ -128,6 +128,9 @@ pub(super) struct Worker {
     pub enobufs: Vec<(u32, crate::conn::Side)>,
     /// Slots to drive at the end of the turn.
     pub touched: Vec<u32>,
+    /// Backend sockets to create again at the next tick (fds were
+    /// exhausted): slot, generation, address.
+    pub socket_retry: Vec<(u32, u32, std::net::SocketAddr)>,
     drain: Arc<DrainHub>,
     hist_hub: Arc<HistHub>,
     hist_answered: u64,
@@ -221,6 +224,7 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String
         listeners,
         enobufs: Vec::new(),
         touched: Vec::new(),
+        socket_retry: Vec::new(),
         drain: spec.drain,
         hist_hub: spec.histograms,
         hist_answered: 0,
@@ -356,7 +360,9 @@ impl Worker {
         }
         match ops::result(res) {
             Ok(fd) => self.on_new_connection(fd as RawFd, now),
-            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) && self.ctx.draining.get() => {}
+            // Cancelled at the drain, or to be armed again (see
+            // `refresh_accepts`).
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
             Err(e) => {
                 self.ctx.counters.accept_errors.inc();
                 tracing::warn!(worker = self.ctx.id, error = %e, "accept failed");
@@ -373,6 +379,34 @@ impl Worker {
             } else {
                 self.arm_accept(i);
             }
+        }
+    }
+
+    /// Cancels the multishot accepts so that they are armed again: an
+    /// accept takes the process's fd limit when it is submitted, so after
+    /// the limit was lowered (fds ran out elsewhere) a fresh one is needed
+    /// for accepts to wait instead of taking the fds connections need.
+    pub(super) fn refresh_accepts(&mut self) {
+        for i in 0..self.listeners.len() {
+            if !self.listeners[i].armed {
+                continue;
+            }
+            let target = UserData {
+                tag: Tag::Accept,
+                gen: 0,
+                slot: i as u32,
+            }
+            .encode();
+            let entry = opcode::AsyncCancel::new(target).build().user_data(
+                UserData {
+                    tag: Tag::AcceptCancel,
+                    gen: 0,
+                    slot: i as u32,
+                }
+                .encode(),
+            );
+            // SAFETY: the entry points to nothing.
+            let _ = unsafe { self.push(entry) };
         }
     }
 
@@ -420,7 +454,10 @@ impl Worker {
         if self.timer_armed {
             return;
         }
-        if self.ctx.sync_interval_ms.is_none() && self.ctx.deadlines.borrow().is_empty() {
+        if self.ctx.sync_interval_ms.is_none()
+            && self.ctx.deadlines.borrow().is_empty()
+            && self.socket_retry.is_empty()
+        {
             return;
         }
         let tick = match self.ctx.sync_interval_ms {
@@ -447,6 +484,12 @@ impl Worker {
 
     fn on_timer(&mut self, now: Instant) {
         self.timer_armed = false;
+        for (index, gen, addr) in std::mem::take(&mut self.socket_retry) {
+            if self.gens.get(index as usize) == Some(&gen) {
+                self.retry_socket(index, addr, now);
+                self.touched.push(index);
+            }
+        }
         let now_ms = self.ctx.ms_at(now);
         let expired = self.ctx.deadlines.borrow_mut().expire(now_ms);
         for key in expired {

@@ -17,7 +17,27 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener>
     sock.set_nodelay(true)?;
     sock.bind(&addr.into())?;
     sock.listen(backlog.min(i32::MAX as u32) as i32)?;
+    defer_accept(&sock);
     Ok(sock.into())
+}
+
+/// `TCP_DEFER_ACCEPT`: TLS clients speak first, so a connection is handed
+/// to the worker with its ClientHello already there (one read, no wait);
+/// a client that says nothing is handed over after about a second anyway,
+/// and the handshake timeout deals with it.
+fn defer_accept(sock: &Socket) {
+    use std::os::fd::AsRawFd;
+    let secs: libc::c_int = 1;
+    // SAFETY: plain setsockopt on a socket we own, from a live int.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&secs as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 /// Binds `workers` listeners on `addr`. When the port is 0, the first bind

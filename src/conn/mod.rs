@@ -551,7 +551,14 @@ impl Conn {
         }
     }
 
-    fn dispatch_recv(&mut self, side: Side, res: IoResult, offered: usize, data: &[u8], now: Instant) {
+    fn dispatch_recv(
+        &mut self,
+        side: Side,
+        res: IoResult,
+        offered: usize,
+        data: &[u8],
+        now: Instant,
+    ) {
         if let IoResult::Done(_) = res {
             self.last_activity = now;
         }
@@ -831,7 +838,11 @@ impl Conn {
             return self.poll_op_again(now);
         }
         let mut buf = std::mem::take(&mut self.client.buf);
-        let size = if self.cfg.runtime_buffers { 0 } else { HANDSHAKE_READ };
+        let size = if self.cfg.runtime_buffers {
+            0
+        } else {
+            HANDSHAKE_READ
+        };
         self.tls.prepare_read(&mut buf, size);
         self.client.read = Some(buf.capacity() - buf.len());
         Some(Op::Recv {

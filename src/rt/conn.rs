@@ -211,10 +211,9 @@ impl Worker {
                 } else {
                     libc::AF_INET6
                 };
-                let entry =
-                    opcode::Socket::new(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0)
-                        .build()
-                        .user_data(self.ud(Tag::Socket, index));
+                let entry = opcode::Socket::new(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0)
+                    .build()
+                    .user_data(self.ud(Tag::Socket, index));
                 // SAFETY: the entry points to nothing.
                 if unsafe { self.push(entry) }.is_err() {
                     let s = self.slots[index as usize].as_mut().expect("live");
@@ -227,7 +226,7 @@ impl Worker {
                     self.touched.push(index);
                 }
             }
-            Op::Cancel { side } => self.submit_cancels(index, side, now),
+            Op::Cancel { side } => self.submit_cancels(index, side),
         }
     }
 
@@ -258,7 +257,7 @@ impl Worker {
     }
 
     /// One cancel per op in flight on `side`, by its `user_data`.
-    fn submit_cancels(&mut self, index: u32, side: Side, now: Instant) {
+    fn submit_cancels(&mut self, index: u32, side: Side) {
         let s = self.slots[index as usize].as_mut().expect("live");
         let mut targets = Vec::with_capacity(3);
         match side {
@@ -304,25 +303,20 @@ impl Worker {
         let s = self.slots[index as usize].as_mut().expect("live");
         let i = side_index(side);
         if queued == 0 {
-            if s.cancel_socket {
-                // Reported when the socket op completes.
-                s.conn.handle_cancel(side, CancelResult::Cancelled(0));
-            } else {
-                s.conn.handle_cancel(side, CancelResult::Cancelled(0));
-            }
+            // Nothing to cancel by user_data (a socket op in flight reports
+            // the connect as cancelled when it completes).
+            s.conn.handle_cancel(side, CancelResult::Cancelled(0));
             self.touched.push(index);
         } else {
             s.cancels[i] = queued;
             s.cancel_failed[i] = false;
         }
-        let _ = now;
     }
 
     /// A completion for a connection slot.
     pub(super) fn on_conn_cqe(&mut self, ud: UserData, res: i32, flags: u32, now: Instant) {
         let index = ud.slot;
-        let live = self.gens.get(index as usize) == Some(&ud.gen)
-            && matches!(self.slots.get(index as usize), Some(Some(_)));
+        let live = super::worker::is_live(&self.slots, &self.gens, &ud);
         if !live {
             // A completion for a connection that has ended: its buffer (if
             // any) goes back to the ring, nothing else happens.
@@ -537,14 +531,14 @@ impl Worker {
         if reset {
             set_linger_zero(fd);
         }
-        let entry = opcode::Close::new(types::Fd(fd))
-            .build()
-            .user_data(UserData {
+        let entry = opcode::Close::new(types::Fd(fd)).build().user_data(
+            UserData {
                 tag: Tag::Close,
                 gen: 0,
                 slot: 0,
             }
-            .encode());
+            .encode(),
+        );
         // SAFETY: the entry points to nothing; the fd is ours to close.
         if unsafe { self.push(entry) }.is_err() {
             ops::close_now(fd);
@@ -604,8 +598,10 @@ fn count(ctx: &WorkerCtx, out: &Outcome, accepted_at: Instant) {
     if let Some(ttfb) = out.ttfb {
         ctx.record(Metric::Ttfb, ttfb);
     }
-    c.backend_connect_failures.add(u64::from(out.connect_failures));
-    c.backend_connect_timeouts.add(u64::from(out.connect_timeouts));
+    c.backend_connect_failures
+        .add(u64::from(out.connect_failures));
+    c.backend_connect_timeouts
+        .add(u64::from(out.connect_timeouts));
     c.backend_retries.add(u64::from(out.retries));
     if let Some(alert) = out.alert {
         c.alert(alert).inc();

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use super::wake::WakeFd;
+use arc_swap::ArcSwap;
 
 use crate::metrics::hist::Histograms;
 

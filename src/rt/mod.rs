@@ -16,6 +16,7 @@
 //! - `privdrop`: `--user`/`--group`, after binding.
 
 pub mod admin;
+pub mod bufring;
 pub mod conn;
 pub mod ctx;
 pub mod demo;
@@ -23,11 +24,10 @@ pub mod drain;
 pub mod hist_hub;
 pub mod listener;
 pub mod ocsp_fetch;
-pub mod bufring;
 pub mod ops;
-pub mod ring;
 pub mod privdrop;
 pub mod reload;
+pub mod ring;
 pub mod session_store;
 pub mod ticket_keys;
 pub mod wake;
@@ -61,8 +61,11 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
-    /// A worker's io_uring could not be set up (`--ring-entries`, `--sqpoll`).
-    #[error("--ring-entries/--sqpoll: {0}")]
+    /// A worker's io_uring could not be set up: a kernel feature is
+    /// missing (the message names it and the kernel that has it), io_uring
+    /// is disabled, or `--ring-entries`/`--sqpoll`/`--read-buffers` asked
+    /// for more than the kernel gives.
+    #[error("{0}")]
     Runtime(String),
     /// A worker thread could not be started.
     #[error("worker thread: {0}")]

@@ -437,8 +437,7 @@ impl Worker {
         if let Some(sock) = l.sock.take() {
             drop(sock);
         }
-        if self.listeners.iter().all(|l| l.sock.is_none())
-            && !self.listeners_reported.replace(true)
+        if self.listeners.iter().all(|l| l.sock.is_none()) && !self.listeners_reported.replace(true)
         {
             // Every listener is closed (the drain began): tell the main
             // thread; keep serving the open connections.
@@ -589,14 +588,7 @@ impl Worker {
             return;
         }
         c.active.inc();
-        let index = match self.free.pop() {
-            Some(i) => i,
-            None => {
-                self.slots.push(None);
-                self.gens.push(0);
-                (self.slots.len() - 1) as u32
-            }
-        };
+        let index = alloc_slot(&mut self.slots, &mut self.gens, &mut self.free);
         match Slot::new(&self.ctx, fd, index, now) {
             Ok(mut slot) => {
                 if self.ctx.cutting.get() {
@@ -618,9 +610,7 @@ impl Worker {
     /// Frees a slot: its generation moves on, so a late completion for the
     /// connection that had it is recognised as stale.
     pub(super) fn release(&mut self, index: u32) {
-        self.slots[index as usize] = None;
-        self.gens[index as usize] = (self.gens[index as usize] + 1) & ops::GEN_MASK;
-        self.free.push(index);
+        release_slot(&mut self.slots, &mut self.gens, &mut self.free, index);
     }
 
     fn drive_touched(&mut self, now: Instant) {
@@ -631,3 +621,79 @@ impl Worker {
     }
 }
 
+/// A free slot's index (a new one when none is free).
+pub(super) fn alloc_slot<T>(
+    slots: &mut Vec<Option<T>>,
+    gens: &mut Vec<u32>,
+    free: &mut Vec<u32>,
+) -> u32 {
+    match free.pop() {
+        Some(i) => i,
+        None => {
+            slots.push(None);
+            gens.push(0);
+            (slots.len() - 1) as u32
+        }
+    }
+}
+
+/// Empties slot `index` and moves its generation on.
+pub(super) fn release_slot<T>(
+    slots: &mut [Option<T>],
+    gens: &mut [u32],
+    free: &mut Vec<u32>,
+    index: u32,
+) {
+    slots[index as usize] = None;
+    gens[index as usize] = (gens[index as usize] + 1) & ops::GEN_MASK;
+    free.push(index);
+}
+
+/// Whether a completion tagged `ud` belongs to the connection now in its
+/// slot.
+pub(super) fn is_live<T>(slots: &[Option<T>], gens: &[u32], ud: &UserData) -> bool {
+    gens.get(ud.slot as usize) == Some(&ud.gen)
+        && matches!(slots.get(ud.slot as usize), Some(Some(_)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A completion submitted for a connection arrives after that
+    /// connection ended and another took its slot: it is recognised as
+    /// stale and never reaches the new one.
+    #[test]
+    fn a_stale_completion_never_reaches_a_reused_slot() {
+        let (mut slots, mut gens, mut free) = (Vec::new(), Vec::new(), Vec::new());
+        let a = alloc_slot(&mut slots, &mut gens, &mut free);
+        slots[a as usize] = Some("first");
+        let first_recv = UserData {
+            tag: Tag::ClientRecv,
+            gen: gens[a as usize],
+            slot: a,
+        };
+        assert!(is_live(&slots, &gens, &first_recv));
+        release_slot(&mut slots, &mut gens, &mut free, a);
+        assert!(
+            !is_live(&slots, &gens, &first_recv),
+            "a freed slot is not live"
+        );
+        let b = alloc_slot(&mut slots, &mut gens, &mut free);
+        assert_eq!(a, b, "the slot is reused");
+        slots[b as usize] = Some("second");
+        assert!(!is_live(&slots, &gens, &first_recv), "stale after reuse");
+        let second_recv = UserData {
+            gen: gens[b as usize],
+            ..first_recv
+        };
+        assert!(is_live(&slots, &gens, &second_recv));
+        // Generations wrap without ever matching a recent one.
+        for _ in 0..1000 {
+            release_slot(&mut slots, &mut gens, &mut free, b);
+            alloc_slot(&mut slots, &mut gens, &mut free);
+            slots[b as usize] = Some("again");
+            assert!(!is_live(&slots, &gens, &second_recv) || gens[b as usize] == second_recv.gen);
+        }
+    }
+}

@@ -23,6 +23,12 @@ pub const DEFAULT_BUFFER_SIZE: usize = 64 * 1024;
 pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 /// Default backend connect timeout, in milliseconds.
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Whether the server's cipher suite order wins by default
+/// (`--prefer-server-ciphers`): on, so that clients that list AES-256-GCM
+/// first (OpenSSL, rustls) get AES-128-GCM and its cheaper SHA-256 key
+/// schedule. See README "Cipher suite order".
+pub const DEFAULT_PREFER_SERVER_CIPHERS: bool = true;
+
 /// Default session lifetime, in seconds (nginx's `ssl_session_timeout`).
 pub const DEFAULT_SESSION_TIMEOUT_S: u64 = 300;
 /// Default session cache entries per worker.
@@ -138,6 +144,11 @@ pub struct Settings {
     pub tls12: Option<bool>,
     /// Log level (`--log-level`), default `info`.
     pub log_level: Option<String>,
+    /// Log line format (`--log-format`): `text` (default) or `json`.
+    pub log_format: Option<String>,
+    /// UNIX socket that hands the listening sockets over to a new process
+    /// (`--upgrade-socket`), for restarts and upgrades that drop nothing.
+    pub upgrade_socket: Option<String>,
     /// `cache`, `tickets`, `both` or `off` (`--resumption`), default `cache`.
     pub resumption: Option<String>,
     /// Session lifetime in seconds (`--session-timeout`).
@@ -161,6 +172,9 @@ pub struct Settings {
     pub ciphers: Option<Vec<String>>,
     /// Key exchange groups, in preference order (`--groups`).
     pub groups: Option<Vec<String>>,
+    /// Choose the cipher suite by the server's order, not the client's
+    /// (`--prefer-server-ciphers`, hitch's `prefer-server-ciphers`).
+    pub prefer_server_ciphers: Option<bool>,
     /// ALPN protocols, in preference order (`--alpn h2,http/1.1`).
     pub alpn: Option<Vec<String>>,
     /// CA file for client certificates (`--client-ca`): turns on mTLS.
@@ -395,6 +409,8 @@ impl Settings {
             connect_timeout: over.connect_timeout.or(self.connect_timeout),
             tls12: over.tls12.or(self.tls12),
             log_level: over.log_level.or(self.log_level),
+            log_format: over.log_format.or(self.log_format),
+            upgrade_socket: over.upgrade_socket.or(self.upgrade_socket),
             resumption: over.resumption.or(self.resumption),
             session_timeout: over.session_timeout.or(self.session_timeout),
             session_cache_size: over.session_cache_size.or(self.session_cache_size),
@@ -406,6 +422,7 @@ impl Settings {
             max_tls: over.max_tls.or(self.max_tls),
             ciphers: over.ciphers.or(self.ciphers),
             groups: over.groups.or(self.groups),
+            prefer_server_ciphers: over.prefer_server_ciphers.or(self.prefer_server_ciphers),
             alpn: over.alpn.or(self.alpn),
             client_ca: over.client_ca.or(self.client_ca),
             client_auth: over.client_auth.or(self.client_auth),
@@ -481,6 +498,7 @@ impl Settings {
             max_tls: self.max_tls,
             ciphers: self.ciphers,
             groups: self.groups,
+            prefer_server_ciphers: self.prefer_server_ciphers,
             alpn: self.alpn,
             client_ca: self.client_ca,
             client_auth: self.client_auth,
@@ -929,6 +947,7 @@ struct TlsSettings {
     max_tls: Option<String>,
     ciphers: Option<Vec<String>>,
     groups: Option<Vec<String>>,
+    prefer_server_ciphers: Option<bool>,
     alpn: Option<Vec<String>>,
     client_ca: Option<String>,
     client_auth: Option<String>,
@@ -947,6 +966,9 @@ pub struct TlsSettingsValid {
     pub ciphers: Vec<String>,
     /// Key exchange groups (empty: defaults).
     pub groups: Vec<String>,
+    /// Pick the suite in the server's order (see
+    /// [`DEFAULT_PREFER_SERVER_CIPHERS`]).
+    pub prefer_server_ciphers: bool,
     /// ALPN protocols.
     pub alpn: Vec<String>,
     /// Client CA file (mTLS on).
@@ -1095,6 +1117,9 @@ fn tls_policy(t: &TlsSettings) -> Result<TlsSettingsValid, ConfigError> {
         tls13: max >= 3,
         ciphers: list("--ciphers", &t.ciphers)?,
         groups: list("--groups", &t.groups)?,
+        prefer_server_ciphers: t
+            .prefer_server_ciphers
+            .unwrap_or(DEFAULT_PREFER_SERVER_CIPHERS),
         alpn,
         client_ca: t.client_ca.clone(),
         client_auth_required,
@@ -1568,6 +1593,17 @@ names = ["*.example.com"]
         let c = p(|s| s.alpn = Some(vec!["h2".into(), " http/1.1".into()])).unwrap();
         assert_eq!(c.tls.alpn, vec!["h2", "http/1.1"]);
         assert!(p(|s| s.alpn = Some(vec!["".into()])).is_err());
+        let c = p(|_| {}).unwrap();
+        assert_eq!(c.tls.prefer_server_ciphers, DEFAULT_PREFER_SERVER_CIPHERS);
+        let c = p(|s| s.prefer_server_ciphers = Some(!DEFAULT_PREFER_SERVER_CIPHERS)).unwrap();
+        assert_eq!(c.tls.prefer_server_ciphers, !DEFAULT_PREFER_SERVER_CIPHERS);
+        let file = Settings::from_toml("f.toml", "prefer-server-ciphers = false").unwrap();
+        assert_eq!(file.prefer_server_ciphers, Some(false));
+        let flags = Settings {
+            prefer_server_ciphers: Some(true),
+            ..Settings::default()
+        };
+        assert_eq!(file.merge(flags).prefer_server_ciphers, Some(true));
     }
 
     #[test]

@@ -4,8 +4,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use ringterm::config::{CertSetting, Files, Layered, Settings};
+use ringterm::config::{CertSetting, Config, Files, Layered, Settings};
 use ringterm::rt::reload::{DiskFiles, TlsReloader};
+use ringterm::rt::{notify, upgrade};
 use ringterm::tls;
 use ringterm::tls::loader::LoadError;
 
@@ -104,6 +105,13 @@ struct Cli {
     /// Log level: error, warn, info, debug, trace, off.
     #[arg(long, value_name = "LEVEL", global = true)]
     log_level: Option<String>,
+    /// Log line format: text (default) or json (one object a line).
+    #[arg(long, value_name = "FORMAT", global = true)]
+    log_format: Option<String>,
+    /// UNIX socket for zero-downtime upgrades: a new process started with
+    /// the same socket takes the listening sockets over, and this one drains.
+    #[arg(long, value_name = "PATH", global = true)]
+    upgrade_socket: Option<String>,
     /// Session resumption: cache, tickets, both or off.
     #[arg(long, value_name = "MODE", global = true)]
     resumption: Option<String>,
@@ -138,6 +146,12 @@ struct Cli {
     /// X25519MLKEM768,X25519,secp256r1,secp384r1).
     #[arg(long, value_name = "LIST", value_delimiter = ',', global = true)]
     groups: Vec<String>,
+    /// Pick the cipher suite in the server's order (AES-128-GCM first), not
+    /// the client's: on or off (a bare flag means on).
+    #[arg(long, value_name = "on|off", num_args = 0..=1, require_equals = true,
+          default_missing_value = "on", value_parser = clap::builder::BoolishValueParser::new(),
+          global = true)]
+    prefer_server_ciphers: Option<bool>,
     /// ALPN protocols, comma-separated, e.g. h2,http/1.1.
     #[arg(long, value_name = "LIST", value_delimiter = ',', global = true)]
     alpn: Vec<String>,
@@ -215,6 +229,8 @@ impl Cli {
             connect_timeout: self.connect_timeout,
             tls12: self.no_tls12.then_some(false),
             log_level: self.log_level.clone(),
+            log_format: self.log_format.clone(),
+            upgrade_socket: self.upgrade_socket.clone(),
             resumption: self.resumption.clone(),
             session_timeout: self.session_timeout,
             session_cache_size: self.session_cache_size,
@@ -227,6 +243,7 @@ impl Cli {
             max_tls: self.max_tls.clone(),
             ciphers: (!self.ciphers.is_empty()).then(|| self.ciphers.clone()),
             groups: (!self.groups.is_empty()).then(|| self.groups.clone()),
+            prefer_server_ciphers: self.prefer_server_ciphers,
             alpn: (!self.alpn.is_empty()).then(|| self.alpn.clone()),
             client_ca: self.client_ca.clone(),
             client_auth: self.client_auth.clone(),
@@ -292,7 +309,10 @@ fn run(cli: Cli) -> Result<(), String> {
     };
     let mut layered = load_layered(&cli)?;
     let settings = &mut layered.settings;
-    init_logging(settings.log_level.as_deref().unwrap_or("info"))?;
+    init_logging(
+        settings.log_level.as_deref().unwrap_or("info"),
+        settings.log_format.as_deref().unwrap_or("text"),
+    )?;
 
     if mode == Mode::Backend {
         let addr = settings
@@ -304,8 +324,8 @@ fn run(cli: Cli) -> Result<(), String> {
             .parse()
             .map_err(|_| format!("--listen: invalid address {addr:?}"))?;
         let bound = ringterm::rt::demo::start(addr).map_err(|e| format!("--listen {addr}: {e}"))?;
-        println!("demo backend listening on {bound}");
-        wait_for_signal(Handlers::default());
+        tracing::info!("demo backend listening on {bound}");
+        wait_for_signal(catch_signals(false), Handlers::default());
         return Ok(());
     }
 
@@ -327,6 +347,7 @@ fn run(cli: Cli) -> Result<(), String> {
         None
     };
 
+    let upgrade_socket = settings.upgrade_socket.clone();
     let mut files = DiskFiles::default();
     if let Some((cert, key)) = &generated {
         files.overlay.insert(
@@ -392,31 +413,24 @@ fn run(cli: Cli) -> Result<(), String> {
         }
     }
 
-    let server = ringterm::rt::start(&config, reloader.tls()).map_err(|e| e.to_string())?;
-    for addr in &server.listen {
-        println!("listening on {addr}");
-    }
-    if let Some(admin) = server.admin {
-        println!("admin listening on {admin}");
-    }
-    println!(
-        "workers: {} pinned to CPUs {:?}, backend {}",
-        config.workers(),
-        config.pins,
-        config.backend
+    let signals = catch_signals(true);
+    let mut upgrade = upgrade::Upgrade::new(upgrade_socket);
+    let (server, took_over) = upgrade
+        .start(&config, reloader.tls())
+        .map_err(|e| e.to_string())?;
+    log_started(&config, &server, mode);
+    notify::ready(
+        &format!(
+            "serving {} listener(s) with {} workers",
+            server.listen.len(),
+            config.workers()
+        ),
+        took_over,
     );
-    if mode == Mode::Demo {
-        let addr = server.listen[0];
-        println!(
-            "demo: self-signed certificate for localhost; demo backend on {}",
-            config.backend
-        );
-        println!("try: curl -k https://{addr}/");
-    }
-    use std::io::Write;
-    let _ = std::io::stdout().flush();
     let drain_timeout = std::time::Duration::from_millis(config.drain_timeout_ms);
     let mut reload = move || {
+        notify::reloading();
+        let mut result = "reload: done".to_owned();
         match reloader.reload() {
             Ok(r) => tracing::info!(
                 certificates = r.certificates,
@@ -424,18 +438,23 @@ fn run(cli: Cli) -> Result<(), String> {
                 skipped = r.skipped.len(),
                 "certificates and TLS policy reloaded"
             ),
-            Err(e) => tracing::error!("reload failed, keeping the old TLS configuration: {e}"),
+            Err(e) => {
+                tracing::error!("reload failed, keeping the old TLS configuration: {e}");
+                result = format!("reload failed, keeping the old TLS configuration: {e}");
+            }
         }
         if let Some(t) = &ticketer {
             if !config.ticket_key_files.is_empty() {
                 match ringterm::rt::ticket_keys::reload(t, &config.ticket_key_files) {
                     Ok(n) => tracing::info!(keys = n, "ticket keys reloaded"),
                     Err(e) => {
-                        tracing::error!("ticket key reload failed, keeping the old keys: {e}")
+                        tracing::error!("ticket key reload failed, keeping the old keys: {e}");
+                        result = format!("ticket key reload failed, keeping the old keys: {e}");
                     }
                 }
             }
         }
+        notify::reloaded(&result);
     };
     let hists = server.histograms.clone();
     let summary = move || {
@@ -444,13 +463,50 @@ fn run(cli: Cli) -> Result<(), String> {
             .summary()
     };
     let mut usr1 = || tracing::info!("latency summary (SIGUSR1):\n{}", summary());
-    wait_for_signal(Handlers {
-        hup: Some(&mut reload),
-        usr1: Some(&mut usr1),
-    });
+    let mut usr2 = || upgrade.spawn_new_process();
+    wait_for_signal(
+        signals,
+        Handlers {
+            hup: Some(&mut reload),
+            usr1: Some(&mut usr1),
+            usr2: Some(&mut usr2),
+        },
+    );
+    upgrade.before_drain();
     drain(&server, drain_timeout);
     tracing::info!("latency summary at shutdown:\n{}", summary());
     Ok(())
+}
+
+/// The startup lines: one per listener (naming it and the worker count),
+/// the admin endpoint (with a warning off loopback), then `ready`.
+fn log_started(config: &Config, server: &ringterm::rt::Server, mode: Mode) {
+    let workers = config.workers();
+    for (i, addr) in server.listen.iter().enumerate() {
+        tracing::info!(listener = i, workers, "listening on {addr}");
+    }
+    if let Some(admin) = server.admin {
+        tracing::info!("admin listening on {admin}");
+        if !admin.ip().is_loopback() {
+            tracing::warn!(
+                "--admin {admin} is not a loopback address: /metrics and /histograms are open to the network"
+            );
+        }
+    }
+    let cpus: Vec<String> = config.pins.iter().map(|c| c.to_string()).collect();
+    tracing::info!(
+        workers,
+        cpus = %cpus.join(","),
+        backend = %config.backend,
+        "ready"
+    );
+    if mode == Mode::Demo {
+        tracing::info!(
+            "demo: self-signed certificate for localhost; demo backend on {}",
+            config.backend
+        );
+        tracing::info!("try: curl -k https://{}/", server.listen[0]);
+    }
 }
 
 /// Graceful shutdown after the first SIGTERM/SIGINT: stop accepting, let
@@ -483,13 +539,30 @@ enum Mode {
     Backend,
 }
 
-fn init_logging(level: &str) -> Result<(), String> {
+/// Logs go to stderr (the journal under systemd): colours only when stderr
+/// is a terminal, and `json` writes one JSON object a line.
+fn init_logging(level: &str, format: &str) -> Result<(), String> {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_new(format!("ringterm={level}"))
         .map_err(|_| format!("--log-level: invalid level {level:?}"))?;
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        "text" => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init(),
+        "json" => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        other => {
+            return Err(format!(
+                "--log-format: invalid format {other:?} (must be text or json)"
+            ))
+        }
+    };
     Ok(())
 }
 
@@ -499,37 +572,43 @@ fn init_logging(level: &str) -> Result<(), String> {
 struct Handlers<'a> {
     hup: Option<&'a mut dyn FnMut()>,
     usr1: Option<&'a mut dyn FnMut()>,
+    usr2: Option<&'a mut dyn FnMut()>,
+}
+
+/// Catches SIGINT and SIGTERM, and SIGHUP, SIGUSR1 and SIGUSR2 when
+/// `all`. Call before announcing readiness: a reload signal that arrives
+/// before [`wait_for_signal`] runs waits for it instead of killing the
+/// process (SIGHUP's default action).
+fn catch_signals(all: bool) -> Option<signal_hook::iterator::Signals> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+    let mut wanted = vec![SIGINT, SIGTERM];
+    if all {
+        wanted.extend([SIGHUP, SIGUSR1, SIGUSR2]);
+    }
+    signal_hook::iterator::Signals::new(&wanted).ok()
 }
 
 /// Blocks until SIGINT or SIGTERM, running the handlers of other signals.
-fn wait_for_signal(mut handlers: Handlers<'_>) {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1};
-    let mut wanted = vec![SIGINT, SIGTERM];
-    if handlers.hup.is_some() {
-        wanted.push(SIGHUP);
-    }
-    if handlers.usr1.is_some() {
-        wanted.push(SIGUSR1);
-    }
-    match signal_hook::iterator::Signals::new(&wanted) {
-        Ok(mut signals) => {
-            for sig in signals.forever() {
-                let handler = match sig {
-                    SIGHUP => handlers.hup.as_mut(),
-                    SIGUSR1 => handlers.usr1.as_mut(),
-                    _ => {
-                        tracing::info!(signal = sig, "shutting down");
-                        return;
-                    }
-                };
-                if let Some(h) = handler {
-                    h();
-                }
-            }
-        }
-        Err(_) => loop {
+fn wait_for_signal(signals: Option<signal_hook::iterator::Signals>, mut handlers: Handlers<'_>) {
+    use signal_hook::consts::{SIGHUP, SIGUSR1, SIGUSR2};
+    let Some(mut signals) = signals else {
+        loop {
             std::thread::park();
-        },
+        }
+    };
+    for sig in signals.forever() {
+        let handler = match sig {
+            SIGHUP => handlers.hup.as_mut(),
+            SIGUSR1 => handlers.usr1.as_mut(),
+            SIGUSR2 => handlers.usr2.as_mut(),
+            _ => {
+                tracing::info!(signal = sig, "shutting down");
+                return;
+            }
+        };
+        if let Some(h) = handler {
+            h();
+        }
     }
 }
 

@@ -44,9 +44,9 @@ fn expect_usage_error(args: &[String], culprits: &[&str]) -> String {
         );
     }
     assert!(
-        !out.stdout.contains("listening on"),
+        !out.stderr.contains("listening on"),
         "ringterm {args:?} should fail before listening: {:?}",
-        out.stdout
+        out.stderr
     );
     line.to_owned()
 }
@@ -129,6 +129,9 @@ fn bad_flags() {
         &with(&certs, "--log-level", "loud"),
         &["--log-level", "loud"],
     );
+    let mut args = base(&certs);
+    args.push("--prefer-server-ciphers=maybe".into());
+    expect_usage_error(&args, &["--prefer-server-ciphers", "maybe"]);
 }
 
 #[test]
@@ -267,7 +270,7 @@ fn config_file_starts_and_serves() {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &certs, echo.addr);
     let mut rt = Ringterm::start(&["--config", &config]);
-    assert!(rt.admin.is_some(), "admin from the file: {:?}", rt.stdout);
+    assert!(rt.admin.is_some(), "admin from the file: {:?}", rt.startup);
     assert_echo(rt.addr(), certs.tls13(), b"configured by file");
     let text = rt.metrics();
     assert_eq!(worker_count(&text), 1, "workers = 1 from the file:\n{text}");
@@ -316,7 +319,7 @@ fn two_listen_addresses() {
     let certs = TestCerts::generate();
     let echo = echo_backend();
     let rt = start_ringterm(&certs, echo.addr, &["--listen", "127.0.0.1:0"]);
-    assert_eq!(rt.listen.len(), 2, "stdout: {:?}", rt.stdout);
+    assert_eq!(rt.listen.len(), 2, "startup: {:?}", rt.startup);
     assert_ne!(rt.listen[0], rt.listen[1]);
     for addr in &rt.listen {
         assert_echo(*addr, certs.tls13(), addr.to_string().as_bytes());

@@ -239,15 +239,17 @@ fn check_good_and_bad_configs_relative_paths_and_error_sources() {
             .args(["--config", cfg, "--workers", "1"])
             .current_dir(elsewhere.path())
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        // The startup lines go to stderr, through the log.
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
         let mut addr = None;
         let mut line = String::new();
-        while std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() > 0 {
-            if let Some(a) = line.trim().strip_prefix("listening on ") {
+        while std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0 {
+            if let Some((_, rest)) = line.split_once("listening on ") {
+                let a = rest.split_whitespace().next().unwrap_or("");
                 addr = Some(a.parse::<SocketAddr>().unwrap());
                 break;
             }
@@ -395,6 +397,7 @@ fn systemd_unit_checks_before_reloading() {
     let config = start
         .split("--config ")
         .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
         .expect("--config in ExecStart");
     assert!(reload[0].ends_with(config), "{reload:?} vs {start}");
 }

@@ -150,10 +150,10 @@ fn curl_against_demo() {
     );
     let addr = rt.addr();
     assert_eq!(
-        rt.stdout.last().unwrap(),
+        rt.startup.last().unwrap(),
         &format!("try: curl -k https://{addr}/"),
         "stdout: {:?}",
-        rt.stdout
+        rt.startup
     );
     let dir = tempfile::tempdir().unwrap();
     let root = format!("https://{addr}/");

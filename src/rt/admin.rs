@@ -9,6 +9,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,20 @@ pub const COLLECT_WAIT: Duration = Duration::from_millis(250);
 
 /// Pause after a failed accept (the workers' accept loops use the same).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Admin connections served at once (one short-lived thread each); one
+/// more is answered `503` at once and closed, so a flood of idle
+/// connections cannot make the process start threads without bound.
+pub const MAX_CONNECTIONS: usize = 16;
+
+/// Frees an admin connection slot when its thread ends.
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Binds `addr` and serves it on a new thread. Returns the bound address.
 pub fn start(
@@ -42,8 +57,9 @@ pub fn serve(
     std::thread::Builder::new()
         .name("ringterm-admin".into())
         .spawn(move || {
+            let open = Arc::new(AtomicUsize::new(0));
             for stream in listener.incoming() {
-                let stream = match stream {
+                let mut stream = match stream {
                     Ok(stream) => stream,
                     Err(e) => {
                         // accept(2) takes its fd number before it waits, so
@@ -55,15 +71,30 @@ pub fn serve(
                         continue;
                     }
                 };
+                if open.fetch_add(1, Ordering::AcqRel) >= MAX_CONNECTIONS {
+                    open.fetch_sub(1, Ordering::AcqRel);
+                    // Never blocks this thread: a small answer, or nothing.
+                    let _ = stream.set_nonblocking(true);
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
+                    continue;
+                }
+                let slot = Slot(open.clone());
                 let counters = counters.clone();
                 let hists = hists.clone();
-                // One short-lived thread per admin request: a client that
-                // never sends cannot block the next scrape.
-                let _ = std::thread::Builder::new()
+                // One short-lived thread per admin request (at most
+                // MAX_CONNECTIONS): a client that never sends cannot block
+                // the next scrape.
+                let spawned = std::thread::Builder::new()
                     .name("ringterm-admin-conn".into())
                     .spawn(move || {
+                        let _slot = slot;
                         let _ = handle(stream, &counters, &hists);
                     });
+                if let Err(e) = spawned {
+                    tracing::warn!(error = %e, "admin: cannot start a thread");
+                }
             }
         })?;
     Ok(local)

@@ -95,3 +95,114 @@ pub fn check_bind(addr: SocketAddr) -> io::Result<()> {
     }
     sock.bind(&addr.into())
 }
+
+/// Whether a socket bound to `have` serves the configured address `want`:
+/// the same address, or the same IP when `want` asks for any port (0).
+pub fn same_address(want: SocketAddr, have: SocketAddr) -> bool {
+    want == have || (want.port() == 0 && want.ip() == have.ip())
+}
+
+/// Listening sockets handed over by another process (see `handover`),
+/// grouped by address in the order they came.
+#[derive(Debug, Default)]
+pub struct Inherited {
+    groups: Vec<(SocketAddr, Vec<std::net::TcpListener>)>,
+}
+
+impl Inherited {
+    /// Groups `listeners` by local address (one whose address cannot be
+    /// read is closed).
+    pub fn new(listeners: Vec<std::net::TcpListener>) -> Self {
+        let mut groups: Vec<(SocketAddr, Vec<std::net::TcpListener>)> = Vec::new();
+        for l in listeners {
+            let Ok(addr) = l.local_addr() else { continue };
+            match groups.iter_mut().find(|(a, _)| *a == addr) {
+                Some((_, g)) => g.push(l),
+                None => groups.push((addr, vec![l])),
+            }
+        }
+        Self { groups }
+    }
+
+    /// The sockets for the configured address `want`: an exact match first,
+    /// else (for port 0) the first group left on the same IP.
+    pub fn take(&mut self, want: SocketAddr) -> Option<Vec<std::net::TcpListener>> {
+        let i = self
+            .groups
+            .iter()
+            .position(|(a, _)| *a == want)
+            .or_else(|| self.groups.iter().position(|(a, _)| same_address(want, *a)))?;
+        Some(self.groups.remove(i).1)
+    }
+
+    /// Closes the sockets of addresses no longer configured (their queues
+    /// end when the old process closes its copies too).
+    pub fn close_unused(self) {
+        for (addr, _) in &self.groups {
+            tracing::info!(%addr, "upgrade: address no longer in --listen, closing its inherited sockets");
+        }
+    }
+}
+
+/// Completes adopted sockets of one address to at least `workers`, binding
+/// the missing ones with SO_REUSEPORT on the same address. Never closes one:
+/// the caller spreads any extra sockets over the workers. The adopted ones
+/// take `backlog` (listen(2) again on a listening socket only resizes its
+/// queue; what is queued stays).
+pub fn adopt(
+    mut adopted: Vec<std::net::TcpListener>,
+    workers: usize,
+    backlog: u32,
+) -> io::Result<Vec<std::net::TcpListener>> {
+    let addr = adopted
+        .first()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no socket to adopt"))?
+        .local_addr()?;
+    for l in &adopted {
+        socket2::SockRef::from(l).listen(backlog.min(i32::MAX as u32) as i32)?;
+    }
+    while adopted.len() < workers {
+        adopted.push(bind(addr, backlog)?);
+    }
+    Ok(adopted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_address_matches_port_zero_by_ip() {
+        let a: SocketAddr = "127.0.0.1:8443".parse().unwrap();
+        assert!(same_address(a, a));
+        assert!(same_address("127.0.0.1:0".parse().unwrap(), a));
+        assert!(!same_address("127.0.0.2:0".parse().unwrap(), a));
+        assert!(!same_address("127.0.0.1:8444".parse().unwrap(), a));
+    }
+
+    #[test]
+    fn inherited_groups_by_address_and_adopt_fills_up() {
+        let l1 = bind("127.0.0.1:0".parse().unwrap(), 16).unwrap();
+        let a1 = l1.local_addr().unwrap();
+        let l1b = bind(a1, 16).unwrap();
+        let l2 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a2 = l2.local_addr().unwrap();
+        // Queued before the adoption: still there after listen(2) again.
+        let _queued = std::net::TcpStream::connect(a1).unwrap();
+        let mut inh = Inherited::new(vec![l1, l2, l1b]);
+        let g1 = inh.take(a1).unwrap();
+        assert_eq!(g1.len(), 2);
+        assert!(inh.take(a1).is_none());
+        let g2 = inh.take("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_eq!(g2[0].local_addr().unwrap(), a2);
+        let all = adopt(g1, 4, 16).unwrap();
+        assert_eq!(all.len(), 4);
+        assert!(all.iter().all(|l| l.local_addr().unwrap() == a1));
+        // The queued connection sits on one of the first two sockets.
+        let accepted = all[..2].iter().filter(|l| {
+            l.set_nonblocking(true).unwrap();
+            l.accept().is_ok()
+        });
+        assert_eq!(accepted.count(), 1);
+    }
+}

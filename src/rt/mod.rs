@@ -13,7 +13,10 @@
 //! - `admin`: the admin/metrics endpoint, on its own thread;
 //! - `demo`: the built-in demo HTTP/1.1 backend;
 //! - `drain`: graceful shutdown (stop accepting, drain, cut);
-//! - `privdrop`: `--user`/`--group`, after binding.
+//! - `privdrop`: `--user`/`--group`, after binding;
+//! - `handover`: listening sockets handed to a new process (upgrades);
+//! - `notify`: systemd readiness notifications (`sd_notify`);
+//! - `upgrade`: taking over on start, handing over, `SIGUSR2`.
 
 pub mod admin;
 pub mod bufring;
@@ -21,8 +24,10 @@ pub mod conn;
 pub mod ctx;
 pub mod demo;
 pub mod drain;
+pub mod handover;
 pub mod hist_hub;
 pub mod listener;
+pub mod notify;
 pub mod ocsp_fetch;
 pub mod ops;
 pub mod privdrop;
@@ -30,6 +35,7 @@ pub mod reload;
 pub mod ring;
 pub mod session_store;
 pub mod ticket_keys;
+pub mod upgrade;
 pub mod wake;
 pub mod worker;
 
@@ -70,6 +76,14 @@ pub enum StartError {
     /// A worker thread could not be started.
     #[error("worker thread: {0}")]
     Thread(std::io::Error),
+    /// The listening sockets could not be taken over (`--upgrade-socket`).
+    #[error("--upgrade-socket {path}: {source}")]
+    Upgrade {
+        /// The socket path.
+        path: String,
+        /// Why.
+        source: handover::HandoverError,
+    },
     /// `--user`/`--group` could not be resolved or applied.
     #[error("{0}")]
     Privileges(#[from] privdrop::PrivError),
@@ -87,6 +101,9 @@ pub struct Server {
     pub histograms: Arc<hist_hub::HistHub>,
     /// Shutdown signalling shared with the workers.
     pub drain_hub: Arc<drain::DrainHub>,
+    /// A duplicate of every listening socket, for a hand-over to a new
+    /// process (`--upgrade-socket`); drop them when not needed.
+    pub offered: Vec<handover::Offered>,
 }
 
 impl Server {
@@ -106,7 +123,20 @@ pub fn start(
     config: &Config,
     tls: Arc<arc_swap::ArcSwap<rustls::ServerConfig>>,
 ) -> Result<Server, StartError> {
+    start_inherited(config, tls, Vec::new(), None)
+}
+
+/// [`start`], serving on the listening sockets another process handed over
+/// where their addresses match `--listen` (and `--admin`), and binding the
+/// rest. See [`listener::adopt`].
+pub fn start_inherited(
+    config: &Config,
+    tls: Arc<arc_swap::ArcSwap<rustls::ServerConfig>>,
+    inherited: Vec<std::net::TcpListener>,
+    inherited_admin: Option<std::net::TcpListener>,
+) -> Result<Server, StartError> {
     let workers = config.workers();
+    let mut inherited = listener::Inherited::new(inherited);
     // Unknown users and groups are startup errors before anything is bound.
     let privileges = privdrop::resolve(config.user.as_deref(), config.group.as_deref())?;
     // Bind everything on this thread first: a port in use is a clear error
@@ -114,18 +144,31 @@ pub fn start(
     let mut per_worker: Vec<Vec<std::net::TcpListener>> =
         (0..workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
+    let mut offered = Vec::new();
     for &addr in &config.listen {
-        let listeners = listener::bind_all(addr, workers, config.backlog)
-            .map_err(|source| StartError::Bind { addr, source })?;
+        let listeners = match inherited.take(addr) {
+            Some(taken) => listener::adopt(taken, workers, config.backlog),
+            None => listener::bind_all(addr, workers, config.backlog),
+        }
+        .map_err(|source| StartError::Bind { addr, source })?;
         bound.push(
             listeners[0]
                 .local_addr()
                 .map_err(|source| StartError::Bind { addr, source })?,
         );
-        for (w, l) in listeners.into_iter().enumerate() {
-            per_worker[w].push(l);
+        for (i, l) in listeners.into_iter().enumerate() {
+            let dup = l
+                .try_clone()
+                .map_err(|source| StartError::Bind { addr, source })?;
+            offered.push(handover::Offered {
+                kind: handover::Kind::Listener,
+                fd: dup.into(),
+            });
+            // Adopted sockets may outnumber the workers: none is closed.
+            per_worker[i % workers].push(l);
         }
     }
+    inherited.close_unused();
     let counters: Vec<Arc<WorkerCounters>> = (0..workers)
         .map(|_| Arc::new(WorkerCounters::default()))
         .collect();
@@ -135,17 +178,33 @@ pub fn start(
         .map_err(StartError::Thread)?;
     let histograms = hist_hub::HistHub::new(wakes.clone());
     let admin_listener = match config.admin {
-        Some(addr) => Some((
-            addr,
-            std::net::TcpListener::bind(addr)
-                .map_err(|source| StartError::Admin { addr, source })?,
-        )),
+        Some(addr) => {
+            let l = match inherited_admin.filter(|l| {
+                l.local_addr()
+                    .is_ok_and(|have| listener::same_address(addr, have))
+            }) {
+                Some(l) => l,
+                None => std::net::TcpListener::bind(addr)
+                    .map_err(|source| StartError::Admin { addr, source })?,
+            };
+            let dup = l
+                .try_clone()
+                .map_err(|source| StartError::Admin { addr, source })?;
+            offered.push(handover::Offered {
+                kind: handover::Kind::Admin,
+                fd: dup.into(),
+            });
+            Some((addr, l))
+        }
         None => None,
     };
     // Every socket is bound: drop root before any thread serves.
     if let Some(target) = &privileges {
         privdrop::apply(target)?;
-        tracing::info!(uid = ?target.uid, gid = target.gid, "switched user and group");
+        match target.uid {
+            Some(uid) => tracing::info!(uid, gid = target.gid, "switched user and group"),
+            None => tracing::info!(gid = target.gid, "switched group"),
+        }
     }
     let admin = match admin_listener {
         Some((addr, listener)) => Some(
@@ -209,5 +268,6 @@ pub fn start(
         counters,
         histograms,
         drain_hub,
+        offered,
     })
 }

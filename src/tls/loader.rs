@@ -389,6 +389,7 @@ pub fn build(
         alpn: t.alpn.iter().map(|p| p.as_bytes().to_vec()).collect(),
         cipher_suites: t.ciphers.clone(),
         groups: t.groups.clone(),
+        prefer_server_ciphers: t.prefer_server_ciphers,
         client_auth,
         unknown_sni: if t.reject_unknown_sni {
             UnknownSni::Reject

@@ -173,6 +173,9 @@ pub struct TlsSession {
     /// Whether the configuration resumes with stateless tickets: with it,
     /// rustls resumes TLS 1.3 only by ticket, and TLS 1.2 by ticket first.
     ticketer_enabled: bool,
+    /// The type of the client's first handshake message, once its record
+    /// header and type byte have arrived (a ClientHello is 1).
+    first_handshake_type: Option<u8>,
 }
 
 impl std::fmt::Debug for TlsSession {
@@ -203,6 +206,7 @@ impl TlsSession {
             wrote_any: false,
             hello: None,
             ticketer_enabled,
+            first_handshake_type: None,
         })
     }
 
@@ -331,6 +335,13 @@ impl TlsSession {
     /// TLS bytes for the client are appended to `to_client` and must be
     /// written in order. Decrypted application data is appended to
     /// `to_backend`.
+    ///
+    /// When the client's Finished completes the handshake, the TLS 1.3
+    /// NewSessionTickets are in `to_client` on return, even when the
+    /// client's first request came in the same read (and is in
+    /// `to_backend`): the runtime writes `to_client` before it relays
+    /// anything, so the tickets precede the backend's response, and a
+    /// client that reads one response and closes has its ticket.
     ///
     /// On error, the alert for the client (if any) has been appended to
     /// `to_client`: send it, then close.
@@ -502,6 +513,10 @@ impl TlsSession {
         if self.failed {
             return Err(TlsError::Failed);
         }
+        if self.first_handshake_type.is_none() && self.incoming.len() > 5 && self.incoming[0] == 22
+        {
+            self.first_handshake_type = Some(self.incoming[5]);
+        }
         for _ in 0..MAX_STEPS {
             let UnbufferedStatus { mut discard, state } =
                 self.conn.process_tls_records(&mut self.incoming);
@@ -624,15 +639,33 @@ impl TlsSession {
         if let Ok(ConnectionState::EncodeTlsData(mut encode)) = state {
             let _ = encode_into(to_client, |out| encode.encode(out));
         }
-        // rustls returns some decoding errors (e.g. an oversized handshake
-        // message, from its handshake joiner) without queuing an alert.
-        // Before we have sent anything the record layer is plaintext, so we
-        // send the `decode_error` alert rustls would have (RFC 8446 §6.2).
-        if to_client.len() == before
-            && !self.wrote_any
-            && matches!(err, rustls::Error::InvalidMessage(_))
-        {
-            to_client.extend_from_slice(&PLAINTEXT_DECODE_ERROR_ALERT);
+        if to_client.len() > before {
+            // rustls queued an alert. Where it is still plaintext and the
+            // RFC names another one for this error, send the RFC's.
+            if let Some(description) = rfc_alert(err) {
+                rewrite_plaintext_alert(&mut to_client[before..], description);
+            } else if !self.wrote_any
+                && self.first_handshake_type.is_some_and(|t| t != CLIENT_HELLO)
+                && matches!(err, rustls::Error::InvalidMessage(_))
+            {
+                // The client opened with another handshake message than a
+                // ClientHello (a ServerHello, a Certificate...): rustls
+                // tries to decode it and sends decode_error, where it is
+                // an unexpected message (RFC 8446 §6.2).
+                rewrite_plaintext_alert(&mut to_client[before..], UNEXPECTED_MESSAGE);
+            }
+            return;
+        }
+        // rustls returns some record-layer errors (an oversized handshake
+        // message, from its handshake joiner; a record interleaved with a
+        // fragmented handshake message) without queuing an alert. Before
+        // we have sent anything the record layer is plaintext, so we send
+        // the alert the RFC names (RFC 8446 §6.2) ourselves.
+        if !self.wrote_any {
+            if let Some(description) = unalerted_description(err) {
+                to_client.extend_from_slice(&PLAINTEXT_DECODE_ERROR_ALERT);
+                rewrite_plaintext_alert(&mut to_client[before..], description);
+            }
         }
     }
 }
@@ -699,6 +732,58 @@ const NO_CERTIFICATE: &str = "no server certificate chain resolved";
 
 /// The `unrecognized_name` alert description.
 const UNRECOGNIZED_NAME: u8 = 112;
+
+/// The ClientHello handshake type.
+const CLIENT_HELLO: u8 = 1;
+
+/// The `unexpected_message` alert description.
+const UNEXPECTED_MESSAGE: u8 = 10;
+
+/// The `decode_error` alert description.
+const DECODE_ERROR: u8 = 50;
+
+/// The `missing_extension` alert description.
+const MISSING_EXTENSION: u8 = 109;
+
+/// The alert the RFC requires for `err` where rustls queues another one.
+/// Only plaintext alerts can be rewritten (see [`rewrite_plaintext_alert`]);
+/// the encrypted cases are listed in the README's "TLS conformance" table.
+fn rfc_alert(err: &rustls::Error) -> Option<u8> {
+    use rustls::{Error as E, PeerIncompatible as PI};
+    match err {
+        // A ClientHello with supported_groups but without key_share: RFC
+        // 8446 §9.2 "MUST abort the handshake with a missing_extension
+        // alert"; rustls sends handshake_failure.
+        E::PeerIncompatible(PI::KeyShareExtensionRequired) => Some(MISSING_EXTENSION),
+        // A zero-length record of a type other than application data (an
+        // empty alert or handshake record): RFC 8446 §5.4 "MUST terminate
+        // the connection with an unexpected_message alert"; rustls sends
+        // decode_error.
+        E::InvalidMessage(rustls::InvalidMessage::InvalidEmptyPayload) => Some(UNEXPECTED_MESSAGE),
+        _ => None,
+    }
+}
+
+/// The alert for an error rustls returns without queuing one, if any.
+fn unalerted_description(err: &rustls::Error) -> Option<u8> {
+    use rustls::{Error as E, PeerMisbehaved as PM};
+    if let Some(description) = rfc_alert(err) {
+        return Some(description);
+    }
+    match err {
+        // Malformed or oversized handshake messages (RFC 8446 §6.2).
+        E::InvalidMessage(_) => Some(DECODE_ERROR),
+        // A record of another type between the fragments of a handshake
+        // message (RFC 8446 §5.1 "MUST NOT be interleaved"), or a run of
+        // empty records: an unexpected message (RFC 8446 §5, §6.2).
+        E::PeerMisbehaved(
+            PM::MessageInterleavedWithHandshakeMessage
+            | PM::RejectedEarlyDataInterleavedWithHandshakeMessage
+            | PM::TooManyEmptyFragments,
+        ) => Some(UNEXPECTED_MESSAGE),
+        _ => None,
+    }
+}
 
 /// Replaces the description of a trailing plaintext fatal alert record.
 fn rewrite_plaintext_alert(out: &mut [u8], description: u8) {

@@ -229,52 +229,67 @@ pub struct Ringterm {
     pub listen: Vec<SocketAddr>,
     /// Address from the `admin listening on` line.
     pub admin: Option<SocketAddr>,
-    /// Every stdout line seen so far during startup.
-    pub stdout: Vec<String>,
+    /// The message of every log line seen so far during startup (see
+    /// [`log_message`]).
+    pub startup: Vec<String>,
     stderr: Arc<Mutex<String>>,
+    /// Log messages after startup, for [`Ringterm::wait_log`].
+    messages: Arc<Mutex<mpsc::Receiver<String>>>,
+}
+
+/// The message of a text log line, `TIME  LEVEL TARGET: MESSAGE fields`
+/// (the target is `ringterm` or `ringterm::module`): everything after the
+/// target; `None` for other lines.
+pub fn log_message(line: &str) -> Option<&str> {
+    let (_, rest) = line.split_once(" ringterm")?;
+    rest.split_once(": ").map(|(_, m)| m)
 }
 
 impl Ringterm {
-    /// Starts `ringterm ARGS` and waits for the `workers:` line.
+    /// Starts `ringterm ARGS` and waits for the `ready` line.
     pub fn start<S: AsRef<str>>(args: &[S]) -> Ringterm {
-        Self::start_until(args, |line| line.starts_with("workers:"))
+        Self::start_until(args, |line| line.starts_with("ready"))
     }
 
-    /// Starts `ringterm ARGS` and reads stdout until a line satisfies `done`.
-    /// Panics (with stderr) if the process exits or `START_TIMEOUT` passes.
+    /// Starts `ringterm ARGS` and reads its log (stderr) until a message
+    /// satisfies `done`. Panics (with stderr) if the process exits or
+    /// `START_TIMEOUT` passes.
     pub fn start_until<S: AsRef<str>>(args: &[S], done: impl Fn(&str) -> bool) -> Ringterm {
-        let args: Vec<&str> = args.iter().map(|s| s.as_ref()).collect();
-        let mut child = Command::new(bin())
-            .args(&args)
+        let mut cmd = Command::new(bin());
+        cmd.args(args.iter().map(|s| s.as_ref()));
+        Self::spawn_until(cmd, done)
+    }
+
+    /// Like [`Ringterm::start_until`] for a prepared command (environment,
+    /// program); stdin, stdout and stderr are set here.
+    pub fn spawn_until(mut cmd: Command, done: impl Fn(&str) -> bool) -> Ringterm {
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let mut child = cmd
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn ringterm");
         let stderr = Arc::new(Mutex::new(String::new()));
-        {
-            let mut pipe = child.stderr.take().unwrap();
-            let sink = stderr.clone();
-            thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = pipe.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    sink.lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&buf[..n]));
-                }
-            });
-        }
         let (tx, rx) = mpsc::channel::<String>();
         {
-            let pipe = child.stdout.take().unwrap();
+            let pipe = child.stderr.take().unwrap();
+            let sink = stderr.clone();
             thread::spawn(move || {
                 for line in BufReader::new(pipe).lines() {
                     let Ok(line) = line else { break };
-                    // Keep draining even when nobody listens any more.
-                    let _ = tx.send(line);
+                    {
+                        let mut all = sink.lock().unwrap();
+                        all.push_str(&line);
+                        all.push('\n');
+                    }
+                    if let Some(m) = log_message(&line) {
+                        // Keep draining even when nobody listens any more.
+                        let _ = tx.send(m.to_owned());
+                    }
                 }
             });
         }
@@ -282,39 +297,37 @@ impl Ringterm {
             child,
             listen: Vec::new(),
             admin: None,
-            stdout: Vec::new(),
+            startup: Vec::new(),
             stderr,
+            messages: Arc::new(Mutex::new(mpsc::channel().1)),
         };
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
+                    let addr = |rest: &str| rest.split_whitespace().next().unwrap_or("").to_owned();
                     if let Some(a) = line.strip_prefix("admin listening on ") {
-                        rt.admin = Some(a.trim().parse().expect("admin address"));
+                        rt.admin = Some(addr(a).parse().expect("admin address"));
                     } else if let Some(a) = line.strip_prefix("listening on ") {
-                        rt.listen.push(a.trim().parse().expect("listen address"));
+                        rt.listen.push(addr(a).parse().expect("listen address"));
                     }
                     let finished = done(&line);
-                    rt.stdout.push(line);
+                    rt.startup.push(line);
                     if finished {
                         break;
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     panic!(
-                        "ringterm {args:?} did not finish starting within {START_TIMEOUT:?}; stdout: {:?}; stderr: {}",
-                        rt.stdout,
+                        "ringterm {args:?} did not finish starting within {START_TIMEOUT:?}; stderr: {}",
                         rt.stderr()
                     );
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let status = rt.child.wait().ok();
-                    // Let the stderr thread catch up.
-                    thread::sleep(Duration::from_millis(100));
                     panic!(
-                        "ringterm {args:?} exited during startup ({status:?}); stdout: {:?}; stderr: {}",
-                        rt.stdout,
+                        "ringterm {args:?} exited during startup ({status:?}); stderr: {}",
                         rt.stderr()
                     );
                 }
@@ -323,9 +336,25 @@ impl Ringterm {
         assert!(
             !rt.listen.is_empty(),
             "no `listening on` line: {:?}",
-            rt.stdout
+            rt.startup
         );
+        rt.messages = Arc::new(Mutex::new(rx));
         rt
+    }
+
+    /// Waits up to `within` for a log message (after startup) that
+    /// satisfies `pred`, and returns it.
+    pub fn wait_log(&self, within: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let rx = self.messages.lock().unwrap();
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(m) if pred(&m) => return Some(m),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
     }
 
     /// The first listen address.

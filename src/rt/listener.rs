@@ -188,7 +188,10 @@ mod tests {
         let l2 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let a2 = l2.local_addr().unwrap();
         // Queued before the adoption: still there after listen(2) again.
-        let _queued = std::net::TcpStream::connect(a1).unwrap();
+        // (with a byte: TCP_DEFER_ACCEPT holds back connections that said
+        // nothing yet)
+        let mut queued = std::net::TcpStream::connect(a1).unwrap();
+        std::io::Write::write_all(&mut queued, b"x").unwrap();
         let mut inh = Inherited::new(vec![l1, l2, l1b]);
         let g1 = inh.take(a1).unwrap();
         assert_eq!(g1.len(), 2);

@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 
 /// Default ring size (submission queue entries) per worker.
 pub const DEFAULT_RING_ENTRIES: u32 = 1024;
+/// Default number of provided read buffers per worker.
+pub const DEFAULT_READ_BUFFERS: u32 = 64;
 /// Default listen backlog. The kernel caps it at `net.core.somaxconn`.
 pub const DEFAULT_BACKLOG: u32 = 4096;
 /// Default size of each direction's relay buffer, in bytes.
@@ -124,6 +126,8 @@ pub struct Settings {
     pub cpus: Option<String>,
     /// io_uring submission queue entries per worker (`--ring-entries`).
     pub ring_entries: Option<u32>,
+    /// Provided read buffers per worker (power of two).
+    pub read_buffers: Option<u32>,
     /// SQPOLL idle time in ms; absent means no SQPOLL (`--sqpoll`).
     pub sqpoll: Option<u32>,
     /// Listen backlog (`--backlog`).
@@ -396,6 +400,7 @@ impl Settings {
             workers: over.workers.or(self.workers),
             cpus: over.cpus.or(self.cpus),
             ring_entries: over.ring_entries.or(self.ring_entries),
+            read_buffers: over.read_buffers.or(self.read_buffers),
             sqpoll: over.sqpoll.or(self.sqpoll),
             backlog: over.backlog.or(self.backlog),
             buffer_size: over.buffer_size.or(self.buffer_size),
@@ -536,6 +541,14 @@ impl Settings {
                 "must be a power of two from 8 to 32768",
             ));
         }
+        let read_buffers = self.read_buffers.unwrap_or(DEFAULT_READ_BUFFERS);
+        if !(1..=32768).contains(&read_buffers) || !read_buffers.is_power_of_two() {
+            return Err(range(
+                "--read-buffers",
+                &read_buffers.to_string(),
+                "must be a power of two from 1 to 32768",
+            ));
+        }
         let backlog = self.backlog.unwrap_or(DEFAULT_BACKLOG);
         if backlog == 0 || backlog > 1 << 20 {
             return Err(range(
@@ -658,6 +671,7 @@ impl Settings {
             tls,
             pins,
             ring_entries,
+            read_buffers: read_buffers as u16,
             sqpoll_idle_ms: self.sqpoll,
             backlog,
             buffer_size,
@@ -788,6 +802,8 @@ pub struct Config {
     pub pins: Vec<usize>,
     /// io_uring submission queue entries per worker.
     pub ring_entries: u32,
+    /// Provided read buffers per worker.
+    pub read_buffers: u16,
     /// SQPOLL idle time in ms, when SQPOLL is on.
     pub sqpoll_idle_ms: Option<u32>,
     /// Listen backlog.

@@ -190,6 +190,7 @@ fn drive_conn(config: &Arc<ServerConfig>, mut rest: &[u8], split: u8, flags: u8)
         buffer_size: 64 * 1024,
         close_flush: Duration::from_secs(1),
         epoch,
+        runtime_buffers: false,
     };
     let backend_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
     let mut pools = Pools::new(&RouteTable::single(vec![backend_addr], 0));

@@ -12,17 +12,18 @@
 //! ```
 //!
 //! The core is sans-IO: [`tls`], [`config`], [`metrics`] and [`deadline`]
-//! never touch a socket, never import `tokio_uring`, `socket2` or `std::net`,
+//! never touch a socket, never import `io_uring`, `socket2` or `std::net`,
 //! and never read the clock: bytes and time come in as arguments. All io_uring
 //! code lives in [`rt`], so the runtime could be replaced without touching the
 //! core.
 //!
-//! A worker's connection driver submits a `recv`; when it completes, it hands
-//! the bytes to [`tls::TlsSession::handle_read`], which answers with bytes for
-//! the client, plaintext for the backend, and a [`tls::Status`] that decides
-//! the next op. No readiness polling anywhere. Every in-flight op is polled to
-//! completion (tokio-uring does not cancel on drop); cancellation and
-//! timeouts are io_uring ops of their own.
+//! A worker's loop submits what the connection machine ([`conn::Conn`]) asks
+//! for and feeds the completions back; the machine hands client bytes to
+//! [`tls::TlsSession::handle_read`], which answers with bytes for the client,
+//! plaintext for the backend, and a [`tls::Status`]. No readiness polling
+//! anywhere. No op is abandoned in flight: a connection ends only once all
+//! of its ops have completed; cancellation and timeouts are io_uring ops of
+//! their own.
 
 pub mod config;
 pub mod conn;

@@ -74,6 +74,10 @@ struct Cli {
     /// io_uring submission queue entries per worker (power of two).
     #[arg(long, value_name = "N", global = true)]
     ring_entries: Option<u32>,
+    /// Provided read buffers per worker (power of two), each --buffer-size
+    /// bytes: reads take one when data arrives and give it back at once.
+    #[arg(long, value_name = "N", global = true)]
+    read_buffers: Option<u32>,
     /// Enable SQPOLL, with the kernel thread's idle time in ms (default 1000).
     #[arg(long, value_name = "IDLE_MS", num_args = 0..=1, default_missing_value = "1000", global = true)]
     sqpoll: Option<u32>,
@@ -216,6 +220,7 @@ impl Cli {
             workers: self.workers,
             cpus: self.cpus.clone(),
             ring_entries: self.ring_entries,
+            read_buffers: self.read_buffers,
             sqpoll: self.sqpoll,
             backlog: self.backlog,
             buffer_size: self.buffer_size,

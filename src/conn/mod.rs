@@ -229,6 +229,11 @@ pub struct ConnConfig {
     pub close_flush: Duration,
     /// The routing clock's origin (`Pools` takes milliseconds since it).
     pub epoch: Instant,
+    /// The runtime reads into buffers of its own (a provided-buffer ring)
+    /// and hands the bytes over with [`Conn::handle_recv_with`]: read ops
+    /// then carry no reserved room, and a read buffer left empty is freed,
+    /// so that an idle connection holds no read buffer.
+    pub runtime_buffers: bool,
 }
 
 /// Where the connection is: named after what it waits for.
@@ -512,9 +517,48 @@ impl Conn {
     /// A read on `side` completed; `buf` is the buffer of its
     /// [`Op::Recv`], with the bytes read appended.
     pub fn handle_recv(&mut self, side: Side, res: IoResult, buf: Vec<u8>, now: Instant) {
+        self.handle_recv_with(side, res, buf, &[], now);
+    }
+
+    /// As [`Conn::handle_recv`], for a runtime that read into a buffer of
+    /// its own (see [`ConnConfig::runtime_buffers`]): `data` are the bytes
+    /// read (the count in `res`), `buf` the buffer of the [`Op::Recv`]
+    /// (holding what was pending). Backend bytes are encrypted straight
+    /// from `data`.
+    pub fn handle_recv_with(
+        &mut self,
+        side: Side,
+        res: IoResult,
+        mut buf: Vec<u8>,
+        data: &[u8],
+        now: Instant,
+    ) {
+        let direct = side == Side::Backend && buf.is_empty() && !data.is_empty();
+        if !direct {
+            buf.extend_from_slice(data);
+        }
+        let data = if direct { data } else { &[][..] };
         let s = self.sock_mut(side);
         let offered = s.read.take().unwrap_or(0);
         s.buf = buf;
+        self.dispatch_recv(side, res, offered, data, now);
+        if self.cfg.runtime_buffers {
+            // Nothing waits in them: an idle connection holds no buffer.
+            if self.client.buf.is_empty() {
+                self.client.buf = Vec::new();
+            }
+            self.backend.buf = Vec::new();
+        }
+    }
+
+    fn dispatch_recv(
+        &mut self,
+        side: Side,
+        res: IoResult,
+        offered: usize,
+        data: &[u8],
+        now: Instant,
+    ) {
         if let IoResult::Done(_) = res {
             self.last_activity = now;
         }
@@ -522,13 +566,13 @@ impl Conn {
             (State::ExpectProxyHeader, _) => self.on_proxy_read(res),
             (State::Handshaking, _) => self.on_handshake_read(res, now),
             (State::Relaying, Side::Client) => self.on_client_read(res, offered, now),
-            (State::Relaying, Side::Backend) => self.on_backend_read(res, offered, now),
+            (State::Relaying, Side::Backend) => self.on_backend_read(res, offered, data, now),
             // Stopping: what the backend sent still reaches the client
             // (encrypted, ahead of the close_notify); what the client sent
             // can no longer reach the backend, which is then reset.
             (State::Stopping, Side::Backend) => match res {
                 IoResult::Done(0) => self.backend.eof = true,
-                IoResult::Done(_) => self.encrypt_backend_read(),
+                IoResult::Done(_) => self.encrypt_backend_read(data),
                 IoResult::Cancelled => {}
                 IoResult::Failed(kind) => self.fail(End::Io(Side::Backend, kind)),
             },
@@ -730,7 +774,9 @@ impl Conn {
             return None;
         }
         let mut buf = std::mem::take(&mut self.proxy_buf);
-        buf.reserve(HANDSHAKE_READ);
+        if !self.cfg.runtime_buffers {
+            buf.reserve(HANDSHAKE_READ);
+        }
         self.client.read = Some(buf.capacity() - buf.len());
         Some(Op::Recv {
             side: Side::Client,
@@ -792,7 +838,12 @@ impl Conn {
             return self.poll_op_again(now);
         }
         let mut buf = std::mem::take(&mut self.client.buf);
-        self.tls.prepare_read(&mut buf, HANDSHAKE_READ);
+        let size = if self.cfg.runtime_buffers {
+            0
+        } else {
+            HANDSHAKE_READ
+        };
+        self.tls.prepare_read(&mut buf, size);
         self.client.read = Some(buf.capacity() - buf.len());
         Some(Op::Recv {
             side: Side::Client,
@@ -958,7 +1009,11 @@ impl Conn {
             && self.to_backend.is_empty()
             && self.to_client.len() < TO_CLIENT_LIMIT
         {
-            let size = self.client.read_size;
+            let size = if self.cfg.runtime_buffers {
+                0
+            } else {
+                self.client.read_size
+            };
             let mut buf = std::mem::take(&mut self.client.buf);
             if buf.capacity() > 2 * size {
                 buf = Vec::new(); // the read size shrank
@@ -974,10 +1029,11 @@ impl Conn {
             let size = self.backend.read_size;
             let mut buf = std::mem::take(&mut self.backend.buf);
             buf.clear();
-            if buf.capacity() > 2 * size {
-                buf = Vec::new(); // the read size shrank
+            if buf.capacity() > 2 * size || self.cfg.runtime_buffers {
+                buf = Vec::new(); // the read size shrank, or no room needed
+            } else {
+                buf.reserve(size);
             }
-            buf.reserve(size);
             self.backend.read = Some(buf.capacity());
             return Some(Op::Recv {
                 side: Side::Backend,
@@ -1030,7 +1086,7 @@ impl Conn {
         }
     }
 
-    fn on_backend_read(&mut self, res: IoResult, offered: usize, now: Instant) {
+    fn on_backend_read(&mut self, res: IoResult, offered: usize, data: &[u8], now: Instant) {
         match res {
             IoResult::Done(0) => {
                 self.backend.eof = true;
@@ -1048,7 +1104,7 @@ impl Conn {
                 }
                 let max = self.cfg.buffer_size.max(1);
                 self.backend.read_size = next_read_size(self.backend.read_size, n, offered, max);
-                self.encrypt_backend_read();
+                self.encrypt_backend_read(data);
             }
             IoResult::Cancelled => {}
             IoResult::Failed(kind) => self.fail(End::Io(Side::Backend, kind)),
@@ -1056,9 +1112,12 @@ impl Conn {
     }
 
     /// Encrypts the backend read buffer's bytes for the client.
-    fn encrypt_backend_read(&mut self) {
+    /// `data` when the runtime read into a buffer of its own, else the
+    /// backend read buffer.
+    fn encrypt_backend_read(&mut self, data: &[u8]) {
         let buf = std::mem::take(&mut self.backend.buf);
-        let res = self.tls.encrypt(&buf, &mut self.to_client);
+        let plain = if data.is_empty() { &buf[..] } else { data };
+        let res = self.tls.encrypt(plain, &mut self.to_client);
         self.backend.buf = buf;
         if let Err(err) = res {
             self.fail(End::Tls(err));

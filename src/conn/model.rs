@@ -133,9 +133,12 @@ proptest! {
     fn relay_guarantees_hold_in_any_interleaving(
         refuse_a in any::<bool>(),
         settle_first in proptest::bool::weighted(0.7),
+        runtime_buffers in any::<bool>(),
         actions in proptest::collection::vec(action(), 1..160),
     ) {
-        let mut w = World::new(cfg(), &[BACKEND_A, BACKEND_B]);
+        let mut c = cfg();
+        c.runtime_buffers = runtime_buffers;
+        let mut w = World::new(c, &[BACKEND_A, BACKEND_B]);
         if refuse_a {
             w.refusing.push(addr(BACKEND_A));
         }

@@ -103,6 +103,10 @@ pub(super) struct World {
     /// Backends that refuse connections.
     pub refusing: Vec<SocketAddr>,
     pub outcome: Option<Outcome>,
+    /// The runtime brings its own read buffers (a provided-buffer ring).
+    pub runtime_buffers: bool,
+    /// The most a read returns with runtime buffers (the ring's buffer size).
+    pub ring_buf: usize,
 }
 
 impl World {
@@ -118,6 +122,7 @@ impl World {
         client: Arc<ClientConfig>,
     ) -> Self {
         let now = cfg.epoch;
+        let runtime_buffers = cfg.runtime_buffers;
         let table = RouteTable::single(backends.iter().map(|b| addr(b)).collect(), 5_000);
         let conn = Conn::new(
             cfg,
@@ -162,6 +167,8 @@ impl World {
             b_cancel: false,
             refusing: Vec::new(),
             outcome: None,
+            runtime_buffers,
+            ring_buf: 4096,
         };
         w.flush_client_tls();
         w.pump();
@@ -210,7 +217,10 @@ impl World {
                     Side::Backend => &mut self.b_read,
                 };
                 assert!(slot.is_none(), "two reads in flight on {side:?}");
-                assert!(buf.capacity() > buf.len(), "a read with no room");
+                assert!(
+                    self.runtime_buffers || buf.capacity() > buf.len(),
+                    "a read with no room"
+                );
                 *slot = Some(Pending { buf, off: 0 });
             }
             Op::Send { side, buf, off } => {
@@ -318,7 +328,11 @@ impl World {
         let Some(p) = self.c_read.as_ref() else {
             return false;
         };
-        let room = p.buf.capacity() - p.buf.len();
+        let room = if self.runtime_buffers {
+            self.ring_buf
+        } else {
+            p.buf.capacity() - p.buf.len()
+        };
         let res = if self.client_reset {
             IoResult::Failed(io::ErrorKind::ConnectionReset)
         } else if !self.client_wire.is_empty() {
@@ -329,11 +343,16 @@ impl World {
             return false;
         };
         let mut p = self.c_read.take().unwrap();
+        let mut data = Vec::new();
         if let IoResult::Done(n) = res {
-            p.buf.extend(self.client_wire.drain(..n));
+            data.extend(self.client_wire.drain(..n));
             self.client_read_by_server += n;
         }
-        self.conn.handle_recv(Side::Client, res, p.buf, self.now);
+        if !self.runtime_buffers {
+            p.buf.append(&mut data);
+        }
+        self.conn
+            .handle_recv_with(Side::Client, res, p.buf, &data, self.now);
         self.pump();
         true
     }
@@ -342,7 +361,11 @@ impl World {
         let Some(p) = self.b_read.as_ref() else {
             return false;
         };
-        let room = p.buf.capacity() - p.buf.len();
+        let room = if self.runtime_buffers {
+            self.ring_buf
+        } else {
+            p.buf.capacity() - p.buf.len()
+        };
         let res = if self.backend_reset {
             IoResult::Failed(io::ErrorKind::ConnectionReset)
         } else if !self.backend_wire.is_empty() {
@@ -353,11 +376,16 @@ impl World {
             return false;
         };
         let mut p = self.b_read.take().unwrap();
+        let mut data = Vec::new();
         if let IoResult::Done(n) = res {
-            p.buf.extend(self.backend_wire.drain(..n));
+            data.extend(self.backend_wire.drain(..n));
             self.backend_read_by_server += n;
         }
-        self.conn.handle_recv(Side::Backend, res, p.buf, self.now);
+        if !self.runtime_buffers {
+            p.buf.append(&mut data);
+        }
+        self.conn
+            .handle_recv_with(Side::Backend, res, p.buf, &data, self.now);
         self.pump();
         true
     }
@@ -532,6 +560,7 @@ pub(super) fn cfg() -> ConnConfig {
         buffer_size: 64 * 1024,
         close_flush: Duration::from_secs(1),
         epoch: Instant::now(),
+        runtime_buffers: false,
     }
 }
 

@@ -104,6 +104,21 @@ counters! {
     active: "gauge",
     /// Accept errors (EMFILE, ENFILE, ...).
     accept_errors: "counter",
+    /// Reads that found the provided-buffer ring empty (submitted again).
+    recv_enobufs: "counter",
+    /// Completions for a connection slot that had been reused (ignored).
+    stale_completions: "counter",
+    /// Submissions the kernel refused (the op failed, the worker went on).
+    ring_submit_errors: "counter",
+    /// Loop turns that found the completion queue full (reaped first).
+    ring_busy: "counter",
+    /// Turns that saw the kernel holding completions that did not fit.
+    ring_cq_overflow: "counter",
+    /// Cancels that failed (the socket was then shut down).
+    cancel_failures: "counter",
+    /// Backend sockets that could not be created for lack of fds
+    /// (EMFILE/ENFILE): the connect waits and tries again.
+    fd_exhausted: "counter",
     /// Handshakes completed, by protocol version and whether resumed.
     handshakes_tls13: "counter" as "handshakes" { "version=\"TLSv1.3\",resumed=\"false\"" },
     /// Resumed TLS 1.3 handshakes.

@@ -2,93 +2,562 @@
 //! ([`crate::conn::Conn`]) asks for and feeds the completions back.
 //!
 //! No decision is made here: backpressure, half-close, alerts, deadlines,
-//! the drain stop and backend retries are the machine's. This file only
-//! owns the sockets and the in-flight ops (one slot per kind: client read,
-//! client write, backend read, backend write, connect, a cancel per side)
-//! and polls them. An op is never dropped before it completes: the machine
-//! reports its outcome only once nothing is in flight, which is what makes
-//! tokio-uring's drop-does-not-cancel hazard harmless here. Cancels go by
-//! the fd of a socket this connection still owns (it closes only after the
-//! outcome), so they can never reach another connection's reused fd.
-//!
-//! Deadlines: the machine says when it next wants [`Conn::handle_timeout`];
-//! the driver keeps one entry in the worker's deadline set, moved only when
-//! the machine's deadline comes earlier (a later one is found when the
-//! registered one fires, which the machine then calls spurious). The timer
-//! and the drain's cut wake the connection through its [`ConnSignal`].
+//! the drain stop and backend retries are the machine's. A [`Slot`] owns
+//! the connection's sockets, the buffers of its ops in flight (a write's
+//! buffer, a read's pending bytes) and what it needs to cancel them. The
+//! machine reports its outcome only once nothing is in flight, so a buffer
+//! is never freed under the kernel; the sockets are then closed with
+//! `IORING_OP_CLOSE` and the slot's generation moves on, so a completion
+//! that still arrives for it (a close) can never reach the next connection
+//! in the slot. Cancels go by `user_data`, one per op, and every result is
+//! checked.
 
-use std::future::poll_fn;
-use std::future::Future;
 use std::io;
-use std::net::{Shutdown, SocketAddr};
-use std::os::fd::AsRawFd;
-use std::pin::Pin;
-use std::rc::Rc;
-use std::task::Poll;
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
 
-use tokio_uring::net::TcpStream;
+use io_uring::{cqueue, opcode, squeue, types};
 
-use super::ctx::{ConnSignal, WorkerCtx};
-use super::ops;
+use super::ctx::WorkerCtx;
+use super::ops::{self, Tag, UserData};
+use super::worker::Worker;
 use crate::conn::{CancelResult, Conn, End, IoResult, Op, Outcome, Side};
 use crate::metrics::hist::Metric;
-use crate::tls::Resumption;
+use crate::tls::{Resumption, TlsError};
 
-/// Serves one accepted client connection to completion. The caller has
-/// counted it in `active`; this takes it off.
-pub async fn serve(ctx: Rc<WorkerCtx>, client: TcpStream, peer: SocketAddr) {
-    let accepted_at = Instant::now();
-    let client = Rc::new(client);
-    let key = client.as_raw_fd() as i64;
-    let signal = ctx.track(key);
-    let local = if ctx.conn.proxy_out.is_some() {
-        local_addr(&client)
-    } else {
-        None
-    };
-    match Conn::new(ctx.conn.clone(), ctx.tls_config(), peer, local, accepted_at) {
-        Ok(conn) => {
-            let mut driver = Driver {
-                ctx: &ctx,
-                conn,
-                client,
-                backend: None,
-                key,
-                signal: &signal,
-                registered: None,
-                cut_seen: false,
-                c_read: None,
-                c_write: None,
-                b_read: None,
-                b_write: None,
-                connect: None,
-                c_cancel: None,
-                b_cancel: None,
+/// A backend connect in progress.
+enum Connecting {
+    /// The socket op is in flight.
+    Socket(SocketAddr),
+    /// The connect op is in flight on this fd, with its address.
+    Connect(RawFd, Box<socket2::SockAddr>),
+}
+
+/// One connection's runtime state.
+pub(super) struct Slot {
+    pub conn: Conn,
+    client: RawFd,
+    backend: Option<RawFd>,
+    /// The machine's read buffers (pending bytes) while a read is in flight.
+    c_recv: Option<Vec<u8>>,
+    b_recv: Option<Vec<u8>>,
+    /// Write buffers and their offsets while a write is in flight.
+    c_send: Option<(Vec<u8>, usize)>,
+    b_send: Option<(Vec<u8>, usize)>,
+    connecting: Option<Connecting>,
+    /// A cancel arrived while the backend socket was being created.
+    cancel_socket: bool,
+    /// Cancels in flight per side, and whether one failed.
+    cancels: [u32; 2],
+    cancel_failed: [bool; 2],
+    /// The deadline registered in the worker's set (worker ms).
+    pub registered: Option<u64>,
+    accepted_at: Instant,
+}
+
+fn side_index(side: Side) -> usize {
+    match side {
+        Side::Client => 0,
+        Side::Backend => 1,
+    }
+}
+
+impl Slot {
+    /// A new connection on `fd` in slot `index`.
+    pub fn new(ctx: &WorkerCtx, fd: RawFd, _index: u32, now: Instant) -> Result<Self, TlsError> {
+        let (peer, local) = if ctx.conn.proxy_out.is_some() {
+            (peer_addr(fd), local_addr(fd))
+        } else {
+            (None, None)
+        };
+        let peer = peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let conn = Conn::new(ctx.conn.clone(), ctx.tls_config(), peer, local, now)?;
+        Ok(Self {
+            conn,
+            client: fd,
+            backend: None,
+            c_recv: None,
+            b_recv: None,
+            c_send: None,
+            b_send: None,
+            connecting: None,
+            cancel_socket: false,
+            cancels: [0, 0],
+            cancel_failed: [false, false],
+            registered: None,
+            accepted_at: now,
+        })
+    }
+
+    fn fd(&self, side: Side) -> Option<RawFd> {
+        match side {
+            Side::Client => Some(self.client),
+            Side::Backend => self.backend,
+        }
+    }
+}
+
+impl Worker {
+    fn ud(&self, tag: Tag, slot: u32) -> u64 {
+        UserData {
+            tag,
+            gen: self.gens[slot as usize],
+            slot,
+        }
+        .encode()
+    }
+
+    /// Asks the slot's machine for ops until it has none, submits them,
+    /// then reports its outcome or keeps its deadline registered.
+    pub(super) fn drive(&mut self, index: u32, now: Instant) {
+        loop {
+            let op = {
+                let Some(Some(s)) = self.slots.get_mut(index as usize) else {
+                    return;
+                };
+                s.conn.poll_op(now, &mut self.ctx.pools.borrow_mut())
             };
-            let outcome = driver.run().await;
-            // Before the sockets can close: no deadline may name the fd.
-            ctx.clear_deadline(key);
-            ctx.untrack(key);
-            count(&ctx, &outcome, accepted_at);
-            if outcome.reset_client {
-                reset_on_close(&driver.client);
+            let Some(op) = op else { break };
+            self.submit(index, op, now);
+        }
+        let Some(Some(s)) = self.slots.get_mut(index as usize) else {
+            return;
+        };
+        if let Some(outcome) = s.conn.poll_outcome() {
+            self.finish(index, outcome);
+            return;
+        }
+        // Keep the registered deadline at or before the machine's: a later
+        // one is found when the registered one fires (the machine calls it
+        // spurious), so activity costs no deadline-set update.
+        let want = s.conn.poll_timeout().map(|at| self.ctx.ms_at(at));
+        match (want, s.registered) {
+            (None, Some(_)) => {
+                self.ctx.clear_deadline(index as i64);
+                s.registered = None;
             }
-            if let Some(backend) = &driver.backend {
-                if outcome.reset_backend {
-                    reset_on_close(backend);
+            (Some(w), r) if r.is_none_or(|r| w < r) => {
+                self.ctx.set_deadline_at(index as i64, w);
+                s.registered = Some(w);
+            }
+            _ => {}
+        }
+    }
+
+    fn submit(&mut self, index: u32, op: Op, now: Instant) {
+        let bgid = self.bufs.bgid();
+        let s = self.slots[index as usize].as_mut().expect("a live slot");
+        match op {
+            Op::Recv { side, buf } => {
+                let fd = s.fd(side).expect("a read on an open socket");
+                match side {
+                    Side::Client => s.c_recv = Some(buf),
+                    Side::Backend => s.b_recv = Some(buf),
+                }
+                self.submit_recv(index, side, fd, bgid, now);
+            }
+            Op::Send { side, buf, off } => {
+                let fd = s.fd(side).expect("a write on an open socket");
+                let tag = match side {
+                    Side::Client => Tag::ClientSend,
+                    Side::Backend => Tag::BackendSend,
+                };
+                let ptr = buf[off..].as_ptr();
+                let len = (buf.len() - off).min(u32::MAX as usize) as u32;
+                match side {
+                    Side::Client => s.c_send = Some((buf, off)),
+                    Side::Backend => s.b_send = Some((buf, off)),
+                }
+                let entry = opcode::Send::new(types::Fd(fd), ptr, len)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+                    .user_data(self.ud(tag, index));
+                // SAFETY: the buffer is held in the slot until this send
+                // completes (the machine reports no outcome before), and a
+                // Vec's heap buffer does not move when the Vec does.
+                if unsafe { self.push(entry) }.is_err() {
+                    let s = self.slots[index as usize].as_mut().expect("live");
+                    let (buf, off) = match side {
+                        Side::Client => s.c_send.take(),
+                        Side::Backend => s.b_send.take(),
+                    }
+                    .expect("just stored");
+                    s.conn
+                        .handle_send(side, IoResult::Failed(io::ErrorKind::Other), buf, off, now);
+                    self.touched.push(index);
+                }
+            }
+            // shutdown(2) is a plain syscall that never blocks;
+            // IORING_OP_SHUTDOWN is always punted to an io-wq thread
+            // (measured: ~6% of the CPU per connection).
+            Op::ShutdownWrite { side } => {
+                if let Some(fd) = s.fd(side) {
+                    // SAFETY: plain syscall on a socket the slot owns.
+                    unsafe { libc::shutdown(fd, libc::SHUT_WR) };
+                }
+            }
+            Op::ShutdownBoth { side } => {
+                if let Some(fd) = s.fd(side) {
+                    // SAFETY: as above.
+                    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+                }
+            }
+            Op::Connect { addr } => {
+                s.connecting = Some(Connecting::Socket(addr));
+                s.cancel_socket = false;
+                let domain = if addr.is_ipv4() {
+                    libc::AF_INET
+                } else {
+                    libc::AF_INET6
+                };
+                let entry = opcode::Socket::new(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0)
+                    .build()
+                    .user_data(self.ud(Tag::Socket, index));
+                // SAFETY: the entry points to nothing.
+                if unsafe { self.push(entry) }.is_err() {
+                    let s = self.slots[index as usize].as_mut().expect("live");
+                    s.connecting = None;
+                    s.conn.handle_connect(
+                        IoResult::Failed(io::ErrorKind::Other),
+                        now,
+                        &mut self.ctx.pools.borrow_mut(),
+                    );
+                    self.touched.push(index);
+                }
+            }
+            Op::Cancel { side } => self.submit_cancels(index, side),
+        }
+    }
+
+    fn submit_recv(&mut self, index: u32, side: Side, fd: RawFd, bgid: u16, now: Instant) {
+        let tag = match side {
+            Side::Client => Tag::ClientRecv,
+            Side::Backend => Tag::BackendRecv,
+        };
+        // No buffer: the kernel picks one from the ring when data arrives.
+        let entry = opcode::Recv::new(types::Fd(fd), std::ptr::null_mut(), 0)
+            .buf_group(bgid)
+            .build()
+            .flags(squeue::Flags::BUFFER_SELECT)
+            .user_data(self.ud(tag, index));
+        // SAFETY: the entry points to no memory of ours; the kernel writes
+        // into a ring buffer, which lives as long as the ring.
+        if unsafe { self.push(entry) }.is_err() {
+            let s = self.slots[index as usize].as_mut().expect("live");
+            let buf = match side {
+                Side::Client => s.c_recv.take(),
+                Side::Backend => s.b_recv.take(),
+            }
+            .unwrap_or_default();
+            s.conn
+                .handle_recv(side, IoResult::Failed(io::ErrorKind::Other), buf, now);
+            self.touched.push(index);
+        }
+    }
+
+    /// One cancel per op in flight on `side`, by its `user_data`.
+    fn submit_cancels(&mut self, index: u32, side: Side) {
+        let s = self.slots[index as usize].as_mut().expect("live");
+        let mut targets = Vec::with_capacity(3);
+        match side {
+            Side::Client => {
+                if s.c_recv.is_some() {
+                    targets.push(Tag::ClientRecv);
+                }
+                if s.c_send.is_some() {
+                    targets.push(Tag::ClientSend);
+                }
+            }
+            Side::Backend => {
+                if s.b_recv.is_some() {
+                    targets.push(Tag::BackendRecv);
+                }
+                if s.b_send.is_some() {
+                    targets.push(Tag::BackendSend);
+                }
+                match s.connecting {
+                    Some(Connecting::Connect(..)) => targets.push(Tag::Connect),
+                    // A socket op cannot be cancelled usefully: its
+                    // completion then reports the connect as cancelled.
+                    Some(Connecting::Socket(_)) => s.cancel_socket = true,
+                    None => {}
                 }
             }
         }
-        Err(err) => {
-            // An unusable TLS configuration: nothing was submitted.
-            ctx.untrack(key);
-            ctx.counters.handshake_failures_tls.inc();
-            tracing::warn!(worker = ctx.id, error = %err, "cannot start a TLS session");
+        let cancel_tag = match side {
+            Side::Client => Tag::ClientCancel,
+            Side::Backend => Tag::BackendCancel,
+        };
+        let mut queued = 0;
+        for t in targets {
+            let target = self.ud(t, index);
+            let entry = opcode::AsyncCancel::new(target)
+                .build()
+                .user_data(self.ud(cancel_tag, index));
+            // SAFETY: the entry points to nothing.
+            if unsafe { self.push(entry) }.is_ok() {
+                queued += 1;
+            }
+        }
+        let s = self.slots[index as usize].as_mut().expect("live");
+        let i = side_index(side);
+        if queued == 0 {
+            // Nothing to cancel by user_data (a socket op in flight reports
+            // the connect as cancelled when it completes).
+            s.conn.handle_cancel(side, CancelResult::Cancelled(0));
+            self.touched.push(index);
+        } else {
+            s.cancels[i] = queued;
+            s.cancel_failed[i] = false;
         }
     }
-    ctx.record_since(Metric::Lifetime, accepted_at);
-    ctx.counters.active.dec();
+
+    /// A completion for a connection slot.
+    pub(super) fn on_conn_cqe(&mut self, ud: UserData, res: i32, flags: u32, now: Instant) {
+        let index = ud.slot;
+        let live = super::worker::is_live(&self.slots, &self.gens, &ud);
+        if !live {
+            // A completion for a connection that has ended: its buffer (if
+            // any) goes back to the ring, nothing else happens.
+            if let Some(bid) = cqueue::buffer_select(flags) {
+                self.bufs.recycle(bid);
+            }
+            self.ctx.counters.stale_completions.inc();
+            return;
+        }
+        self.touched.push(index);
+        match ud.tag {
+            Tag::ClientRecv => self.on_recv(index, Side::Client, res, flags, now),
+            Tag::BackendRecv => self.on_recv(index, Side::Backend, res, flags, now),
+            Tag::ClientSend | Tag::BackendSend => {
+                let side = if ud.tag == Tag::ClientSend {
+                    Side::Client
+                } else {
+                    Side::Backend
+                };
+                let s = self.slots[index as usize].as_mut().expect("live");
+                let Some((buf, off)) = (match side {
+                    Side::Client => s.c_send.take(),
+                    Side::Backend => s.b_send.take(),
+                }) else {
+                    return;
+                };
+                let r = io_result(res);
+                if let IoResult::Done(n) = r {
+                    let c = &self.ctx.counters;
+                    match side {
+                        Side::Client => c.bytes_to_clients.add(n as u64),
+                        Side::Backend => c.bytes_to_backends.add(n as u64),
+                    }
+                }
+                s.conn.handle_send(side, r, buf, off, now);
+            }
+            Tag::Socket => self.on_socket(index, res, now),
+            Tag::Connect => {
+                let s = self.slots[index as usize].as_mut().expect("live");
+                let Some(Connecting::Connect(fd, _addr)) = s.connecting.take() else {
+                    return;
+                };
+                let r = io_result(res);
+                if r == IoResult::Done(0) {
+                    s.backend = Some(fd);
+                } else {
+                    self.close_fd(fd, false);
+                }
+                let s = self.slots[index as usize].as_mut().expect("live");
+                s.conn
+                    .handle_connect(r, now, &mut self.ctx.pools.borrow_mut());
+            }
+            Tag::ClientCancel | Tag::BackendCancel => {
+                let side = if ud.tag == Tag::ClientCancel {
+                    Side::Client
+                } else {
+                    Side::Backend
+                };
+                let s = self.slots[index as usize].as_mut().expect("live");
+                let i = side_index(side);
+                // 0: cancelled; ENOENT: already completed; EALREADY: it is
+                // completing. Anything else leaves the op in flight.
+                if res < 0 && res != -libc::ENOENT && res != -libc::EALREADY {
+                    s.cancel_failed[i] = true;
+                }
+                s.cancels[i] = s.cancels[i].saturating_sub(1);
+                if s.cancels[i] == 0 {
+                    let result = if s.cancel_failed[i] {
+                        self.ctx.counters.cancel_failures.inc();
+                        CancelResult::Failed(io::ErrorKind::Other)
+                    } else {
+                        CancelResult::Cancelled(1)
+                    };
+                    s.conn.handle_cancel(side, result);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_recv(&mut self, index: u32, side: Side, res: i32, flags: u32, now: Instant) {
+        let bid = cqueue::buffer_select(flags);
+        if res == -libc::ENOBUFS {
+            // The ring ran dry: nothing was read; read again once this
+            // turn's buffers are back.
+            self.ctx.counters.recv_enobufs.inc();
+            self.enobufs.push((index, side));
+            return;
+        }
+        let s = self.slots[index as usize].as_mut().expect("live");
+        let buf = match side {
+            Side::Client => s.c_recv.take(),
+            Side::Backend => s.b_recv.take(),
+        }
+        .unwrap_or_default();
+        let r = io_result(res);
+        let n = match r {
+            IoResult::Done(n) => n,
+            _ => 0,
+        };
+        if n > 0 {
+            let c = &self.ctx.counters;
+            match side {
+                Side::Client => c.bytes_from_clients.add(n as u64),
+                Side::Backend => c.bytes_from_backends.add(n as u64),
+            }
+        }
+        if side == Side::Client && !s.conn.is_established() && self.ctx.uses_session_cache() {
+            // Sessions other workers created up to now become visible to
+            // this handshake step.
+            super::session_store::drain();
+        }
+        match bid {
+            Some(bid) => {
+                let data = self.bufs.get(bid, n);
+                s.conn.handle_recv_with(side, r, buf, data, now);
+                self.bufs.recycle(bid);
+            }
+            None => s.conn.handle_recv_with(side, r, buf, &[], now),
+        }
+    }
+
+    /// Reads that hit `ENOBUFS` go again, after the turn returned its
+    /// buffers to the ring.
+    pub(super) fn retry_enobufs(&mut self, now: Instant) {
+        let bgid = self.bufs.bgid();
+        for (index, side) in std::mem::take(&mut self.enobufs) {
+            let fd = match self.slots.get(index as usize) {
+                Some(Some(s)) => s.fd(side),
+                _ => None,
+            };
+            if let Some(fd) = fd {
+                self.submit_recv(index, side, fd, bgid, now);
+            }
+        }
+    }
+
+    fn on_socket(&mut self, index: u32, res: i32, now: Instant) {
+        let s = self.slots[index as usize].as_mut().expect("live");
+        let Some(Connecting::Socket(addr)) = s.connecting.take() else {
+            return;
+        };
+        let fd = match ops::result(res) {
+            Ok(fd) => fd as RawFd,
+            // Out of fds: not the backend's fault. The connect waits (its
+            // deadline still runs) and the socket is made again at the
+            // next tick; the accepts are armed again so that they wait too.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                s.connecting = Some(Connecting::Socket(addr));
+                self.ctx.counters.fd_exhausted.inc();
+                self.socket_retry
+                    .push((index, self.gens[index as usize], addr));
+                self.refresh_accepts();
+                return;
+            }
+            Err(e) => {
+                s.conn.handle_connect(
+                    IoResult::Failed(e.kind()),
+                    now,
+                    &mut self.ctx.pools.borrow_mut(),
+                );
+                return;
+            }
+        };
+        if std::mem::take(&mut s.cancel_socket) {
+            self.close_fd(fd, false);
+            let s = self.slots[index as usize].as_mut().expect("live");
+            s.conn
+                .handle_connect(IoResult::Cancelled, now, &mut self.ctx.pools.borrow_mut());
+            return;
+        }
+        set_nodelay(fd);
+        let sa = Box::new(socket2::SockAddr::from(addr));
+        let entry = opcode::Connect::new(types::Fd(fd), sa.as_ptr().cast(), sa.len())
+            .build()
+            .user_data(self.ud(Tag::Connect, index));
+        let s = self.slots[index as usize].as_mut().expect("live");
+        s.connecting = Some(Connecting::Connect(fd, sa));
+        // SAFETY: the address is boxed in the slot until the connect
+        // completes; the fd is owned by the slot.
+        if unsafe { self.push(entry) }.is_err() {
+            let s = self.slots[index as usize].as_mut().expect("live");
+            s.connecting = None;
+            self.close_fd(fd, false);
+            let s = self.slots[index as usize].as_mut().expect("live");
+            s.conn.handle_connect(
+                IoResult::Failed(io::ErrorKind::Other),
+                now,
+                &mut self.ctx.pools.borrow_mut(),
+            );
+        }
+    }
+
+    /// Creates the backend socket again after fds ran out (or reports the
+    /// connect cancelled, when the machine cancelled it meanwhile).
+    pub(super) fn retry_socket(&mut self, index: u32, addr: SocketAddr, now: Instant) {
+        let Some(Some(s)) = self.slots.get_mut(index as usize) else {
+            return;
+        };
+        if std::mem::take(&mut s.cancel_socket) {
+            s.connecting = None;
+            s.conn
+                .handle_connect(IoResult::Cancelled, now, &mut self.ctx.pools.borrow_mut());
+            return;
+        }
+        s.connecting = None;
+        self.submit(index, Op::Connect { addr }, now);
+    }
+
+    /// Closes `fd` with `IORING_OP_CLOSE` (a reset first when `reset`).
+    fn close_fd(&mut self, fd: RawFd, reset: bool) {
+        if reset {
+            set_linger_zero(fd);
+        }
+        let entry = opcode::Close::new(types::Fd(fd)).build().user_data(
+            UserData {
+                tag: Tag::Close,
+                gen: 0,
+                slot: 0,
+            }
+            .encode(),
+        );
+        // SAFETY: the entry points to nothing; the fd is ours to close.
+        if unsafe { self.push(entry) }.is_err() {
+            ops::close_now(fd);
+        }
+    }
+
+    /// The connection is over: count it, close its sockets, free the slot.
+    fn finish(&mut self, index: u32, outcome: Outcome) {
+        let s = self.slots[index as usize].take().expect("live");
+        self.ctx.clear_deadline(index as i64);
+        count(&self.ctx, &outcome, s.accepted_at);
+        self.close_fd(s.client, outcome.reset_client);
+        if let Some(b) = s.backend {
+            self.close_fd(b, outcome.reset_backend);
+        }
+        self.release(index);
+        self.ctx.record_since(Metric::Lifetime, s.accepted_at);
+        self.ctx.counters.active.dec();
+    }
 }
 
 /// Counts and records a finished connection: the one place where a
@@ -152,293 +621,48 @@ fn count(ctx: &WorkerCtx, out: &Outcome, accepted_at: Instant) {
     }
 }
 
-/// A completed op.
-enum Event {
-    Signal,
-    Recv(Side, io::Result<usize>, Vec<u8>),
-    Send(Side, io::Result<usize>, Vec<u8>, usize),
-    Connect(io::Result<u32>),
-    Cancel(Side, io::Result<u32>),
-}
-
-struct Driver<'a> {
-    ctx: &'a WorkerCtx,
-    conn: Conn,
-    client: Rc<TcpStream>,
-    backend: Option<Rc<TcpStream>>,
-    /// The client fd: the connection's key in the worker's sets.
-    key: i64,
-    signal: &'a ConnSignal,
-    /// The deadline registered in the worker's set (worker ms).
-    registered: Option<u64>,
-    cut_seen: bool,
-    c_read: Option<ops::Recv>,
-    c_write: Option<(ops::Send, usize)>,
-    b_read: Option<ops::Recv>,
-    b_write: Option<(ops::Send, usize)>,
-    connect: Option<(ops::PlainOp, Rc<TcpStream>)>,
-    c_cancel: Option<ops::PlainOp>,
-    b_cancel: Option<ops::PlainOp>,
-}
-
-impl Driver<'_> {
-    async fn run(&mut self) -> Outcome {
-        loop {
-            let now = Instant::now();
-            if self.signal.cut.get() && !self.cut_seen {
-                self.cut_seen = true;
-                self.conn.handle_stop(now);
-            }
-            if self.signal.fired.take() {
-                self.registered = None;
-                self.conn.handle_timeout(now);
-            }
-            loop {
-                let op = self.conn.poll_op(now, &mut self.ctx.pools.borrow_mut());
-                let Some(op) = op else { break };
-                self.submit(op);
-            }
-            if let Some(outcome) = self.conn.poll_outcome() {
-                return outcome;
-            }
-            self.arm_deadline();
-            let event = self.next_event().await;
-            let now = Instant::now();
-            self.feed(event, now);
-        }
-    }
-
-    /// Keeps the registered deadline at or before the machine's.
-    fn arm_deadline(&mut self) {
-        let want = self.conn.poll_timeout().map(|at| self.ctx.ms_at(at));
-        match (want, self.registered) {
-            (None, Some(_)) => {
-                self.ctx.clear_deadline(self.key);
-                self.registered = None;
-            }
-            (Some(w), r) if r.is_none_or(|r| w < r) => {
-                self.ctx.set_deadline_at(self.key, w);
-                self.registered = Some(w);
-            }
-            _ => {}
-        }
-    }
-
-    fn sock(&self, side: Side) -> Option<&Rc<TcpStream>> {
-        match side {
-            Side::Client => Some(&self.client),
-            Side::Backend => self
-                .backend
-                .as_ref()
-                .or(self.connect.as_ref().map(|(_, s)| s)),
-        }
-    }
-
-    fn submit(&mut self, op: Op) {
-        match op {
-            Op::Recv { side, buf } => {
-                let sock = self.sock(side).expect("a read on an open socket");
-                let recv = ops::recv(sock, buf);
-                match side {
-                    Side::Client => self.c_read = Some(recv),
-                    Side::Backend => self.b_read = Some(recv),
-                }
-            }
-            Op::Send { side, buf, off } => {
-                let sock = self.sock(side).expect("a write on an open socket");
-                let send = ops::send(sock, buf, off);
-                match side {
-                    Side::Client => self.c_write = Some((send, off)),
-                    Side::Backend => self.b_write = Some((send, off)),
-                }
-            }
-            // shutdown(2) is a plain syscall that never blocks;
-            // IORING_OP_SHUTDOWN is always punted to an io-wq thread
-            // (measured: ~6% of the CPU per connection).
-            Op::ShutdownWrite { side } => {
-                if let Some(sock) = self.sock(side) {
-                    let _ = sock.shutdown(Shutdown::Write);
-                }
-            }
-            Op::ShutdownBoth { side } => {
-                if let Some(sock) = self.sock(side) {
-                    let _ = sock.shutdown(Shutdown::Both);
-                }
-            }
-            Op::Connect { addr } => match new_backend_socket(addr) {
-                Ok(sock) => {
-                    let op = ops::connect(&sock, socket2::SockAddr::from(addr));
-                    self.connect = Some((op, sock));
-                }
-                // Reported as the connect's own completion, next turn.
-                Err(e) => {
-                    let now = Instant::now();
-                    self.conn.handle_connect(
-                        IoResult::Failed(e.kind()),
-                        now,
-                        &mut self.ctx.pools.borrow_mut(),
-                    );
-                }
-            },
-            Op::Cancel { side } => {
-                let fd = self.sock(side).map(|s| s.as_raw_fd());
-                let cancel = fd.map(ops::cancel_fd);
-                match (side, cancel) {
-                    (Side::Client, Some(c)) => self.c_cancel = Some(c),
-                    (Side::Backend, Some(c)) => self.b_cancel = Some(c),
-                    (_, None) => self.conn.handle_cancel(side, CancelResult::Cancelled(0)),
-                }
-            }
-        }
-    }
-
-    /// Waits for the next completion (or a signal); the other ops stay in
-    /// their slots.
-    async fn next_event(&mut self) -> Event {
-        let signal = self.signal;
-        poll_fn(|cx| {
-            if signal.fired.get() || (signal.cut.get() && !self.cut_seen) {
-                return Poll::Ready(Event::Signal);
-            }
-            signal.waker.set(Some(cx.waker().clone()));
-            if let Some(op) = self.c_read.as_mut() {
-                if let Poll::Ready((res, buf)) = Pin::new(op).poll(cx) {
-                    self.c_read = None;
-                    return Poll::Ready(Event::Recv(Side::Client, res, buf));
-                }
-            }
-            if let Some((op, off)) = self.c_write.as_mut() {
-                let off = *off;
-                if let Poll::Ready((res, buf)) = Pin::new(op).poll(cx) {
-                    self.c_write = None;
-                    return Poll::Ready(Event::Send(Side::Client, res, buf, off));
-                }
-            }
-            if let Some(op) = self.b_read.as_mut() {
-                if let Poll::Ready((res, buf)) = Pin::new(op).poll(cx) {
-                    self.b_read = None;
-                    return Poll::Ready(Event::Recv(Side::Backend, res, buf));
-                }
-            }
-            if let Some((op, off)) = self.b_write.as_mut() {
-                let off = *off;
-                if let Poll::Ready((res, buf)) = Pin::new(op).poll(cx) {
-                    self.b_write = None;
-                    return Poll::Ready(Event::Send(Side::Backend, res, buf, off));
-                }
-            }
-            if let Some((op, _)) = self.connect.as_mut() {
-                if let Poll::Ready(res) = Pin::new(op).poll(cx) {
-                    return Poll::Ready(Event::Connect(res));
-                }
-            }
-            if let Some(op) = self.c_cancel.as_mut() {
-                if let Poll::Ready(res) = Pin::new(op).poll(cx) {
-                    self.c_cancel = None;
-                    return Poll::Ready(Event::Cancel(Side::Client, res));
-                }
-            }
-            if let Some(op) = self.b_cancel.as_mut() {
-                if let Poll::Ready(res) = Pin::new(op).poll(cx) {
-                    self.b_cancel = None;
-                    return Poll::Ready(Event::Cancel(Side::Backend, res));
-                }
-            }
-            Poll::Pending
-        })
-        .await
-    }
-
-    fn feed(&mut self, event: Event, now: Instant) {
-        let counters = &self.ctx.counters;
-        match event {
-            Event::Signal => {}
-            Event::Recv(side, res, buf) => {
-                if let Ok(n) = res {
-                    match side {
-                        Side::Client => counters.bytes_from_clients.add(n as u64),
-                        Side::Backend => counters.bytes_from_backends.add(n as u64),
-                    }
-                }
-                if side == Side::Client
-                    && !self.conn.is_established()
-                    && self.ctx.uses_session_cache()
-                {
-                    // Sessions other workers created up to now become
-                    // visible to this handshake step.
-                    super::session_store::drain();
-                }
-                self.conn.handle_recv(side, io_result(res), buf, now);
-            }
-            Event::Send(side, res, buf, off) => {
-                if let Ok(n) = res {
-                    match side {
-                        Side::Client => counters.bytes_to_clients.add(n as u64),
-                        Side::Backend => counters.bytes_to_backends.add(n as u64),
-                    }
-                }
-                self.conn.handle_send(side, io_result(res), buf, off, now);
-            }
-            Event::Connect(res) => {
-                let (_, sock) = self.connect.take().expect("connect slot");
-                let res = io_result(res.map(|n| n as usize));
-                if res == IoResult::Done(0) {
-                    self.backend = Some(sock);
-                }
-                // A failed socket closes here: its only op has completed.
-                self.conn
-                    .handle_connect(res, now, &mut self.ctx.pools.borrow_mut());
-            }
-            Event::Cancel(side, res) => {
-                let res = match res {
-                    Ok(n) => CancelResult::Cancelled(n as usize),
-                    // Nothing left to cancel, or already completing.
-                    Err(e)
-                        if e.raw_os_error() == Some(libc::ENOENT)
-                            || e.raw_os_error() == Some(libc::EALREADY) =>
-                    {
-                        CancelResult::Cancelled(0)
-                    }
-                    Err(e) => {
-                        tracing::warn!(worker = self.ctx.id, error = %e, "cancel failed");
-                        CancelResult::Failed(e.kind())
-                    }
-                };
-                self.conn.handle_cancel(side, res);
-            }
-        }
-    }
-}
-
 /// An op's result as the machine sees it.
-fn io_result(res: io::Result<usize>) -> IoResult {
-    match res {
-        Ok(n) => IoResult::Done(n),
-        Err(e) if ops::is_cancelled(&e) => IoResult::Cancelled,
+fn io_result(res: i32) -> IoResult {
+    match ops::result(res) {
+        Ok(n) => IoResult::Done(n as usize),
+        Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => IoResult::Cancelled,
         Err(e) => IoResult::Failed(e.kind()),
     }
 }
 
-/// A TCP socket for a backend connection (TCP_NODELAY).
-fn new_backend_socket(addr: SocketAddr) -> io::Result<Rc<TcpStream>> {
-    let domain = socket2::Domain::for_address(addr);
-    let sock = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-    sock.set_nodelay(true)?;
-    let std_stream: std::net::TcpStream = sock.into();
-    Ok(Rc::new(TcpStream::from_std(std_stream)))
+fn set_nodelay(fd: RawFd) {
+    let one: libc::c_int = 1;
+    // SAFETY: plain setsockopt on a socket we own, from a live int.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 /// Makes the socket's close send a reset (SO_LINGER 0): the machine dropped
 /// bytes owed to that peer, which must not see a clean end.
-fn reset_on_close(sock: &TcpStream) {
-    // SAFETY: the fd belongs to `sock`, which outlives this borrow.
-    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(sock.as_raw_fd()) };
-    let _ = socket2::SockRef::from(&fd).set_linger(Some(Duration::ZERO));
+fn set_linger_zero(fd: RawFd) {
+    let fdb = unsafe_borrow(fd);
+    let _ = socket2::SockRef::from(&fdb).set_linger(Some(Duration::ZERO));
 }
 
-/// The local address of a connected socket.
-fn local_addr(sock: &TcpStream) -> Option<SocketAddr> {
-    // SAFETY: the fd belongs to `sock`, which outlives this borrow.
-    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(sock.as_raw_fd()) };
-    socket2::SockRef::from(&fd).local_addr().ok()?.as_socket()
+fn peer_addr(fd: RawFd) -> Option<SocketAddr> {
+    let fdb = unsafe_borrow(fd);
+    socket2::SockRef::from(&fdb).peer_addr().ok()?.as_socket()
+}
+
+fn local_addr(fd: RawFd) -> Option<SocketAddr> {
+    let fdb = unsafe_borrow(fd);
+    socket2::SockRef::from(&fdb).local_addr().ok()?.as_socket()
+}
+
+fn unsafe_borrow(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: callers pass a socket their slot owns and use the borrow
+    // only for the duration of one call, before the slot closes it.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
 }

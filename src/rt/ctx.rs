@@ -1,19 +1,13 @@
 //! What a worker's connections share: the worker context (configuration,
-//! routing, counters, deadlines, the drain's flags) and the signal through
-//! which the worker's timer and drain reach a connection's task. Both the
-//! worker loop (`worker`) and the connection driver (`conn`) use it; neither
-//! imports the other's internals.
+//! routing, counters, deadlines, the drain's flags). Both the worker loop
+//! (`worker`) and the connection driver (`conn`) use it.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
-use std::rc::Rc;
 use std::sync::Arc;
-use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use rustls::ServerConfig;
-use tokio::sync::Notify;
 
 use super::{session_store, ticket_keys};
 use crate::conn::ConnConfig;
@@ -21,34 +15,6 @@ use crate::deadline::Deadlines;
 use crate::metrics::hist::{Histograms, Metric};
 use crate::metrics::WorkerCounters;
 use crate::route::Pools;
-
-/// How the worker's timer and drain reach a connection's task.
-#[derive(Default)]
-pub struct ConnSignal {
-    pub(super) fired: Cell<bool>,
-    pub(super) cut: Cell<bool>,
-    pub(super) waker: Cell<Option<Waker>>,
-}
-
-impl ConnSignal {
-    /// The connection's registered deadline passed.
-    pub fn fire(&self) {
-        self.fired.set(true);
-        self.wake();
-    }
-
-    /// The shutdown drain timed out.
-    pub fn cut(&self) {
-        self.cut.set(true);
-        self.wake();
-    }
-
-    fn wake(&self) {
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
-    }
-}
 
 /// Everything a worker's connections read.
 pub struct WorkerCtx {
@@ -73,15 +39,11 @@ pub struct WorkerCtx {
     /// when the cache is off.
     pub(super) sync_interval_ms: Option<u64>,
     pub(super) deadlines: RefCell<Deadlines>,
-    pub(super) timer_wake: Notify,
     pub(super) epoch: Instant,
     /// Set once the drain began: accept loops end.
     pub(super) draining: Cell<bool>,
     /// Set once the drain timeout passed: connections stop.
     pub(super) cutting: Cell<bool>,
-    /// The connections being served, by client fd: how the timer and the
-    /// drain's cut reach them.
-    pub(super) conns: RefCell<HashMap<i64, Rc<ConnSignal>>>,
 }
 
 impl WorkerCtx {
@@ -99,23 +61,6 @@ impl WorkerCtx {
     /// Whether the drain timeout passed and connections must stop.
     pub fn is_cutting(&self) -> bool {
         self.cutting.get()
-    }
-
-    /// Registers a served connection by its client fd; call
-    /// [`WorkerCtx::untrack`] before the socket closes. A connection
-    /// accepted after the cut is cut at once.
-    pub fn track(&self, key: i64) -> Rc<ConnSignal> {
-        let signal = Rc::new(ConnSignal::default());
-        if self.cutting.get() {
-            signal.cut();
-        }
-        self.conns.borrow_mut().insert(key, signal.clone());
-        signal
-    }
-
-    /// Forgets a served connection.
-    pub fn untrack(&self, key: i64) {
-        self.conns.borrow_mut().remove(&key);
     }
 
     /// This worker's TLS configuration: a copy of the shared one whose
@@ -148,15 +93,7 @@ impl WorkerCtx {
 
     /// Arms `key`'s deadline at `at_ms` on the deadlines' clock.
     pub fn set_deadline_at(&self, key: i64, at_ms: u64) {
-        let was_empty = {
-            let mut d = self.deadlines.borrow_mut();
-            let was_empty = d.is_empty();
-            d.set(key, at_ms);
-            was_empty
-        };
-        if was_empty {
-            self.timer_wake.notify_one();
-        }
+        self.deadlines.borrow_mut().set(key, at_ms);
     }
 
     /// Disarms `key`'s deadline. Returns false if it had already expired.

@@ -1,5 +1,7 @@
-//! The built-in demo backend: a small plaintext HTTP/1.1 server on its own
-//! thread and tokio-uring runtime, for `ringterm demo` and for benchmarks.
+//! The built-in demo backend: a small plaintext HTTP/1.1 server with a
+//! thread per connection (small stacks), for `ringterm demo`, the tests
+//! and benchmarks. It is the backend, not the product: plain blocking
+//! sockets keep it obviously correct.
 //!
 //! - `GET /` → a short text body;
 //! - `GET /bytes/N` → exactly N bytes of body;
@@ -12,7 +14,8 @@
 
 use std::net::SocketAddr;
 
-use tokio_uring::net::{TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 
 /// Largest body `/bytes/N` serves.
 pub const MAX_BODY: u64 = 1 << 30;
@@ -111,33 +114,37 @@ fn head_end(buf: &[u8]) -> Option<(usize, usize)> {
     None
 }
 
+/// Stack size of a connection's thread: the server keeps little on it.
+const STACK: usize = 128 * 1024;
+
 /// Starts the demo backend on `addr` in its own thread; returns the bound address.
 pub fn start(addr: SocketAddr) -> std::io::Result<SocketAddr> {
-    let std_listener = std::net::TcpListener::bind(addr)?;
-    let local = std_listener.local_addr()?;
+    let listener = std::net::TcpListener::bind(addr)?;
+    let local = listener.local_addr()?;
     std::thread::Builder::new()
         .name("ringterm-demo".into())
-        .spawn(move || {
-            tokio_uring::start(async move {
-                let listener = TcpListener::from_std(std_listener);
-                loop {
-                    match listener.accept().await {
-                        Ok((stream, _)) => {
-                            let _ = stream.set_nodelay(true);
-                            tokio_uring::spawn(serve(stream));
-                        }
-                        Err(_) => {
-                            let _ = super::ops::sleep(std::time::Duration::from_millis(50)).await;
-                        }
+        .spawn(move || loop {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nodelay(true);
+                    let spawned = std::thread::Builder::new()
+                        .name("ringterm-demo-conn".into())
+                        .stack_size(STACK)
+                        .spawn(move || serve(stream));
+                    if spawned.is_err() {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
                     }
                 }
-            })
+                // EMFILE and the like: back off instead of spinning.
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+            }
         })?;
     Ok(local)
 }
 
-async fn serve(stream: TcpStream) {
+fn serve(mut stream: TcpStream) {
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
+    let mut chunk = vec![0u8; 16 * 1024];
     let mut pending_body: u64 = 0;
     // Until the first bytes show whether a PROXY header is there.
     let mut proxy_checked = false;
@@ -175,7 +182,7 @@ async fn serve(stream: TcpStream) {
                         "HTTP/1.1 400 Bad Request\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                         body.len()
                     );
-                        let _ = stream.write_all(resp.into_bytes()).await;
+                        let _ = stream.write_all(resp.as_bytes());
                         return;
                     }
                 };
@@ -184,52 +191,31 @@ async fn serve(stream: TcpStream) {
                 let consumed_now = pending_body.min(buf.len() as u64) as usize;
                 buf.drain(..consumed_now);
                 pending_body -= consumed_now as u64;
-                if pending_body > 0 {
-                    // Read the rest of the body before answering.
-                    while pending_body > 0 {
-                        let (res, b) = stream.read(std::mem::take(&mut buf)).await;
-                        buf = b;
-                        match res {
-                            Ok(0) | Err(_) => return,
-                            Ok(_) => {
-                                let take = pending_body.min(buf.len() as u64) as usize;
-                                buf.drain(..take);
-                                pending_body -= take as u64;
-                            }
+                // Read the rest of the body before answering.
+                while pending_body > 0 {
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            let take = pending_body.min(n as u64) as usize;
+                            pending_body -= take as u64;
+                            buf.extend_from_slice(&chunk[take..n]);
                         }
                     }
                 }
-                if !respond(&stream, &head).await || head.close {
+                if !respond(&mut stream, &head) || head.close {
                     return;
                 }
             }
         }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(8192);
-        }
-        let (res, b) = stream.read(buf.slice_full_tail()).await;
-        buf = b.into_inner();
-        match res {
+        match stream.read(&mut chunk) {
             Ok(0) | Err(_) => return,
-            Ok(_) => {}
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
-    }
-}
-
-trait TailSlice {
-    fn slice_full_tail(self) -> tokio_uring::buf::Slice<Vec<u8>>;
-}
-
-impl TailSlice for Vec<u8> {
-    fn slice_full_tail(self) -> tokio_uring::buf::Slice<Vec<u8>> {
-        use tokio_uring::buf::BoundedBuf;
-        let len = self.len();
-        self.slice(len..)
     }
 }
 
 /// Writes the response; returns false if the connection failed.
-async fn respond(stream: &TcpStream, head: &Head) -> bool {
+fn respond(stream: &mut TcpStream, head: &Head) -> bool {
     let (status, body_len, text): (&str, u64, Option<String>) = if head.method == "POST" {
         let t = format!("received {} bytes\n", head.content_length);
         ("200 OK", t.len() as u64, Some(t))
@@ -261,12 +247,12 @@ async fn respond(stream: &TcpStream, head: &Head) -> bool {
     )
     .into_bytes();
     if head.method == "HEAD" {
-        return stream.write_all(out).await.0.is_ok();
+        return stream.write_all(&out).is_ok();
     }
     match text {
         Some(t) => {
             out.extend_from_slice(t.as_bytes());
-            stream.write_all(out).await.0.is_ok()
+            stream.write_all(&out).is_ok()
         }
         None => {
             // Small bodies go out with the head in one write.
@@ -274,12 +260,12 @@ async fn respond(stream: &TcpStream, head: &Head) -> bool {
             let first = left.min(16 * 1024) as usize;
             out.extend_from_slice(&FILL[..first]);
             left -= first as u64;
-            if stream.write_all(out).await.0.is_err() {
+            if stream.write_all(&out).is_err() {
                 return false;
             }
             while left > 0 {
                 let n = left.min(FILL.len() as u64) as usize;
-                if stream.write_all(&FILL[..n]).await.0.is_err() {
+                if stream.write_all(&FILL[..n]).is_err() {
                     return false;
                 }
                 left -= n as u64;

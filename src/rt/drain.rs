@@ -1,8 +1,7 @@
 //! Graceful shutdown across threads.
 //!
 //! The main thread, on SIGTERM or SIGINT, calls [`DrainHub::begin`]: every
-//! worker's drain task wakes (a `tokio::sync::Notify` per worker; a
-//! `notify_one` from another thread wakes a tokio-uring task), cancels its
+//! worker wakes (its eventfd, which its ring reads), cancels its
 //! in-flight accepts with `IORING_OP_ASYNC_CANCEL` on the listener fds, lets
 //! them complete, and closes its listeners, then reports in
 //! ([`DrainHub::listeners_closed`]). The main thread polls the workers'
@@ -15,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use super::wake::WakeFd;
 
 use crate::metrics::WorkerCounters;
 
@@ -31,7 +30,7 @@ pub struct DrainHub {
     draining: AtomicBool,
     cut: AtomicBool,
     closed: AtomicUsize,
-    wake: Vec<Notify>,
+    wake: Vec<Arc<WakeFd>>,
 }
 
 impl std::fmt::Debug for DrainHub {
@@ -45,18 +44,13 @@ impl std::fmt::Debug for DrainHub {
 
 impl DrainHub {
     /// A hub for `workers` workers.
-    pub fn new(workers: usize) -> Arc<Self> {
+    pub fn new(wake: Vec<Arc<WakeFd>>) -> Arc<Self> {
         Arc::new(Self {
             draining: AtomicBool::new(false),
             cut: AtomicBool::new(false),
             closed: AtomicUsize::new(0),
-            wake: (0..workers).map(|_| Notify::new()).collect(),
+            wake,
         })
-    }
-
-    /// Worker side: waits until the main thread changes the state.
-    pub async fn changed(&self, id: usize) {
-        self.wake[id].notified().await;
     }
 
     /// Whether workers must stop accepting.
@@ -82,13 +76,13 @@ impl DrainHub {
     /// Main side: stop accepting everywhere.
     pub fn begin(&self) {
         self.draining.store(true, Ordering::Release);
-        self.wake.iter().for_each(Notify::notify_one);
+        self.wake.iter().for_each(|w| w.wake());
     }
 
     /// Main side: cut every connection still open.
     pub fn cut(&self) {
         self.cut.store(true, Ordering::Release);
-        self.wake.iter().for_each(Notify::notify_one);
+        self.wake.iter().for_each(|w| w.wake());
     }
 }
 

@@ -3,7 +3,7 @@
 //! A worker records into its own [`Histograms`] (a `RefCell` on its thread;
 //! no lock, no atomic, no allocation per record). A reader (the admin
 //! endpoint, SIGUSR1, shutdown) calls [`HistHub::collect`]: it bumps a
-//! generation, wakes every worker's publisher task, and waits briefly for
+//! generation, wakes every worker (its eventfd), and waits briefly for
 //! each worker to publish a copy into its `ArcSwap` slot. A worker that does
 //! not answer in time (busy for longer than the wait) is read from its last
 //! copy. Workers never wait for readers.
@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::wake::WakeFd;
 use arc_swap::ArcSwap;
-use tokio::sync::Notify;
 
 use crate::metrics::hist::Histograms;
 
@@ -29,7 +29,7 @@ pub struct Published {
 /// The slots and wake-ups shared by the workers and the readers.
 pub struct HistHub {
     slots: Vec<ArcSwap<Published>>,
-    wake: Vec<Notify>,
+    wake: Vec<Arc<WakeFd>>,
     wanted: AtomicU64,
 }
 
@@ -43,12 +43,12 @@ impl std::fmt::Debug for HistHub {
 
 impl HistHub {
     /// A hub for `workers` workers, with empty copies.
-    pub fn new(workers: usize) -> Arc<Self> {
+    pub fn new(wake: Vec<Arc<WakeFd>>) -> Arc<Self> {
         Arc::new(Self {
-            slots: (0..workers)
+            slots: (0..wake.len())
                 .map(|_| ArcSwap::from_pointee(Published::default()))
                 .collect(),
-            wake: (0..workers).map(|_| Notify::new()).collect(),
+            wake,
             wanted: AtomicU64::new(0),
         })
     }
@@ -58,10 +58,11 @@ impl HistHub {
         self.slots.len()
     }
 
-    /// Worker side: waits for a request, then returns its generation.
-    pub async fn requested(&self, id: usize) -> u64 {
-        self.wake[id].notified().await;
-        self.wanted.load(Ordering::Acquire)
+    /// Worker side (after a wake-up): the request generation to answer,
+    /// when it is newer than `answered`.
+    pub fn wanted_since(&self, answered: u64) -> Option<u64> {
+        let wanted = self.wanted.load(Ordering::Acquire);
+        (wanted > answered).then_some(wanted)
     }
 
     /// Worker side: publishes a copy answering `generation`.
@@ -74,7 +75,7 @@ impl HistHub {
     pub fn collect(&self, wait: Duration) -> Vec<Arc<Published>> {
         let generation = self.wanted.fetch_add(1, Ordering::AcqRel) + 1;
         for w in &self.wake {
-            w.notify_one();
+            w.wake();
         }
         let deadline = Instant::now() + wait;
         loop {

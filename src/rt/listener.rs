@@ -17,7 +17,27 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<std::net::TcpListener>
     sock.set_nodelay(true)?;
     sock.bind(&addr.into())?;
     sock.listen(backlog.min(i32::MAX as u32) as i32)?;
+    defer_accept(&sock);
     Ok(sock.into())
+}
+
+/// `TCP_DEFER_ACCEPT`: TLS clients speak first, so a connection is handed
+/// to the worker with its ClientHello already there (one read, no wait);
+/// a client that says nothing is handed over after about a second anyway,
+/// and the handshake timeout deals with it.
+fn defer_accept(sock: &Socket) {
+    use std::os::fd::AsRawFd;
+    let secs: libc::c_int = 1;
+    // SAFETY: plain setsockopt on a socket we own, from a live int.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&secs as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 /// Binds `workers` listeners on `addr`. When the port is 0, the first bind
@@ -168,7 +188,10 @@ mod tests {
         let l2 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let a2 = l2.local_addr().unwrap();
         // Queued before the adoption: still there after listen(2) again.
-        let _queued = std::net::TcpStream::connect(a1).unwrap();
+        // (with a byte: TCP_DEFER_ACCEPT holds back connections that said
+        // nothing yet)
+        let mut queued = std::net::TcpStream::connect(a1).unwrap();
+        std::io::Write::write_all(&mut queued, b"x").unwrap();
         let mut inh = Inherited::new(vec![l1, l2, l1b]);
         let g1 = inh.take(a1).unwrap();
         assert_eq!(g1.len(), 2);

@@ -1,6 +1,9 @@
 //! The runtime: the only code that touches io_uring, sockets or the clock.
 //!
-//! - `worker`: one pinned OS thread per core with its own tokio-uring runtime;
+//! - `worker`: one pinned OS thread per core with its own io_uring and a
+//!   plain completion loop;
+//! - `ring`: ring setup and the kernel probe; `bufring`: the provided read
+//!   buffers; `wake`: the eventfd other threads wake a worker with;
 //! - `listener`: SO_REUSEPORT listening sockets (socket2);
 //! - `conn`: the connection driver: submits what the connection machine
 //!   (`crate::conn`) asks for and feeds the completions back;
@@ -16,6 +19,7 @@
 //! - `upgrade`: taking over on start, handing over, `SIGUSR2`.
 
 pub mod admin;
+pub mod bufring;
 pub mod conn;
 pub mod ctx;
 pub mod demo;
@@ -23,14 +27,16 @@ pub mod drain;
 pub mod handover;
 pub mod hist_hub;
 pub mod listener;
-pub mod ocsp_fetch;
 pub mod notify;
+pub mod ocsp_fetch;
 pub mod ops;
 pub mod privdrop;
 pub mod reload;
+pub mod ring;
 pub mod session_store;
 pub mod ticket_keys;
 pub mod upgrade;
+pub mod wake;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -61,8 +67,11 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
-    /// A worker's io_uring could not be set up (`--ring-entries`, `--sqpoll`).
-    #[error("--ring-entries/--sqpoll: {0}")]
+    /// A worker's io_uring could not be set up: a kernel feature is
+    /// missing (the message names it and the kernel that has it), io_uring
+    /// is disabled, or `--ring-entries`/`--sqpoll`/`--read-buffers` asked
+    /// for more than the kernel gives.
+    #[error("{0}")]
     Runtime(String),
     /// A worker thread could not be started.
     #[error("worker thread: {0}")]
@@ -163,7 +172,11 @@ pub fn start_inherited(
     let counters: Vec<Arc<WorkerCounters>> = (0..workers)
         .map(|_| Arc::new(WorkerCounters::default()))
         .collect();
-    let histograms = hist_hub::HistHub::new(workers);
+    let wakes: Vec<Arc<wake::WakeFd>> = (0..workers)
+        .map(|_| wake::WakeFd::new().map(Arc::new))
+        .collect::<Result<_, _>>()
+        .map_err(StartError::Thread)?;
+    let histograms = hist_hub::HistHub::new(wakes.clone());
     let admin_listener = match config.admin {
         Some(addr) => {
             let l = match inherited_admin.filter(|l| {
@@ -200,7 +213,7 @@ pub fn start_inherited(
         ),
         None => None,
     };
-    let drain_hub = drain::DrainHub::new(workers);
+    let drain_hub = drain::DrainHub::new(wakes.clone());
 
     let cache = config.resumption.uses_cache().then(|| worker::CacheSpec {
         config: crate::session::cache::CacheConfig {
@@ -221,6 +234,7 @@ pub fn start_inherited(
             routes: config.routes.clone(),
             buffer_size: config.buffer_size,
             ring_entries: config.ring_entries,
+            read_buffers: config.read_buffers,
             sqpoll_idle_ms: config.sqpoll_idle_ms,
             handshake_timeout_ms: config.handshake_timeout_ms,
             connect_timeout_ms: config.connect_timeout_ms,
@@ -231,6 +245,7 @@ pub fn start_inherited(
             drain: drain_hub.clone(),
             counters: counters[id].clone(),
             histograms: histograms.clone(),
+            wake: wakes[id].clone(),
             cache: cache.clone(),
         };
         let tx = tx.clone();

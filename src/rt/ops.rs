@@ -1,28 +1,138 @@
-//! io_uring operations ringterm submits itself, through tokio-uring's public
-//! `UnsubmittedOneshot` escape hatch. One function per syscall.
+//! The io_uring ops the workers submit, and how completions find their way
+//! back.
 //!
-//! Why our own ops: tokio-uring's `read`/`connect` are `async fn`s whose
-//! futures cannot be named, stored in a struct, or cancelled; dropping one
-//! does NOT cancel it in the kernel (an orphaned read can swallow bytes).
-//! These return `InFlightOneshot`s, which are nameable and `Unpin`, so the
-//! connection driver keeps each in a slot and polls it to completion: an
-//! in-flight op is never dropped. Cancellation goes through
-//! `IORING_OP_ASYNC_CANCEL` (by fd), timeouts through `IORING_OP_TIMEOUT`.
-//!
-//! Every op keeps an `Rc` of its socket in its stable data, so the fd cannot
-//! be closed (and its number reused) while the op is queued or in flight.
+//! Every SQE carries a `user_data` that names what it was for: an op tag, a
+//! connection slot and the slot's generation (see [`UserData`]). A slot's
+//! generation changes when the slot is reused, so a completion that
+//! arrives for a connection that has ended — a close, a late cancel — can
+//! never reach the connection that now lives in the slot.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
-use std::rc::Rc;
-use std::time::Duration;
+use std::os::fd::RawFd;
 
-use io_uring::{cqueue, opcode, types};
-use tokio_uring::net::TcpStream;
-use tokio_uring::{InFlightOneshot, OneshotOutputTransform, UnsubmittedOneshot};
+use io_uring::{squeue, IoUring};
 
-fn result(cqe: &cqueue::Entry) -> io::Result<u32> {
-    let res = cqe.result();
+/// What an op was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Tag {
+    /// A listener's multishot accept (slot = listener index).
+    Accept = 1,
+    /// The back-off after an accept error (slot = listener index).
+    AcceptBackoff,
+    /// Cancelling a listener's accept at the drain (slot = listener index).
+    AcceptCancel,
+    /// Closing a listener (slot = listener index).
+    ListenerClose,
+    /// The worker's timer tick.
+    Timer,
+    /// A read on the worker's eventfd (another thread wants something).
+    Wake,
+    /// A connection's client read.
+    ClientRecv,
+    /// A connection's client write.
+    ClientSend,
+    /// A connection's backend read.
+    BackendRecv,
+    /// A connection's backend write.
+    BackendSend,
+    /// Creating the backend socket.
+    Socket,
+    /// Connecting it.
+    Connect,
+    /// A cancel of a client-side op.
+    ClientCancel,
+    /// A cancel of a backend-side op.
+    BackendCancel,
+    /// Closing a socket of a finished connection.
+    Close,
+}
+
+impl Tag {
+    const ALL: [Tag; 15] = [
+        Tag::Accept,
+        Tag::AcceptBackoff,
+        Tag::AcceptCancel,
+        Tag::ListenerClose,
+        Tag::Timer,
+        Tag::Wake,
+        Tag::ClientRecv,
+        Tag::ClientSend,
+        Tag::BackendRecv,
+        Tag::BackendSend,
+        Tag::Socket,
+        Tag::Connect,
+        Tag::ClientCancel,
+        Tag::BackendCancel,
+        Tag::Close,
+    ];
+
+    fn from_u8(v: u8) -> Option<Tag> {
+        Tag::ALL.into_iter().find(|t| *t as u8 == v)
+    }
+}
+
+/// `user_data`: tag (8 bits) | generation (24 bits) | slot (32 bits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UserData {
+    /// What the op was for.
+    pub tag: Tag,
+    /// The slot's generation when the op was submitted.
+    pub gen: u32,
+    /// The connection slot (or listener index).
+    pub slot: u32,
+}
+
+/// Generations wrap at 24 bits.
+pub const GEN_MASK: u32 = 0xff_ffff;
+
+impl UserData {
+    /// Packs it.
+    pub fn encode(self) -> u64 {
+        (self.tag as u64) << 56 | u64::from(self.gen & GEN_MASK) << 32 | u64::from(self.slot)
+    }
+
+    /// Unpacks a completion's `user_data`; `None` for a value no op of
+    /// ours carries.
+    pub fn decode(v: u64) -> Option<Self> {
+        Some(Self {
+            tag: Tag::from_u8((v >> 56) as u8)?,
+            gen: ((v >> 32) as u32) & GEN_MASK,
+            slot: v as u32,
+        })
+    }
+}
+
+/// Queues `entry`, handing the queued SQEs to the kernel first when the
+/// submission queue is full. Returns the submit error that kept it out, if
+/// any (the caller counts it and fails the op; a worker never panics).
+///
+/// # Safety
+///
+/// Whatever `entry` points to (buffers, addresses, timespecs) must stay
+/// valid and unmoved until its completion arrives.
+pub unsafe fn push(ring: &mut IoUring, entry: &squeue::Entry) -> io::Result<()> {
+    for _ in 0..64 {
+        // SAFETY: forwarded from the caller.
+        if unsafe { ring.submission().push(entry) }.is_ok() {
+            return Ok(());
+        }
+        match ring.submit() {
+            Ok(_) => {}
+            // The completion queue is full (with NODROP the kernel holds
+            // the rest): the caller's loop reaps, and we try again.
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                return Err(e);
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other("submission queue stays full"))
+}
+
+/// A completion result as an `io::Result`.
+pub fn result(res: i32) -> io::Result<u32> {
     if res >= 0 {
         Ok(res as u32)
     } else {
@@ -30,167 +140,35 @@ fn result(cqe: &cqueue::Entry) -> io::Result<u32> {
     }
 }
 
-/// Stable data of a buffer op: the socket and the buffer.
-pub struct BufData {
-    _sock: Rc<TcpStream>,
-    buf: Vec<u8>,
+/// Closes `fd` now, with a plain `close(2)` (the fallback when an
+/// `IORING_OP_CLOSE` cannot be queued).
+pub fn close_now(fd: RawFd) {
+    // SAFETY: the caller owns `fd` and never uses it again.
+    unsafe {
+        libc::close(fd);
+    }
 }
 
-/// Output transform of `recv`: advances the buffer's length.
-pub struct RecvDone;
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl OneshotOutputTransform for RecvDone {
-    type Output = (io::Result<usize>, Vec<u8>);
-    type StoredData = BufData;
-
-    fn transform_oneshot_output(self, data: BufData, cqe: cqueue::Entry) -> Self::Output {
-        let mut buf = data.buf;
-        let res = result(&cqe).map(|n| n as usize);
-        if let Ok(n) = res {
-            let new_len = buf.len() + n;
-            assert!(new_len <= buf.capacity(), "kernel wrote past the buffer");
-            // SAFETY: `recv` asked the kernel to write at most
-            // `capacity - len` bytes starting at `len`; it reported `n` bytes
-            // written, so `len..len + n` is initialised and within capacity.
-            unsafe { buf.set_len(new_len) };
+    #[test]
+    fn user_data_round_trips_and_generations_wrap() {
+        for tag in Tag::ALL {
+            let ud = UserData {
+                tag,
+                gen: 0x12_3456,
+                slot: 0xdead_beef,
+            };
+            assert_eq!(UserData::decode(ud.encode()), Some(ud));
         }
-        (res, buf)
-    }
-}
-
-/// An in-flight `recv`.
-pub type Recv = InFlightOneshot<BufData, RecvDone>;
-
-/// `recv(2)` into the spare capacity of `buf` (after its current length).
-pub fn recv(sock: &Rc<TcpStream>, mut buf: Vec<u8>) -> Recv {
-    if buf.capacity() == buf.len() {
-        buf.reserve(4096);
-    }
-    let spare = buf.capacity() - buf.len();
-    // SAFETY: `len <= capacity`, so the pointer is within (or one past) the
-    // allocation; the Vec is moved into the op's stable data, so its heap
-    // buffer does not move until the completion hands it back.
-    let ptr = unsafe { buf.as_mut_ptr().add(buf.len()) };
-    let sqe = opcode::Recv::new(types::Fd(sock.as_raw_fd()), ptr, spare as u32).build();
-    UnsubmittedOneshot::new(
-        BufData {
-            _sock: sock.clone(),
-            buf,
-        },
-        RecvDone,
-        sqe,
-    )
-    .submit()
-}
-
-/// Output transform of `send`.
-pub struct SendDone;
-
-impl OneshotOutputTransform for SendDone {
-    type Output = (io::Result<usize>, Vec<u8>);
-    type StoredData = BufData;
-
-    fn transform_oneshot_output(self, data: BufData, cqe: cqueue::Entry) -> Self::Output {
-        (result(&cqe).map(|n| n as usize), data.buf)
-    }
-}
-
-/// An in-flight `send`.
-pub type Send = InFlightOneshot<BufData, SendDone>;
-
-/// `send(2)` of `buf[offset..]`, with `MSG_NOSIGNAL`.
-pub fn send(sock: &Rc<TcpStream>, buf: Vec<u8>, offset: usize) -> Send {
-    let offset = offset.min(buf.len());
-    let len = buf.len() - offset;
-    let ptr = buf[offset..].as_ptr();
-    let sqe = opcode::Send::new(types::Fd(sock.as_raw_fd()), ptr, len as u32)
-        .flags(libc::MSG_NOSIGNAL)
-        .build();
-    UnsubmittedOneshot::new(
-        BufData {
-            _sock: sock.clone(),
-            buf,
-        },
-        SendDone,
-        sqe,
-    )
-    .submit()
-}
-
-/// Output transform that returns the plain result.
-pub struct Plain;
-
-/// Stable data of a connect: the socket and its address.
-pub struct ConnectData {
-    _sock: Rc<TcpStream>,
-    _addr: Box<socket2::SockAddr>,
-}
-
-impl OneshotOutputTransform for Plain {
-    type Output = io::Result<u32>;
-    type StoredData = PlainData;
-
-    fn transform_oneshot_output(self, _data: PlainData, cqe: cqueue::Entry) -> Self::Output {
-        result(&cqe)
-    }
-}
-
-/// Stable data for ops that only need something kept alive.
-pub enum PlainData {
-    /// Nothing to keep.
-    None,
-    /// A connect's socket and address.
-    Connect(ConnectData),
-    /// A timeout's timespec.
-    Timespec(Box<types::Timespec>),
-}
-
-/// An in-flight op whose output is a plain result.
-pub type PlainOp = InFlightOneshot<PlainData, Plain>;
-
-/// `connect(2)` of `sock` to `addr`.
-pub fn connect(sock: &Rc<TcpStream>, addr: socket2::SockAddr) -> PlainOp {
-    let addr = Box::new(addr);
-    let sqe = opcode::Connect::new(types::Fd(sock.as_raw_fd()), addr.as_ptr(), addr.len()).build();
-    UnsubmittedOneshot::new(
-        PlainData::Connect(ConnectData {
-            _sock: sock.clone(),
-            _addr: addr,
-        }),
-        Plain,
-        sqe,
-    )
-    .submit()
-}
-
-/// `IORING_OP_TIMEOUT`: completes after `dur` with `ETIME` (reported as `Ok`).
-pub fn sleep(dur: Duration) -> PlainOp {
-    let ts = Box::new(
-        types::Timespec::new()
-            .sec(dur.as_secs())
-            .nsec(dur.subsec_nanos()),
-    );
-    let sqe = opcode::Timeout::new(&*ts as *const types::Timespec).build();
-    UnsubmittedOneshot::new(PlainData::Timespec(ts), Plain, sqe).submit()
-}
-
-/// `IORING_OP_ASYNC_CANCEL` of every op in flight on `fd`. Cancelled ops
-/// complete with `ECANCELED`; a read that was cancelled consumed no bytes.
-/// The result is the number of ops cancelled, or `ENOENT` if none was.
-pub fn cancel_fd(fd: RawFd) -> PlainOp {
-    let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all()).build();
-    UnsubmittedOneshot::new(PlainData::None, Plain, sqe).submit()
-}
-
-/// Whether an op's error means it was cancelled by [`cancel_fd`].
-pub fn is_cancelled(err: &io::Error) -> bool {
-    err.raw_os_error() == Some(libc::ECANCELED) || err.raw_os_error() == Some(libc::EINTR)
-}
-
-/// Whether a timeout's result means it simply expired.
-pub fn timer_fired(res: &io::Result<u32>) -> bool {
-    match res {
-        Ok(_) => true,
-        Err(e) => e.raw_os_error() == Some(libc::ETIME),
+        let ud = UserData {
+            tag: Tag::ClientRecv,
+            gen: GEN_MASK + 2,
+            slot: 1,
+        };
+        assert_eq!(UserData::decode(ud.encode()).unwrap().gen, 1);
+        assert_eq!(UserData::decode(0), None);
     }
 }

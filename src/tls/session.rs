@@ -279,14 +279,18 @@ impl TlsSession {
     /// committed for as long as the read is in flight); the runtime grows it
     /// when reads come back full.
     pub fn prepare_read(&mut self, buf: &mut Vec<u8>, read_size: usize) {
-        let want = read_size.max(self.record_remainder()).max(1);
+        let want = read_size.max(self.record_remainder());
         buf.clear();
         if self.established {
             buf.extend_from_slice(&self.incoming);
         } else if !self.incoming.is_empty() {
             *buf = std::mem::take(&mut self.incoming);
         }
-        buf.reserve(want);
+        // A read size of 0: the runtime brings its own read buffers (a
+        // provided-buffer ring) and appends what it read.
+        if want > 0 {
+            buf.reserve(want);
+        }
     }
 
     /// Bytes still missing from the partial record at the end of

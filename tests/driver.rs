@@ -1,0 +1,131 @@
+//! The per-core io_uring driver under stress: the provided-buffer ring run
+//! dry, a completion queue smaller than the ops in flight, cancels at close
+//! while fd numbers are reused, and the kernel probe's failure path.
+
+mod common;
+
+use std::thread;
+use std::time::Duration;
+
+use common::*;
+
+/// More readers than read buffers (one buffer per worker): reads that find
+/// the ring empty are counted and submitted again; every byte arrives.
+#[test]
+fn buffer_ring_exhaustion_loses_nothing() {
+    let certs = TestCerts::generate();
+    let echo = echo_backend();
+    let rt = start_ringterm(
+        &certs,
+        echo.addr,
+        &["--read-buffers", "1", "--buffer-size", "4096"],
+    );
+    let addr = rt.addr();
+    let payload = random_bytes(300 * 1024);
+    thread::scope(|s| {
+        for _ in 0..12 {
+            let payload = &payload;
+            let config = certs.tls13();
+            s.spawn(move || assert_echo(addr, config, payload));
+        }
+    });
+    let m = rt.metrics();
+    assert!(
+        metric_sum(&m, "ringterm_recv_enobufs_total") > 0,
+        "the ring never ran dry: the test did not test it"
+    );
+    assert_eq!(metric_sum(&m, "ringterm_connection_errors_total"), 0);
+}
+
+/// A submission queue of 8 (a completion queue of 32) under 64 concurrent
+/// connections: more completions than fit at once. Every echo is intact.
+#[test]
+fn small_rings_under_many_connections() {
+    let certs = TestCerts::generate();
+    let echo = echo_backend();
+    let rt = start_ringterm(&certs, echo.addr, &["--ring-entries", "8"]);
+    let addr = rt.addr();
+    let payload = random_bytes(64 * 1024);
+    thread::scope(|s| {
+        for _ in 0..64 {
+            let payload = &payload;
+            let config = certs.tls13();
+            s.spawn(move || assert_echo(addr, config, payload));
+        }
+    });
+    let m = rt.metrics();
+    assert_eq!(metric_sum(&m, "ringterm_connection_errors_total"), 0);
+    assert_eq!(metric_sum(&m, "ringterm_ring_submit_errors_total"), 0);
+}
+
+/// Connections cut by the idle deadline (their ops cancelled by
+/// `user_data`, their fds closed) while new connections keep arriving and
+/// get the same fd numbers: no cancel and no completion reaches a new
+/// connection, whose echoes stay intact.
+#[test]
+fn cancels_at_close_never_reach_a_reused_fd() {
+    let certs = TestCerts::generate();
+    let echo = echo_backend();
+    let rt = start_ringterm(&certs, echo.addr, &["--idle-timeout", "300"]);
+    let addr = rt.addr();
+    let payload = random_bytes(32 * 1024);
+    for _round in 0..3 {
+        // Idle connections with reads in flight on both sides.
+        let idle: Vec<TlsDuplex> = (0..20)
+            .map(|_| {
+                let c = TlsDuplex::connect(addr, certs.tls13()).unwrap();
+                c.write_all(b"x").unwrap();
+                c
+            })
+            .collect();
+        // While their deadlines fire, fresh connections churn through
+        // fd numbers.
+        thread::scope(|s| {
+            for _ in 0..4 {
+                let payload = &payload;
+                let certs = &certs;
+                s.spawn(move || {
+                    for _ in 0..10 {
+                        assert_echo(addr, certs.tls13(), payload);
+                    }
+                });
+            }
+        });
+        thread::sleep(Duration::from_millis(500));
+        drop(idle);
+    }
+    let m = rt.metrics();
+    assert!(metric_sum(&m, "ringterm_idle_timeouts_total") >= 20);
+    assert_eq!(metric_sum(&m, "ringterm_cancel_failures_total"), 0);
+}
+
+/// A kernel without a required io_uring feature: the process ends with one
+/// line naming it and the kernel that has it (forced through the probe's
+/// test override).
+#[test]
+fn missing_kernel_feature_is_one_line() {
+    let certs = TestCerts::generate();
+    let mut args: Vec<String> = vec![
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--backend".into(),
+        "127.0.0.1:9".into(),
+        "--workers".into(),
+        "1".into(),
+    ];
+    args.extend(certs.args());
+    let out = {
+        std::env::set_var("RINGTERM_TEST_PROBE_MISSING", "IORING_OP_SOCKET");
+        let out = run_to_exit(&args, Duration::from_secs(10));
+        std::env::remove_var("RINGTERM_TEST_PROBE_MISSING");
+        out
+    };
+    assert!(!out.status.success());
+    let lines: Vec<&str> = out
+        .stderr
+        .lines()
+        .filter(|l| l.contains("IORING_OP_SOCKET"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{}", out.stderr);
+    assert!(lines[0].contains("5.19"), "{}", lines[0]);
+}

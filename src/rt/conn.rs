@@ -36,7 +36,9 @@ enum Connecting {
 
 /// One connection's runtime state.
 pub(super) struct Slot {
-    pub conn: Conn,
+    /// Boxed: the slot table grows by doubling, and a small slot keeps its
+    /// spare capacity (and the copies left behind by growth) small.
+    pub conn: Box<Conn>,
     client: RawFd,
     backend: Option<RawFd>,
     /// The machine's read buffers (pending bytes) while a read is in flight.
@@ -72,7 +74,13 @@ impl Slot {
             (None, None)
         };
         let peer = peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let conn = Conn::new(ctx.conn.clone(), ctx.tls_config(), peer, local, now)?;
+        let conn = Box::new(Conn::new(
+            ctx.conn.clone(),
+            ctx.tls_config(),
+            peer,
+            local,
+            now,
+        )?);
         Ok(Self {
             conn,
             client: fd,

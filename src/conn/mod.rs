@@ -1041,15 +1041,25 @@ impl Conn {
             });
         }
         // Half-close toward the backend once all client data is there.
+        // When that ends the connection (the other direction is closed and
+        // nothing is in flight), the close right after sends the FIN: no
+        // shutdown(2) of its own.
         if self.client.eof && !self.backend.shut && !self.backend.owes(&self.to_backend) {
             self.backend.shut = true;
+            if self.backend.eof && self.client.shut && !self.in_flight() {
+                return None;
+            }
             return Some(Op::ShutdownWrite {
                 side: Side::Backend,
             });
         }
-        // The backend's EOF became a close_notify; once it is out, FIN.
+        // The backend's EOF became a close_notify; once it is out, FIN
+        // (likewise left to the close when it ends the connection).
         if self.backend.eof && !self.client.shut && !self.client.owes(&self.to_client) {
             self.client.shut = true;
+            if self.client.eof && self.backend.shut && !self.in_flight() {
+                return None;
+            }
             return Some(Op::ShutdownWrite { side: Side::Client });
         }
         None

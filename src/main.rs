@@ -129,6 +129,10 @@ struct Cli {
     /// reject (unrecognized_name alert).
     #[arg(long, value_name = "MODE", global = true)]
     unknown_sni: Option<String>,
+    /// Record layer after the handshake: own (ringterm's, default) or
+    /// rustls (A/B comparison, fallback).
+    #[arg(long, value_name = "LAYER", global = true)]
+    record_layer: Option<String>,
     /// Close established connections idle this long, ms (0 = off; default 300000).
     #[arg(long, value_name = "MS", global = true)]
     idle_timeout: Option<u64>,
@@ -200,6 +204,7 @@ impl Cli {
             client_ca: self.client_ca.clone(),
             client_auth: self.client_auth.clone(),
             unknown_sni: self.unknown_sni.clone(),
+            record_layer: self.record_layer.clone(),
             idle_timeout: self.idle_timeout,
             max_connections: self.max_connections,
             drain_timeout: self.drain_timeout,
@@ -544,6 +549,7 @@ fn build_tls(
         } else {
             tls::UnknownSni::Default
         },
+        record_layer: t.record_layer,
     };
     tls::build_server_config_multi(specs, &policy, resumption).map_err(|e| match e {
         tls::TlsError::CertKey(msg) if msg.starts_with("--") => msg,

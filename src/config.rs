@@ -1232,7 +1232,10 @@ names = ["*.example.com"]
         let e = p(|s| s.unknown_sni = Some("drop".into())).unwrap_err();
         assert!(e.to_string().starts_with("--unknown-sni"), "{e}");
         let e = p(|s| s.record_layer = Some("kernel".into())).unwrap_err();
-        assert_eq!(e.to_string(), "--record-layer: kernel must be own or rustls");
+        assert_eq!(
+            e.to_string(),
+            "--record-layer: kernel must be own or rustls"
+        );
         let c = p(|s| s.record_layer = Some("rustls".into())).unwrap();
         assert_eq!(c.tls.record_layer, crate::record::RecordLayerKind::Rustls);
         let c = p(|_| {}).unwrap();

@@ -55,13 +55,13 @@ pub fn xor_nonce(iv: &[u8; NONCE_LEN], seq: u64) -> [u8; NONCE_LEN] {
 }
 
 /// The algorithm, key bytes and IV of traffic secrets from rustls.
-fn parts(secrets: &ConnectionTrafficSecrets) -> Result<(Aead, &[u8], [u8; NONCE_LEN]), RecordError> {
+fn parts(
+    secrets: &ConnectionTrafficSecrets,
+) -> Result<(Aead, &[u8], [u8; NONCE_LEN]), RecordError> {
     let (aead, key, iv) = match secrets {
         ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (Aead::Aes128Gcm, key, iv),
         ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (Aead::Aes256Gcm, key, iv),
-        ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
-            (Aead::Chacha20Poly1305, key, iv)
-        }
+        ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (Aead::Chacha20Poly1305, key, iv),
         _ => return Err(RecordError::UnsupportedSuite),
     };
     let iv: [u8; NONCE_LEN] = iv
@@ -208,8 +208,9 @@ impl Sealer {
                 until,
             } => {
                 if seq >= *until {
-                    *key = TlsRecordSealingKey::new(aead.algorithm(), TlsProtocolId::TLS13, raw.get())
-                        .map_err(|_| RecordError::Key)?;
+                    *key =
+                        TlsRecordSealingKey::new(aead.algorithm(), TlsProtocolId::TLS13, raw.get())
+                            .map_err(|_| RecordError::Key)?;
                     *until = gcm13_until(seq);
                 }
                 key.seal_in_place_separate_tag(

@@ -42,8 +42,8 @@ use rustls::kernel::KernelConnection;
 use rustls::server::ServerConnectionData;
 use rustls::{ExtractedSecrets, ProtocolVersion, SupportedCipherSuite};
 
-pub use keys::{EXPLICIT_NONCE_LEN, TAG_LEN};
 use keys::{Opener, Sealer};
+pub use keys::{EXPLICIT_NONCE_LEN, TAG_LEN};
 
 /// A record header: type, legacy version, length (RFC 8446 §5.1).
 pub const HEADER_LEN: usize = 5;
@@ -229,13 +229,14 @@ impl Joiner {
 }
 
 /// The record layer of one established connection. See the module
-/// documentation.
-pub struct RecordLayer {
+/// documentation. `D` is rustls's side data: ringterm runs the server side;
+/// the tests drive a client side too.
+pub struct RecordLayer<D = ServerConnectionData> {
     version: Version,
     suite: SupportedCipherSuite,
     /// TLS 1.3: derives the next traffic secrets. `None` for TLS 1.2,
     /// which has no key updates.
-    kernel: Option<KernelConnection<ServerConnectionData>>,
+    kernel: Option<KernelConnection<D>>,
     sealer: Sealer,
     opener: Opener,
     tx_seq: u64,
@@ -254,7 +255,7 @@ pub struct RecordLayer {
     updates: u32,
 }
 
-impl std::fmt::Debug for RecordLayer {
+impl<D> std::fmt::Debug for RecordLayer<D> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RecordLayer")
             .field("version", &self.version)
@@ -268,12 +269,12 @@ impl std::fmt::Debug for RecordLayer {
     }
 }
 
-impl RecordLayer {
+impl<D> RecordLayer<D> {
     /// Takes over from rustls with the secrets and kernel connection of
     /// `UnbufferedServerConnection::dangerous_into_kernel_connection`.
     pub fn new(
         secrets: ExtractedSecrets,
-        kernel: KernelConnection<ServerConnectionData>,
+        kernel: KernelConnection<D>,
     ) -> Result<Self, RecordError> {
         let version = match kernel.protocol_version() {
             ProtocolVersion::TLSv1_3 => Version::Tls13,
@@ -445,6 +446,11 @@ impl RecordLayer {
     fn update_tx(&mut self, out: &mut Vec<u8>, requested: bool) -> Result<(), RecordError> {
         let msg = [KEY_UPDATE, 0, 0, 1, u8::from(requested)];
         self.seal_message(HANDSHAKE, &msg, out)?;
+        self.next_tx_key()
+    }
+
+    /// Switches to the next sealing key.
+    fn next_tx_key(&mut self) -> Result<(), RecordError> {
         let kernel = self.kernel.as_mut().ok_or(RecordError::UnsupportedSuite)?;
         let (seq, secrets) = kernel
             .update_tx_secret()
@@ -453,6 +459,13 @@ impl RecordLayer {
         self.tx_seq = seq;
         self.updates += 1;
         Ok(())
+    }
+
+    /// Seals `msg` as one record of content type `typ`, whatever it holds
+    /// (tests: messages a well-behaved peer never sends).
+    #[cfg(test)]
+    pub(crate) fn seal_raw(&mut self, typ: u8, msg: &[u8], out: &mut Vec<u8>) {
+        self.seal_message(typ, msg, out).unwrap();
     }
 
     /// Seals a whole small message (alert, KeyUpdate) as one record.
@@ -549,7 +562,9 @@ impl RecordLayer {
                 // Strip the zero padding; the last non-zero byte is the
                 // inner content type (RFC 8446 §5.4).
                 let Some(end) = payload[..n].iter().rposition(|&b| b != 0) else {
-                    return Err(RecordError::UnexpectedMessage("record without content type"));
+                    return Err(RecordError::UnexpectedMessage(
+                        "record without content type",
+                    ));
                 };
                 let inner = payload[end];
                 if end > MAX_FRAGMENT_LEN {
@@ -648,7 +663,9 @@ impl RecordLayer {
         if typ != HANDSHAKE && !self.joiner.idle() {
             // A handshake message is being joined: nothing may interleave
             // (RFC 8446 §5.1).
-            return Err(RecordError::UnexpectedMessage("record inside a handshake message"));
+            return Err(RecordError::UnexpectedMessage(
+                "record inside a handshake message",
+            ));
         }
         match typ {
             APPLICATION_DATA => {
@@ -756,7 +773,11 @@ impl RecordLayer {
         Ok(())
     }
 
-    fn handle_key_update(&mut self, request: u8, to_client: &mut Vec<u8>) -> Result<(), RecordError> {
+    fn handle_key_update(
+        &mut self,
+        request: u8,
+        to_client: &mut Vec<u8>,
+    ) -> Result<(), RecordError> {
         if request > 1 {
             return Err(RecordError::IllegalParameter("KeyUpdate request"));
         }

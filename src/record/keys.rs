@@ -136,8 +136,7 @@ fn gcm13_until(seq: u64) -> u64 {
     if seq == 0 {
         return u64::MAX;
     }
-    seq.checked_add(1u64 << seq.trailing_zeros())
-        .unwrap_or(u64::MAX)
+    seq.saturating_add(1u64 << seq.trailing_zeros())
 }
 
 impl Sealer {

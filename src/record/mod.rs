@@ -32,6 +32,8 @@
 
 #![forbid(unsafe_code)]
 
+#[doc(hidden)]
+pub mod fuzz;
 mod keys;
 #[cfg(test)]
 mod tests;

@@ -7,68 +7,25 @@
 use std::io::{Read, Write};
 use std::sync::Arc;
 
-use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
+use rustls::client::ClientConnectionData;
 use rustls::pki_types::ServerName;
-use rustls::unbuffered::{ConnectionState, UnbufferedStatus};
-use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig};
+use rustls::{ClientConnection, ServerConfig};
 
 use super::*;
-use crate::tls::{
-    build_server_config_with, generate_self_signed, load_cert_chain, load_private_key,
-    ResumptionParts, Status, TlsError, TlsPolicy, TlsSession,
-};
+use crate::tls::{Status, TlsError, TlsSession};
 
-const TLS13_SUITES: [&str; 3] = [
-    "TLS13_AES_128_GCM_SHA256",
-    "TLS13_AES_256_GCM_SHA384",
-    "TLS13_CHACHA20_POLY1305_SHA256",
-];
-const TLS12_SUITES: [&str; 3] = [
-    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
-    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
-    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
-];
+const TLS13_SUITES: [&str; 3] = [fuzz::SUITES[0], fuzz::SUITES[1], fuzz::SUITES[2]];
+const TLS12_SUITES: [&str; 3] = [fuzz::SUITES[3], fuzz::SUITES[4], fuzz::SUITES[5]];
 
 fn all_suites() -> impl Iterator<Item = &'static str> {
-    TLS13_SUITES.into_iter().chain(TLS12_SUITES)
+    fuzz::SUITES.into_iter()
 }
 
 fn is_tls13(suite: &str) -> bool {
     suite.starts_with("TLS13")
 }
 
-/// Server and client configurations for `suite`; the server sends two
-/// TLS 1.3 tickets, so the own layer takes over at sequence number 2.
-fn configs(suite: &str) -> (Arc<ServerConfig>, ClientConfig) {
-    let (cert, key) = generate_self_signed(&["localhost"]).unwrap();
-    let chain = load_cert_chain("c", cert.as_bytes()).unwrap();
-    let mut roots = RootCertStore::empty();
-    roots.add(chain[0].clone()).unwrap();
-    let key = load_private_key("k", key.as_bytes()).unwrap();
-    let policy = TlsPolicy {
-        cipher_suites: vec![suite.to_owned()],
-        ..TlsPolicy::default()
-    };
-    let resumption = ResumptionParts {
-        storage: None,
-        ticketer: Some(rustls::crypto::aws_lc_rs::Ticketer::new().unwrap()),
-        tls13_tickets: 2,
-    };
-    let server = build_server_config_with(chain, key, &policy, resumption).unwrap();
-    let version = if is_tls13(suite) {
-        &rustls::version::TLS13
-    } else {
-        &rustls::version::TLS12
-    };
-    let client = ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_protocol_versions(&[version])
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    (server, client)
-}
+use fuzz::configs;
 
 /// A rustls client and the session.
 struct Pair {
@@ -452,58 +409,10 @@ struct RawPair {
     server: TlsSession,
 }
 
-/// Handshakes an unbuffered rustls client with the session, then turns the
-/// client into a client-side [`RecordLayer`].
 fn raw_pair(suite: &str) -> RawPair {
-    let (server, mut client) = configs(suite);
-    client.enable_secret_extraction = true;
-    let mut server = TlsSession::new(server).unwrap();
-    let mut c = UnbufferedClientConnection::new(
-        Arc::new(client),
-        ServerName::try_from("localhost").unwrap(),
-    )
-    .unwrap();
-    let mut incoming: Vec<u8> = Vec::new();
-    let mut done = false;
-    for _ in 0..100 {
-        let mut out = Vec::new();
-        loop {
-            let UnbufferedStatus { discard, state } = c.process_tls_records(&mut incoming);
-            let state = state.unwrap();
-            let mut stop = false;
-            match state {
-                ConnectionState::EncodeTlsData(mut e) => {
-                    let mut buf = vec![0; 65536];
-                    let n = e.encode(&mut buf).unwrap();
-                    out.extend_from_slice(&buf[..n]);
-                }
-                ConnectionState::TransmitTlsData(t) => t.done(),
-                ConnectionState::BlockedHandshake => stop = true,
-                ConnectionState::WriteTraffic(_) => {
-                    done = true;
-                    stop = true;
-                }
-                ConnectionState::ReadTraffic(_) => panic!("no data expected"),
-                other => panic!("unexpected state {other:?}"),
-            }
-            incoming.drain(..discard);
-            if stop {
-                break;
-            }
-        }
-        if out.is_empty() && done && incoming.is_empty() {
-            break;
-        }
-        let (mut tc, mut tb) = (Vec::new(), Vec::new());
-        server.handle_ciphertext(&out, &mut tc, &mut tb).unwrap();
-        incoming.extend_from_slice(&tc);
-    }
-    assert!(server.is_own_record_layer());
-    let (secrets, kernel) = c.dangerous_into_kernel_connection().unwrap();
-    RawPair {
-        client: RecordLayer::new(secrets, kernel).unwrap(),
-        server,
-    }
+    let (server, client) = configs(suite);
+    let (client, server) = fuzz::handshake(server, client).expect("handshake");
+    RawPair { client, server }
 }
 
 impl RawPair {
@@ -790,4 +699,18 @@ fn memory_after_the_hand_over() {
     assert!(layer < 1024, "RecordLayer is {layer} bytes");
     let session = std::mem::size_of::<TlsSession>();
     assert!(session < 512, "TlsSession is {session} bytes");
+}
+
+/// The fuzz driver on a few hand-made inputs (the corpus replays in
+/// `tests/fuzz_corpus.rs`).
+#[test]
+fn fuzz_driver_smoke() {
+    for suite in 0..6u8 {
+        for split in [0u8, 1, 7] {
+            // Data, a KeyUpdate requested, more data, close.
+            fuzz::record_open(&[suite, split, 0, 3, b'a', b'b', b'c', 3, 1, 0, 1, b'd', 4]);
+            // Odd content and raw bytes.
+            fuzz::record_open(&[suite, split, 1, 22, 0, 2, 1, 0, 2, 0, 3, 23, 3, 3]);
+        }
+    }
 }

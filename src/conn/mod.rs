@@ -47,7 +47,9 @@ use rustls::ServerConfig;
 
 use crate::proxy::{self, ParseLimits, Parsed, ProxyError, ProxyHeader};
 use crate::route::{PoolId, Pools};
-use crate::tls::{AlertKind, HandshakeInfo, Status, TlsError, TlsSession, MAX_RECORD_LEN};
+use crate::tls::{
+    AlertKind, HandshakeInfo, Status, TlsError, TlsSession, MAX_FRAGMENT_LEN, MAX_RECORD_LEN,
+};
 
 #[cfg(test)]
 mod model;
@@ -303,6 +305,9 @@ pub struct Conn {
     to_client: Vec<u8>,
     /// Plaintext waiting to be written to the backend.
     to_backend: Vec<u8>,
+    /// Room left in front of the backend read in flight (own record
+    /// layer: a record header's).
+    backend_room: usize,
     /// PROXY header bytes read so far.
     proxy_buf: Vec<u8>,
     /// The addresses a PROXY header toward the backend carries.
@@ -378,6 +383,7 @@ impl Conn {
             cfg,
             to_client: Vec::new(),
             to_backend: Vec::new(),
+            backend_room: 0,
             proxy_buf: Vec::new(),
             addresses,
             unread: false,
@@ -977,8 +983,13 @@ impl Conn {
             if buf.capacity() > 2 * size {
                 buf = Vec::new(); // the read size shrank
             }
+            // With the own record layer the read lands after room for the
+            // record header, so that a read of at most one record's worth
+            // is sealed where it landed (see `encrypt_backend_read`).
+            self.backend_room = self.tls.seal_header_room().unwrap_or(0);
+            buf.resize(self.backend_room, 0);
             buf.reserve(size);
-            self.backend.read = Some(buf.capacity());
+            self.backend.read = Some(buf.capacity() - buf.len());
             return Some(Op::Recv {
                 side: Side::Backend,
                 buf,
@@ -1056,9 +1067,29 @@ impl Conn {
     }
 
     /// Encrypts the backend read buffer's bytes for the client.
+    ///
+    /// With the own record layer, a read of at most one record's worth
+    /// (the common case) is sealed in place when nothing else is queued
+    /// for the client: the header is written into the room in front of
+    /// it, the tag appended, and the buffer itself is queued: the payload
+    /// is never copied. Otherwise the layer copies it into `to_client`,
+    /// sealing there (records must leave in the order they were sealed).
     fn encrypt_backend_read(&mut self) {
-        let buf = std::mem::take(&mut self.backend.buf);
-        let res = self.tls.encrypt(&buf, &mut self.to_client);
+        let mut buf = std::mem::take(&mut self.backend.buf);
+        let room = std::mem::take(&mut self.backend_room).min(buf.len());
+        let in_place = room > 0
+            && self.to_client.is_empty()
+            && self.tls.seal_header_room() == Some(room)
+            && buf.len() - room <= MAX_FRAGMENT_LEN;
+        if in_place {
+            match self.tls.seal_in_place(&mut buf, 0) {
+                // The empty queue's allocation serves the next read.
+                Ok(_) => self.backend.buf = std::mem::replace(&mut self.to_client, buf),
+                Err(err) => self.fail(End::Tls(err)),
+            }
+            return;
+        }
+        let res = self.tls.encrypt(&buf[room..], &mut self.to_client);
         self.backend.buf = buf;
         if let Err(err) = res {
             self.fail(End::Tls(err));

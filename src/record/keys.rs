@@ -90,28 +90,29 @@ impl Aead {
 
 /// The sealing half of one epoch.
 pub enum Sealer {
-    /// TLS 1.2 AES-GCM: aws-lc-rs's TLS 1.2 key, which requires the
-    /// explicit nonce to increase: we use the sequence number as the
-    /// explicit nonce (RFC 5288 §3 allows it; OpenSSL does the same), after
-    /// the 4-byte salt.
-    Gcm12 {
-        key: TlsRecordSealingKey,
-        salt: [u8; 4],
-    },
-    /// TLS 1.3 AES-GCM: aws-lc-rs's TLS 1.3 key. It learns its nonce mask
-    /// from the first nonce it sees, assuming sequence number 0, and then
-    /// requires `nonce XOR mask` to increase. We take over from rustls at a
-    /// sequence number above 0 (the session tickets went first), so the key
-    /// is rebuilt from `raw` at `from`, and again whenever `seq XOR from`
-    /// would stop increasing: at `from + 2^trailing_zeros(from)`. That is
-    /// O(log n) rebuilds over n records; the nonce stays `iv XOR seq`.
-    Gcm13 {
+    /// AES-GCM, both versions: aws-lc-rs's TLS record key and the nonce
+    /// `iv XOR seq`, exactly rustls's construction (for TLS 1.2 rustls also
+    /// uses this, with the key's TLS 1.3 mode, and sends `nonce[4..]` as the
+    /// explicit nonce: the sequence continues where rustls's left off, so
+    /// no nonce of the epoch can repeat).
+    ///
+    /// aws-lc-rs's key learns its nonce mask from the first nonce it sees,
+    /// assuming sequence number 0, and then refuses any nonce whose
+    /// `nonce XOR mask` does not increase. We take over from rustls at a
+    /// sequence number above 0 (the session tickets or the TLS 1.2
+    /// Finished went first), so the key is built at `from` and rebuilt from
+    /// `raw` whenever `seq XOR from` would stop increasing: at
+    /// `from + 2^trailing_zeros(from)`. That is O(log n) rebuilds over n
+    /// records, and the check stays on for every record between them.
+    Gcm {
         key: TlsRecordSealingKey,
         raw: RawKey,
         aead: Aead,
         iv: [u8; NONCE_LEN],
         /// The key accepts sequence numbers below this.
         until: u64,
+        /// TLS 1.2: the explicit nonce goes on the wire (RFC 5288 §3).
+        explicit: bool,
     },
     /// ChaCha20-Poly1305, both versions: nonce `iv XOR seq`.
     Chacha {
@@ -123,20 +124,24 @@ pub enum Sealer {
 impl std::fmt::Debug for Sealer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Sealer::Gcm12 { .. } => "Sealer::Gcm12",
-            Sealer::Gcm13 { .. } => "Sealer::Gcm13",
+            Sealer::Gcm { .. } => "Sealer::Gcm",
             Sealer::Chacha { .. } => "Sealer::Chacha",
         })
     }
 }
 
-/// Where a TLS 1.3 GCM key whose first nonce is for `seq` stops accepting
-/// increasing nonces (see [`Sealer::Gcm13`]).
-fn gcm13_until(seq: u64) -> u64 {
+/// Where a GCM key whose first nonce is for `seq` stops accepting
+/// increasing nonces (see [`Sealer::Gcm`]).
+fn gcm_until(seq: u64) -> u64 {
     if seq == 0 {
         return u64::MAX;
     }
     seq.saturating_add(1u64 << seq.trailing_zeros())
+}
+
+fn gcm_sealing_key(aead: Aead, key: &[u8]) -> Result<TlsRecordSealingKey, RecordError> {
+    TlsRecordSealingKey::new(aead.algorithm(), TlsProtocolId::TLS13, key)
+        .map_err(|_| RecordError::Key)
 }
 
 impl Sealer {
@@ -148,25 +153,20 @@ impl Sealer {
         seq: u64,
     ) -> Result<Self, RecordError> {
         let (aead, key, iv) = parts(secrets)?;
-        Ok(match (aead, version) {
-            (Aead::Chacha20Poly1305, _) => Sealer::Chacha {
+        Ok(match aead {
+            Aead::Chacha20Poly1305 => Sealer::Chacha {
                 key: LessSafeKey::new(
                     UnboundKey::new(aead.algorithm(), key).map_err(|_| RecordError::Key)?,
                 ),
                 iv,
             },
-            (_, Version::Tls12) => Sealer::Gcm12 {
-                key: TlsRecordSealingKey::new(aead.algorithm(), TlsProtocolId::TLS12, key)
-                    .map_err(|_| RecordError::Key)?,
-                salt: [iv[0], iv[1], iv[2], iv[3]],
-            },
-            (_, Version::Tls13) => Sealer::Gcm13 {
-                key: TlsRecordSealingKey::new(aead.algorithm(), TlsProtocolId::TLS13, key)
-                    .map_err(|_| RecordError::Key)?,
+            _ => Sealer::Gcm {
+                key: gcm_sealing_key(aead, key)?,
                 raw: RawKey::new(key),
                 aead,
                 iv,
-                until: gcm13_until(seq),
+                until: gcm_until(seq),
+                explicit: version == Version::Tls12,
             },
         })
     }
@@ -174,43 +174,37 @@ impl Sealer {
     /// Bytes between the record header and the payload.
     pub fn explicit_len(&self) -> usize {
         match self {
-            Sealer::Gcm12 { .. } => EXPLICIT_NONCE_LEN,
+            Sealer::Gcm { explicit: true, .. } => EXPLICIT_NONCE_LEN,
             _ => 0,
         }
     }
 
     /// The explicit nonce of the record with sequence number `seq` (TLS 1.2
-    /// AES-GCM only).
+    /// AES-GCM only): the nonce's last 8 bytes.
     pub fn explicit_nonce(&self, seq: u64) -> [u8; EXPLICIT_NONCE_LEN] {
-        seq.to_be_bytes()
+        let iv = match self {
+            Sealer::Gcm { iv, .. } | Sealer::Chacha { iv, .. } => iv,
+        };
+        let nonce = xor_nonce(iv, seq);
+        let mut out = [0; EXPLICIT_NONCE_LEN];
+        out.copy_from_slice(&nonce[NONCE_LEN - EXPLICIT_NONCE_LEN..]);
+        out
     }
 
     /// Seals `in_out` in place for sequence number `seq`; returns the tag.
     pub fn seal(&mut self, seq: u64, aad: &[u8], in_out: &mut [u8]) -> Result<Tag, RecordError> {
         match self {
-            Sealer::Gcm12 { key, salt } => {
-                let mut nonce = [0; NONCE_LEN];
-                nonce[..4].copy_from_slice(salt);
-                nonce[4..].copy_from_slice(&seq.to_be_bytes());
-                key.seal_in_place_separate_tag(
-                    Nonce::assume_unique_for_key(nonce),
-                    Aad::from(aad),
-                    in_out,
-                )
-                .map_err(|_| RecordError::Key)
-            }
-            Sealer::Gcm13 {
+            Sealer::Gcm {
                 key,
                 raw,
                 aead,
                 iv,
                 until,
+                ..
             } => {
                 if seq >= *until {
-                    *key =
-                        TlsRecordSealingKey::new(aead.algorithm(), TlsProtocolId::TLS13, raw.get())
-                            .map_err(|_| RecordError::Key)?;
-                    *until = gcm13_until(seq);
+                    *key = gcm_sealing_key(*aead, raw.get())?;
+                    *until = gcm_until(seq);
                 }
                 key.seal_in_place_separate_tag(
                     Nonce::assume_unique_for_key(xor_nonce(iv, seq)),
@@ -233,7 +227,8 @@ impl Sealer {
 /// The opening half of one epoch.
 pub enum Opener {
     /// TLS 1.2 AES-GCM: the nonce is the salt and the record's explicit
-    /// nonce (any value: the peer chooses it).
+    /// nonce (any value: the peer chooses it). aws-lc-rs's opening keys keep
+    /// no nonce state.
     Gcm12 {
         key: TlsRecordOpeningKey,
         salt: [u8; 4],
@@ -338,12 +333,12 @@ mod tests {
         // to `until`, then a rebuild starts a new run.
         for start in 0..300u64 {
             let mut from = start;
-            let mut until = gcm13_until(from);
+            let mut until = gcm_until(from);
             let mut last = None;
             for seq in start..start + 600 {
                 if seq >= until {
                     from = seq;
-                    until = gcm13_until(seq);
+                    until = gcm_until(seq);
                     last = None;
                 }
                 let given = seq ^ from;
@@ -351,10 +346,10 @@ mod tests {
                 last = Some(given);
             }
         }
-        assert_eq!(gcm13_until(0), u64::MAX);
-        assert_eq!(gcm13_until(1 << 63), u64::MAX);
-        assert_eq!(gcm13_until(4), 8);
-        assert_eq!(gcm13_until(6), 8);
+        assert_eq!(gcm_until(0), u64::MAX);
+        assert_eq!(gcm_until(1 << 63), u64::MAX);
+        assert_eq!(gcm_until(4), 8);
+        assert_eq!(gcm_until(6), 8);
     }
 
     #[test]

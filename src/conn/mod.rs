@@ -303,8 +303,11 @@ pub struct Conn {
     backend: Sock,
     /// Ciphertext waiting to be written to the client.
     to_client: Vec<u8>,
-    /// Plaintext waiting to be written to the backend.
+    /// Plaintext waiting to be written to the backend, from
+    /// `to_backend_off` (a record opened in place keeps its header in
+    /// front).
     to_backend: Vec<u8>,
+    to_backend_off: usize,
     /// Room left in front of the backend read in flight (own record
     /// layer: a record header's).
     backend_room: usize,
@@ -383,6 +386,7 @@ impl Conn {
             cfg,
             to_client: Vec::new(),
             to_backend: Vec::new(),
+            to_backend_off: 0,
             backend_room: 0,
             proxy_buf: Vec::new(),
             addresses,
@@ -946,7 +950,7 @@ impl Conn {
         Some(Op::Send {
             side: Side::Backend,
             buf,
-            off: 0,
+            off: std::mem::take(&mut self.to_backend_off),
         })
     }
 
@@ -1022,14 +1026,23 @@ impl Conn {
             IoResult::Done(n) => {
                 let max = self.cfg.buffer_size.max(MAX_RECORD_LEN);
                 self.client.read_size = next_read_size(self.client.read_size, n, offered, max);
+                // A whole record of data is forwarded from where it
+                // landed (own record layer): the read buffer becomes the
+                // backend's write, the plaintext after its header.
                 let mut buf = std::mem::take(&mut self.client.buf);
-                let status =
-                    self.tls
-                        .handle_read(&mut buf, &mut self.to_client, &mut self.to_backend);
+                let status = self.tls.handle_read_forward(
+                    &mut buf,
+                    &mut self.to_client,
+                    &mut self.to_backend,
+                );
                 self.client.buf = buf;
                 match status {
-                    Ok(Status::PeerClosed | Status::Closed) => self.client.eof = true,
-                    Ok(_) => {}
+                    Ok((status, off)) => {
+                        self.to_backend_off = off;
+                        if matches!(status, Status::PeerClosed | Status::Closed) {
+                            self.client.eof = true;
+                        }
+                    }
                     Err(err) => return self.tls_failed(err, false, now),
                 }
                 if self.ttfb_from.is_none() && !self.to_backend.is_empty() {
@@ -1178,6 +1191,9 @@ impl Conn {
         };
         let owed = sock.owes(queued);
         queued.clear();
+        if side == Side::Backend {
+            self.to_backend_off = 0;
+        }
         sock.unsent = None;
         if owed {
             self.mark_dropped(side);

@@ -642,6 +642,39 @@ impl<D> RecordLayer<D> {
         (at, Ok(()))
     }
 
+    /// Processes the one record `buf` holds (and nothing else: a whole
+    /// record, no more), in place. When it is application data, nothing is
+    /// copied: the plaintext's place in `buf` is returned, for the caller
+    /// to forward `buf` itself. Anything else is handled as by
+    /// [`RecordLayer::read`] (which appends to `to_backend`), and `None`
+    /// returned.
+    pub fn read_in_place(
+        &mut self,
+        buf: &mut [u8],
+        to_client: &mut Vec<u8>,
+        to_backend: &mut Vec<u8>,
+    ) -> Result<Option<Range<usize>>, RecordError> {
+        if self.failed {
+            return Err(RecordError::Failed);
+        }
+        if self.peer_closed {
+            return Ok(None);
+        }
+        let opened = match self.open_in_place(buf) {
+            Ok(Some(o)) if o.len == buf.len() => o,
+            Ok(_) => return Err(self.fail(RecordError::DecodeError("not one record"), to_client)),
+            Err(e) => return Err(self.fail(e, to_client)),
+        };
+        if opened.typ == APPLICATION_DATA && self.joiner.idle() {
+            self.key_updates_left = KEY_UPDATES;
+            return Ok(Some(opened.plaintext));
+        }
+        match self.handle(opened.typ, &buf[opened.plaintext], to_client, to_backend) {
+            Ok(()) => Ok(None),
+            Err(e) => Err(self.fail(e, to_client)),
+        }
+    }
+
     /// A fatal error: the alert for it (if any, and unless our
     /// close_notify went already) is appended; nothing more is processed.
     fn fail(&mut self, err: RecordError, to_client: &mut Vec<u8>) -> RecordError {

@@ -714,3 +714,43 @@ fn fuzz_driver_smoke() {
         }
     }
 }
+
+/// A read holding exactly one record of data is opened where it landed
+/// and the read buffer itself becomes the backend's: no copy.
+#[test]
+fn one_record_is_forwarded_in_place() {
+    for suite in all_suites() {
+        let mut p = pair(suite);
+        p.client
+            .writer()
+            .write_all(b"GET / HTTP/1.1\r\n\r\n")
+            .unwrap();
+        let wire = p.client_wire();
+        let mut rx = Vec::new();
+        p.server.prepare_read(&mut rx, wire.len());
+        rx.extend_from_slice(&wire);
+        let ptr = rx.as_ptr();
+        let (mut tc, mut tb) = (Vec::new(), Vec::new());
+        let (status, off) = p
+            .server
+            .handle_read_forward(&mut rx, &mut tc, &mut tb)
+            .unwrap();
+        assert_eq!(status, Status::Established);
+        assert_eq!(tb.as_ptr(), ptr, "{suite}: the read buffer was forwarded");
+        assert_eq!(&tb[off..], b"GET / HTTP/1.1\r\n\r\n");
+        assert!(rx.is_empty());
+        // Two records in one read: the copying path, offset 0.
+        p.client.writer().write_all(b"one").unwrap();
+        let mut wire = p.client_wire();
+        p.client.writer().write_all(b"two").unwrap();
+        wire.extend(p.client_wire());
+        let mut tb = Vec::new();
+        p.server.prepare_read(&mut rx, wire.len());
+        rx.extend_from_slice(&wire);
+        let (_, off) = p
+            .server
+            .handle_read_forward(&mut rx, &mut tc, &mut tb)
+            .unwrap();
+        assert_eq!((off, &tb[..]), (0, &b"onetwo"[..]));
+    }
+}

@@ -396,6 +396,53 @@ impl TlsSession {
         status
     }
 
+    /// [`TlsSession::handle_read`], forwarding without a copy when it can.
+    ///
+    /// When the own record layer carries the connection, `to_backend` is
+    /// empty and `buf` holds exactly one whole record of application data
+    /// (the common case for a request), the record is opened where it
+    /// landed and `buf` itself becomes `to_backend` (and `buf` the old,
+    /// empty `to_backend`): the returned offset is where the plaintext
+    /// starts in it. Otherwise this is `handle_read`, and the offset is 0.
+    pub fn handle_read_forward(
+        &mut self,
+        buf: &mut Vec<u8>,
+        to_client: &mut Vec<u8>,
+        to_backend: &mut Vec<u8>,
+    ) -> Result<(Status, usize), TlsError> {
+        let single = buf.len() >= 5
+            && buf.len() == 5 + usize::from(u16::from_be_bytes([buf[3], buf[4]]))
+            && buf[0] == 23;
+        let Some(own) = self.own.as_deref_mut() else {
+            return self.handle_read(buf, to_client, to_backend).map(|s| (s, 0));
+        };
+        if !single || !to_backend.is_empty() || !self.incoming.is_empty() || self.failed {
+            return self.handle_read(buf, to_client, to_backend).map(|s| (s, 0));
+        }
+        let res = own.read_in_place(buf, to_client, to_backend);
+        self.peer_closed = own.is_peer_closed();
+        match res {
+            Ok(Some(plain)) if plain.is_empty() => {
+                buf.clear();
+                Ok((self.own_status(), 0))
+            }
+            Ok(Some(plain)) => {
+                buf.truncate(plain.end);
+                std::mem::swap(buf, to_backend);
+                Ok((self.own_status(), plain.start))
+            }
+            Ok(None) => {
+                buf.clear();
+                Ok((self.own_status(), 0))
+            }
+            Err(e) => {
+                self.failed = true;
+                buf.clear();
+                Err(TlsError::Record(e))
+            }
+        }
+    }
+
     /// Handles ciphertext given as a slice (copying it). Convenient for tests
     /// and for callers that do not own their read buffers.
     pub fn handle_ciphertext(

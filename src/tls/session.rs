@@ -22,7 +22,11 @@
 //! `incoming` stays untouched and consistent, so the session can still
 //! encrypt backend data: full duplex without locks. During the handshake
 //! nothing else uses `incoming`, so `prepare_read` hands it over instead of
-//! copying it.
+//! copying it; so it does once ringterm's own record layer
+//! ([`crate::record`]) carries the connection, since it seals without
+//! touching `incoming`. [`TlsSession::handle_read_forward`] goes further:
+//! a read of exactly one data record is opened in place and the buffer
+//! itself goes to the backend.
 //!
 //! # Limits
 //!

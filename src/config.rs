@@ -1240,6 +1240,8 @@ names = ["*.example.com"]
         assert_eq!(c.tls.record_layer, crate::record::RecordLayerKind::Rustls);
         let c = p(|_| {}).unwrap();
         assert_eq!(c.tls.record_layer, crate::record::RecordLayerKind::Own);
+        let file = Settings::from_toml("r.toml", "record-layer = \"rustls\"\n").unwrap();
+        assert_eq!(file.record_layer.as_deref(), Some("rustls"));
         let c = p(|s| s.alpn = Some(vec!["h2".into(), " http/1.1".into()])).unwrap();
         assert_eq!(c.tls.alpn, vec!["h2", "http/1.1"]);
         assert!(p(|s| s.alpn = Some(vec!["".into()])).is_err());

@@ -184,6 +184,9 @@ pub struct Settings {
     /// `default` (serve the first certificate) or `reject` (alert
     /// `unrecognized_name`) for an unknown or missing SNI (`--unknown-sni`).
     pub unknown_sni: Option<String>,
+    /// `own` (default) or `rustls`: which record layer carries established
+    /// connections (`--record-layer`).
+    pub record_layer: Option<String>,
     /// Idle timeout of established connections in ms, 0 = off
     /// (`--idle-timeout`).
     pub idle_timeout: Option<u64>,
@@ -427,6 +430,7 @@ impl Settings {
             client_ca: over.client_ca.or(self.client_ca),
             client_auth: over.client_auth.or(self.client_auth),
             unknown_sni: over.unknown_sni.or(self.unknown_sni),
+            record_layer: over.record_layer.or(self.record_layer),
             idle_timeout: over.idle_timeout.or(self.idle_timeout),
             max_connections: over.max_connections.or(self.max_connections),
             drain_timeout: over.drain_timeout.or(self.drain_timeout),
@@ -503,6 +507,7 @@ impl Settings {
             client_ca: self.client_ca,
             client_auth: self.client_auth,
             unknown_sni: self.unknown_sni,
+            record_layer: self.record_layer,
         })?;
         let admin = self
             .admin
@@ -952,6 +957,7 @@ struct TlsSettings {
     client_ca: Option<String>,
     client_auth: Option<String>,
     unknown_sni: Option<String>,
+    record_layer: Option<String>,
 }
 
 /// The checked TLS policy settings. Names of suites and groups are checked
@@ -977,6 +983,8 @@ pub struct TlsSettingsValid {
     pub client_auth_required: bool,
     /// Refuse unknown or missing SNI instead of serving the default.
     pub reject_unknown_sni: bool,
+    /// Which record layer carries established connections.
+    pub record_layer: crate::record::RecordLayerKind,
 }
 
 fn certs(
@@ -1112,6 +1120,11 @@ fn tls_policy(t: &TlsSettings) -> Result<TlsSettingsValid, ConfigError> {
         Some("reject") => true,
         Some(other) => return Err(range("--unknown-sni", other, "must be default or reject")),
     };
+    let record_layer = match t.record_layer.as_deref() {
+        None => crate::record::RecordLayerKind::default(),
+        Some(v) => crate::record::RecordLayerKind::parse(v)
+            .ok_or_else(|| range("--record-layer", v, "must be own or rustls"))?,
+    };
     Ok(TlsSettingsValid {
         tls12: min <= 2,
         tls13: max >= 3,
@@ -1124,6 +1137,7 @@ fn tls_policy(t: &TlsSettings) -> Result<TlsSettingsValid, ConfigError> {
         client_ca: t.client_ca.clone(),
         client_auth_required,
         reject_unknown_sni,
+        record_layer,
     })
 }
 
@@ -1590,6 +1604,17 @@ names = ["*.example.com"]
         assert!(!c.tls.client_auth_required);
         let e = p(|s| s.unknown_sni = Some("drop".into())).unwrap_err();
         assert!(e.to_string().starts_with("--unknown-sni"), "{e}");
+        let e = p(|s| s.record_layer = Some("kernel".into())).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--record-layer: kernel must be own or rustls"
+        );
+        let c = p(|s| s.record_layer = Some("rustls".into())).unwrap();
+        assert_eq!(c.tls.record_layer, crate::record::RecordLayerKind::Rustls);
+        let c = p(|_| {}).unwrap();
+        assert_eq!(c.tls.record_layer, crate::record::RecordLayerKind::Own);
+        let file = Settings::from_toml("r.toml", "record-layer = \"rustls\"\n").unwrap();
+        assert_eq!(file.record_layer.as_deref(), Some("rustls"));
         let c = p(|s| s.alpn = Some(vec!["h2".into(), " http/1.1".into()])).unwrap();
         assert_eq!(c.tls.alpn, vec!["h2", "http/1.1"]);
         assert!(p(|s| s.alpn = Some(vec!["".into()])).is_err());

@@ -32,6 +32,7 @@ pub mod deadline;
 pub mod fuzzing;
 pub mod metrics;
 pub mod proxy;
+pub mod record;
 pub mod route;
 pub mod rt;
 pub mod session;

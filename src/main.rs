@@ -165,6 +165,10 @@ struct Cli {
     /// reject (unrecognized_name alert).
     #[arg(long, value_name = "MODE", global = true)]
     unknown_sni: Option<String>,
+    /// Record layer after the handshake: own (ringterm's, default) or
+    /// rustls (A/B comparison, fallback).
+    #[arg(long, value_name = "LAYER", global = true)]
+    record_layer: Option<String>,
     /// Close established connections idle this long, ms (0 = off; default 300000).
     #[arg(long, value_name = "MS", global = true)]
     idle_timeout: Option<u64>,
@@ -248,6 +252,7 @@ impl Cli {
             client_ca: self.client_ca.clone(),
             client_auth: self.client_auth.clone(),
             unknown_sni: self.unknown_sni.clone(),
+            record_layer: self.record_layer.clone(),
             idle_timeout: self.idle_timeout,
             max_connections: self.max_connections,
             drain_timeout: self.drain_timeout,

@@ -68,6 +68,11 @@ fn replay_ticket_decrypt() {
 }
 
 #[test]
+fn replay_record_open() {
+    replay("record_open", ringterm::record::fuzz::record_open);
+}
+
+#[test]
 fn replay_proxy_parse() {
     replay("proxy_parse", fuzzing::proxy_parse);
 }

@@ -240,3 +240,121 @@ fn curl_against_demo_behind_proxy_protocol() {
         assert_eq!(curl(&[&bytes_url]).len(), 1000, "{version}");
     }
 }
+
+/// `openssl s_client` (interactive mode, so that it reads its commands)
+/// through ringterm's own record layer: data, then `k` (a KeyUpdate,
+/// update_not_requested), data, `K` (update_requested: ringterm answers
+/// with its own KeyUpdate, which OpenSSL must follow), data. Every line
+/// comes back from the echo backend under the new keys.
+#[test]
+fn openssl_s_client_key_updates_with_own_record_layer() {
+    require_tool("openssl", "version");
+    let certs = TestCerts::generate();
+    let echo = echo_backend();
+    let mut rt = start_ringterm(&certs, echo.addr, &["--record-layer", "own"]);
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-connect", &rt.addr().to_string(), "-tls1_3"])
+        .args(["-servername", "localhost"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn openssl s_client");
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    for pipe in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        let mut pipe = pipe;
+        thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let mut stdin = child.stdin.take().unwrap();
+    let mut out = Vec::new();
+    let wait_for = |needle: &str, out: &mut Vec<u8>| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !String::from_utf8_lossy(out).contains(needle) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(chunk) => out.extend(chunk),
+                Err(_) => panic!(
+                    "s_client: {needle:?} not seen; output: {}",
+                    String::from_utf8_lossy(out)
+                ),
+            }
+        }
+    };
+    for (cmd, line) in [
+        (None, "line before any update\n"),
+        (Some("k\n"), "line after k\n"),
+        (Some("K\n"), "line after K\n"),
+        (Some("K\n"), "line after a second K\n"),
+    ] {
+        if let Some(cmd) = cmd {
+            stdin.write_all(cmd.as_bytes()).unwrap();
+            stdin.flush().unwrap();
+            wait_for("KEYUPDATE", &mut out);
+            out.clear();
+        } else {
+            // The handshake is done once the session is printed.
+            wait_for("Verify return code", &mut out);
+        }
+        stdin.write_all(line.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+        wait_for(line, &mut out);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = rt.wait_metric(
+        "ringterm_handshakes_total{version=\"TLSv1.3\",resumed=\"false\"}",
+        |n| n == 1,
+    );
+    assert_eq!(metric_sum(&text, "ringterm_handshake_failures_total"), 0);
+    rt.assert_alive();
+}
+
+/// curl through ringterm to an echo backend with either record layer:
+/// a POST body comes back whole (bulk both ways), TLS 1.3 and 1.2.
+#[test]
+fn curl_with_either_record_layer() {
+    require_tool("curl", "--version");
+    for layer in ["own", "rustls"] {
+        let mut rt = Ringterm::start_until(
+            &[
+                "demo",
+                "--listen",
+                "127.0.0.1:0",
+                "--workers",
+                "1",
+                "--admin",
+                "127.0.0.1:0",
+                "--record-layer",
+                layer,
+            ],
+            |line| line.starts_with("try:"),
+        );
+        let addr = rt.addr();
+        let url = format!("https://{addr}/bytes/300000");
+        let dir = tempfile::tempdir().unwrap();
+        for (name, flags) in [
+            ("1.3", &[][..]),
+            ("1.2", &["--tlsv1.2", "--tls-max", "1.2"][..]),
+        ] {
+            let file = dir.path().join(format!("out-{name}"));
+            let file_arg = file.display().to_string();
+            let mut args = flags.to_vec();
+            args.extend(["-o", &file_arg, &url]);
+            curl(&args);
+            let len = std::fs::metadata(&file).unwrap().len();
+            assert_eq!(len, 300_000, "{layer} TLS {name}");
+        }
+        rt.assert_alive();
+    }
+}

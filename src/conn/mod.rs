@@ -47,7 +47,9 @@ use rustls::ServerConfig;
 
 use crate::proxy::{self, ParseLimits, Parsed, ProxyError, ProxyHeader};
 use crate::route::{PoolId, Pools};
-use crate::tls::{AlertKind, HandshakeInfo, Status, TlsError, TlsSession, MAX_RECORD_LEN};
+use crate::tls::{
+    AlertKind, HandshakeInfo, Status, TlsError, TlsSession, MAX_FRAGMENT_LEN, MAX_RECORD_LEN,
+};
 
 #[cfg(test)]
 mod model;
@@ -306,8 +308,14 @@ pub struct Conn {
     backend: Sock,
     /// Ciphertext waiting to be written to the client.
     to_client: Vec<u8>,
-    /// Plaintext waiting to be written to the backend.
+    /// Plaintext waiting to be written to the backend, from
+    /// `to_backend_off` (a record opened in place keeps its header in
+    /// front).
     to_backend: Vec<u8>,
+    to_backend_off: usize,
+    /// Room left in front of the backend read in flight (own record
+    /// layer: a record header's).
+    backend_room: usize,
     /// PROXY header bytes read so far.
     proxy_buf: Vec<u8>,
     /// The addresses a PROXY header toward the backend carries.
@@ -383,6 +391,8 @@ impl Conn {
             cfg,
             to_client: Vec::new(),
             to_backend: Vec::new(),
+            to_backend_off: 0,
+            backend_room: 0,
             proxy_buf: Vec::new(),
             addresses,
             unread: false,
@@ -991,7 +1001,7 @@ impl Conn {
         Some(Op::Send {
             side: Side::Backend,
             buf,
-            off: 0,
+            off: std::mem::take(&mut self.to_backend_off),
         })
     }
 
@@ -1029,12 +1039,24 @@ impl Conn {
             let size = self.backend.read_size;
             let mut buf = std::mem::take(&mut self.backend.buf);
             buf.clear();
-            if buf.capacity() > 2 * size || self.cfg.runtime_buffers {
-                buf = Vec::new(); // the read size shrank, or no room needed
+            if self.cfg.runtime_buffers {
+                // The runtime brings the read buffer; nothing is reserved.
+                buf = Vec::new();
+                self.backend_room = 0;
+                self.backend.read = Some(0);
             } else {
+                if buf.capacity() > 2 * size {
+                    buf = Vec::new(); // the read size shrank
+                }
+                // With the own record layer the read lands after room for
+                // the record header, so that a read of at most one record's
+                // worth is sealed where it landed (see
+                // `encrypt_backend_read`).
+                self.backend_room = self.tls.seal_header_room().unwrap_or(0);
+                buf.resize(self.backend_room, 0);
                 buf.reserve(size);
+                self.backend.read = Some(buf.capacity() - buf.len());
             }
-            self.backend.read = Some(buf.capacity());
             return Some(Op::Recv {
                 side: Side::Backend,
                 buf,
@@ -1077,14 +1099,23 @@ impl Conn {
             IoResult::Done(n) => {
                 let max = self.cfg.buffer_size.max(MAX_RECORD_LEN);
                 self.client.read_size = next_read_size(self.client.read_size, n, offered, max);
+                // A whole record of data is forwarded from where it
+                // landed (own record layer): the read buffer becomes the
+                // backend's write, the plaintext after its header.
                 let mut buf = std::mem::take(&mut self.client.buf);
-                let status =
-                    self.tls
-                        .handle_read(&mut buf, &mut self.to_client, &mut self.to_backend);
+                let status = self.tls.handle_read_forward(
+                    &mut buf,
+                    &mut self.to_client,
+                    &mut self.to_backend,
+                );
                 self.client.buf = buf;
                 match status {
-                    Ok(Status::PeerClosed | Status::Closed) => self.client.eof = true,
-                    Ok(_) => {}
+                    Ok((status, off)) => {
+                        self.to_backend_off = off;
+                        if matches!(status, Status::PeerClosed | Status::Closed) {
+                            self.client.eof = true;
+                        }
+                    }
                     Err(err) => return self.tls_failed(err, false, now),
                 }
                 if self.ttfb_from.is_none() && !self.to_backend.is_empty() {
@@ -1122,12 +1153,40 @@ impl Conn {
     }
 
     /// Encrypts the backend read buffer's bytes for the client.
-    /// `data` when the runtime read into a buffer of its own, else the
-    /// backend read buffer.
+    ///
+    /// With the own record layer, a read of at most one record's worth
+    /// (the common case) is sealed in place when nothing else is queued
+    /// for the client: the header is written into the room in front of
+    /// it, the tag appended, and the buffer itself is queued: the payload
+    /// is never copied. Otherwise the layer copies it into `to_client`,
+    /// sealing there (records must leave in the order they were sealed).
+    ///
+    /// `data`: the bytes when the runtime read into a buffer of its own
+    /// (they are encrypted from there, and the buffer goes back to it).
     fn encrypt_backend_read(&mut self, data: &[u8]) {
-        let buf = std::mem::take(&mut self.backend.buf);
-        let plain = if data.is_empty() { &buf[..] } else { data };
-        let res = self.tls.encrypt(plain, &mut self.to_client);
+        let mut buf = std::mem::take(&mut self.backend.buf);
+        if !data.is_empty() {
+            let res = self.tls.encrypt(data, &mut self.to_client);
+            self.backend.buf = buf;
+            if let Err(err) = res {
+                self.fail(End::Tls(err));
+            }
+            return;
+        }
+        let room = std::mem::take(&mut self.backend_room).min(buf.len());
+        let in_place = room > 0
+            && self.to_client.is_empty()
+            && self.tls.seal_header_room() == Some(room)
+            && buf.len() - room <= MAX_FRAGMENT_LEN;
+        if in_place {
+            match self.tls.seal_in_place(&mut buf, 0) {
+                // The empty queue's allocation serves the next read.
+                Ok(_) => self.backend.buf = std::mem::replace(&mut self.to_client, buf),
+                Err(err) => self.fail(End::Tls(err)),
+            }
+            return;
+        }
+        let res = self.tls.encrypt(&buf[room..], &mut self.to_client);
         self.backend.buf = buf;
         if let Err(err) = res {
             self.fail(End::Tls(err));
@@ -1216,6 +1275,9 @@ impl Conn {
         };
         let owed = sock.owes(queued);
         queued.clear();
+        if side == Side::Backend {
+            self.to_backend_off = 0;
+        }
         sock.unsent = None;
         if owed {
             self.mark_dropped(side);

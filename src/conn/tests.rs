@@ -997,3 +997,43 @@ fn read_sizes_adapt_both_ways() {
     // In between, it stays.
     assert_eq!(next_read_size(4096, 2000, 4096, 65536), 4096);
 }
+
+/// With the own record layer (the default configuration), a backend read
+/// of one record is sealed where it landed and that very buffer is the
+/// client's write; a client read of one record is opened where it landed
+/// and that very buffer is the backend's write (from the plaintext's
+/// offset).
+#[test]
+fn relay_moves_buffers_instead_of_copying() {
+    let mut w = relaying();
+    assert!(w.conn.tls().is_own_record_layer());
+    // Backend → client.
+    w.pump();
+    w.backend_send(b"HTTP/1.1 200 OK\r\n\r\nhello");
+    let read_ptr = w
+        .b_read
+        .as_ref()
+        .expect("a backend read in flight")
+        .buf
+        .as_ptr();
+    assert!(w.complete_backend_read(usize::MAX));
+    let write = w.c_write.as_ref().expect("the client write");
+    assert_eq!(write.buf.as_ptr(), read_ptr, "the read buffer is the write");
+    assert_eq!(write.off, 0);
+    w.settle();
+    assert_eq!(w.client_got, b"HTTP/1.1 200 OK\r\n\r\nhello");
+    // Client → backend.
+    w.client_send(b"GET / HTTP/1.1\r\n\r\n");
+    let read_ptr = w
+        .c_read
+        .as_ref()
+        .expect("a client read in flight")
+        .buf
+        .as_ptr();
+    assert!(w.complete_client_read(usize::MAX));
+    let write = w.b_write.as_ref().expect("the backend write");
+    assert_eq!(write.buf.as_ptr(), read_ptr, "the read buffer is the write");
+    assert_eq!(write.off, 5, "after the record header");
+    w.settle();
+    assert_eq!(w.backend_got, b"GET / HTTP/1.1\r\n\r\n");
+}

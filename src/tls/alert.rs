@@ -115,6 +115,7 @@ impl AlertKind {
         }
         Some(match err {
             TlsError::Rustls(e) => Self::of_rustls(e),
+            TlsError::Record(e) => e.alert().map_or(Self::InternalError, Self::from_code),
             _ => Self::InternalError,
         })
     }

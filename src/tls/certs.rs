@@ -13,6 +13,7 @@ use rustls::ServerConfig;
 
 use super::sni::{SniResolver, UnknownSni};
 use super::TlsError;
+pub use crate::record::RecordLayerKind;
 
 /// The TLS policy a listener applies. The defaults: TLS 1.2 and 1.3,
 /// rustls's cipher suites, key exchange groups X25519MLKEM768 (hybrid
@@ -42,6 +43,11 @@ pub struct TlsPolicy {
     pub client_auth: Option<ClientAuth>,
     /// What to do when the SNI matches no certificate.
     pub unknown_sni: UnknownSni,
+    /// Which record layer carries established connections
+    /// (`--record-layer`): ringterm's own ([`crate::record`]) or rustls's.
+    /// It travels as the configuration's `enable_secret_extraction`, which
+    /// [`super::TlsSession`] reads.
+    pub record_layer: RecordLayerKind,
 }
 
 /// Mutual TLS settings.
@@ -66,6 +72,7 @@ impl Default for TlsPolicy {
             prefer_server_ciphers: false,
             client_auth: None,
             unknown_sni: UnknownSni::Default,
+            record_layer: RecordLayerKind::default(),
         }
     }
 }
@@ -350,6 +357,8 @@ pub fn build_server_config_from_keys(
     }
     config.send_tls13_tickets = if resumes { resumption.tls13_tickets } else { 0 };
     config.max_early_data_size = 0;
+    // The own record layer takes the traffic secrets over from rustls.
+    config.enable_secret_extraction = policy.record_layer == RecordLayerKind::Own;
     Ok(Arc::new(config))
 }
 

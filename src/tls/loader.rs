@@ -390,6 +390,7 @@ pub fn build(
         cipher_suites: t.ciphers.clone(),
         groups: t.groups.clone(),
         prefer_server_ciphers: t.prefer_server_ciphers,
+        record_layer: t.record_layer,
         client_auth,
         unknown_sni: if t.reject_unknown_sni {
             UnknownSni::Reject

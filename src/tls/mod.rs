@@ -33,6 +33,10 @@ pub enum TlsError {
     /// The alert, if any, has been queued for the client.
     #[error("tls: {0}")]
     Rustls(rustls::Error),
+    /// ringterm's own record layer failed (after the handshake). The alert,
+    /// if any, has been queued for the client.
+    #[error("tls: {0}")]
+    Record(crate::record::RecordError),
     /// Application data was offered before the handshake completed.
     #[error("tls: handshake not complete")]
     NotEstablished,

@@ -22,7 +22,11 @@
 //! `incoming` stays untouched and consistent, so the session can still
 //! encrypt backend data: full duplex without locks. During the handshake
 //! nothing else uses `incoming`, so `prepare_read` hands it over instead of
-//! copying it.
+//! copying it; so it does once ringterm's own record layer
+//! ([`crate::record`]) carries the connection, since it seals without
+//! touching `incoming`. [`TlsSession::handle_read_forward`] goes further:
+//! a read of exactly one data record is opened in place and the buffer
+//! itself goes to the backend.
 //!
 //! # Limits
 //!
@@ -43,12 +47,14 @@
 
 use std::sync::Arc;
 
+use rustls::pki_types::CertificateDer;
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
 use rustls::{HandshakeKind, ProtocolVersion, ServerConfig};
 
 use super::hello::{self, HelloFacts, Peek};
 use super::TlsError;
+use crate::record::{RecordError, RecordLayer, Version};
 
 /// Largest TLS record on the wire: 5 bytes of header, 2^14 bytes of
 /// plaintext plus at most 2048 bytes of expansion (RFC 8446 §5.2, RFC 5246
@@ -147,8 +153,26 @@ pub fn subject_cn(der: &[u8]) -> Option<String> {
 }
 
 /// A socket-free TLS server session. See the module documentation.
+///
+/// # Record layer
+///
+/// When its configuration has `enable_secret_extraction` set (ringterm's
+/// `--record-layer own`, see [`crate::record`]), the session hands the
+/// connection over to ringterm's own [`RecordLayer`] as soon as the
+/// handshake is complete, rustls has nothing left to send and no complete
+/// record waits unprocessed: the rustls connection is then dropped, and
+/// [`TlsSession::handshake_info`] answers from facts kept at the hand-over.
 pub struct TlsSession {
-    conn: UnbufferedServerConnection,
+    /// rustls, during the handshake (and after it with `--record-layer
+    /// rustls`); `None` once the own record layer took over.
+    conn: Option<Box<UnbufferedServerConnection>>,
+    /// The own record layer, once it took over.
+    own: Option<Box<RecordLayer>>,
+    /// Whether the own record layer takes over after the handshake.
+    own_wanted: bool,
+    /// The handshake's facts and the client's certificates, kept at the
+    /// hand-over.
+    info: Option<Box<(HandshakeInfo, Option<Vec<CertificateDer<'static>>>)>>,
     /// Ciphertext received from the client and not yet fully processed.
     incoming: Vec<u8>,
     /// Offset in `incoming` of a record boundary with only complete records
@@ -194,9 +218,13 @@ impl TlsSession {
     /// Starts a server session with the given configuration.
     pub fn new(config: Arc<ServerConfig>) -> Result<Self, TlsError> {
         let ticketer_enabled = config.ticketer.enabled();
+        let own_wanted = config.enable_secret_extraction;
         let conn = UnbufferedServerConnection::new(config).map_err(TlsError::Rustls)?;
         Ok(Self {
-            conn,
+            conn: Some(Box::new(conn)),
+            own: None,
+            own_wanted,
+            info: None,
             incoming: Vec::new(),
             walked: 0,
             established: false,
@@ -231,7 +259,41 @@ impl TlsSession {
     /// The protocol version, once the ServerHello has chosen it (before the
     /// handshake completes).
     pub fn negotiated_version(&self) -> Option<rustls::ProtocolVersion> {
-        self.conn.protocol_version()
+        if let Some(own) = &self.own {
+            return Some(match own.version() {
+                Version::Tls13 => ProtocolVersion::TLSv1_3,
+                Version::Tls12 => ProtocolVersion::TLSv1_2,
+            });
+        }
+        self.conn.as_ref()?.protocol_version()
+    }
+
+    /// Whether ringterm's own record layer carries the connection (it took
+    /// over from rustls after the handshake).
+    pub fn is_own_record_layer(&self) -> bool {
+        self.own.is_some()
+    }
+
+    /// The own record layer, once it took over (for tests and tools).
+    pub fn record_layer(&self) -> Option<&RecordLayer> {
+        self.own.as_deref()
+    }
+
+    /// The own record layer, mutably (tests inject a confidentiality
+    /// limit through it).
+    pub fn record_layer_mut(&mut self) -> Option<&mut RecordLayer> {
+        self.own.as_deref_mut()
+    }
+
+    /// Bytes a record needs in front of its payload, when the own record
+    /// layer seals in place (see [`TlsSession::seal_in_place`]).
+    pub fn seal_header_room(&self) -> Option<usize> {
+        self.own.as_ref().map(|o| o.header_room())
+    }
+
+    /// Bytes a record adds after its payload with the own record layer.
+    pub fn seal_tail_room(&self) -> Option<usize> {
+        self.own.as_ref().map(|o| o.tail_room())
     }
 
     /// Facts about the handshake, once it is complete.
@@ -239,25 +301,10 @@ impl TlsSession {
         if !self.established {
             return None;
         }
-        let version = self.conn.protocol_version()?;
-        let resumed = self.conn.handshake_kind() == Some(HandshakeKind::Resumed);
-        Some(HandshakeInfo {
-            version,
-            resumed,
-            resumption: resumed.then(|| self.resumption(version)),
-            sni: self.sni().map(str::to_owned),
-            alpn: self.conn.alpn_protocol().map(<[u8]>::to_vec),
-            cipher: self
-                .conn
-                .negotiated_cipher_suite()
-                .and_then(|s| s.suite().as_str()),
-            client_cert: self.conn.peer_certificates().is_some_and(|c| !c.is_empty()),
-            client_cn: self
-                .conn
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .and_then(|c| subject_cn(c)),
-        })
+        if let Some(info) = &self.info {
+            return Some(info.0.clone());
+        }
+        self.handshake_info_of(self.conn.as_deref()?)
     }
 
     /// Prepares `buf` for the next client read.
@@ -281,7 +328,10 @@ impl TlsSession {
     pub fn prepare_read(&mut self, buf: &mut Vec<u8>, read_size: usize) {
         let want = read_size.max(self.record_remainder());
         buf.clear();
-        if self.established {
+        if self.established && self.own.is_none() {
+            // rustls may encrypt (backend data) while the read is in
+            // flight, and it keeps positions into `incoming`: copy. The own
+            // record layer never looks at `incoming` to seal: move.
             buf.extend_from_slice(&self.incoming);
         } else if !self.incoming.is_empty() {
             *buf = std::mem::take(&mut self.incoming);
@@ -354,7 +404,7 @@ impl TlsSession {
         // `buf` holds the pending partial record (copied by `prepare_read`)
         // plus the new bytes: it becomes `incoming`, and the old copy goes.
         self.incoming = std::mem::take(buf);
-        let status = self.step(None, false, to_client, to_backend);
+        let status = self.read_step(to_client, to_backend);
         let status = self.limit_pending(status);
         // When no partial record is left, hand the buffer back for the next
         // read and keep nothing: between reads the session holds no buffer,
@@ -363,6 +413,53 @@ impl TlsSession {
             *buf = std::mem::take(&mut self.incoming);
         }
         status
+    }
+
+    /// [`TlsSession::handle_read`], forwarding without a copy when it can.
+    ///
+    /// When the own record layer carries the connection, `to_backend` is
+    /// empty and `buf` holds exactly one whole record of application data
+    /// (the common case for a request), the record is opened where it
+    /// landed and `buf` itself becomes `to_backend` (and `buf` the old,
+    /// empty `to_backend`): the returned offset is where the plaintext
+    /// starts in it. Otherwise this is `handle_read`, and the offset is 0.
+    pub fn handle_read_forward(
+        &mut self,
+        buf: &mut Vec<u8>,
+        to_client: &mut Vec<u8>,
+        to_backend: &mut Vec<u8>,
+    ) -> Result<(Status, usize), TlsError> {
+        let single = buf.len() >= 5
+            && buf.len() == 5 + usize::from(u16::from_be_bytes([buf[3], buf[4]]))
+            && buf[0] == 23;
+        let Some(own) = self.own.as_deref_mut() else {
+            return self.handle_read(buf, to_client, to_backend).map(|s| (s, 0));
+        };
+        if !single || !to_backend.is_empty() || !self.incoming.is_empty() || self.failed {
+            return self.handle_read(buf, to_client, to_backend).map(|s| (s, 0));
+        }
+        let res = own.read_in_place(buf, to_client, to_backend);
+        self.peer_closed = own.is_peer_closed();
+        match res {
+            Ok(Some(plain)) if plain.is_empty() => {
+                buf.clear();
+                Ok((self.own_status(), 0))
+            }
+            Ok(Some(plain)) => {
+                buf.truncate(plain.end);
+                std::mem::swap(buf, to_backend);
+                Ok((self.own_status(), plain.start))
+            }
+            Ok(None) => {
+                buf.clear();
+                Ok((self.own_status(), 0))
+            }
+            Err(e) => {
+                self.failed = true;
+                buf.clear();
+                Err(TlsError::Record(e))
+            }
+        }
     }
 
     /// Handles ciphertext given as a slice (copying it). Convenient for tests
@@ -374,8 +471,151 @@ impl TlsSession {
         to_backend: &mut Vec<u8>,
     ) -> Result<Status, TlsError> {
         self.incoming.extend_from_slice(data);
-        let status = self.step(None, false, to_client, to_backend);
+        let status = self.read_step(to_client, to_backend);
         self.limit_pending(status)
+    }
+
+    /// Processes what `incoming` holds: through rustls, or through the own
+    /// record layer once it took over (and then maybe takes over).
+    fn read_step(
+        &mut self,
+        to_client: &mut Vec<u8>,
+        to_backend: &mut Vec<u8>,
+    ) -> Result<Status, TlsError> {
+        if self.own.is_some() {
+            return self.own_read(to_client, to_backend);
+        }
+        let status = self.step(None, false, to_client, to_backend)?;
+        self.maybe_take_over(status)
+    }
+
+    /// Hands the connection over to the own record layer when it is wanted
+    /// and allowed: established, rustls has nothing queued (true after any
+    /// step that ended in `WriteTraffic`, which every `Ok` status after the
+    /// handshake is), and no complete record waits in `incoming` (rustls may
+    /// hold a partial handshake message across such records; a partial
+    /// record is ours to finish).
+    fn maybe_take_over(&mut self, status: Status) -> Result<Status, TlsError> {
+        if !self.own_wanted
+            || !self.established
+            || self.failed
+            || self.sent_close
+            || status == Status::Handshaking
+            || has_complete_record(&self.incoming)
+        {
+            return Ok(status);
+        }
+        let Some(conn) = self.conn.take() else {
+            return Ok(status);
+        };
+        let info = self.handshake_info_of(&conn);
+        let certs = conn.peer_certificates().map(<[_]>::to_vec);
+        match conn
+            .dangerous_into_kernel_connection()
+            .map_err(TlsError::Rustls)
+            .and_then(|(secrets, kernel)| {
+                RecordLayer::new(secrets, kernel).map_err(TlsError::Record)
+            }) {
+            Ok(mut own) => {
+                if self.peer_closed {
+                    own.mark_peer_closed();
+                }
+                self.own = Some(Box::new(own));
+                self.info = info.map(|i| Box::new((i, certs)));
+                // Only the SNI is still asked for (routing, logs).
+                if let Some(h) = &mut self.hello {
+                    h.session_id = Vec::new();
+                    h.psk_identities = Vec::new();
+                }
+                Ok(status)
+            }
+            Err(e) => {
+                self.failed = true;
+                Err(e)
+            }
+        }
+    }
+
+    fn handshake_info_of(&self, conn: &UnbufferedServerConnection) -> Option<HandshakeInfo> {
+        let version = conn.protocol_version()?;
+        let resumed = conn.handshake_kind() == Some(HandshakeKind::Resumed);
+        Some(HandshakeInfo {
+            version,
+            resumed,
+            resumption: resumed.then(|| self.resumption(version)),
+            sni: self.sni().map(str::to_owned),
+            alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
+            cipher: conn
+                .negotiated_cipher_suite()
+                .and_then(|s| s.suite().as_str()),
+            client_cert: conn.peer_certificates().is_some_and(|c| !c.is_empty()),
+            client_cn: conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| subject_cn(c)),
+        })
+    }
+
+    /// The own record layer's read: records are opened in place in
+    /// `incoming`, the consumed ones dropped.
+    fn own_read(
+        &mut self,
+        to_client: &mut Vec<u8>,
+        to_backend: &mut Vec<u8>,
+    ) -> Result<Status, TlsError> {
+        if self.failed {
+            return Err(TlsError::Failed);
+        }
+        let Some(own) = self.own.as_deref_mut() else {
+            return Err(TlsError::UnexpectedState);
+        };
+        let (consumed, result) = own.read(&mut self.incoming, to_client, to_backend);
+        self.peer_closed = own.is_peer_closed();
+        self.discard(consumed);
+        if let Err(e) = result {
+            self.failed = true;
+            self.incoming = Vec::new();
+            self.walked = 0;
+            return Err(TlsError::Record(e));
+        }
+        Ok(self.own_status())
+    }
+
+    fn own_status(&self) -> Status {
+        match (self.peer_closed, self.sent_close) {
+            (true, true) => Status::Closed,
+            (true, false) => Status::PeerClosed,
+            _ => Status::Established,
+        }
+    }
+
+    /// Seals application data in place (own record layer only): `buf`
+    /// holds [`TlsSession::seal_header_room`] bytes of room from `start`,
+    /// then at most [`MAX_FRAGMENT_LEN`] bytes of plaintext; on return
+    /// `buf[start..]` holds the record (and maybe a KeyUpdate after it),
+    /// ready for the client.
+    pub fn seal_in_place(&mut self, buf: &mut Vec<u8>, start: usize) -> Result<Status, TlsError> {
+        if self.sent_close {
+            return Err(TlsError::AlreadyClosed);
+        }
+        let Some(own) = self.own.as_deref_mut() else {
+            return Err(TlsError::NotEstablished);
+        };
+        let res = own.seal_in_place(buf, start);
+        self.own_after_seal(res)
+    }
+
+    fn own_after_seal(&mut self, res: Result<(), RecordError>) -> Result<Status, TlsError> {
+        if let Some(own) = &self.own {
+            self.sent_close = own.is_closed();
+        }
+        match res {
+            Ok(()) => Ok(self.own_status()),
+            Err(e) => {
+                self.failed = true;
+                Err(TlsError::Record(e))
+            }
+        }
     }
 
     /// Fails the session when more client bytes wait unprocessed than a
@@ -412,10 +652,14 @@ impl TlsSession {
         if self.sent_close {
             return Err(TlsError::AlreadyClosed);
         }
+        if let Some(own) = self.own.as_deref_mut() {
+            let res = own.seal(plaintext, to_client);
+            return self.own_after_seal(res);
+        }
         let mut scratch = Vec::new();
         let status = self.step(Some(plaintext), false, to_client, &mut scratch)?;
         debug_assert!(scratch.is_empty(), "invariant: no complete record pending");
-        Ok(status)
+        self.maybe_take_over(status)
     }
 
     /// Queues our close_notify into `to_client`. Idempotent.
@@ -428,6 +672,10 @@ impl TlsSession {
         }
         if !self.established {
             return Err(TlsError::NotEstablished);
+        }
+        if let Some(own) = self.own.as_deref_mut() {
+            let res = own.close(to_client);
+            return self.own_after_seal(res);
         }
         let mut scratch = Vec::new();
         self.step(None, true, to_client, &mut scratch)
@@ -468,7 +716,11 @@ impl TlsSession {
 
     /// The client's certificate chain, when it presented one (mTLS).
     pub fn peer_certificates(&self) -> Option<&[rustls::pki_types::CertificateDer<'static>]> {
-        self.conn.peer_certificates()
+        match (&self.conn, &self.info) {
+            (Some(conn), _) => conn.peer_certificates(),
+            (None, Some(info)) => info.1.as_deref(),
+            (None, None) => None,
+        }
     }
 
     /// [`step_inner`](Self::step_inner), looking at the ClientHello first
@@ -518,8 +770,12 @@ impl TlsSession {
             self.first_handshake_type = Some(self.incoming[5]);
         }
         for _ in 0..MAX_STEPS {
+            let Some(conn) = self.conn.as_deref_mut() else {
+                self.failed = true;
+                return Err(TlsError::UnexpectedState);
+            };
             let UnbufferedStatus { mut discard, state } =
-                self.conn.process_tls_records(&mut self.incoming);
+                conn.process_tls_records(&mut self.incoming);
             let state = match state {
                 Ok(state) => state,
                 Err(err) => {
@@ -635,7 +891,10 @@ impl TlsSession {
     /// range, since it keeps positions into the buffer it was last given.
     fn drain_alert(&mut self, err: &rustls::Error, to_client: &mut Vec<u8>) {
         let before = to_client.len();
-        let UnbufferedStatus { state, .. } = self.conn.process_tls_records(&mut self.incoming);
+        let Some(conn) = self.conn.as_deref_mut() else {
+            return;
+        };
+        let UnbufferedStatus { state, .. } = conn.process_tls_records(&mut self.incoming);
         if let Ok(ConnectionState::EncodeTlsData(mut encode)) = state {
             let _ = encode_into(to_client, |out| encode.encode(out));
         }
@@ -724,6 +983,11 @@ fn encrypt_into(
             }
         }
     }
+}
+
+/// Whether `buf` starts with a whole record (RFC 8446 §5.1 header).
+fn has_complete_record(buf: &[u8]) -> bool {
+    buf.len() >= 5 && buf.len() >= 5 + usize::from(u16::from_be_bytes([buf[3], buf[4]]))
 }
 
 /// rustls's error when the certificate resolver returned nothing
@@ -1135,7 +1399,11 @@ mod tests {
             .server
             .handle_ciphertext(&wire, &mut to_client, &mut p.backend)
             .unwrap_err();
-        assert_eq!(err, TlsError::Rustls(rustls::Error::DecryptError));
+        // The own record layer took over (the default configuration).
+        assert_eq!(
+            err,
+            TlsError::Record(crate::record::RecordError::BadRecordMac)
+        );
         assert!(p.backend.is_empty(), "no plaintext from a forged record");
         assert!(!to_client.is_empty(), "an alert is queued for the client");
         // The session processes nothing more.

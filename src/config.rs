@@ -18,7 +18,9 @@ pub const DEFAULT_READ_BUFFERS: u32 = 64;
 /// Default listen backlog. The kernel caps it at `net.core.somaxconn`.
 pub const DEFAULT_BACKLOG: u32 = 4096;
 /// Default size of each direction's relay buffer, in bytes.
-pub const DEFAULT_BUFFER_SIZE: usize = 64 * 1024;
+/// (16 KiB: one TLS record; with the own record layer the bulk CPU per GB
+/// measured lower than with 64 KiB, and the read-buffer ring stays 1 MiB.)
+pub const DEFAULT_BUFFER_SIZE: usize = 16 * 1024;
 /// Default handshake timeout, in milliseconds.
 pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 /// Default backend connect timeout, in milliseconds.

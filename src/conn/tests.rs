@@ -105,6 +105,7 @@ pub(super) struct World {
     pub outcome: Option<Outcome>,
     /// The runtime brings its own read buffers (a provided-buffer ring).
     pub runtime_buffers: bool,
+            session_lookup: false,
     /// The most a read returns with runtime buffers (the ring's buffer size).
     pub ring_buf: usize,
 }

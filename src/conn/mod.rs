@@ -57,8 +57,8 @@ use std::time::{Duration, Instant};
 use rustls::ServerConfig;
 
 use crate::proxy::{self, ParseLimits, Parsed, ProxyError, ProxyHeader};
-use crate::tls::hello::{self, Peek};
 use crate::route::{PoolId, Pools};
+use crate::tls::hello::{self, Peek};
 use crate::tls::{AlertKind, HandshakeInfo, Status, TlsError, TlsSession, MAX_RECORD_LEN};
 
 #[cfg(test)]

@@ -105,7 +105,9 @@ fn store_spec(config: &Config) -> Result<Option<store::StoreSpec>, StartError> {
             use std::net::ToSocketAddrs;
             let found = (host.as_str(), *port)
                 .to_socket_addrs()
-                .map_err(|e| StartError::SessionStore(format!("--session-store {host}:{port}: {e}")))?
+                .map_err(|e| {
+                    StartError::SessionStore(format!("--session-store {host}:{port}: {e}"))
+                })?
                 .next()
                 .ok_or_else(|| {
                     StartError::SessionStore(format!("--session-store {host}:{port}: no address"))

@@ -139,9 +139,7 @@ impl Worker {
             return;
         };
         let up = store.client.is_up();
-        self.ctx
-            .counters
-            .set_store_stats(&store.client.stats(), up);
+        self.ctx.counters.set_store_stats(&store.client.stats(), up);
         self.arm_store_timer(now);
     }
 
@@ -203,16 +201,21 @@ impl Worker {
                 let fd = sock.into_raw_fd();
                 store.fd = Some(fd);
                 store.connecting = true;
-                let entry =
-                    opcode::Connect::new(types::Fd(fd), store.addr.as_ptr().cast(), store.addr.len())
-                        .build()
-                        .user_data(self.store_ud(Tag::StoreConnect, gen));
+                let entry = opcode::Connect::new(
+                    types::Fd(fd),
+                    store.addr.as_ptr().cast(),
+                    store.addr.len(),
+                )
+                .build()
+                .user_data(self.store_ud(Tag::StoreConnect, gen));
                 // SAFETY: the address is boxed in the store, which lives as
                 // long as the worker; the fd is the store's until closed.
                 if unsafe { self.push(entry) }.is_err() {
                     let store = self.store.as_mut().expect("store");
                     store.connecting = false;
-                    store.client.handle_connect(Err("submit failed".into()), now);
+                    store
+                        .client
+                        .handle_connect(Err("submit failed".into()), now);
                 }
             }
             L2Op::Recv => {

@@ -154,10 +154,13 @@ fn merge_inbound(local: &mut Local) {
     }
 }
 
+/// Sessions (key, value) waiting to be put into the L2 store.
+type Puts = Vec<(Vec<u8>, Vec<u8>)>;
+
 thread_local! {
     /// Sessions rustls stored on this worker, for the L2 store's puts:
     /// `None` when no store is configured. The worker drains it each turn.
-    static L2_PUTS: RefCell<Option<Vec<(Vec<u8>, Vec<u8>)>>> = const { RefCell::new(None) };
+    static L2_PUTS: RefCell<Option<Puts>> = const { RefCell::new(None) };
 }
 
 /// Makes this worker's puts go to the L2 store as well (see
@@ -168,7 +171,7 @@ pub fn enable_l2_puts() {
 
 /// The sessions put since the last call, for the L2 store (appended to
 /// `out`).
-pub fn take_l2_puts(out: &mut Vec<(Vec<u8>, Vec<u8>)>) {
+pub fn take_l2_puts(out: &mut Puts) {
     L2_PUTS.with(|p| {
         if let Ok(mut guard) = p.try_borrow_mut() {
             if let Some(puts) = guard.as_mut() {

@@ -505,14 +505,13 @@ impl Client {
     pub fn handle_send(&mut self, res: Result<usize, String>, mut buf: Vec<u8>) {
         self.sending = false;
         match res {
-            Ok(n) if n > 0 && self.state == State::Up => {
-                if n < buf.len() {
-                    // The rest goes first, ahead of what was queued since.
-                    buf.drain(..n);
-                    buf.append(&mut self.out);
-                    self.out = buf;
-                }
+            Ok(n) if n > 0 && n < buf.len() && self.state == State::Up => {
+                // The rest goes first, ahead of what was queued since.
+                buf.drain(..n);
+                buf.append(&mut self.out);
+                self.out = buf;
             }
+            Ok(n) if n > 0 && self.state == State::Up => {}
             Ok(_) if self.state == State::Up => self.fail("write failed: wrote nothing".into()),
             Err(e) if self.state == State::Up => self.fail(format!("write failed: {e}")),
             _ => {}

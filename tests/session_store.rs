@@ -463,3 +463,76 @@ fn bad_store_flags_exit_64_with_one_line() {
         );
     }
 }
+
+/// A Redis that requires a password, on a UNIX socket, database 2: the
+/// password file is read, AUTH and SELECT go first; a wrong password takes
+/// the store down (full handshakes, never failed ones).
+#[test]
+fn auth_over_a_unix_socket_and_a_wrong_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("redis.sock");
+    let port = free_port();
+    let mut child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--unixsocket",
+            sock.to_str().unwrap(),
+            "--requirepass",
+            "s3cret pass",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    assert!(eventually(Duration::from_secs(10), || sock.exists()));
+    let good = dir.path().join("good.pass");
+    std::fs::write(&good, "s3cret pass\n").unwrap();
+    let bad = dir.path().join("bad.pass");
+    std::fs::write(&bad, "nope\n").unwrap();
+    let url = format!("unix://{}?db=2", sock.display());
+    let certs = TestCerts::generate();
+    let echo = echo_backend();
+    let pw = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    let (g, b) = (pw(&good), pw(&bad));
+    let a = start_with_store(
+        &certs,
+        echo.addr,
+        &url,
+        &["--session-store-password-file", &g],
+    );
+    let bb = start_with_store(
+        &certs,
+        echo.addr,
+        &url,
+        &["--session-store-password-file", &g],
+    );
+    let wrong = start_with_store(
+        &certs,
+        echo.addr,
+        &url,
+        &["--session-store-password-file", &b],
+    );
+    wait_store_up(&a, 2);
+    wait_store_up(&bb, 2);
+    let config = resuming(certs.tls12());
+    assert_eq!(connect_ping(a.addr(), &config), HandshakeKind::Full);
+    assert_eq!(connect_ping(bb.addr(), &config), HandshakeKind::Resumed);
+    // The refused AUTH is reported once and counted; handshakes go on.
+    assert!(wrong
+        .wait_log(Duration::from_secs(5), |m| m.contains("session store down"))
+        .is_some());
+    let config = resuming(certs.tls12());
+    assert_eq!(connect_ping(a.addr(), &config), HandshakeKind::Full);
+    assert_eq!(connect_ping(wrong.addr(), &config), HandshakeKind::Full);
+    wrong.wait_metric("ringterm_session_store_errors_total", |n| n >= 1);
+    no_handshake_failures(&wrong);
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -201,6 +201,8 @@ pub struct Client {
     receiving: bool,
     /// A connect is in flight.
     connecting: bool,
+    /// AUTH/SELECT replies still awaited: the store is up once they came.
+    setup_pending: usize,
     /// An abort was asked for and not yet submitted.
     abort_wanted: bool,
     /// Bytes read and not yet decoded.
@@ -290,6 +292,7 @@ impl Client {
             sending: false,
             receiving: false,
             connecting: false,
+            setup_pending: 0,
             abort_wanted: false,
             inbuf: Vec::new(),
             waiting: VecDeque::new(),
@@ -300,9 +303,18 @@ impl Client {
         }
     }
 
-    /// Whether the store is connected (lookups are worth waiting for).
+    /// Whether the store is connected and set up (lookups are worth
+    /// waiting for).
     pub fn is_up(&self) -> bool {
-        self.state == State::Up
+        self.state == State::Up && self.setup_pending == 0
+    }
+
+    fn report_up(&mut self) {
+        self.backoff = BACKOFF_MIN;
+        if self.reported_up != Some(true) {
+            self.reported_up = Some(true);
+            self.events.push_back(Event::Up);
+        }
     }
 
     /// The counters.
@@ -470,7 +482,6 @@ impl Client {
         match (self.state, res) {
             (State::Connecting { .. }, Ok(())) => {
                 self.state = State::Up;
-                self.backoff = BACKOFF_MIN;
                 self.inbuf.clear();
                 // Setup first: everything after it is pipelined behind.
                 let mut setup = Vec::new();
@@ -488,9 +499,10 @@ impl Client {
                 for _ in 0..n {
                     self.waiting.push_back((Pending::Setup, now));
                 }
-                if self.reported_up != Some(true) {
-                    self.reported_up = Some(true);
-                    self.events.push_back(Event::Up);
+                // Up once the setup is accepted (at once without one).
+                self.setup_pending = n;
+                if n == 0 {
+                    self.report_up();
                 }
             }
             (State::Connecting { .. }, Err(e)) => {
@@ -576,6 +588,10 @@ impl Client {
                     self.fail(format!("setup refused: {e}"));
                     return false;
                 }
+                self.setup_pending = self.setup_pending.saturating_sub(1);
+                if self.setup_pending == 0 {
+                    self.report_up();
+                }
             }
             Pending::Write => {
                 if !matches!(frame, OwnedFrame::SimpleString(_) | OwnedFrame::Integer(_)) {
@@ -619,6 +635,7 @@ impl Client {
             self.stats.errors += 1;
         }
         self.state = State::Closing;
+        self.setup_pending = 0;
         self.abort_wanted = self.sending || self.receiving || self.connecting;
         for (p, _) in std::mem::take(&mut self.waiting) {
             match p {

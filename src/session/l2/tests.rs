@@ -204,26 +204,47 @@ fn garbage_fails_the_connection_once_and_it_comes_back_with_backoff() {
 #[test]
 fn auth_and_select_go_first_and_a_refused_auth_takes_the_store_down() {
     let t0 = Instant::now();
-    let mut c = up(
-        L2Config {
-            password: Some(b"secret".to_vec()),
-            db: 3,
-            ..cfg()
-        },
-        t0,
-    );
-    c.put(b"k", b"v", t0);
+    let auth = L2Config {
+        password: Some(b"secret".to_vec()),
+        db: 3,
+        ..cfg()
+    };
+    let mut c = Client::new(auth.clone(), t0);
+    assert_eq!(c.poll_op(t0), Some(L2Op::Connect));
+    c.handle_connect(Ok(()), t0);
+    assert_eq!(c.poll_event(), None, "not up before AUTH is accepted");
+    assert!(!c.lookup(1, b"k", false, t0));
     let cmds = commands(&flush(&mut c, t0));
     assert_eq!(cmds[0], vec![b"AUTH".to_vec(), b"secret".to_vec()]);
     assert_eq!(cmds[1], vec![b"SELECT".to_vec(), b"3".to_vec()]);
-    assert_eq!(cmds[2][0], b"SET".to_vec());
+    let mut ok = reply(&OwnedFrame::SimpleString(b"OK".to_vec()));
+    ok.extend(reply(&OwnedFrame::SimpleString(b"OK".to_vec())));
+    c.handle_recv(Ok(&ok), t0);
+    assert_eq!(c.poll_event(), Some(Event::Up));
+    c.put(b"k", b"v", t0);
+    let cmds = commands(&flush(&mut c, t0));
+    assert_eq!(cmds[0][0], b"SET".to_vec());
+
+    // A refused password: down, never up, and the backoff grows.
+    let mut c = Client::new(auth, t0);
+    assert_eq!(c.poll_op(t0), Some(L2Op::Connect));
+    c.handle_connect(Ok(()), t0);
+    flush(&mut c, t0);
     c.handle_recv(
         Ok(&reply(&OwnedFrame::Error("WRONGPASS invalid".into()))),
         t0,
     );
     assert!(!c.is_up());
     assert!(matches!(&events(&mut c)[..], [Event::Down(r)] if r.contains("WRONGPASS")));
-    assert_eq!(c.stats().dropped_puts, 1);
+    assert_eq!(c.poll_op(t0), Some(L2Op::Close));
+    let t1 = t0 + BACKOFF_MIN;
+    assert_eq!(c.poll_op(t1), Some(L2Op::Connect));
+    c.handle_connect(Ok(()), t1);
+    flush(&mut c, t1);
+    c.handle_recv(Ok(&reply(&OwnedFrame::Error("WRONGPASS".into()))), t1);
+    assert_eq!(events(&mut c), vec![], "one warning per change");
+    assert_eq!(c.poll_op(t1), Some(L2Op::Close));
+    assert_eq!(c.poll_timeout(), Some(t1 + BACKOFF_MIN * 2));
 }
 
 #[test]

@@ -1808,4 +1808,38 @@ mod example_file {
         let c = s.validate(&[0, 1]).unwrap();
         assert_eq!(c.backend.port(), 8080);
     }
+
+    #[test]
+    fn session_store_urls() {
+        use super::{parse_store_url, StoreAddr};
+        assert_eq!(
+            parse_store_url("redis://10.0.0.5:6379").unwrap(),
+            (StoreAddr::Tcp("10.0.0.5".into(), 6379), 0)
+        );
+        assert_eq!(
+            parse_store_url("redis://cache.internal:6380/3").unwrap(),
+            (StoreAddr::Tcp("cache.internal".into(), 6380), 3)
+        );
+        assert_eq!(
+            parse_store_url("redis://[::1]:6379/").unwrap(),
+            (StoreAddr::Tcp("::1".into(), 6379), 0)
+        );
+        assert_eq!(
+            parse_store_url("unix:///run/redis.sock?db=2").unwrap(),
+            (StoreAddr::Unix("/run/redis.sock".into()), 2)
+        );
+        for bad in [
+            "redis://host",
+            "redis://:1",
+            "redis://h:x",
+            "redis://h:1/x",
+            "redis://user:pw@h:1",
+            "rediss://h:1",
+            "unix://relative.sock",
+            "",
+        ] {
+            let e = parse_store_url(bad).unwrap_err().to_string();
+            assert!(e.starts_with("--session-store"), "{bad}: {e}");
+        }
+    }
 }

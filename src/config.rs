@@ -159,6 +159,18 @@ pub struct Settings {
     pub session_cache_size: Option<usize>,
     /// Cross-core sync interval in ms (`--session-sync-interval`).
     pub session_sync_interval: Option<u64>,
+    /// L2 session store (`--session-store`): `redis://HOST:PORT[/DB]` or
+    /// `unix:///path[?db=N]`.
+    pub session_store: Option<String>,
+    /// Prefix of the store's keys (`--session-store-prefix`).
+    pub session_store_prefix: Option<String>,
+    /// File holding the store's AUTH password (`--session-store-password-file`).
+    pub session_store_password_file: Option<String>,
+    /// Store connect timeout in ms (`--session-store-connect-timeout`).
+    pub session_store_connect_timeout: Option<u64>,
+    /// How long a handshake waits for a store lookup, ms
+    /// (`--session-store-timeout`).
+    pub session_store_timeout: Option<u64>,
     /// Ticket key rotation period in seconds (`--ticket-rotation`).
     pub ticket_rotation: Option<u64>,
     /// Ticket key files (`--ticket-key-file`, repeatable): the first
@@ -364,6 +376,7 @@ impl Settings {
         self.ocsp_dir.iter_mut().for_each(join);
         self.client_ca.iter_mut().for_each(join);
         self.ticket_key_file.iter_mut().flatten().for_each(join);
+        self.session_store_password_file.iter_mut().for_each(join);
         self
     }
 
@@ -420,6 +433,15 @@ impl Settings {
             session_timeout: over.session_timeout.or(self.session_timeout),
             session_cache_size: over.session_cache_size.or(self.session_cache_size),
             session_sync_interval: over.session_sync_interval.or(self.session_sync_interval),
+            session_store: over.session_store.or(self.session_store),
+            session_store_prefix: over.session_store_prefix.or(self.session_store_prefix),
+            session_store_password_file: over
+                .session_store_password_file
+                .or(self.session_store_password_file),
+            session_store_connect_timeout: over
+                .session_store_connect_timeout
+                .or(self.session_store_connect_timeout),
+            session_store_timeout: over.session_store_timeout.or(self.session_store_timeout),
             ticket_rotation: over.ticket_rotation.or(self.ticket_rotation),
             ticket_key_file: over.ticket_key_file.or(self.ticket_key_file),
             tls13_tickets: over.tls13_tickets.or(self.tls13_tickets),
@@ -619,6 +641,14 @@ impl Settings {
                 "must be from 1 to 60000 ms",
             ));
         }
+        let session_store = validate_store(
+            self.session_store,
+            self.session_store_prefix,
+            self.session_store_password_file,
+            self.session_store_connect_timeout,
+            self.session_store_timeout,
+            &resumption,
+        )?;
         let ticket_rotation_s = self.ticket_rotation.unwrap_or(DEFAULT_TICKET_ROTATION_S);
         if ticket_rotation_s == 0 {
             return Err(range("--ticket-rotation", "0", "must be at least 1 second"));
@@ -664,6 +694,7 @@ impl Settings {
             session_timeout_s,
             session_cache_size,
             session_sync_interval_ms,
+            session_store,
             ticket_rotation_s,
             ticket_key_files,
             tls13_tickets,
@@ -833,6 +864,8 @@ pub struct Config {
     pub session_cache_size: usize,
     /// Cross-core sync interval, ms.
     pub session_sync_interval_ms: u64,
+    /// The L2 session store, if any.
+    pub session_store: Option<StoreSpec>,
     /// Ticket key rotation period, seconds (random keys only).
     pub ticket_rotation_s: u64,
     /// Ticket key files; empty means random keys, rotated.
@@ -1202,6 +1235,133 @@ fn validate_edge(
         user,
         group,
     })
+}
+
+/// Where the L2 session store listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreAddr {
+    /// `redis://HOST:PORT`: resolved at startup.
+    Tcp(String, u16),
+    /// `unix:///path`.
+    Unix(String),
+}
+
+/// The L2 session store's settings (`--session-store*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSpec {
+    /// Where it is.
+    pub addr: StoreAddr,
+    /// `SELECT` database.
+    pub db: u32,
+    /// Key prefix.
+    pub prefix: String,
+    /// File with the AUTH password, read at startup.
+    pub password_file: Option<String>,
+    /// Connect timeout, ms.
+    pub connect_timeout_ms: u64,
+    /// Lookup timeout, ms.
+    pub timeout_ms: u64,
+}
+
+/// Default `--session-store-timeout`, ms.
+pub const DEFAULT_STORE_TIMEOUT_MS: u64 = 5;
+/// Default `--session-store-connect-timeout`, ms.
+pub const DEFAULT_STORE_CONNECT_TIMEOUT_MS: u64 = 200;
+/// Default `--session-store-prefix`.
+pub const DEFAULT_STORE_PREFIX: &str = "ringterm:session:";
+
+/// Parses `redis://HOST:PORT[/DB]` or `unix:///path[?db=N]`.
+pub fn parse_store_url(url: &str) -> Result<(StoreAddr, u32), ConfigError> {
+    let bad = |why: &str| range("--session-store", url, why);
+    if let Some(rest) = url.strip_prefix("unix://") {
+        let (path, db) = match rest.split_once("?db=") {
+            Some((p, d)) => (p, d.parse().map_err(|_| bad("the db must be a number"))?),
+            None => (rest, 0),
+        };
+        if !path.starts_with('/') {
+            return Err(bad("must be unix:///absolute/path"));
+        }
+        return Ok((StoreAddr::Unix(path.to_owned()), db));
+    }
+    let Some(rest) = url.strip_prefix("redis://") else {
+        return Err(bad("must be redis://HOST:PORT[/DB] or unix:///path"));
+    };
+    let (hostport, db) = match rest.split_once('/') {
+        Some((hp, "")) => (hp, 0),
+        Some((hp, d)) => (hp, d.parse().map_err(|_| bad("the db must be a number"))?),
+        None => (rest, 0),
+    };
+    if hostport.contains('@') {
+        return Err(bad(
+            "put the password in --session-store-password-file, not in the URL",
+        ));
+    }
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() => (h, p.parse().map_err(|_| bad("bad port"))?),
+        _ => return Err(bad("must name HOST:PORT")),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    Ok((StoreAddr::Tcp(host.to_owned(), port), db))
+}
+
+fn validate_store(
+    url: Option<String>,
+    prefix: Option<String>,
+    password_file: Option<String>,
+    connect_timeout: Option<u64>,
+    timeout: Option<u64>,
+    resumption: &Resumption,
+) -> Result<Option<StoreSpec>, ConfigError> {
+    let Some(url) = url else {
+        if let Some(p) = password_file {
+            return Err(range(
+                "--session-store-password-file",
+                &p,
+                "needs --session-store",
+            ));
+        }
+        return Ok(None);
+    };
+    if *resumption != Resumption::Cache && *resumption != Resumption::Both {
+        return Err(range(
+            "--session-store",
+            &url,
+            "needs --resumption cache or both",
+        ));
+    }
+    let (addr, db) = parse_store_url(&url)?;
+    let timeout_ms = timeout.unwrap_or(DEFAULT_STORE_TIMEOUT_MS);
+    if !(1..=10_000).contains(&timeout_ms) {
+        return Err(range(
+            "--session-store-timeout",
+            &timeout_ms.to_string(),
+            "must be from 1 to 10000 ms",
+        ));
+    }
+    let connect_timeout_ms = connect_timeout.unwrap_or(DEFAULT_STORE_CONNECT_TIMEOUT_MS);
+    if !(1..=60_000).contains(&connect_timeout_ms) {
+        return Err(range(
+            "--session-store-connect-timeout",
+            &connect_timeout_ms.to_string(),
+            "must be from 1 to 60000 ms",
+        ));
+    }
+    let prefix = prefix.unwrap_or_else(|| DEFAULT_STORE_PREFIX.to_owned());
+    if prefix.len() > 256 || prefix.chars().any(|c| c.is_control() || c == ' ') {
+        return Err(range(
+            "--session-store-prefix",
+            &prefix,
+            "must be at most 256 characters, without spaces or control characters",
+        ));
+    }
+    Ok(Some(StoreSpec {
+        addr,
+        db,
+        prefix,
+        password_file,
+        connect_timeout_ms,
+        timeout_ms,
+    }))
 }
 
 fn range(flag: &'static str, value: &str, reason: &str) -> ConfigError {
@@ -1674,5 +1834,39 @@ mod example_file {
         let s = Settings::from_toml("config/ringterm.toml", text).unwrap();
         let c = s.validate(&[0, 1]).unwrap();
         assert_eq!(c.backend.port(), 8080);
+    }
+
+    #[test]
+    fn session_store_urls() {
+        use super::{parse_store_url, StoreAddr};
+        assert_eq!(
+            parse_store_url("redis://10.0.0.5:6379").unwrap(),
+            (StoreAddr::Tcp("10.0.0.5".into(), 6379), 0)
+        );
+        assert_eq!(
+            parse_store_url("redis://cache.internal:6380/3").unwrap(),
+            (StoreAddr::Tcp("cache.internal".into(), 6380), 3)
+        );
+        assert_eq!(
+            parse_store_url("redis://[::1]:6379/").unwrap(),
+            (StoreAddr::Tcp("::1".into(), 6379), 0)
+        );
+        assert_eq!(
+            parse_store_url("unix:///run/redis.sock?db=2").unwrap(),
+            (StoreAddr::Unix("/run/redis.sock".into()), 2)
+        );
+        for bad in [
+            "redis://host",
+            "redis://:1",
+            "redis://h:x",
+            "redis://h:1/x",
+            "redis://user:pw@h:1",
+            "rediss://h:1",
+            "unix://relative.sock",
+            "",
+        ] {
+            let e = parse_store_url(bad).unwrap_err().to_string();
+            assert!(e.starts_with("--session-store"), "{bad}: {e}");
+        }
     }
 }

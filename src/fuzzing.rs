@@ -191,6 +191,7 @@ fn drive_conn(config: &Arc<ServerConfig>, mut rest: &[u8], split: u8, flags: u8)
         close_flush: Duration::from_secs(1),
         epoch,
         runtime_buffers: false,
+        session_lookup: false,
     };
     let backend_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
     let mut pools = Pools::new(&RouteTable::single(vec![backend_addr], 0));
@@ -240,6 +241,7 @@ fn drive_conn(config: &Arc<ServerConfig>, mut rest: &[u8], split: u8, flags: u8)
                     connecting = true;
                 }
                 Op::Cancel { side } => cancels.push_back(side),
+                Op::LookupSession { .. } => conn.handle_session(epoch),
             }
         }
         if let Some(outcome) = conn.poll_outcome() {

@@ -124,6 +124,22 @@ struct Cli {
     /// Cross-core session sync interval, ms.
     #[arg(long, value_name = "MS", global = true)]
     session_sync_interval: Option<u64>,
+    /// L2 session store shared by a fleet: redis://HOST:PORT[/DB] or
+    /// unix:///path (Redis or Valkey; keep it on a private network).
+    #[arg(long, value_name = "URL", global = true)]
+    session_store: Option<String>,
+    /// Prefix of the session store's keys.
+    #[arg(long, value_name = "PREFIX", global = true)]
+    session_store_prefix: Option<String>,
+    /// File holding the session store's AUTH password.
+    #[arg(long, value_name = "FILE", global = true)]
+    session_store_password_file: Option<String>,
+    /// Session store connect timeout, ms.
+    #[arg(long, value_name = "MS", global = true)]
+    session_store_connect_timeout: Option<u64>,
+    /// How long a handshake waits for a session store lookup, ms (default 5).
+    #[arg(long, value_name = "MS", global = true)]
+    session_store_timeout: Option<u64>,
     /// Ticket key rotation period, seconds (random keys only).
     #[arg(long, value_name = "SECS", global = true)]
     ticket_rotation: Option<u64>,
@@ -239,6 +255,11 @@ impl Cli {
             session_timeout: self.session_timeout,
             session_cache_size: self.session_cache_size,
             session_sync_interval: self.session_sync_interval,
+            session_store: self.session_store.clone(),
+            session_store_prefix: self.session_store_prefix.clone(),
+            session_store_password_file: self.session_store_password_file.clone(),
+            session_store_connect_timeout: self.session_store_connect_timeout,
+            session_store_timeout: self.session_store_timeout,
             ticket_rotation: self.ticket_rotation,
             ticket_key_file: (!self.ticket_key_file.is_empty())
                 .then(|| self.ticket_key_file.clone()),

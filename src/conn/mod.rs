@@ -3,8 +3,19 @@
 //! ```text
 //! ExpectProxyHeader ─► Handshaking ─► ExpectBackend ─► Relaying ─► (Flushing) ─► Done
 //!   (--accept-proxy)      TlsSession     connect,         both ways,    owed bytes +
-//!                                        retry once       half-close    close_notify
+//!                          │    ▲        retry once       half-close    close_notify
+//!                          ▼    │
+//!                    ExpectSessionLookup
+//!                    (--session-store)
 //! ```
+//!
+//! With an L2 session store ([`ConnConfig::session_lookup`]), a ClientHello
+//! that arrived whole and offers a session ID or a stateful TLS 1.3 ticket
+//! ([`crate::session::l2::lookup_for`]) is held back from rustls: the
+//! machine asks for [`Op::LookupSession`] and waits in
+//! `ExpectSessionLookup` until [`Conn::handle_session`] (the runtime put
+//! what the store had into the per-core cache, or gave up at its timeout),
+//! then steps the handshake, where rustls finds the session in the cache.
 //!
 //! Like quinn-proto's `Connection`, a [`Conn`] never touches a socket and
 //! never reads the clock: the runtime feeds it what happened through the
@@ -47,6 +58,7 @@ use rustls::ServerConfig;
 
 use crate::proxy::{self, ParseLimits, Parsed, ProxyError, ProxyHeader};
 use crate::route::{PoolId, Pools};
+use crate::tls::hello::{self, Peek};
 use crate::tls::{
     AlertKind, HandshakeInfo, Status, TlsError, TlsSession, MAX_FRAGMENT_LEN, MAX_RECORD_LEN,
 };
@@ -149,6 +161,17 @@ pub enum Op {
         /// Which socket.
         side: Side,
     },
+    /// Look the session `key` up in the session cache, and in the L2 store
+    /// on a miss (or always when `take`: a single-use ticket is taken from
+    /// the store); put what the store has into the cache, then call
+    /// [`Conn::handle_session`] (at once when there is nothing to wait
+    /// for, or at the store's timeout).
+    LookupSession {
+        /// rustls's session key (a TLS 1.2 session ID, a TLS 1.3 ticket).
+        key: Vec<u8>,
+        /// A single-use TLS 1.3 stateful ticket (`GETDEL`).
+        take: bool,
+    },
 }
 
 /// Why a connection ended.
@@ -236,6 +259,9 @@ pub struct ConnConfig {
     /// then carry no reserved room, and a read buffer left empty is freed,
     /// so that an idle connection holds no read buffer.
     pub runtime_buffers: bool,
+    /// An L2 session store is configured: ClientHellos that offer a stored
+    /// session wait for a lookup ([`Op::LookupSession`]).
+    pub session_lookup: bool,
 }
 
 /// Where the connection is: named after what it waits for.
@@ -245,6 +271,9 @@ enum State {
     ExpectProxyHeader,
     /// The TLS handshake.
     Handshaking,
+    /// The ClientHello offers a stored session: the store's answer (or
+    /// its timeout), before rustls sees the ClientHello.
+    ExpectSessionLookup,
     /// A backend connection.
     ExpectBackend,
     /// Data, both ways.
@@ -345,6 +374,13 @@ pub struct Conn {
     out: Outcome,
     /// The outcome was handed out.
     reported: bool,
+    /// The ClientHello was looked at for a session lookup (once).
+    looked_up: bool,
+    /// The lookup to ask for.
+    lookup: Option<Op>,
+    /// The server speaks TLS 1.3 (a TLS 1.3 client's legacy session ID is
+    /// then no resumption attempt).
+    server_tls13: bool,
 }
 
 impl std::fmt::Debug for Conn {
@@ -377,6 +413,12 @@ impl Conn {
             _ => None,
         };
         let read_size = FIRST_READ.min(cfg.buffer_size.max(1));
+        let server_tls13 = cfg.session_lookup
+            && tls
+                .crypto_provider()
+                .cipher_suites
+                .iter()
+                .any(|s| s.tls13().is_some());
         Ok(Self {
             tls: TlsSession::new(tls)?,
             state,
@@ -424,6 +466,9 @@ impl Conn {
                 reset_backend: false,
             },
             reported: false,
+            looked_up: false,
+            lookup: None,
+            server_tls13,
         })
     }
 
@@ -471,6 +516,7 @@ impl Conn {
         match self.state {
             State::ExpectProxyHeader => self.poll_proxy_header(),
             State::Handshaking => self.poll_handshake(now),
+            State::ExpectSessionLookup => self.lookup.take(),
             State::ExpectBackend => self
                 .poll_client_write()
                 .or_else(|| self.poll_connect(now, pools)),
@@ -508,7 +554,7 @@ impl Conn {
     /// When [`Conn::handle_timeout`] should be called next, if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
-            State::ExpectProxyHeader | State::Handshaking => {
+            State::ExpectProxyHeader | State::Handshaking | State::ExpectSessionLookup => {
                 Some(self.accepted_at + self.cfg.handshake_timeout)
             }
             State::ExpectBackend if self.connecting.is_some() && !self.connect_timed_out => {
@@ -739,7 +785,9 @@ impl Conn {
             _ => return,
         }
         match self.state {
-            State::ExpectProxyHeader | State::Handshaking => self.fail(End::HandshakeTimeout),
+            State::ExpectProxyHeader | State::Handshaking | State::ExpectSessionLookup => {
+                self.fail(End::HandshakeTimeout)
+            }
             State::ExpectBackend => {
                 self.connect_timed_out = true;
                 self.backend.cancel_wanted = true;
@@ -755,6 +803,24 @@ impl Conn {
         }
     }
 
+    /// The session lookup asked for by [`Op::LookupSession`] is over (what
+    /// the store had is in the session cache, or nothing came in time): the
+    /// handshake goes on. Ignored in any other state.
+    pub fn handle_session(&mut self, _now: Instant) {
+        if self.state == State::ExpectSessionLookup {
+            self.lookup = None;
+            self.state = State::Handshaking;
+            // The ClientHello waits in the read buffer: stepped at the next
+            // poll, as if just read.
+            self.unread = true;
+        }
+    }
+
+    /// Whether the connection waits for a session lookup.
+    pub fn is_expecting_session(&self) -> bool {
+        self.state == State::ExpectSessionLookup
+    }
+
     /// The shutdown drain timed out: stop now. Idempotent.
     pub fn handle_stop(&mut self, _now: Instant) {
         if self.cut {
@@ -762,7 +828,9 @@ impl Conn {
         }
         self.cut = true;
         match self.state {
-            State::ExpectProxyHeader | State::Handshaking => self.fail(End::DrainCut),
+            State::ExpectProxyHeader | State::Handshaking | State::ExpectSessionLookup => {
+                self.fail(End::DrainCut)
+            }
             State::ExpectBackend => {
                 if self.connecting.is_some() {
                     self.backend.cancel_wanted = true;
@@ -883,8 +951,41 @@ impl Conn {
         }
     }
 
+    /// With a session store, whether the ClientHello (whole in the read
+    /// buffer) offers a session to look up first: then the machine waits
+    /// for it in `ExpectSessionLookup`.
+    fn wants_lookup(&mut self) -> bool {
+        if !self.cfg.session_lookup || self.looked_up {
+            return false;
+        }
+        let facts = match hello::peek(&self.client.buf) {
+            Peek::NeedMore => return false,
+            Peek::Invalid => {
+                self.looked_up = true;
+                return false;
+            }
+            Peek::Hello(facts) => facts,
+        };
+        self.looked_up = true;
+        let ticketer = self.tls.ticketer_enabled();
+        match crate::session::l2::lookup_for(&facts, ticketer, self.server_tls13) {
+            Some((key, take)) => {
+                self.lookup = Some(Op::LookupSession {
+                    key: key.to_vec(),
+                    take,
+                });
+                self.state = State::ExpectSessionLookup;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Runs the handshake step over the bytes in the client read buffer.
     fn step_handshake(&mut self, now: Instant) {
+        if self.wants_lookup() {
+            return;
+        }
         let mut buf = std::mem::take(&mut self.client.buf);
         let status = self
             .tls

@@ -107,6 +107,8 @@ pub(super) struct World {
     pub runtime_buffers: bool,
     /// The most a read returns with runtime buffers (the ring's buffer size).
     pub ring_buf: usize,
+    /// Session lookups asked for (key, take).
+    pub lookups: Vec<(Vec<u8>, bool)>,
 }
 
 impl World {
@@ -169,6 +171,7 @@ impl World {
             outcome: None,
             runtime_buffers,
             ring_buf: 4096,
+            lookups: Vec::new(),
         };
         w.flush_client_tls();
         w.pump();
@@ -253,6 +256,10 @@ impl World {
             Op::Connect { addr } => {
                 assert!(self.connect.is_none());
                 self.connect = Some(addr);
+            }
+            Op::LookupSession { key, take } => {
+                assert!(self.conn.is_expecting_session());
+                self.lookups.push((key, take));
             }
             Op::Cancel { side } => {
                 let slot = match side {
@@ -561,6 +568,7 @@ pub(super) fn cfg() -> ConnConfig {
         close_flush: Duration::from_secs(1),
         epoch: Instant::now(),
         runtime_buffers: false,
+        session_lookup: false,
     }
 }
 
@@ -1036,4 +1044,95 @@ fn relay_moves_buffers_instead_of_copying() {
     assert_eq!(write.off, 5, "after the record header");
     w.settle();
     assert_eq!(w.backend_got, b"GET / HTTP/1.1\r\n\r\n");
+}
+
+// ----------------------------------------------------------------------
+// Session store lookups
+// ----------------------------------------------------------------------
+
+/// A server with a stateful session cache (TLS 1.3 stateful tickets), and a
+/// client of its own (with its own session memory).
+fn stateful() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
+    let (server, client) = configs();
+    let mut server = (**server).clone();
+    server.session_storage = rustls::server::ServerSessionMemoryCache::new(16);
+    server.send_tls13_tickets = 1;
+    let mut client = (**client).clone();
+    client.resumption = rustls::client::Resumption::in_memory_sessions(16);
+    (Arc::new(server), Arc::new(client))
+}
+
+fn lookup_cfg() -> ConnConfig {
+    ConnConfig {
+        session_lookup: true,
+        ..cfg()
+    }
+}
+
+#[test]
+fn a_hello_offering_a_stored_session_waits_for_its_lookup() {
+    let (server, client) = stateful();
+    // A full handshake: no session offered, no lookup.
+    let mut w = World::with_server(lookup_cfg(), &[BACKEND_A], server.clone(), client.clone());
+    w.settle();
+    assert!(w.handshake_done());
+    assert!(w.lookups.is_empty(), "{:?}", w.lookups);
+    w.client_send(b"x");
+    w.settle();
+    // The client comes back with its ticket: the machine asks for a
+    // single-use lookup and waits; rustls has not seen the ClientHello.
+    let mut w = World::with_server(lookup_cfg(), &[BACKEND_A], server, client);
+    w.settle();
+    assert_eq!(w.lookups.len(), 1);
+    assert!(w.lookups[0].1, "a TLS 1.3 ticket is taken");
+    assert!(w.conn.is_expecting_session());
+    assert!(!w.handshake_done());
+    assert!(w.c_read.is_none(), "nothing is read while waiting");
+    // The answer (here: the session stayed in the server's cache).
+    let now = w.now;
+    w.conn.handle_session(now);
+    w.pump();
+    w.settle();
+    assert!(w.handshake_done());
+    assert_eq!(
+        w.client.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    assert_eq!(w.lookups.len(), 1, "one lookup per connection");
+}
+
+#[test]
+fn a_lookup_that_never_ends_is_cut_by_the_handshake_timeout() {
+    let (server, client) = stateful();
+    let mut w = World::with_server(lookup_cfg(), &[BACKEND_A], server.clone(), client.clone());
+    w.settle();
+    w.client_send(b"x");
+    w.settle();
+    let mut w = World::with_server(lookup_cfg(), &[BACKEND_A], server, client);
+    w.settle();
+    assert!(w.conn.is_expecting_session());
+    w.tick(4_999, false);
+    assert!(w.outcome.is_none());
+    w.tick(1, false);
+    w.settle();
+    assert_eq!(w.outcome().end, End::HandshakeTimeout);
+    // A late answer changes nothing.
+    let now = w.now;
+    w.conn.handle_session(now);
+}
+
+#[test]
+fn without_a_store_no_lookup_is_asked() {
+    let (server, client) = stateful();
+    let mut w = World::with_server(cfg(), &[BACKEND_A], server.clone(), client.clone());
+    w.settle();
+    w.client_send(b"x");
+    w.settle();
+    let mut w = World::with_server(cfg(), &[BACKEND_A], server, client);
+    w.settle();
+    assert!(w.lookups.is_empty());
+    assert_eq!(
+        w.client.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
 }

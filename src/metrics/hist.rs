@@ -30,16 +30,19 @@ pub enum Metric {
     Ttfb,
     /// Accept → connection closed.
     Lifetime,
+    /// An L2 session store lookup: asked → answered (or timed out).
+    StoreLookup,
 }
 
 impl Metric {
     /// Every metric, in storage order.
-    pub const ALL: [Metric; 5] = [
+    pub const ALL: [Metric; 6] = [
         Self::HandshakeFull,
         Self::HandshakeResumed,
         Self::Connect,
         Self::Ttfb,
         Self::Lifetime,
+        Self::StoreLookup,
     ];
 
     fn index(self) -> usize {
@@ -65,6 +68,7 @@ impl Metric {
             Self::Connect => ("backend_connect_duration_seconds", ""),
             Self::Ttfb => ("time_to_first_byte_seconds", ""),
             Self::Lifetime => ("connection_lifetime_seconds", ""),
+            Self::StoreLookup => ("session_store_lookup_duration_seconds", ""),
         }
     }
 
@@ -86,20 +90,21 @@ impl Metric {
 }
 
 /// Names accepted by [`Histograms::by_name`] (`/histograms/NAME`).
-pub const NAMES: [&str; 6] = [
+pub const NAMES: [&str; 7] = [
     "handshake",
     "handshake_full",
     "handshake_resumed",
     "connect",
     "ttfb",
     "lifetime",
+    "session_store_lookup",
 ];
 
 /// One worker's histograms, plus exact sums (HdrHistogram keeps none).
 #[derive(Debug, Clone)]
 pub struct Histograms {
-    hists: [Histogram<u64>; 5],
-    sums_us: [u64; 5],
+    hists: [Histogram<u64>; 6],
+    sums_us: [u64; 6],
 }
 
 impl Default for Histograms {
@@ -119,7 +124,7 @@ impl Histograms {
         };
         Self {
             hists: Metric::ALL.map(make),
-            sums_us: [0; 5],
+            sums_us: [0; 6],
         }
     }
 
@@ -166,6 +171,7 @@ impl Histograms {
             "connect" => Metric::Connect,
             "ttfb" => Metric::Ttfb,
             "lifetime" => Metric::Lifetime,
+            "session_store_lookup" => Metric::StoreLookup,
             _ => return None,
         };
         Some(self.get(m).clone())
@@ -206,6 +212,7 @@ fn label(m: Metric) -> &'static str {
         Metric::Connect => "backend connect",
         Metric::Ttfb => "time to 1st byte",
         Metric::Lifetime => "conn lifetime",
+        Metric::StoreLookup => "store lookup",
     }
 }
 
@@ -344,7 +351,7 @@ mod tests {
         let mut workers: Vec<Histograms> = (0..4).map(|_| Histograms::new()).collect();
         let mut one = Histograms::new();
         for (i, v) in values(7, 20_000).into_iter().enumerate() {
-            let m = Metric::ALL[i % 5];
+            let m = Metric::ALL[i % Metric::ALL.len()];
             workers[i % 4].record(m, v);
             one.record(m, v);
         }

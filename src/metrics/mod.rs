@@ -240,6 +240,20 @@ counters! {
     session_cache_entries: "gauge",
     /// Sync messages dropped because a queue was full (all workers).
     session_sync_dropped: "counter",
+    /// 1 while this worker's connection to the L2 session store (`--session-store`) is up.
+    session_store_up: "gauge",
+    /// L2 session store lookups that found the session.
+    session_store_hits: "counter",
+    /// L2 session store lookups the store had no session for.
+    session_store_misses: "counter",
+    /// L2 session store lookups not answered within `--session-store-timeout` (the handshake went on without).
+    session_store_timeouts: "counter",
+    /// L2 session store errors: error or unexpected replies, bytes that are not RESP, failed connections.
+    session_store_errors: "counter",
+    /// Sessions written to the L2 session store (pipelined, not awaited).
+    session_store_puts: "counter",
+    /// Puts dropped because the L2 session store was down or too much was queued.
+    session_store_dropped_puts: "counter",
 }
 
 impl WorkerCounters {
@@ -262,6 +276,17 @@ impl WorkerCounters {
             AlertKind::NoApplicationProtocol => &self.alert_no_application_protocol,
             AlertKind::Other => &self.alert_other,
         }
+    }
+
+    /// Copies the L2 session store client's figures (owned by the worker).
+    pub fn set_store_stats(&self, stats: &crate::session::l2::L2Stats, up: bool) {
+        self.session_store_up.set(u64::from(up));
+        self.session_store_hits.set(stats.hits);
+        self.session_store_misses.set(stats.misses);
+        self.session_store_timeouts.set(stats.timeouts);
+        self.session_store_errors.set(stats.errors);
+        self.session_store_puts.set(stats.puts);
+        self.session_store_dropped_puts.set(stats.dropped_puts);
     }
 
     /// Copies the session cache's figures (owned by the worker's cache).

@@ -235,6 +235,12 @@ impl Worker {
                 }
             }
             Op::Cancel { side } => self.submit_cancels(index, side),
+            Op::LookupSession { key, take } => {
+                if !self.start_lookup(index, key, take, now) {
+                    let s = self.slots[index as usize].as_mut().expect("live");
+                    s.conn.handle_session(now);
+                }
+            }
         }
     }
 
@@ -555,6 +561,9 @@ impl Worker {
 
     /// The connection is over: count it, close its sockets, free the slot.
     fn finish(&mut self, index: u32, outcome: Outcome) {
+        if self.store.is_some() {
+            self.forget_lookup(index);
+        }
         let s = self.slots[index as usize].take().expect("live");
         self.ctx.clear_deadline(index as i64);
         count(&self.ctx, &outcome, s.accepted_at);

@@ -34,6 +34,7 @@ pub mod privdrop;
 pub mod reload;
 pub mod ring;
 pub mod session_store;
+pub mod store;
 pub mod ticket_keys;
 pub mod upgrade;
 pub mod wake;
@@ -87,6 +88,62 @@ pub enum StartError {
     /// `--user`/`--group` could not be resolved or applied.
     #[error("{0}")]
     Privileges(#[from] privdrop::PrivError),
+    /// The session store's address or password file (`--session-store*`).
+    #[error("{0}")]
+    SessionStore(String),
+}
+
+/// The workers' store settings: the address resolved and the password
+/// read, once, at startup.
+fn store_spec(config: &Config) -> Result<Option<store::StoreSpec>, StartError> {
+    use crate::config::StoreAddr;
+    let Some(spec) = &config.session_store else {
+        return Ok(None);
+    };
+    let addr = match &spec.addr {
+        StoreAddr::Tcp(host, port) => {
+            use std::net::ToSocketAddrs;
+            let found = (host.as_str(), *port)
+                .to_socket_addrs()
+                .map_err(|e| {
+                    StartError::SessionStore(format!("--session-store {host}:{port}: {e}"))
+                })?
+                .next()
+                .ok_or_else(|| {
+                    StartError::SessionStore(format!("--session-store {host}:{port}: no address"))
+                })?;
+            socket2::SockAddr::from(found)
+        }
+        StoreAddr::Unix(path) => socket2::SockAddr::unix(path)
+            .map_err(|e| StartError::SessionStore(format!("--session-store unix://{path}: {e}")))?,
+    };
+    let password = match &spec.password_file {
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|e| {
+                StartError::SessionStore(format!("--session-store-password-file {path}: {e}"))
+            })?;
+            let text = String::from_utf8_lossy(&bytes);
+            let pw = text.trim_end_matches(['\r', '\n']);
+            if pw.is_empty() || pw.contains(['\r', '\n']) {
+                return Err(StartError::SessionStore(format!(
+                    "--session-store-password-file {path}: must hold one non-empty line"
+                )));
+            }
+            Some(pw.as_bytes().to_vec())
+        }
+        None => None,
+    };
+    Ok(Some(store::StoreSpec {
+        addr,
+        config: crate::session::l2::L2Config {
+            prefix: spec.prefix.clone().into_bytes(),
+            password,
+            db: spec.db,
+            ttl_s: config.session_timeout_s,
+            timeout: Duration::from_millis(spec.timeout_ms),
+            connect_timeout: Duration::from_millis(spec.connect_timeout_ms),
+        },
+    }))
 }
 
 /// A running server.
@@ -139,6 +196,8 @@ pub fn start_inherited(
     let mut inherited = listener::Inherited::new(inherited);
     // Unknown users and groups are startup errors before anything is bound.
     let privileges = privdrop::resolve(config.user.as_deref(), config.group.as_deref())?;
+    // Read before privileges are dropped (the password file may be root's).
+    let store = store_spec(config)?;
     // Bind everything on this thread first: a port in use is a clear error
     // before any worker starts.
     let mut per_worker: Vec<Vec<std::net::TcpListener>> =
@@ -247,6 +306,7 @@ pub fn start_inherited(
             histograms: histograms.clone(),
             wake: wakes[id].clone(),
             cache: cache.clone(),
+            store: store.clone(),
         };
         let tx = tx.clone();
         std::thread::Builder::new()

@@ -46,10 +46,20 @@ pub enum Tag {
     BackendCancel,
     /// Closing a socket of a finished connection.
     Close,
+    /// The session store connection's connect (gen = its generation).
+    StoreConnect,
+    /// Its read.
+    StoreRecv,
+    /// Its write.
+    StoreSend,
+    /// A cancel of its connect.
+    StoreCancel,
+    /// Its timer (gen = the timer's sequence number).
+    StoreTimer,
 }
 
 impl Tag {
-    const ALL: [Tag; 15] = [
+    const ALL: [Tag; 20] = [
         Tag::Accept,
         Tag::AcceptBackoff,
         Tag::AcceptCancel,
@@ -65,6 +75,11 @@ impl Tag {
         Tag::ClientCancel,
         Tag::BackendCancel,
         Tag::Close,
+        Tag::StoreConnect,
+        Tag::StoreRecv,
+        Tag::StoreSend,
+        Tag::StoreCancel,
+        Tag::StoreTimer,
     ];
 
     fn from_u8(v: u8) -> Option<Tag> {

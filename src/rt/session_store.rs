@@ -154,6 +154,64 @@ fn merge_inbound(local: &mut Local) {
     }
 }
 
+/// Sessions (key, value) waiting to be put into the L2 store.
+type Puts = Vec<(Vec<u8>, Vec<u8>)>;
+
+thread_local! {
+    /// Sessions rustls stored on this worker, for the L2 store's puts:
+    /// `None` when no store is configured. The worker drains it each turn.
+    static L2_PUTS: RefCell<Option<Puts>> = const { RefCell::new(None) };
+}
+
+/// Makes this worker's puts go to the L2 store as well (see
+/// [`take_l2_puts`]).
+pub fn enable_l2_puts() {
+    L2_PUTS.with(|p| *p.borrow_mut() = Some(Vec::new()));
+}
+
+/// The sessions put since the last call, for the L2 store (appended to
+/// `out`).
+pub fn take_l2_puts(out: &mut Puts) {
+    L2_PUTS.with(|p| {
+        if let Ok(mut guard) = p.try_borrow_mut() {
+            if let Some(puts) = guard.as_mut() {
+                out.append(puts);
+            }
+        }
+    });
+}
+
+/// Whether this worker's cache holds a live session for `key` (no counter
+/// moves).
+pub fn l1_contains(key: &[u8]) -> bool {
+    with_local(|l| {
+        let now = l.now_ms();
+        l.cache.contains(key, now)
+    })
+    .unwrap_or(false)
+}
+
+/// Puts a session found in the L2 store into this worker's cache (and the
+/// other workers'), without writing it back to the store.
+pub fn l1_insert(key: Vec<u8>, value: Vec<u8>) {
+    with_local(|l| {
+        let now = l.now_ms();
+        let kind = SessionKind::of_value(&value);
+        let msg = l.cache.put_kind(key, value, kind, now);
+        l.hub.publish(l.id, msg);
+    });
+}
+
+/// Removes a single-use session the L2 store says was used elsewhere, here
+/// and on the other workers.
+pub fn l1_remove(key: &[u8]) {
+    with_local(|l| {
+        if let Some(msg) = l.cache.remove(key) {
+            l.hub.publish(l.id, msg);
+        }
+    });
+}
+
 fn with_local<R>(f: impl FnOnce(&mut Local) -> R) -> Option<R> {
     LOCAL.with(|l| l.try_borrow_mut().ok()?.as_mut().map(f))
 }
@@ -185,6 +243,13 @@ impl StoresServerSessions for WorkerStore {
         with_local(|l| {
             let now = l.now_ms();
             let kind = SessionKind::of_value(&value);
+            L2_PUTS.with(|p| {
+                if let Ok(mut guard) = p.try_borrow_mut() {
+                    if let Some(puts) = guard.as_mut() {
+                        puts.push((key.clone(), value.clone()));
+                    }
+                }
+            });
             let msg = l.cache.put_kind(key, value, kind, now);
             l.hub.publish(l.id, msg);
             true

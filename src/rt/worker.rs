@@ -88,6 +88,8 @@ pub struct WorkerSpec {
     pub wake: Arc<WakeFd>,
     /// The session cache, when resumption uses it.
     pub cache: Option<CacheSpec>,
+    /// The L2 session store, when one is configured.
+    pub store: Option<super::store::StoreSpec>,
 }
 
 /// A worker's session cache settings.
@@ -141,6 +143,9 @@ pub(super) struct Worker {
     backoff_ts: Box<types::Timespec>,
     next_sync_ms: u64,
     listeners_reported: Cell<bool>,
+    /// The L2 session store connection (after the ring: its buffers
+    /// outlive the ops that use them).
+    pub(super) store: Option<super::store::Store>,
 }
 
 /// Runs a worker on the current thread until the process exits. `ready` is
@@ -195,6 +200,7 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String
             close_flush: CLOSE_FLUSH,
             epoch,
             runtime_buffers: true,
+            session_lookup: spec.store.is_some(),
         },
         max_connections: spec.max_connections,
         counters: spec.counters,
@@ -235,12 +241,16 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String
         backoff_ts: Box::new(types::Timespec::from(ACCEPT_BACKOFF)),
         next_sync_ms: 0,
         listeners_reported: Cell::new(false),
+        store: spec
+            .store
+            .map(|s| super::store::Store::new(s, Instant::now())),
     };
     for i in 0..w.listeners.len() {
         w.arm_accept(i);
     }
     w.arm_wake();
     w.arm_timer_if_needed();
+    w.drive_store(Instant::now());
     let _ = ready.send(Ok(w.ctx.id));
     w.run_loop();
 }
@@ -277,6 +287,17 @@ impl Worker {
             }
             self.retry_enobufs(now);
             self.drive_touched(now);
+            if self.store.is_some() {
+                // Puts and lookups of this turn go out; answers drive their
+                // connections (bounded: answers come from completions).
+                for _ in 0..4 {
+                    self.drive_store(now);
+                    if self.touched.is_empty() {
+                        break;
+                    }
+                    self.drive_touched(now);
+                }
+            }
         }
     }
 
@@ -298,6 +319,10 @@ impl Worker {
             Tag::Timer => self.on_timer(now),
             Tag::Wake => self.on_wake(now),
             Tag::Close => {}
+            Tag::StoreConnect | Tag::StoreRecv | Tag::StoreSend | Tag::StoreTimer => {
+                self.on_store_cqe(ud, res, now)
+            }
+            Tag::StoreCancel => {}
             _ => self.on_conn_cqe(ud, res, flags, now),
         }
     }

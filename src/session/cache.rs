@@ -320,6 +320,21 @@ impl SessionCache {
         (Some(entry.value), Some(SyncMsg::Take { key: key.to_vec() }))
     }
 
+    /// Whether `key` holds a live entry (no counter moves).
+    pub fn contains(&self, key: &[u8], now_ms: u64) -> bool {
+        self.entries
+            .get(key)
+            .is_some_and(|e| self.is_live(e.created_ms, now_ms))
+    }
+
+    /// Removes `key` without counting a lookup (the L2 store said a
+    /// single-use session was used elsewhere). Returns the
+    /// [`SyncMsg::Take`] to publish when an entry was removed.
+    pub fn remove(&mut self, key: &[u8]) -> Option<SyncMsg> {
+        self.unlink(key)?;
+        Some(SyncMsg::Take { key: key.to_vec() })
+    }
+
     /// Applies a message from another worker (see the ordering assumption on
     /// [`SessionCache`]).
     ///

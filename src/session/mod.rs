@@ -6,4 +6,5 @@
 #![forbid(unsafe_code)]
 
 pub mod cache;
+pub mod l2;
 pub mod tickets;

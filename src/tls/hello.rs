@@ -34,6 +34,8 @@ pub struct HelloFacts {
     pub ticket_len: Option<usize>,
     /// The `pre_shared_key` identities offered (RFC 8446 §4.2.11).
     pub psk_identities: Vec<Vec<u8>>,
+    /// The `supported_versions` extension lists TLS 1.3 (RFC 8446 §4.2.1).
+    pub offers_tls13: bool,
 }
 
 const HANDSHAKE: u8 = 22;
@@ -41,6 +43,7 @@ const CLIENT_HELLO: u8 = 1;
 const EXT_SERVER_NAME: u16 = 0;
 const EXT_SESSION_TICKET: u16 = 35;
 const EXT_PRE_SHARED_KEY: u16 = 41;
+const EXT_SUPPORTED_VERSIONS: u16 = 43;
 
 /// Largest handshake message body we join for a look (the ClientHello's
 /// 24-bit length allows more; rustls refuses above 64 KiB anyway).
@@ -145,6 +148,7 @@ fn parse_body(body: &[u8]) -> Option<HelloFacts> {
             EXT_SERVER_NAME => facts.sni = server_name(data),
             EXT_SESSION_TICKET => facts.ticket_len = Some(data.len()),
             EXT_PRE_SHARED_KEY => facts.psk_identities = psk_identities(data)?,
+            EXT_SUPPORTED_VERSIONS => facts.offers_tls13 = offers_tls13(data),
             _ => {}
         }
     }
@@ -163,6 +167,12 @@ fn server_name(data: &[u8]) -> Option<String> {
         }
     }
     None
+}
+
+fn offers_tls13(data: &[u8]) -> bool {
+    Reader(data)
+        .vec8()
+        .is_some_and(|list| list.chunks_exact(2).any(|v| v == [3, 4]))
 }
 
 fn psk_identities(data: &[u8]) -> Option<Vec<Vec<u8>>> {
@@ -210,6 +220,7 @@ mod tests {
         };
         assert_eq!(facts.sni.as_deref(), Some("example.com"));
         assert!(facts.psk_identities.is_empty());
+        assert!(facts.offers_tls13);
         // rustls's client asks for TLS 1.2 tickets when it may resume.
         assert!(facts.ticket_len.is_some());
     }

@@ -692,6 +692,11 @@ impl TlsSession {
         self.hello.as_ref()
     }
 
+    /// Whether the configuration resumes with stateless tickets.
+    pub fn ticketer_enabled(&self) -> bool {
+        self.ticketer_enabled
+    }
+
     /// How a resumed handshake of `version` found its session. rustls
     /// resumes TLS 1.3 through the ticketer when it is enabled and through
     /// the session store otherwise (`server/tls13.rs`); TLS 1.2 tries an

@@ -67,6 +67,11 @@ struct Common {
     /// Allow a non-loopback --target
     #[arg(long, global = true)]
     allow_remote: bool,
+    /// resume: alternate every resumption between --target and this server
+    /// (another process of a fleet sharing sessions, e.g. through
+    /// --session-store)
+    #[arg(long, global = true, value_name = "HOST:PORT")]
+    alt_target: Option<String>,
     /// Skip certificate verification (for testing only)
     #[arg(long, global = true, conflicts_with = "ca")]
     insecure: bool,
@@ -256,6 +261,11 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
         return usage("--timeout must be > 0");
     }
     let addr = resolve_target(&c.target, c.allow_remote)?;
+    let alt = c
+        .alt_target
+        .as_deref()
+        .map(|t| resolve_target(t, c.allow_remote))
+        .transpose()?;
     let server_name = ServerName::try_from(c.sni.clone())
         .map_err(|_| Fatal::Usage(format!("invalid --sni {:?}", c.sni)))?;
     let cpus = c.cpus.as_deref().map(check_cpus).transpose()?;
@@ -309,9 +319,14 @@ fn run(cli: Cli) -> Result<ExitCode, Fatal> {
     let ctx = Arc::new(Ctx {
         target: Target {
             addr,
-            server_name,
+            server_name: server_name.clone(),
             timeout,
         },
+        alt: alt.map(|addr| Target {
+            addr,
+            server_name: server_name.clone(),
+            timeout,
+        }),
         version,
         group: c.group,
         trust,

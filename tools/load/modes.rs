@@ -34,6 +34,8 @@ pub enum OpError {
 /// Settings shared by all workers of a run.
 pub struct Ctx {
     pub target: Target,
+    /// `--alt-target`: resume mode alternates between the two.
+    pub alt: Option<Target>,
     pub version: TlsVersion,
     pub group: Group,
     pub trust: Trust,
@@ -156,14 +158,14 @@ pub fn handshake_worker(ctx: &Ctx, request: bool, arrival: Arrival) -> Stats {
 /// One connection of resume mode: returns the stream and whether the
 /// handshake was a resumption, plus the latency to report.
 fn resume_op(
-    ctx: &Ctx,
+    target: &Target,
     config: &Arc<ClientConfig>,
     fetch: bool,
     include_fetch: bool,
     reader: &mut ResponseReader,
 ) -> Result<(TlsStream, bool, Duration), OpError> {
     let t0 = Instant::now();
-    let mut s = tls::connect(&ctx.target, config).map_err(OpError::Connect)?;
+    let mut s = tls::connect(target, config).map_err(OpError::Connect)?;
     let mut lat = t0.elapsed();
     let resumed = s.conn.handshake_kind() == Some(HandshakeKind::Resumed);
     if fetch {
@@ -189,7 +191,7 @@ pub fn resume_worker(ctx: &Ctx, kind: ResumeKind, request: bool, arrival: Arriva
     let fetch = request || kind == ResumeKind::Ticket13;
     let mut reader = ResponseReader::new();
     // Prime the session cache (not measured).
-    match resume_op(ctx, &config, fetch, false, &mut reader) {
+    match resume_op(&ctx.target, &config, fetch, false, &mut reader) {
         Ok((s, _, _)) => {
             tls::close(s, CLOSE_DRAIN);
         }
@@ -198,8 +200,16 @@ pub fn resume_worker(ctx: &Ctx, kind: ResumeKind, request: bool, arrival: Arriva
     let Some(run) = arrival.wait() else {
         return st;
     };
+    let mut turn = 0u64;
     while run.next(&ctx.budget) {
-        match resume_op(ctx, &config, fetch, request, &mut reader) {
+        // With --alt-target, every other resumption goes to the other
+        // server: each one resumes a session the other made.
+        turn += 1;
+        let target = match &ctx.alt {
+            Some(alt) if turn % 2 == 1 => alt,
+            _ => &ctx.target,
+        };
+        match resume_op(target, &config, fetch, request, &mut reader) {
             Ok((s, resumed, lat)) => {
                 st.ok(lat);
                 st.resume_attempts += 1;

@@ -413,26 +413,31 @@ impl Worker {
     /// for accepts to wait instead of taking the fds connections need.
     pub(super) fn refresh_accepts(&mut self) {
         for i in 0..self.listeners.len() {
-            if !self.listeners[i].armed {
-                continue;
+            if self.listeners[i].armed {
+                self.cancel_accept(i);
             }
-            let target = UserData {
-                tag: Tag::Accept,
+        }
+    }
+
+    /// Cancels listener `i`'s multishot accept (by its `user_data`); its
+    /// last completion then says `ECANCELED` without `MORE`.
+    fn cancel_accept(&mut self, i: usize) {
+        let target = UserData {
+            tag: Tag::Accept,
+            gen: 0,
+            slot: i as u32,
+        }
+        .encode();
+        let entry = opcode::AsyncCancel::new(target).build().user_data(
+            UserData {
+                tag: Tag::AcceptCancel,
                 gen: 0,
                 slot: i as u32,
             }
-            .encode();
-            let entry = opcode::AsyncCancel::new(target).build().user_data(
-                UserData {
-                    tag: Tag::AcceptCancel,
-                    gen: 0,
-                    slot: i as u32,
-                }
-                .encode(),
-            );
-            // SAFETY: the entry points to nothing.
-            let _ = unsafe { self.push(entry) };
-        }
+            .encode(),
+        );
+        // SAFETY: the entry points to nothing.
+        let _ = unsafe { self.push(entry) };
     }
 
     fn arm_backoff(&mut self, i: usize) {
@@ -565,24 +570,8 @@ impl Worker {
         if self.drain.is_draining() && !self.ctx.draining.get() {
             self.ctx.draining.set(true);
             for i in 0..self.listeners.len() {
-                let l = &self.listeners[i];
-                if l.armed {
-                    let target = UserData {
-                        tag: Tag::Accept,
-                        gen: 0,
-                        slot: i as u32,
-                    }
-                    .encode();
-                    let entry = opcode::AsyncCancel::new(target).build().user_data(
-                        UserData {
-                            tag: Tag::AcceptCancel,
-                            gen: 0,
-                            slot: i as u32,
-                        }
-                        .encode(),
-                    );
-                    // SAFETY: the entry points to nothing.
-                    let _ = unsafe { self.push(entry) };
+                if self.listeners[i].armed {
+                    self.cancel_accept(i);
                 } else {
                     self.close_listener(i);
                 }

@@ -284,6 +284,11 @@ enum State {
     /// Flushing what the client is owed (data, close_notify or an alert)
     /// under the flush deadline; nothing else moves.
     Flushing,
+    /// A fatal alert went out: our side is shut, and what the client still
+    /// sends is read and dropped for a moment (a lingering close), so that
+    /// closing with unread bytes does not reset the connection before the
+    /// client has read the alert.
+    Lingering,
     /// Failed: waiting for the ops in flight to complete.
     Failing,
     /// Over; the outcome is ready once nothing is in flight.
@@ -366,6 +371,8 @@ pub struct Conn {
     last_activity: Instant,
     /// A drain cut was requested.
     cut: bool,
+    /// Linger once the alert being flushed is out.
+    linger: bool,
     /// Why the connection stops or failed, once decided.
     end: Option<End>,
     /// The backend's first byte was seen; when plaintext first went to it.
@@ -447,6 +454,7 @@ impl Conn {
             phase_at: now,
             last_activity: now,
             cut: false,
+            linger: false,
             end: None,
             ttfb_done: false,
             ttfb_from: None,
@@ -521,7 +529,8 @@ impl Conn {
                 .poll_client_write()
                 .or_else(|| self.poll_connect(now, pools)),
             State::Relaying => self.poll_relay(),
-            State::Flushing => self.poll_client_write(),
+            State::Flushing => self.poll_client_write().or_else(|| self.begin_linger(now)),
+            State::Lingering => self.poll_linger_read(),
             State::Stopping | State::Failing | State::Done => None,
         }
     }
@@ -537,6 +546,7 @@ impl Conn {
             State::Done => {}
             State::Failing => self.state = State::Done,
             State::Flushing if !self.client.owes(&self.to_client) => self.state = State::Done,
+            State::Lingering if self.client.eof => self.state = State::Done,
             // Nothing in flight and nothing to submit: both directions are
             // closed and flushed.
             State::Relaying => {
@@ -562,6 +572,7 @@ impl Conn {
             }
             State::Relaying => self.cfg.idle_timeout.map(|t| self.last_activity + t),
             State::Flushing => Some(self.phase_at + self.cfg.close_flush),
+            State::Lingering if !self.client.eof => Some(self.phase_at + self.cfg.close_flush),
             _ => None,
         }
     }
@@ -642,6 +653,13 @@ impl Conn {
             // written to the other side, which is reset if it was owed.
             // Flushing an alert: the client gets no clean end anyway.
             (State::Flushing, Side::Backend) => {}
+            // Lingering: what the client sends is dropped; its EOF (or an
+            // error) ends it. A backend read cancelled meanwhile goes nowhere.
+            (State::Lingering, Side::Client) => match res {
+                IoResult::Done(n) if n > 0 => self.client.buf.clear(),
+                _ => self.client.eof = true,
+            },
+            (State::Lingering, Side::Backend) => {}
             _ => {
                 if matches!(res, IoResult::Done(n) if n > 0) {
                     match side {
@@ -799,6 +817,7 @@ impl Conn {
                 self.state = State::Failing;
                 self.client.cancel_wanted = true;
             }
+            State::Lingering => self.end_linger(),
             _ => {}
         }
     }
@@ -839,6 +858,7 @@ impl Conn {
                 }
             }
             State::Relaying => self.stop(End::DrainCut),
+            State::Lingering => self.end_linger(),
             _ => {}
         }
     }
@@ -1317,6 +1337,43 @@ impl Conn {
         self.end = Some(end);
         self.state = State::Flushing;
         self.phase_at = now;
+        self.linger = !self.client.eof;
+    }
+
+    /// The alert is out: shut our side (the client reads the alert, then
+    /// EOF) and read what the client still sends until it closes or the
+    /// flush time passes.
+    fn begin_linger(&mut self, now: Instant) -> Option<Op> {
+        if !self.linger || self.client.owes(&self.to_client) {
+            return None;
+        }
+        self.linger = false;
+        self.state = State::Lingering;
+        self.phase_at = now;
+        self.client.shut = true;
+        Some(Op::ShutdownWrite { side: Side::Client })
+    }
+
+    fn poll_linger_read(&mut self) -> Option<Op> {
+        if self.client.eof || self.client.read.is_some() {
+            return None;
+        }
+        let mut buf = std::mem::take(&mut self.client.buf);
+        buf.clear();
+        if !self.cfg.runtime_buffers {
+            buf.reserve(HANDSHAKE_READ);
+        }
+        self.client.read = Some(buf.capacity() - buf.len());
+        Some(Op::Recv {
+            side: Side::Client,
+            buf,
+        })
+    }
+
+    /// Lingering is over (the flush time passed, or the drain cut came).
+    fn end_linger(&mut self) {
+        self.client.eof = true;
+        self.client.cancel_wanted = self.client.read.is_some();
     }
 
     /// A stop (idle timeout, drain cut): cancel what is in flight; once it

@@ -653,9 +653,38 @@ fn handshake_garbage_gets_an_alert() {
     assert!(w.c_write.is_some());
     assert!(w.outcome.is_none());
     w.settle();
+    // Then a lingering close: our side is shut, and what the client still
+    // sends is read and dropped, so that the close does not reset the
+    // connection before the client read the alert.
+    assert!(w.client_fin_from_server);
+    assert!(w.c_read.is_some());
+    w.client_wire.extend([0u8; 3000].iter().copied());
+    w.settle();
+    assert!(w.outcome.is_none(), "still lingering");
+    assert!(w.client_wire.is_empty(), "the late bytes were read");
+    w.client_fin = true;
+    w.settle();
     let out = w.outcome();
     assert!(matches!(out.end, End::HandshakeTls(_)), "{out:?}");
     assert!(out.alert.is_some());
+    assert!(!out.reset_client);
+}
+
+/// A client that neither reads nor closes after an alert: the lingering
+/// ends at the flush deadline.
+#[test]
+fn lingering_after_an_alert_ends_at_the_flush_deadline() {
+    let mut w = World::new(cfg(), &[BACKEND_A]);
+    w.client_wire.clear();
+    w.client_wire
+        .extend(b"GET / HTTP/1.1\r\n\r\n".iter().copied());
+    w.settle();
+    assert!(w.outcome.is_none());
+    w.tick(999, false);
+    assert!(w.outcome.is_none());
+    w.tick(1, false);
+    w.settle();
+    assert!(matches!(w.outcome().end, End::HandshakeTls(_)));
 }
 
 #[test]
@@ -955,6 +984,13 @@ fn client_tls_error_sends_an_alert_and_drops_backend_data() {
     // A corrupted record.
     w.client_wire
         .extend([23u8, 3, 3, 0, 20].iter().chain([0u8; 20].iter()).copied());
+    w.settle();
+    // The alert is out, our side shut; the connection lingers until the
+    // client closes.
+    assert!(w.client_tls_error, "the client read the alert");
+    assert!(w.client_fin_from_server);
+    assert!(w.outcome.is_none());
+    w.client_fin = true;
     w.settle();
     let out = w.outcome();
     assert!(matches!(out.end, End::Tls(_)), "{out:?}");

@@ -14,7 +14,7 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig};
 
 use super::*;
-use crate::route::{Pools, RouteTable};
+use crate::route::{BackendAddr, Pools, RouteTable};
 use crate::tls::{
     build_server_config, generate_self_signed, load_cert_chain, load_private_key, TlsPolicy,
 };
@@ -91,17 +91,17 @@ pub(super) struct World {
     pub backend_got: Vec<u8>,
     pub backend_fin_from_server: bool,
     /// The backend the server connected to.
-    pub connected: Option<SocketAddr>,
+    pub connected: Option<BackendAddr>,
     /// Ops in flight.
     pub c_read: Option<Pending>,
     pub c_write: Option<Pending>,
     pub b_read: Option<Pending>,
     pub b_write: Option<Pending>,
-    pub connect: Option<SocketAddr>,
+    pub connect: Option<BackendAddr>,
     pub c_cancel: bool,
     pub b_cancel: bool,
     /// Backends that refuse connections.
-    pub refusing: Vec<SocketAddr>,
+    pub refusing: Vec<BackendAddr>,
     pub outcome: Option<Outcome>,
     /// The runtime brings its own read buffers (a provided-buffer ring).
     pub runtime_buffers: bool,
@@ -123,7 +123,7 @@ impl World {
     ) -> Self {
         let now = cfg.epoch;
         let runtime_buffers = cfg.runtime_buffers;
-        let table = RouteTable::single(backends.iter().map(|b| addr(b)).collect(), 5_000);
+        let table = RouteTable::single(backends.iter().map(|b| addr(b).into()).collect(), 5_000);
         let conn = Conn::new(
             cfg,
             server,
@@ -569,7 +569,7 @@ fn relaying() -> World {
     let mut w = World::new(cfg(), &[BACKEND_A]);
     w.settle();
     assert!(w.handshake_done());
-    assert_eq!(w.connected, Some(addr(BACKEND_A)));
+    assert_eq!(w.connected, Some(addr(BACKEND_A).into()));
     w
 }
 
@@ -600,7 +600,7 @@ fn handshake_then_connect_then_relay_both_ways() {
     let out = w.outcome();
     assert_eq!(out.end, End::Closed);
     assert!(out.handshake.is_some());
-    assert_eq!(out.backend, Some(addr(BACKEND_A)));
+    assert_eq!(out.backend, Some(addr(BACKEND_A).into()));
     assert!(!out.reset_client && !out.reset_backend);
     assert!(out.ttfb.is_some());
 }
@@ -739,9 +739,9 @@ fn proxy_header_missing_or_bad() {
 #[test]
 fn connect_retries_the_next_backend_once() {
     let mut w = World::new(cfg(), &[BACKEND_A, BACKEND_B]);
-    w.refusing = vec![addr(BACKEND_A)];
+    w.refusing = vec![addr(BACKEND_A).into()];
     w.settle();
-    assert_eq!(w.connected, Some(addr(BACKEND_B)));
+    assert_eq!(w.connected, Some(addr(BACKEND_B).into()));
     w.client_close(true);
     w.backend_fin = true;
     w.settle();
@@ -753,7 +753,7 @@ fn connect_retries_the_next_backend_once() {
 #[test]
 fn connect_fails_on_every_backend() {
     let mut w = World::new(cfg(), &[BACKEND_A, BACKEND_B]);
-    w.refusing = vec![addr(BACKEND_A), addr(BACKEND_B)];
+    w.refusing = vec![addr(BACKEND_A).into(), addr(BACKEND_B).into()];
     w.settle();
     let out = w.outcome();
     assert_eq!(
@@ -776,11 +776,11 @@ fn connect_timeout_then_retry_then_timeout() {
         let moved = w.complete_client_write(usize::MAX) || w.complete_client_read(usize::MAX);
         assert!(moved);
     }
-    assert_eq!(w.connect, Some(addr(BACKEND_A)));
+    assert_eq!(w.connect, Some(addr(BACKEND_A).into()));
     w.tick(2_000, false);
     assert!(w.b_cancel);
     w.complete_cancel(Side::Backend);
-    assert_eq!(w.connect, Some(addr(BACKEND_B)), "retried");
+    assert_eq!(w.connect, Some(addr(BACKEND_B).into()), "retried");
     w.tick(2_000, false);
     w.complete_cancel(Side::Backend);
     w.settle();

@@ -88,6 +88,10 @@ pub struct WorkerSpec {
     pub wake: Arc<WakeFd>,
     /// The session cache, when resumption uses it.
     pub cache: Option<CacheSpec>,
+    /// This worker's end of the access log, when it is on.
+    pub access_log: Option<super::access_log::WorkerLog>,
+    /// Active health checks' verdicts, when they are on.
+    pub health: Option<Arc<super::health::HealthHub>>,
 }
 
 /// A worker's session cache settings.
@@ -130,7 +134,7 @@ pub(super) struct Worker {
     pub touched: Vec<u32>,
     /// Backend sockets to create again at the next tick (fds were
     /// exhausted): slot, generation, address.
-    pub socket_retry: Vec<(u32, u32, std::net::SocketAddr)>,
+    pub socket_retry: Vec<(u32, u32, crate::route::BackendAddr)>,
     drain: Arc<DrainHub>,
     hist_hub: Arc<HistHub>,
     hist_answered: u64,
@@ -179,11 +183,17 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String
         session_store::install(spec.id, cache.config, cache.hub, cache.epoch);
     }
     let epoch = Instant::now();
+    let mut pools = Pools::new(&spec.routes);
+    pools.count_into(spec.counters.clone());
+    let frontends = spec.listeners.iter().map(|l| l.local_addr().ok()).collect();
     let ctx = WorkerCtx {
+        access_log: spec.access_log.map(RefCell::new),
+        frontends,
+        health: spec.health.map(|h| (h, Cell::new(0))),
         id: spec.id,
         tls: spec.tls,
         local_tls: RefCell::new(None),
-        pools: RefCell::new(Pools::new(&spec.routes)),
+        pools: RefCell::new(pools),
         conn: ConnConfig {
             accept_proxy: spec.accept_proxy,
             proxy_out: spec.proxy_out,
@@ -359,7 +369,7 @@ impl Worker {
             }
         }
         match ops::result(res) {
-            Ok(fd) => self.on_new_connection(fd as RawFd, now),
+            Ok(fd) => self.on_new_connection(fd as RawFd, i, now),
             // Cancelled at the drain, or to be armed again (see
             // `refresh_accepts`).
             Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
@@ -532,6 +542,7 @@ impl Worker {
 
     fn on_wake(&mut self, now: Instant) {
         self.arm_wake();
+        self.apply_health(now);
         if let Some(generation) = self.hist_hub.wanted_since(self.hist_answered) {
             self.hist_answered = generation;
             let copy = self.ctx.hist.borrow().clone();
@@ -578,7 +589,7 @@ impl Worker {
     // Connections
     // ------------------------------------------------------------------
 
-    fn on_new_connection(&mut self, fd: RawFd, now: Instant) {
+    fn on_new_connection(&mut self, fd: RawFd, listener: usize, now: Instant) {
         let c = &self.ctx.counters;
         c.accepted.inc();
         if self.ctx.max_connections > 0 && c.active.get() >= self.ctx.max_connections {
@@ -589,7 +600,7 @@ impl Worker {
         }
         c.active.inc();
         let index = alloc_slot(&mut self.slots, &mut self.gens, &mut self.free);
-        match Slot::new(&self.ctx, fd, index, now) {
+        match Slot::new(&self.ctx, fd, listener, now) {
             Ok(mut slot) => {
                 if self.ctx.cutting.get() {
                     slot.conn.handle_stop(now);
@@ -618,6 +629,30 @@ impl Worker {
             self.drive(index, now);
         }
         self.arm_timer_if_needed();
+        if let Some(log) = &self.ctx.access_log {
+            log.borrow_mut().flush();
+        }
+    }
+
+    /// Applies the health checks' verdicts, when they changed, to this
+    /// worker's pools.
+    fn apply_health(&mut self, now: Instant) {
+        let Some((hub, seen)) = &self.ctx.health else {
+            return;
+        };
+        let generation = hub.generation();
+        if seen.replace(generation) == generation {
+            return;
+        }
+        let now_ms = self.ctx.ms_at(now);
+        let mut pools = self.ctx.pools.borrow_mut();
+        for (backend, up) in hub.verdicts() {
+            if pools.is_down(pools.backend_id(backend).unwrap_or(usize::MAX)) == up {
+                pools.set_health(backend, up, now_ms);
+            }
+        }
+        drop(pools);
+        self.log_backend_events();
     }
 }
 

@@ -1,0 +1,449 @@
+//! The access log (`--access-log`, `--access-log-format`): one line per
+//! connection, written from the connection's [`Outcome`].
+//!
+//! A worker never waits on it. Each worker appends its lines to a buffer
+//! of its own; at the end of each loop turn the buffer is pushed on a
+//! bounded lock-free queue ([`ArrayQueue`]) to the writer thread, which
+//! writes it to the file (or stderr) and hands the emptied buffer back on a
+//! second queue. When the writer falls behind and the queue is full, the
+//! buffer's lines are dropped and counted (`access_log_dropped`). The
+//! writer reopens the file when asked ([`AccessLog::reopen`], on SIGHUP and
+//! SIGUSR1), so that logrotate can rename it.
+
+use std::fmt::Write as _;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write as _};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_queue::ArrayQueue;
+
+use crate::conn::{End, Outcome, Side};
+use crate::metrics::WorkerCounters;
+use crate::tls::Resumption;
+
+/// Buffers a worker may have waiting for the writer before it drops lines.
+const QUEUE_BUFFERS: usize = 256;
+
+/// How long the writer sleeps when it found nothing to write.
+const WRITER_NAP: Duration = Duration::from_millis(20);
+
+/// Where the lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The process's stderr.
+    Stderr,
+    /// A file, appended to, reopened on request.
+    File(PathBuf),
+}
+
+impl Target {
+    /// Parses `--access-log`: `stderr`, `off` (None) or a path.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "off" | "" => None,
+            "stderr" => Some(Self::Stderr),
+            path => Some(Self::File(PathBuf::from(path))),
+        }
+    }
+}
+
+/// Line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON object per line.
+    Json,
+    /// `key=value` pairs (logfmt).
+    Text,
+}
+
+struct Shared {
+    /// Per worker: full buffers to write, and emptied ones handed back.
+    full: Vec<ArrayQueue<Vec<u8>>>,
+    empty: Vec<ArrayQueue<Vec<u8>>>,
+    reopen: AtomicBool,
+}
+
+/// The access log's process-wide handle (kept by the main thread).
+#[derive(Clone)]
+pub struct AccessLog {
+    shared: Arc<Shared>,
+    format: Format,
+    writer: std::thread::Thread,
+}
+
+impl AccessLog {
+    /// Opens `target` (a file is created if missing) and starts the writer
+    /// thread for `workers` workers.
+    pub fn start(target: Target, format: Format, workers: usize) -> io::Result<Self> {
+        let mut out = Output::open(&target)?;
+        let shared = Arc::new(Shared {
+            full: (0..workers)
+                .map(|_| ArrayQueue::new(QUEUE_BUFFERS))
+                .collect(),
+            empty: (0..workers)
+                .map(|_| ArrayQueue::new(QUEUE_BUFFERS))
+                .collect(),
+            reopen: AtomicBool::new(false),
+        });
+        let s = shared.clone();
+        let handle = std::thread::Builder::new()
+            .name("ringterm-alog".into())
+            .spawn(move || loop {
+                if s.reopen.swap(false, Ordering::AcqRel) {
+                    match Output::open(&target) {
+                        Ok(o) => out = o,
+                        Err(e) => tracing::error!(error = %e, "access log: reopen failed, keeping the old file"),
+                    }
+                }
+                let mut wrote = false;
+                for (full, empty) in s.full.iter().zip(&s.empty) {
+                    while let Some(mut buf) = full.pop() {
+                        if let Err(e) = out.write_all(&buf) {
+                            tracing::warn!(error = %e, "access log: write failed");
+                        }
+                        wrote = true;
+                        buf.clear();
+                        let _ = empty.push(buf);
+                    }
+                }
+                if wrote {
+                    let _ = out.flush();
+                } else {
+                    std::thread::park_timeout(WRITER_NAP);
+                }
+            })?;
+        Ok(Self {
+            shared,
+            format,
+            writer: handle.thread().clone(),
+        })
+    }
+
+    /// Asks the writer to reopen the file (logrotate renamed it).
+    pub fn reopen(&self) {
+        self.shared.reopen.store(true, Ordering::Release);
+        self.writer.unpark();
+    }
+
+    /// Worker `id`'s end of it.
+    pub fn for_worker(&self, id: usize, counters: Arc<WorkerCounters>) -> WorkerLog {
+        WorkerLog {
+            shared: self.shared.clone(),
+            id,
+            format: self.format,
+            buf: String::new(),
+            lines: 0,
+            counters,
+        }
+    }
+}
+
+enum Output {
+    Stderr(io::Stderr),
+    File(io::BufWriter<File>),
+}
+
+impl Output {
+    fn open(target: &Target) -> io::Result<Self> {
+        Ok(match target {
+            Target::Stderr => Self::Stderr(io::stderr()),
+            Target::File(p) => Self::File(io::BufWriter::with_capacity(
+                64 * 1024,
+                OpenOptions::new().create(true).append(true).open(p)?,
+            )),
+        })
+    }
+
+    fn write_all(&mut self, b: &[u8]) -> io::Result<()> {
+        match self {
+            Self::Stderr(e) => e.lock().write_all(b),
+            Self::File(f) => f.write_all(b),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Stderr(e) => e.flush(),
+            Self::File(f) => f.flush(),
+        }
+    }
+}
+
+/// A worker's end of the access log: its line buffer.
+pub struct WorkerLog {
+    shared: Arc<Shared>,
+    id: usize,
+    format: Format,
+    buf: String,
+    lines: u64,
+    counters: Arc<WorkerCounters>,
+}
+
+impl WorkerLog {
+    /// Appends the line of a finished connection.
+    pub fn log(&mut self, rec: &Record<'_>) {
+        if self.buf.capacity() == 0 {
+            if let Some(mut b) = self.shared.empty[self.id].pop() {
+                b.clear();
+                // Empty: always valid UTF-8.
+                self.buf = String::from_utf8(b).unwrap_or_default();
+            }
+        }
+        format_line(&mut self.buf, rec, self.format);
+        self.lines += 1;
+    }
+
+    /// Hands the buffered lines to the writer (end of a loop turn). When
+    /// its queue is full the lines are dropped and counted.
+    pub fn flush(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        let buf = std::mem::take(&mut self.buf).into_bytes();
+        let lines = std::mem::take(&mut self.lines);
+        match self.shared.full[self.id].push(buf) {
+            Ok(()) => self.counters.access_log_lines.add(lines),
+            Err(_) => self.counters.access_log_dropped.add(lines),
+        }
+    }
+}
+
+/// What the runtime knows of a finished connection, besides its outcome.
+pub struct Record<'a> {
+    /// The outcome.
+    pub out: &'a Outcome,
+    /// The listening address it came in on.
+    pub frontend: Option<SocketAddr>,
+    /// The worker.
+    pub worker: usize,
+    /// When it was accepted and when it ended (the loop turn's clock).
+    pub accepted_at: Instant,
+    pub ended_at: Instant,
+    /// Wall-clock time of the end.
+    pub time: SystemTime,
+}
+
+fn resumption_name(r: Resumption) -> &'static str {
+    match r {
+        Resumption::Tls12Id => "tls12_session_id",
+        Resumption::Tls12Ticket => "tls12_ticket",
+        Resumption::Tls13Stateful => "tls13_stateful",
+        Resumption::Tls13Ticket => "tls13_ticket",
+    }
+}
+
+fn version_name(v: rustls::ProtocolVersion) -> &'static str {
+    match v {
+        rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+        rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+        _ => "unknown",
+    }
+}
+
+/// The close reason's name, and its error text if any.
+pub fn end_reason(out: &Outcome) -> (&'static str, Option<String>) {
+    match &out.end {
+        End::Closed => (
+            match out.first_close {
+                Some(Side::Client) => "client_close",
+                Some(Side::Backend) => "backend_close",
+                None => "closed",
+            },
+            None,
+        ),
+        End::ProxyHeader(e) => ("proxy_header", Some(e.to_string())),
+        End::HandshakeEof => ("handshake_eof", None),
+        End::HandshakeTimeout => ("handshake_timeout", None),
+        End::HandshakeTls(e) => ("handshake_tls_error", Some(e.to_string())),
+        End::ConnectFailed(k) => ("connect_failed", Some(io::Error::from(*k).to_string())),
+        End::ConnectTimeout => ("connect_timeout", None),
+        End::Tls(e) => ("tls_error", Some(e.to_string())),
+        End::Io(Side::Client, k) => ("client_io_error", Some(io::Error::from(*k).to_string())),
+        End::Io(Side::Backend, k) => ("backend_io_error", Some(io::Error::from(*k).to_string())),
+        End::IdleTimeout => ("idle_timeout", None),
+        End::DrainCut => ("drain_cut", None),
+    }
+}
+
+/// One value of a line.
+enum V<'a> {
+    S(&'a str),
+    U(u64),
+    B(bool),
+}
+
+/// Appends one line (with its newline) for `rec` to `out`.
+pub fn format_line(out: &mut String, rec: &Record<'_>, format: Format) {
+    let o = rec.out;
+    let mut fields: Vec<(&str, Option<V<'_>>)> = Vec::with_capacity(24);
+    let time = rfc3339(rec.time);
+    fields.push(("time", Some(V::S(&time))));
+    let client = o.client.map(|c| c.to_string());
+    fields.push(("client", client.as_deref().map(V::S)));
+    let frontend = rec.frontend.map(|f| f.to_string());
+    fields.push(("frontend", frontend.as_deref().map(V::S)));
+    fields.push(("worker", Some(V::U(rec.worker as u64))));
+    fields.push(("sni", o.sni.as_deref().map(V::S)));
+    let hs = o.handshake.as_ref();
+    let alpn = hs
+        .and_then(|h| h.alpn.as_deref())
+        .map(|a| String::from_utf8_lossy(a).into_owned());
+    fields.push(("alpn", alpn.as_deref().map(V::S)));
+    fields.push(("tls_version", hs.map(|h| V::S(version_name(h.version)))));
+    fields.push(("cipher", hs.and_then(|h| h.cipher).map(V::S)));
+    fields.push(("resumed", hs.map(|h| V::B(h.resumed))));
+    fields.push((
+        "resumption",
+        hs.and_then(|h| h.resumption)
+            .map(|r| V::S(resumption_name(r))),
+    ));
+    let us = |d: Duration| V::U(d.as_micros().min(u128::from(u64::MAX)) as u64);
+    fields.push((
+        "handshake_us",
+        o.established_at
+            .map(|at| us(at.saturating_duration_since(rec.accepted_at))),
+    ));
+    let backend = o.backend.as_ref().or(o.backend_tried.as_ref());
+    let backend = backend.map(|b| b.to_string());
+    fields.push(("backend", backend.as_deref().map(V::S)));
+    fields.push((
+        "connect_us",
+        match (o.connect, &o.backend) {
+            (Some((from, to)), Some(_)) => Some(us(to.saturating_duration_since(from))),
+            _ => None,
+        },
+    ));
+    fields.push(("bytes_from_client", Some(V::U(o.bytes.from_client))));
+    fields.push(("bytes_to_client", Some(V::U(o.bytes.to_client))));
+    fields.push(("bytes_from_backend", Some(V::U(o.bytes.from_backend))));
+    fields.push(("bytes_to_backend", Some(V::U(o.bytes.to_backend))));
+    fields.push((
+        "duration_us",
+        Some(us(rec.ended_at.saturating_duration_since(rec.accepted_at))),
+    ));
+    let (end, error) = end_reason(o);
+    fields.push(("end", Some(V::S(end))));
+    fields.push(("error", error.as_deref().map(V::S)));
+    fields.push(("alert", o.alert.map(|a| V::S(a.name()))));
+    fields.push((
+        "connect_failures",
+        Some(V::U(u64::from(o.connect_failures))),
+    ));
+    match format {
+        Format::Json => {
+            out.push('{');
+            let mut first = true;
+            for (k, v) in &fields {
+                let Some(v) = v else { continue };
+                if !first {
+                    out.push(',');
+                }
+                first = false;
+                json_str(out, k);
+                out.push(':');
+                match v {
+                    V::S(s) => json_str(out, s),
+                    V::U(n) => {
+                        let _ = write!(out, "{n}");
+                    }
+                    V::B(b) => out.push_str(if *b { "true" } else { "false" }),
+                }
+            }
+            out.push_str("}\n");
+        }
+        Format::Text => {
+            let mut first = true;
+            for (k, v) in &fields {
+                let Some(v) = v else { continue };
+                if !first {
+                    out.push(' ');
+                }
+                first = false;
+                out.push_str(k);
+                out.push('=');
+                match v {
+                    V::S(s) if needs_quotes(s) => json_str(out, s),
+                    V::S(s) => out.push_str(s),
+                    V::U(n) => {
+                        let _ = write!(out, "{n}");
+                    }
+                    V::B(b) => out.push_str(if *b { "true" } else { "false" }),
+                }
+            }
+            out.push('\n');
+        }
+    }
+}
+
+fn needs_quotes(s: &str) -> bool {
+    s.is_empty()
+        || s.bytes()
+            .any(|b| b <= b' ' || b == b'"' || b == b'=' || b == b'\\' || b >= 0x7f)
+}
+
+/// Appends `s` as a JSON string.
+fn json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// `2026-12-04T18:50:00.123Z`.
+pub fn rfc3339(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_709_210_096_789);
+        assert_eq!(rfc3339(t), "2024-02-29T12:34:56.789Z");
+    }
+
+    #[test]
+    fn strings_are_escaped() {
+        let mut s = String::new();
+        json_str(&mut s, "a\"b\\c\n\u{1}é");
+        assert_eq!(s, "\"a\\\"b\\\\c\\n\\u0001é\"");
+        assert!(needs_quotes("a b") && !needs_quotes("h2"));
+    }
+}

@@ -229,6 +229,9 @@ struct Pool {
     backends: Vec<BackendAddr>,
     /// `down_until[i]`: backend i is skipped while `now_ms < down_until[i]`.
     down_until: Vec<u64>,
+    /// `held[i]`: backend i failed its health checks; skipped until they
+    /// pass again.
+    held: Vec<bool>,
     next: usize,
 }
 
@@ -334,7 +337,7 @@ impl Pools {
         }
         for k in 0..n {
             let i = (p.next + k) % n;
-            if now_ms >= p.down_until[i] && Some(&p.backends[i]) != skip {
+            if now_ms >= p.down_until[i] && !p.held[i] && Some(&p.backends[i]) != skip {
                 p.next = (i + 1) % n;
                 return Some(p.backends[i].clone());
             }
@@ -368,18 +371,25 @@ impl Pools {
     }
 
     /// Marks `backend` down or up in every pool (an active health check's
-    /// verdict): a down backend is skipped for the ejection time, renewed
-    /// at each failed check, and back as soon as one is up.
-    pub fn set_health(&mut self, backend: &BackendAddr, up: bool, now_ms: u64) {
-        let until = if up {
-            0
-        } else {
-            now_ms.saturating_add(self.eject_ms.max(1))
-        };
-        for pool in 0..self.pools.len() {
-            self.set_down_until(pool, backend, until);
+    /// verdict): a down backend is skipped until its checks pass again
+    /// (unless every backend of a pool is out).
+    /// A verdict that changes nothing (the same as the last) is ignored.
+    pub fn set_health(&mut self, backend: &BackendAddr, up: bool) {
+        let mut changed = false;
+        for p in &mut self.pools {
+            for ((b, held), until) in p.backends.iter().zip(&mut p.held).zip(&mut p.down_until) {
+                if b == backend && *held == up {
+                    changed = true;
+                    *held = !up;
+                    if up {
+                        *until = 0;
+                    }
+                }
+            }
         }
-        self.set_down(backend, !up);
+        if changed {
+            self.set_down(backend, !up);
+        }
     }
 
     fn set_down(&mut self, backend: &BackendAddr, down: bool) {
@@ -424,6 +434,7 @@ impl Pool {
         Self {
             backends,
             down_until: vec![0; n],
+            held: vec![false; n],
             next: 0,
         }
     }
@@ -508,10 +519,11 @@ mod tests {
         assert!(!p.is_down(1));
         assert_eq!(p.take_events(), vec![BackendEvent::Reinstated(a(2))]);
         // A health check's verdict applies to every pool.
-        p.set_health(&a(3), false, 100);
+        p.set_health(&a(3), false);
         assert_eq!(p.pick(1, 200, None), Some(a(2)));
-        assert_eq!(p.pick(1, 200, None), Some(a(2)));
-        p.set_health(&a(3), true, 300);
+        // Held out for as long as the checks fail, past the ejection time.
+        assert_eq!(p.pick(1, 1_000_000, None), Some(a(2)));
+        p.set_health(&a(3), true);
         let picks: Vec<_> = (0..2).map(|_| p.pick(1, 300, None).unwrap()).collect();
         assert!(picks.contains(&a(3)), "{picks:?}");
         let unix = BackendAddr::Unix("/run/app.sock".into());

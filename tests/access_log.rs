@@ -104,7 +104,10 @@ fn json_lines_match_full_resumed_failed_and_idle_connections() {
     assert_eq!(num(&v, "bytes_to_backend"), 4, "{v}");
     assert_eq!(num(&v, "bytes_from_backend"), 4, "{v}");
     assert!(num(&v, "bytes_from_client") > 4, "{v}");
-    assert!(num(&v, "bytes_to_client") > 1000, "a certificate went out: {v}");
+    assert!(
+        num(&v, "bytes_to_client") > 1000,
+        "a certificate went out: {v}"
+    );
     let hs = num(&v, "handshake_us");
     assert!(hs > 0 && hs <= num(&v, "duration_us"), "{v}");
     let _ = num(&v, "connect_us");
@@ -133,7 +136,10 @@ fn json_lines_match_full_resumed_failed_and_idle_connections() {
     assert_eq!(v["end"], "handshake_tls_error", "{v}");
     assert!(v["error"].as_str().unwrap().starts_with("tls:"), "{v}");
     assert!(v["alert"].is_string(), "an alert was sent: {v}");
-    assert!(v.get("backend").is_none() && v.get("tls_version").is_none(), "{v}");
+    assert!(
+        v.get("backend").is_none() && v.get("tls_version").is_none(),
+        "{v}"
+    );
     assert_eq!(num(&v, "bytes_to_backend"), 0, "{v}");
 
     // An idle connection, closed by --idle-timeout.
@@ -150,7 +156,10 @@ fn json_lines_match_full_resumed_failed_and_idle_connections() {
     assert!(num(&v, "duration_us") >= 300_000, "{v}");
 
     let text = rt.metrics();
-    assert!(metric_sum(&text, "ringterm_access_log_lines_total") >= 4, "{text}");
+    assert!(
+        metric_sum(&text, "ringterm_access_log_lines_total") >= 4,
+        "{text}"
+    );
     assert_eq!(metric_sum(&text, "ringterm_access_log_dropped_total"), 0);
 }
 
@@ -199,7 +208,9 @@ fn the_file_is_reopened_after_a_rename_and_text_lines_are_key_value() {
             .any(|l| l.contains(&format!(" client={client} ")))
     };
     let (first, _) = ping(rt.addr(), &config);
-    assert!(eventually(Duration::from_secs(10), || text_has(&log, first)));
+    assert!(eventually(Duration::from_secs(10), || text_has(
+        &log, first
+    )));
     let line = std::fs::read_to_string(&log).unwrap();
     assert!(line.contains(" end=client_close "), "{line}");
     assert!(line.contains(" tls_version=TLSv1.3 "), "{line}");

@@ -542,7 +542,7 @@ impl Worker {
 
     fn on_wake(&mut self, now: Instant) {
         self.arm_wake();
-        self.apply_health(now);
+        self.apply_health();
         if let Some(generation) = self.hist_hub.wanted_since(self.hist_answered) {
             self.hist_answered = generation;
             let copy = self.ctx.hist.borrow().clone();
@@ -636,7 +636,7 @@ impl Worker {
 
     /// Applies the health checks' verdicts, when they changed, to this
     /// worker's pools.
-    fn apply_health(&mut self, now: Instant) {
+    fn apply_health(&mut self) {
         let Some((hub, seen)) = &self.ctx.health else {
             return;
         };
@@ -644,12 +644,9 @@ impl Worker {
         if seen.replace(generation) == generation {
             return;
         }
-        let now_ms = self.ctx.ms_at(now);
         let mut pools = self.ctx.pools.borrow_mut();
         for (backend, up) in hub.verdicts() {
-            if pools.is_down(pools.backend_id(backend).unwrap_or(usize::MAX)) == up {
-                pools.set_health(backend, up, now_ms);
-            }
+            pools.set_health(backend, up);
         }
         drop(pools);
         self.log_backend_events();

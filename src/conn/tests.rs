@@ -73,6 +73,8 @@ pub(super) struct World {
     /// All ciphertext the client sent so far, and how much the server read.
     pub client_wire_total: usize,
     pub client_read_by_server: usize,
+    /// Ciphertext bytes the server wrote to the client.
+    pub server_wrote: usize,
     /// Plaintext the client received, and whether a close_notify came.
     pub client_got: Vec<u8>,
     pub client_close_notify: bool,
@@ -146,6 +148,7 @@ impl World {
             client_chunks: Vec::new(),
             client_wire_total: 0,
             client_read_by_server: 0,
+            server_wrote: 0,
             client_got: Vec::new(),
             client_close_notify: false,
             client_tls_error: false,
@@ -399,6 +402,7 @@ impl World {
             IoResult::Failed(io::ErrorKind::BrokenPipe)
         } else {
             let n = (p.buf.len() - p.off).min(max.max(1));
+            self.server_wrote += n;
             self.deliver_to_client(&p.buf[p.off..p.off + n]);
             IoResult::Done(n)
         };
@@ -603,6 +607,46 @@ fn handshake_then_connect_then_relay_both_ways() {
     assert_eq!(out.backend, Some(addr(BACKEND_A).into()));
     assert!(!out.reset_client && !out.reset_backend);
     assert!(out.ttfb.is_some());
+}
+
+/// The outcome's access-log facts: bytes each way from completions, the
+/// client's address, the SNI, who closed first.
+#[test]
+fn outcome_counts_bytes_and_names_client_sni_and_first_close() {
+    let mut w = relaying();
+    w.client_send(b"0123456789");
+    w.settle();
+    w.backend_send(b"abc");
+    w.backend_fin = true;
+    w.settle();
+    w.client_close(true);
+    w.settle();
+    let out = w.outcome();
+    assert_eq!(out.end, End::Closed);
+    assert_eq!(out.bytes.to_backend, 10);
+    assert_eq!(out.bytes.from_backend, 3);
+    assert_eq!(out.bytes.from_client, w.client_read_by_server as u64);
+    assert_eq!(out.bytes.to_client, w.server_wrote as u64);
+    assert_eq!(out.client, Some(addr("192.0.2.1:40000")));
+    assert_eq!(out.sni.as_deref(), Some("localhost"));
+    assert_eq!(out.first_close, Some(Side::Backend));
+    assert_eq!(out.backend_tried, Some(addr(BACKEND_A).into()));
+}
+
+/// Behind a PROXY header, the client is the header's source (also when
+/// no header goes to the backend).
+#[test]
+fn outcome_client_is_the_proxy_source() {
+    let header = b"PROXY TCP4 198.51.100.7 203.0.113.9 5555 443\r\n";
+    {
+        let mut w = proxy_world(header, false);
+        w.settle();
+        w.client_close(true);
+        w.backend_fin = true;
+        w.settle();
+        let out = w.outcome();
+        assert_eq!(out.client, Some(addr("198.51.100.7:5555")));
+    }
 }
 
 #[test]

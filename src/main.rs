@@ -335,6 +335,13 @@ fn run(cli: Cli) -> Result<(), String> {
             .as_ref()
             .and_then(|l| l.first().cloned())
             .unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+        if let Some(path) = addr.strip_prefix("unix:") {
+            ringterm::rt::demo::start_unix(std::path::Path::new(path))
+                .map_err(|e| format!("--listen {addr}: {e}"))?;
+            tracing::info!("demo backend listening on {addr}");
+            wait_for_signal(catch_signals(false), Handlers::default());
+            return Ok(());
+        }
         let addr: std::net::SocketAddr = addr
             .parse()
             .map_err(|_| format!("--listen: invalid address {addr:?}"))?;

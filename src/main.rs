@@ -451,11 +451,18 @@ fn run(cli: Cli) -> Result<(), String> {
     );
     let drain_timeout = std::time::Duration::from_millis(config.drain_timeout_ms);
     let alog_hup = server.access_log.clone();
+    let route_hub = server.routes.clone();
     let alog_usr1 = server.access_log.clone();
     let mut reload = move || {
         notify::reloading();
         if let Some(l) = &alog_hup {
             l.reopen();
+        }
+        if let Some(hub) = &route_hub {
+            match hub.resolve_again() {
+                Ok(changed) => tracing::info!(changed, "backend host names resolved again"),
+                Err(e) => tracing::error!("{e}; keeping the old backend addresses"),
+            }
         }
         let mut result = "reload: done".to_owned();
         match reloader.reload() {

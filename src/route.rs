@@ -220,8 +220,10 @@ pub struct Pools {
     distinct: Vec<BackendAddr>,
     down: Vec<bool>,
     events: Vec<BackendEvent>,
-    /// Where per-backend figures are counted (ids as `distinct`).
-    counters: Option<Arc<WorkerCounters>>,
+    /// Where per-backend figures are counted (ids as `distinct`), and
+    /// where that set is published.
+    counters: Vec<Arc<BackendCounters>>,
+    published: Option<Arc<WorkerCounters>>,
 }
 
 #[derive(Debug)]
@@ -261,25 +263,67 @@ impl Pools {
             down: vec![false; distinct.len()],
             distinct,
             events: Vec::new(),
-            counters: None,
+            counters: Vec::new(),
+            published: None,
         }
+    }
+
+    /// Takes `table` (host names resolved again): the round-robin
+    /// positions, ejections and health verdicts of the backends that
+    /// remain are kept, and so are their counters.
+    pub fn update(&mut self, table: &RouteTable) {
+        let mut new = Pools::new(table);
+        for (np, op) in new.pools.iter_mut().zip(&self.pools) {
+            for (i, b) in np.backends.iter().enumerate() {
+                if let Some(j) = op.backends.iter().position(|x| x == b) {
+                    np.down_until[i] = op.down_until[j];
+                    np.held[i] = op.held[j];
+                }
+            }
+            if !np.backends.is_empty() {
+                np.next = op.next % np.backends.len();
+            }
+        }
+        for (id, b) in new.distinct.iter().enumerate() {
+            if let Some(old) = self.backend_id(b) {
+                new.down[id] = self.down[old];
+            }
+        }
+        new.events = std::mem::take(&mut self.events);
+        if let Some(published) = self.published.take() {
+            new.count_into(published);
+        }
+        *self = new;
     }
 
     /// Counts per-backend figures (connects, failures, ejections, up) into
     /// `counters`, whose per-backend set is created here.
+    /// Backends counted before (same address) keep their counters.
     pub fn count_into(&mut self, counters: Arc<WorkerCounters>) {
-        let set = self
+        let old = counters.backends.load_full();
+        let set: Vec<Arc<BackendCounters>> = self
             .distinct
             .iter()
-            .map(|b| BackendCounters::new(b.to_string()))
+            .enumerate()
+            .map(|(id, b)| {
+                let name = b.to_string();
+                let c = old
+                    .iter()
+                    .find(|c| c.name == name)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(BackendCounters::new(name)));
+                c.up.set(u64::from(!self.down[id]));
+                c
+            })
             .collect();
-        let _ = counters.backends.set(set);
-        self.counters = Some(counters);
+        counters.backends.store(Arc::new(set.clone()));
+        self.counters = set;
+        self.published = Some(counters);
     }
 
     fn counters_of(&self, backend: &BackendAddr) -> Option<&BackendCounters> {
         let id = self.backend_id(backend)?;
-        self.counters.as_ref()?.backends.get()?.get(id)
+        self.counters.get(id).map(|c| &**c)
     }
 
     /// The id of `backend` among the table's distinct backends.
@@ -528,6 +572,28 @@ mod tests {
         assert!(picks.contains(&a(3)), "{picks:?}");
         let unix = BackendAddr::Unix("/run/app.sock".into());
         assert_eq!(unix.to_string(), "unix:/run/app.sock");
+    }
+
+    #[test]
+    fn an_updated_table_keeps_the_state_and_counters_of_remaining_backends() {
+        let counters = Arc::new(WorkerCounters::default());
+        let mut p = Pools::new(&RouteTable::single(vec![a(1), a(2)], 1000));
+        p.count_into(counters.clone());
+        p.succeeded(0, &a(1));
+        p.failed(0, &a(2), 0);
+        let _ = p.take_events();
+        // A name now resolves to a(2) and a(3); a(1) is gone.
+        p.update(&RouteTable::single(vec![a(2), a(3)], 1000));
+        assert!(p.is_down(p.backend_id(&a(2)).unwrap()), "still ejected");
+        assert_eq!(p.pick(0, 10, None), Some(a(3)));
+        let set = counters.backends.load_full();
+        let names: Vec<_> = set.iter().map(|c| c.name.clone()).collect();
+        assert_eq!(names, ["127.0.0.1:2", "127.0.0.1:3"]);
+        assert_eq!(set[0].failures.get(), 1, "kept");
+        assert_eq!(set[0].up.get(), 0);
+        assert_eq!(set[1].up.get(), 1);
+        p.succeeded(0, &a(3));
+        assert_eq!(set[1].connects.get(), 1);
     }
 
     #[test]

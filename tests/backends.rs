@@ -95,6 +95,13 @@ fn a_host_name_backend_resolves_and_every_address_is_used() {
         echo.addr.port()
     );
     assert!(metric_opt(&text, &v4, 0).is_some(), "{text}");
+    // A reload resolves the name again (same addresses: nothing changes).
+    send_signal(rt.child.id(), "HUP");
+    assert!(rt
+        .wait_log(Duration::from_secs(10), |m| m
+            .contains("backend host names resolved again"))
+        .is_some());
+    assert_echo(rt.addr(), certs.tls13(), b"after the reload");
 
     // A name that does not resolve is a startup error naming the flag.
     let out = run_to_exit(

@@ -59,8 +59,9 @@ macro_rules! counters {
         #[derive(Debug, Default)]
         pub struct WorkerCounters {
             $($(#[doc = $doc])* pub $name: Counter,)*
-            /// Per-backend counters, set once when the worker starts.
-            pub backends: std::sync::OnceLock<Vec<BackendCounters>>,
+            /// Per-backend counters, published by the worker when it
+            /// starts and when its backends change (names re-resolved).
+            pub backends: arc_swap::ArcSwap<Vec<std::sync::Arc<BackendCounters>>>,
         }
 
         impl WorkerCounters {
@@ -138,21 +139,15 @@ fn render_backends(out: &mut String, workers: &[&WorkerCounters], filter: Worker
             |b| &b.up,
         ),
     ];
-    if workers
-        .iter()
-        .all(|w| w.backends.get().is_none_or(|b| b.is_empty()))
-    {
+    let sets: Vec<_> = workers.iter().map(|w| w.backends.load_full()).collect();
+    if sets.iter().all(|b| b.is_empty()) {
         return;
     }
     for (name, kind, help, get) in families {
         let _ = writeln!(out, "# HELP ringterm_{name} {help}");
         let _ = writeln!(out, "# TYPE ringterm_{name} {kind}");
-        for (w, counters) in workers
-            .iter()
-            .enumerate()
-            .filter(|(w, _)| filter.includes(*w))
-        {
-            for b in counters.backends.get().map_or(&[][..], |v| &v[..]) {
+        for (w, set) in sets.iter().enumerate().filter(|(w, _)| filter.includes(*w)) {
+            for b in set.iter() {
                 let _ = write!(out, "ringterm_{name}{{worker=\"{w}\",backend=\"");
                 for c in b.name.chars() {
                     match c {

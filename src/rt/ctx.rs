@@ -50,6 +50,8 @@ pub struct WorkerCtx {
     pub(super) frontends: Vec<Option<std::net::SocketAddr>>,
     /// Health checks' verdicts and the generation last applied.
     pub(super) health: Option<(Arc<super::health::HealthHub>, Cell<u64>)>,
+    /// Re-resolved backend tables and the generation last taken.
+    pub(super) route_hub: Option<(Arc<super::routes::RouteHub>, Cell<u64>)>,
 }
 
 impl WorkerCtx {

@@ -35,6 +35,7 @@ pub mod ops;
 pub mod privdrop;
 pub mod reload;
 pub mod ring;
+pub mod routes;
 pub mod session_store;
 pub mod ticket_keys;
 pub mod upgrade;
@@ -145,6 +146,8 @@ pub struct Server {
     pub offered: Vec<handover::Offered>,
     /// The access log, when on (reopen it on SIGHUP/SIGUSR1).
     pub access_log: Option<access_log::AccessLog>,
+    /// The backends' host names, to resolve again on reload (when any).
+    pub routes: Option<Arc<routes::RouteHub>>,
 }
 
 impl Server {
@@ -250,6 +253,10 @@ pub fn start_inherited(
         .collect::<Result<_, _>>()
         .map_err(StartError::Thread)?;
     let histograms = hist_hub::HistHub::new(wakes.clone());
+    let route_hub = config
+        .routes
+        .has_names()
+        .then(|| routes::RouteHub::new(config.routes.clone(), routes.clone(), wakes.clone()));
     let admin_listener = match config.admin {
         Some(addr) => {
             let l = match inherited_admin.filter(|l| {
@@ -309,6 +316,7 @@ pub fn start_inherited(
                 .as_ref()
                 .map(|l| l.for_worker(id, counters[id].clone())),
             health: health.clone(),
+            route_hub: route_hub.clone(),
             buffer_size: config.buffer_size,
             ring_entries: config.ring_entries,
             read_buffers: config.read_buffers,
@@ -343,6 +351,7 @@ pub fn start_inherited(
         h.start(wakes.clone()).map_err(StartError::Thread)?;
     }
     Ok(Server {
+        routes: route_hub,
         access_log,
         listen: bound,
         admin,

@@ -92,6 +92,8 @@ pub struct WorkerSpec {
     pub access_log: Option<super::access_log::WorkerLog>,
     /// Active health checks' verdicts, when they are on.
     pub health: Option<Arc<super::health::HealthHub>>,
+    /// Backend tables resolved again on reload, when names are used.
+    pub route_hub: Option<Arc<super::routes::RouteHub>>,
 }
 
 /// A worker's session cache settings.
@@ -190,6 +192,7 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String
         access_log: spec.access_log.map(RefCell::new),
         frontends,
         health: spec.health.map(|h| (h, Cell::new(0))),
+        route_hub: spec.route_hub.map(|h| (h, Cell::new(0))),
         id: spec.id,
         tls: spec.tls,
         local_tls: RefCell::new(None),
@@ -542,6 +545,7 @@ impl Worker {
 
     fn on_wake(&mut self, now: Instant) {
         self.arm_wake();
+        self.apply_routes();
         self.apply_health();
         if let Some(generation) = self.hist_hub.wanted_since(self.hist_answered) {
             self.hist_answered = generation;
@@ -636,6 +640,24 @@ impl Worker {
 
     /// Applies the health checks' verdicts, when they changed, to this
     /// worker's pools.
+    /// Takes the backend table resolved again, when it changed.
+    fn apply_routes(&mut self) {
+        let Some((hub, seen)) = &self.ctx.route_hub else {
+            return;
+        };
+        let generation = hub.generation();
+        if seen.replace(generation) == generation {
+            return;
+        }
+        let table = hub.table();
+        self.ctx.pools.borrow_mut().update(&table);
+        tracing::info!(
+            worker = self.ctx.id,
+            backends = table.distinct().len(),
+            "backend addresses updated"
+        );
+    }
+
     fn apply_health(&mut self) {
         let Some((hub, seen)) = &self.ctx.health else {
             return;

@@ -269,114 +269,141 @@ pub fn end_reason(out: &Outcome) -> (&'static str, Option<String>) {
     }
 }
 
-/// One value of a line.
-enum V<'a> {
-    S(&'a str),
-    U(u64),
-    B(bool),
+/// Writes one line's fields, JSON or text.
+struct Line<'a> {
+    out: &'a mut String,
+    json: bool,
+    first: bool,
+}
+
+/// A `fmt::Write` that escapes what goes through it as a JSON string's
+/// contents (text format values are quoted the same way when needed).
+struct Escaped<'a>(&'a mut String);
+
+impl std::fmt::Write for Escaped<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        escape_into(self.0, s);
+        Ok(())
+    }
+}
+
+impl Line<'_> {
+    fn key(&mut self, k: &str) {
+        if !self.first {
+            self.out.push(if self.json { ',' } else { ' ' });
+        }
+        self.first = false;
+        if self.json {
+            self.out.push('"');
+            self.out.push_str(k);
+            self.out.push_str("\":");
+        } else {
+            self.out.push_str(k);
+            self.out.push('=');
+        }
+    }
+
+    fn str(&mut self, k: &str, v: Option<&str>) {
+        let Some(v) = v else { return };
+        self.key(k);
+        if self.json || needs_quotes(v) {
+            json_str(self.out, v);
+        } else {
+            self.out.push_str(v);
+        }
+    }
+
+    /// A value that needs no quotes in text (addresses, timestamps); JSON
+    /// strings are escaped all the same.
+    fn display(&mut self, k: &str, v: Option<impl std::fmt::Display>) {
+        let Some(v) = v else { return };
+        self.key(k);
+        if self.json {
+            self.out.push('"');
+            let _ = write!(Escaped(self.out), "{v}");
+            self.out.push('"');
+        } else {
+            let at = self.out.len();
+            let _ = write!(self.out, "{v}");
+            if needs_quotes(&self.out[at..]) {
+                let raw = self.out.split_off(at);
+                json_str(self.out, &raw);
+            }
+        }
+    }
+
+    fn num(&mut self, k: &str, v: Option<u64>) {
+        let Some(v) = v else { return };
+        self.key(k);
+        let _ = write!(self.out, "{v}");
+    }
+
+    fn bool(&mut self, k: &str, v: Option<bool>) {
+        let Some(v) = v else { return };
+        self.key(k);
+        self.out.push_str(if v { "true" } else { "false" });
+    }
 }
 
 /// Appends one line (with its newline) for `rec` to `out`.
 pub fn format_line(out: &mut String, rec: &Record<'_>, format: Format) {
     let o = rec.out;
-    let mut fields: Vec<(&str, Option<V<'_>>)> = Vec::with_capacity(24);
-    let time = rfc3339(rec.time);
-    fields.push(("time", Some(V::S(&time))));
-    let client = o.client.map(|c| c.to_string());
-    fields.push(("client", client.as_deref().map(V::S)));
-    let frontend = rec.frontend.map(|f| f.to_string());
-    fields.push(("frontend", frontend.as_deref().map(V::S)));
-    fields.push(("worker", Some(V::U(rec.worker as u64))));
-    fields.push(("sni", o.sni.as_deref().map(V::S)));
+    let json = format == Format::Json;
+    if json {
+        out.push('{');
+    }
+    let mut l = Line {
+        out,
+        json,
+        first: true,
+    };
+    l.display("time", Some(Rfc3339(rec.time)));
+    l.display("client", o.client);
+    l.display("frontend", rec.frontend);
+    l.num("worker", Some(rec.worker as u64));
+    l.str("sni", o.sni.as_deref());
     let hs = o.handshake.as_ref();
-    let alpn = hs
-        .and_then(|h| h.alpn.as_deref())
-        .map(|a| String::from_utf8_lossy(a).into_owned());
-    fields.push(("alpn", alpn.as_deref().map(V::S)));
-    fields.push(("tls_version", hs.map(|h| V::S(version_name(h.version)))));
-    fields.push(("cipher", hs.and_then(|h| h.cipher).map(V::S)));
-    fields.push(("resumed", hs.map(|h| V::B(h.resumed))));
-    fields.push((
+    if let Some(alpn) = hs.and_then(|h| h.alpn.as_deref()) {
+        l.str("alpn", Some(&String::from_utf8_lossy(alpn)));
+    }
+    l.str("tls_version", hs.map(|h| version_name(h.version)));
+    l.str("cipher", hs.and_then(|h| h.cipher));
+    l.bool("resumed", hs.map(|h| h.resumed));
+    l.str(
         "resumption",
-        hs.and_then(|h| h.resumption)
-            .map(|r| V::S(resumption_name(r))),
-    ));
-    let us = |d: Duration| V::U(d.as_micros().min(u128::from(u64::MAX)) as u64);
-    fields.push((
+        hs.and_then(|h| h.resumption).map(resumption_name),
+    );
+    let us = |d: Duration| d.as_micros().min(u128::from(u64::MAX)) as u64;
+    l.num(
         "handshake_us",
         o.established_at
             .map(|at| us(at.saturating_duration_since(rec.accepted_at))),
-    ));
-    let backend = o.backend.as_ref().or(o.backend_tried.as_ref());
-    let backend = backend.map(|b| b.to_string());
-    fields.push(("backend", backend.as_deref().map(V::S)));
-    fields.push((
+    );
+    l.display("backend", o.backend.as_ref().or(o.backend_tried.as_ref()));
+    l.num(
         "connect_us",
         match (o.connect, &o.backend) {
             (Some((from, to)), Some(_)) => Some(us(to.saturating_duration_since(from))),
             _ => None,
         },
-    ));
-    fields.push(("bytes_from_client", Some(V::U(o.bytes.from_client))));
-    fields.push(("bytes_to_client", Some(V::U(o.bytes.to_client))));
-    fields.push(("bytes_from_backend", Some(V::U(o.bytes.from_backend))));
-    fields.push(("bytes_to_backend", Some(V::U(o.bytes.to_backend))));
-    fields.push((
+    );
+    l.num("bytes_from_client", Some(o.bytes.from_client));
+    l.num("bytes_to_client", Some(o.bytes.to_client));
+    l.num("bytes_from_backend", Some(o.bytes.from_backend));
+    l.num("bytes_to_backend", Some(o.bytes.to_backend));
+    l.num(
         "duration_us",
         Some(us(rec.ended_at.saturating_duration_since(rec.accepted_at))),
-    ));
+    );
     let (end, error) = end_reason(o);
-    fields.push(("end", Some(V::S(end))));
-    fields.push(("error", error.as_deref().map(V::S)));
-    fields.push(("alert", o.alert.map(|a| V::S(a.name()))));
-    fields.push((
-        "connect_failures",
-        Some(V::U(u64::from(o.connect_failures))),
-    ));
-    match format {
-        Format::Json => {
-            out.push('{');
-            let mut first = true;
-            for (k, v) in &fields {
-                let Some(v) = v else { continue };
-                if !first {
-                    out.push(',');
-                }
-                first = false;
-                json_str(out, k);
-                out.push(':');
-                match v {
-                    V::S(s) => json_str(out, s),
-                    V::U(n) => {
-                        let _ = write!(out, "{n}");
-                    }
-                    V::B(b) => out.push_str(if *b { "true" } else { "false" }),
-                }
-            }
-            out.push_str("}\n");
-        }
-        Format::Text => {
-            let mut first = true;
-            for (k, v) in &fields {
-                let Some(v) = v else { continue };
-                if !first {
-                    out.push(' ');
-                }
-                first = false;
-                out.push_str(k);
-                out.push('=');
-                match v {
-                    V::S(s) if needs_quotes(s) => json_str(out, s),
-                    V::S(s) => out.push_str(s),
-                    V::U(n) => {
-                        let _ = write!(out, "{n}");
-                    }
-                    V::B(b) => out.push_str(if *b { "true" } else { "false" }),
-                }
-            }
-            out.push('\n');
-        }
+    l.str("end", Some(end));
+    l.str("error", error.as_deref());
+    l.str("alert", o.alert.map(|a| a.name()));
+    l.num("connect_failures", Some(u64::from(o.connect_failures)));
+    if json {
+        out.push('}');
     }
+    out.push('\n');
 }
 
 fn needs_quotes(s: &str) -> bool {
@@ -388,6 +415,12 @@ fn needs_quotes(s: &str) -> bool {
 /// Appends `s` as a JSON string.
 fn json_str(out: &mut String, s: &str) {
     out.push('"');
+    escape_into(out, s);
+    out.push('"');
+}
+
+/// Appends `s` escaped as a JSON string's contents.
+fn escape_into(out: &mut String, s: &str) {
     for c in s.chars() {
         match c {
             '"' => out.push_str("\\\""),
@@ -401,11 +434,25 @@ fn json_str(out: &mut String, s: &str) {
             c => out.push(c),
         }
     }
-    out.push('"');
+}
+
+/// Displays as [`rfc3339`], without allocating.
+struct Rfc3339(SystemTime);
+
+impl std::fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (y, mo, d, h, mi, s, ms) = civil(self.0);
+        write!(f, "{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}.{ms:03}Z")
+    }
 }
 
 /// `2026-12-04T18:50:00.123Z`.
 pub fn rfc3339(t: SystemTime) -> String {
+    Rfc3339(t).to_string()
+}
+
+/// UTC year, month, day, hour, minute, second, millisecond of `t`.
+fn civil(t: SystemTime) -> (i64, i64, i64, u64, u64, u64, u32) {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
@@ -419,12 +466,14 @@ pub fn rfc3339(t: SystemTime) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+    (
+        year,
+        month,
+        day,
         rem / 3600,
         rem % 3600 / 60,
         rem % 60,
-        d.subsec_millis()
+        d.subsec_millis(),
     )
 }
 

@@ -488,6 +488,39 @@ mod tests {
         assert_eq!(rfc3339(t), "2024-02-29T12:34:56.789Z");
     }
 
+    /// With the writer stalled, a worker's full queue drops lines and
+    /// counts them; it never waits.
+    #[test]
+    fn lines_are_dropped_and_counted_when_the_writer_is_behind() {
+        let shared = Arc::new(Shared {
+            full: vec![ArrayQueue::new(2)],
+            empty: vec![ArrayQueue::new(2)],
+            reopen: AtomicBool::new(false),
+        });
+        let counters = Arc::new(WorkerCounters::default());
+        let mut log = WorkerLog {
+            shared: shared.clone(),
+            id: 0,
+            format: Format::Text,
+            buf: String::new(),
+            lines: 0,
+            counters: counters.clone(),
+        };
+        log.flush(); // nothing buffered: nothing pushed
+        assert!(shared.full[0].is_empty());
+        for turn in 0..4 {
+            for _ in 0..=turn {
+                log.buf.push_str("line\n");
+                log.lines += 1;
+            }
+            log.flush();
+        }
+        // Turns 1 and 2 (1 + 2 lines) were queued, turns 3 and 4 dropped.
+        assert_eq!(counters.access_log_lines.get(), 3);
+        assert_eq!(counters.access_log_dropped.get(), 7);
+        assert_eq!(shared.full[0].pop().unwrap(), b"line\n");
+    }
+
     #[test]
     fn strings_are_escaped() {
         let mut s = String::new();

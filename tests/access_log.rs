@@ -230,3 +230,48 @@ fn the_file_is_reopened_after_a_rename_and_text_lines_are_key_value() {
     assert!(text_has(&rotated, first));
     assert!(!text_has(&rotated, last));
 }
+
+/// Behind a balancer (`--accept-proxy`), the client is the PROXY header's
+/// source; `--access-log stderr` writes to the log stream.
+#[test]
+fn the_client_is_the_proxy_source_and_stderr_works() {
+    let certs = TestCerts::generate();
+    let echo = echo_backend();
+    let rt = start_ringterm(
+        &certs,
+        echo.addr,
+        &[
+            "--accept-proxy",
+            "--access-log",
+            "stderr",
+            "--access-log-format",
+            "json",
+        ],
+    );
+    let mut sock = tcp_connect(rt.addr());
+    sock.write_all(b"PROXY TCP4 203.0.113.7 198.51.100.1 40000 443\r\n")
+        .unwrap();
+    let mut conn = rustls::ClientConnection::new(certs.tls13(), server_name()).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock).unwrap();
+    }
+    let mut s = rustls::StreamOwned::new(conn, sock);
+    s.write_all(b"via a balancer").unwrap();
+    let mut buf = [0u8; 14];
+    s.read_exact(&mut buf).unwrap();
+    let _ = close_write(&mut s);
+    let _ = tls_read_to_end(&mut s);
+    let mut line = None;
+    let found = eventually(Duration::from_secs(10), || {
+        line = rt
+            .stderr()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| v["client"] == "203.0.113.7:40000");
+        line.is_some()
+    });
+    assert!(found, "no access log line on stderr: {}", rt.stderr());
+    let v = line.unwrap();
+    assert_eq!(v["end"], "client_close", "{v}");
+    assert_eq!(num(&v, "bytes_to_backend"), 14, "{v}");
+}

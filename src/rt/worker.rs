@@ -638,8 +638,6 @@ impl Worker {
         }
     }
 
-    /// Applies the health checks' verdicts, when they changed, to this
-    /// worker's pools.
     /// Takes the backend table resolved again, when it changed.
     fn apply_routes(&mut self) {
         let Some((hub, seen)) = &self.ctx.route_hub else {
@@ -658,6 +656,8 @@ impl Worker {
         );
     }
 
+    /// Applies the health checks' verdicts, when they changed, to this
+    /// worker's pools.
     fn apply_health(&mut self) {
         let Some((hub, seen)) = &self.ctx.health else {
             return;

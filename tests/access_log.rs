@@ -85,15 +85,22 @@ fn json_lines_match_full_resumed_failed_and_idle_connections() {
             log.to_str().unwrap(),
             "--idle-timeout",
             "300",
+            "--alpn",
+            "h2,http/1.1",
         ],
     );
-    let config = resuming(certs.tls13());
+    let config = {
+        let mut c = (*resuming(certs.tls13())).clone();
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(c)
+    };
 
     // A full handshake.
     let (client, kind) = ping(rt.addr(), &config);
     assert_eq!(kind, HandshakeKind::Full);
     let v = line_of(&log, client);
     assert_eq!(v["sni"], "localhost", "{v}");
+    assert_eq!(v["alpn"], "http/1.1", "{v}");
     assert_eq!(v["tls_version"], "TLSv1.3", "{v}");
     assert!(v["cipher"].as_str().unwrap().starts_with("TLS13_"), "{v}");
     assert_eq!(v["resumed"], false, "{v}");

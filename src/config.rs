@@ -906,7 +906,7 @@ pub enum ConfigError {
     #[error("{0} is required")]
     Missing(&'static str),
     /// An address did not parse.
-    #[error("{flag}: invalid address {value:?} (expected IP:PORT, e.g. 127.0.0.1:8443)")]
+    #[error("{flag}: invalid address {value:?} (expected {})", expected_addr(flag))]
     InvalidAddr {
         /// The flag.
         flag: &'static str,
@@ -1237,6 +1237,14 @@ fn range(flag: &'static str, value: &str, reason: &str) -> ConfigError {
         // error is printed on one line.
         value: value.escape_debug().to_string(),
         reason: reason.to_owned(),
+    }
+}
+
+/// The forms an address of `flag` may take, for messages.
+fn expected_addr(flag: &str) -> &'static str {
+    match flag {
+        "--backend" | "--route" => "IP:PORT, NAME:PORT or unix:/path, e.g. 127.0.0.1:8080",
+        _ => "IP:PORT, e.g. 127.0.0.1:8443",
     }
 }
 

@@ -513,6 +513,10 @@ fn run(cli: Cli) -> Result<(), String> {
     );
     upgrade.before_drain();
     drain(&server, drain_timeout);
+    if let Some(l) = &server.access_log {
+        // The drained connections' lines reach the file before exit.
+        l.finish(std::time::Duration::from_secs(2));
+    }
     tracing::info!("latency summary at shutdown:\n{}", summary());
     Ok(())
 }

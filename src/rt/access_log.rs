@@ -65,6 +65,8 @@ struct Shared {
     full: Vec<ArrayQueue<Vec<u8>>>,
     empty: Vec<ArrayQueue<Vec<u8>>>,
     reopen: AtomicBool,
+    /// The writer's completed passes (each ends with a flush).
+    passes: std::sync::atomic::AtomicU64,
 }
 
 /// The access log's process-wide handle (kept by the main thread).
@@ -88,6 +90,7 @@ impl AccessLog {
                 .map(|_| ArrayQueue::new(QUEUE_BUFFERS))
                 .collect(),
             reopen: AtomicBool::new(false),
+            passes: std::sync::atomic::AtomicU64::new(0),
         });
         let s = shared.clone();
         let handle = std::thread::Builder::new()
@@ -112,7 +115,9 @@ impl AccessLog {
                 }
                 if wrote {
                     let _ = out.flush();
-                } else {
+                }
+                s.passes.fetch_add(1, Ordering::AcqRel);
+                if !wrote {
                     std::thread::park_timeout(WRITER_NAP);
                 }
             })?;
@@ -127,6 +132,26 @@ impl AccessLog {
     pub fn reopen(&self) {
         self.shared.reopen.store(true, Ordering::Release);
         self.writer.unpark();
+    }
+
+    /// Waits (up to `within`) until every line the workers handed over is
+    /// written and flushed: at shutdown, after the drain.
+    pub fn finish(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        let start = self.shared.passes.load(Ordering::Acquire);
+        loop {
+            self.writer.unpark();
+            let empty = self.shared.full.iter().all(|q| q.is_empty());
+            // Two passes: the one under way may have popped a buffer it
+            // has not written yet.
+            if empty && self.shared.passes.load(Ordering::Acquire) >= start + 2 {
+                return;
+            }
+            if Instant::now() >= deadline {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// Worker `id`'s end of it.
@@ -496,6 +521,7 @@ mod tests {
             full: vec![ArrayQueue::new(2)],
             empty: vec![ArrayQueue::new(2)],
             reopen: AtomicBool::new(false),
+            passes: std::sync::atomic::AtomicU64::new(0),
         });
         let counters = Arc::new(WorkerCounters::default());
         let mut log = WorkerLog {

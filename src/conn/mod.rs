@@ -195,8 +195,8 @@ pub struct Outcome {
     /// The client's address: the peer the runtime accepted, or the source
     /// a PROXY header named.
     pub client: Option<SocketAddr>,
-    /// The SNI the client sent, when its ClientHello was read (also for a
-    /// failed handshake).
+    /// The SNI the client sent, when its ClientHello was read but the
+    /// handshake did not complete (else it is in `handshake`).
     pub sni: Option<String>,
     /// Bytes moved, counted from completions: ciphertext read from and
     /// written to the client, plaintext read from and written to the
@@ -535,7 +535,7 @@ impl Conn {
         }
         self.reported = true;
         self.out.end = self.end.take().unwrap_or(End::Closed);
-        if self.out.sni.is_none() {
+        if self.out.handshake.is_none() {
             self.out.sni = self.tls.sni().map(str::to_owned);
         }
         Some(std::mem::replace(&mut self.out, Outcome::empty()))

@@ -628,7 +628,8 @@ fn outcome_counts_bytes_and_names_client_sni_and_first_close() {
     assert_eq!(out.bytes.from_client, w.client_read_by_server as u64);
     assert_eq!(out.bytes.to_client, w.server_wrote as u64);
     assert_eq!(out.client, Some(addr("192.0.2.1:40000")));
-    assert_eq!(out.sni.as_deref(), Some("localhost"));
+    let hs = out.handshake.as_ref().unwrap();
+    assert_eq!(hs.sni.as_deref(), Some("localhost"));
     assert_eq!(out.first_close, Some(Side::Backend));
     assert_eq!(out.backend_tried, Some(addr(BACKEND_A).into()));
 }

@@ -386,8 +386,11 @@ pub fn format_line(out: &mut String, rec: &Record<'_>, format: Format) {
     l.display("client", o.client);
     l.display("frontend", rec.frontend);
     l.num("worker", Some(rec.worker as u64));
-    l.str("sni", o.sni.as_deref());
     let hs = o.handshake.as_ref();
+    l.str(
+        "sni",
+        hs.and_then(|h| h.sni.as_deref()).or(o.sni.as_deref()),
+    );
     if let Some(alpn) = hs.and_then(|h| h.alpn.as_deref()) {
         l.str("alpn", Some(&String::from_utf8_lossy(alpn)));
     }

@@ -220,6 +220,14 @@ pub struct Settings {
     /// Expect a PROXY protocol v1 or v2 header from a fronting balancer
     /// before the TLS ClientHello (`--accept-proxy`).
     pub accept_proxy: Option<bool>,
+    /// Access log: `stderr`, a file path, or `off` (`--access-log`).
+    pub access_log: Option<String>,
+    /// Access log line format: `json` (default) or `text`
+    /// (`--access-log-format`).
+    pub access_log_format: Option<String>,
+    /// Active backend health checks every this many ms, 0 = off
+    /// (`--health-check-interval`).
+    pub health_check_interval: Option<u64>,
 }
 
 /// One `[[route]]` table.
@@ -462,6 +470,9 @@ impl Settings {
             group: over.group.or(self.group),
             proxy_protocol: over.proxy_protocol.or(self.proxy_protocol),
             accept_proxy: over.accept_proxy.or(self.accept_proxy),
+            access_log: over.access_log.or(self.access_log),
+            access_log_format: over.access_log_format.or(self.access_log_format),
+            health_check_interval: over.health_check_interval.or(self.health_check_interval),
         }
     }
 
@@ -481,9 +492,12 @@ impl Settings {
             .ok_or(ConfigError::Missing("--backend"))?
             .into_vec()
             .iter()
-            .map(|s| parse_addr("--backend", s))
+            .map(|s| parse_backend("--backend", s))
             .collect::<Result<Vec<_>, _>>()?;
-        let backend = *backends.first().ok_or(ConfigError::Missing("--backend"))?;
+        let backend = backends
+            .first()
+            .cloned()
+            .ok_or(ConfigError::Missing("--backend"))?;
         let mut routes = Vec::new();
         for r in self.route.unwrap_or_default() {
             if r.names.is_empty() || r.backends.is_empty() {
@@ -498,7 +512,7 @@ impl Settings {
                 backends: r
                     .backends
                     .iter()
-                    .map(|s| parse_addr("--route", s))
+                    .map(|s| parse_backend("--route", s))
                     .collect::<Result<_, _>>()?,
             });
         }
@@ -682,7 +696,28 @@ impl Settings {
             Some("v2") => Some(crate::proxy::Version::V2),
             Some(other) => return Err(range("--proxy-protocol", other, "must be off, v1 or v2")),
         };
+        let access_log = match self.access_log.as_deref().map(str::trim) {
+            None | Some("off") => None,
+            Some("") => return Err(range("--access-log", "", "must be stderr, a file or off")),
+            Some(v) => Some(v.to_owned()),
+        };
+        let access_log_json = match self.access_log_format.as_deref() {
+            None | Some("json") => true,
+            Some("text") => false,
+            Some(other) => return Err(range("--access-log-format", other, "must be json or text")),
+        };
+        let health_check_interval_ms = self.health_check_interval.unwrap_or(0);
+        if health_check_interval_ms > 3_600_000 {
+            return Err(range(
+                "--health-check-interval",
+                &health_check_interval_ms.to_string(),
+                "must be at most 3600000 ms (0 = off)",
+            ));
+        }
         Ok(Config {
+            access_log,
+            access_log_json,
+            health_check_interval_ms,
             proxy_protocol,
             accept_proxy: self.accept_proxy.unwrap_or(false),
             idle_timeout_ms: edge.idle_timeout_ms,
@@ -821,9 +856,10 @@ pub struct Config {
     /// Addresses to accept TLS on; each worker binds each with SO_REUSEPORT.
     pub listen: Vec<SocketAddr>,
     /// The first default backend (for messages).
-    pub backend: SocketAddr,
-    /// Every backend: the default pool and the per-SNI routes.
-    pub routes: crate::route::RouteTable,
+    pub backend: crate::route::BackendSpec,
+    /// Every backend: the default pool and the per-SNI routes (host names
+    /// unresolved: the runtime resolves them).
+    pub routes: crate::route::RouteTable<crate::route::BackendSpec>,
     /// Certificates, the default first (then those of `cert_dirs`).
     pub certs: Vec<CertFiles>,
     /// Folders of combined PEM files, read in order, files sorted by name.
@@ -884,6 +920,12 @@ pub struct Config {
     pub group: Option<String>,
     /// PROXY protocol header sent to the backend, if any.
     pub proxy_protocol: Option<crate::proxy::Version>,
+    /// Access log target (`stderr` or a path); `None` = off.
+    pub access_log: Option<String>,
+    /// Access log lines in JSON (else text).
+    pub access_log_json: bool,
+    /// Active health check interval, ms; 0 = off.
+    pub health_check_interval_ms: u64,
     /// Expect a PROXY protocol header (v1 or v2) before the ClientHello.
     pub accept_proxy: bool,
 }
@@ -904,7 +946,7 @@ pub enum ConfigError {
     #[error("{0} is required")]
     Missing(&'static str),
     /// An address did not parse.
-    #[error("{flag}: invalid address {value:?} (expected IP:PORT, e.g. 127.0.0.1:8443)")]
+    #[error("{flag}: invalid address {value:?} (expected {})", expected_addr(flag))]
     InvalidAddr {
         /// The flag.
         flag: &'static str,
@@ -1374,6 +1416,22 @@ fn range(flag: &'static str, value: &str, reason: &str) -> ConfigError {
     }
 }
 
+/// The forms an address of `flag` may take, for messages.
+fn expected_addr(flag: &str) -> &'static str {
+    match flag {
+        "--backend" | "--route" => "IP:PORT, NAME:PORT or unix:/path, e.g. 127.0.0.1:8080",
+        _ => "IP:PORT, e.g. 127.0.0.1:8443",
+    }
+}
+
+/// A backend: `IP:PORT`, `unix:/path` or `NAME:PORT`.
+fn parse_backend(flag: &'static str, s: &str) -> Result<crate::route::BackendSpec, ConfigError> {
+    crate::route::BackendSpec::parse(s).ok_or_else(|| ConfigError::InvalidAddr {
+        flag,
+        value: s.to_owned(),
+    })
+}
+
 fn parse_addr(flag: &'static str, s: &str) -> Result<SocketAddr, ConfigError> {
     s.trim().parse().map_err(|_| ConfigError::InvalidAddr {
         flag,
@@ -1833,7 +1891,7 @@ mod example_file {
         let text = include_str!("../config/ringterm.toml");
         let s = Settings::from_toml("config/ringterm.toml", text).unwrap();
         let c = s.validate(&[0, 1]).unwrap();
-        assert_eq!(c.backend.port(), 8080);
+        assert!(c.backend.to_string().ends_with(":8080"), "{}", c.backend);
     }
 
     #[test]

@@ -194,7 +194,7 @@ fn drive_conn(config: &Arc<ServerConfig>, mut rest: &[u8], split: u8, flags: u8)
         session_lookup: false,
     };
     let backend_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
-    let mut pools = Pools::new(&RouteTable::single(vec![backend_addr], 0));
+    let mut pools = Pools::new(&RouteTable::single(vec![backend_addr.into()], 0));
     let peer = std::net::SocketAddr::from(([192, 0, 2, 1], 2));
     let mut conn = Conn::new(cfg, Arc::clone(config), peer, None, epoch).expect("a valid config");
     let backend_read_max = match (flags >> 2) & 3 {

@@ -108,6 +108,18 @@ struct Cli {
     /// Log line format: text (default) or json (one object a line).
     #[arg(long, value_name = "FORMAT", global = true)]
     log_format: Option<String>,
+    /// Access log, one line per connection: stderr, a file (reopened on
+    /// SIGHUP and SIGUSR1, for logrotate) or off (default).
+    #[arg(long, value_name = "stderr|FILE|off", global = true)]
+    access_log: Option<String>,
+    /// Access log line format: json (default) or text (key=value).
+    #[arg(long, value_name = "FORMAT", global = true)]
+    access_log_format: Option<String>,
+    /// Active backend health checks: a TCP (or UNIX) connect to every
+    /// backend each MS; down after 3 failures, up after 2 successes.
+    /// 0 = off (default).
+    #[arg(long, value_name = "MS", global = true)]
+    health_check_interval: Option<u64>,
     /// UNIX socket for zero-downtime upgrades: a new process started with
     /// the same socket takes the listening sockets over, and this one drains.
     #[arg(long, value_name = "PATH", global = true)]
@@ -281,6 +293,9 @@ impl Cli {
             group: self.group.clone(),
             proxy_protocol: self.proxy_protocol.clone(),
             accept_proxy: self.accept_proxy.then_some(true),
+            access_log: self.access_log.clone(),
+            access_log_format: self.access_log_format.clone(),
+            health_check_interval: self.health_check_interval,
         }
     }
 }
@@ -346,6 +361,13 @@ fn run(cli: Cli) -> Result<(), String> {
             .as_ref()
             .and_then(|l| l.first().cloned())
             .unwrap_or_else(|| "127.0.0.1:8080".to_owned());
+        if let Some(path) = addr.strip_prefix("unix:") {
+            ringterm::rt::demo::start_unix(std::path::Path::new(path))
+                .map_err(|e| format!("--listen {addr}: {e}"))?;
+            tracing::info!("demo backend listening on {addr}");
+            wait_for_signal(catch_signals(false), Handlers::default());
+            return Ok(());
+        }
         let addr: std::net::SocketAddr = addr
             .parse()
             .map_err(|_| format!("--listen: invalid address {addr:?}"))?;
@@ -454,8 +476,20 @@ fn run(cli: Cli) -> Result<(), String> {
         took_over,
     );
     let drain_timeout = std::time::Duration::from_millis(config.drain_timeout_ms);
+    let alog_hup = server.access_log.clone();
+    let route_hub = server.routes.clone();
+    let alog_usr1 = server.access_log.clone();
     let mut reload = move || {
         notify::reloading();
+        if let Some(l) = &alog_hup {
+            l.reopen();
+        }
+        if let Some(hub) = &route_hub {
+            match hub.resolve_again() {
+                Ok(changed) => tracing::info!(changed, "backend host names resolved again"),
+                Err(e) => tracing::error!("{e}; keeping the old backend addresses"),
+            }
+        }
         let mut result = "reload: done".to_owned();
         match reloader.reload() {
             Ok(r) => tracing::info!(
@@ -488,7 +522,12 @@ fn run(cli: Cli) -> Result<(), String> {
             .collect_merged(ringterm::rt::admin::COLLECT_WAIT)
             .summary()
     };
-    let mut usr1 = || tracing::info!("latency summary (SIGUSR1):\n{}", summary());
+    let mut usr1 = || {
+        if let Some(l) = &alog_usr1 {
+            l.reopen();
+        }
+        tracing::info!("latency summary (SIGUSR1):\n{}", summary())
+    };
     let mut usr2 = || upgrade.spawn_new_process();
     wait_for_signal(
         signals,
@@ -500,6 +539,10 @@ fn run(cli: Cli) -> Result<(), String> {
     );
     upgrade.before_drain();
     drain(&server, drain_timeout);
+    if let Some(l) = &server.access_log {
+        // The drained connections' lines reach the file before exit.
+        l.finish(std::time::Duration::from_secs(2));
+    }
     tracing::info!("latency summary at shutdown:\n{}", summary());
     Ok(())
 }

@@ -57,7 +57,7 @@ use std::time::{Duration, Instant};
 use rustls::ServerConfig;
 
 use crate::proxy::{self, ParseLimits, Parsed, ProxyError, ProxyHeader};
-use crate::route::{PoolId, Pools};
+use crate::route::{BackendAddr, PoolId, Pools};
 use crate::tls::hello::{self, Peek};
 use crate::tls::{
     AlertKind, HandshakeInfo, Status, TlsError, TlsSession, MAX_FRAGMENT_LEN, MAX_RECORD_LEN,
@@ -152,8 +152,8 @@ pub enum Op {
     /// Open a socket to `addr` and connect it; then call
     /// [`Conn::handle_connect`]. On failure the runtime closes that socket.
     Connect {
-        /// The backend.
-        addr: SocketAddr,
+        /// The backend (TCP or UNIX).
+        addr: BackendAddr,
     },
     /// Cancel every op in flight on `side`; then call
     /// [`Conn::handle_cancel`].
@@ -214,7 +214,22 @@ pub struct Outcome {
     /// The alert sent to the client because of a TLS failure, if any.
     pub alert: Option<AlertKind>,
     /// The backend connected to, if any.
-    pub backend: Option<SocketAddr>,
+    pub backend: Option<BackendAddr>,
+    /// The backend of the last connect attempt (connected or not).
+    pub backend_tried: Option<BackendAddr>,
+    /// The client's address: the peer the runtime accepted, or the source
+    /// a PROXY header named.
+    pub client: Option<SocketAddr>,
+    /// The SNI the client sent, when its ClientHello was read but the
+    /// handshake did not complete (else it is in `handshake`).
+    pub sni: Option<String>,
+    /// Bytes moved, counted from completions: ciphertext read from and
+    /// written to the client, plaintext read from and written to the
+    /// backend.
+    pub bytes: Bytes,
+    /// Which peer ended its sending first (FIN or close_notify), if one
+    /// did.
+    pub first_close: Option<Side>,
     /// When the first connect attempt began and when one succeeded.
     pub connect: Option<(Instant, Instant)>,
     /// Failed connect attempts (the last one included), by kind.
@@ -233,6 +248,44 @@ pub struct Outcome {
     /// Close the backend socket with a reset: plaintext owed to it was
     /// dropped.
     pub reset_backend: bool,
+}
+
+/// Bytes a connection moved, per direction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bytes {
+    /// Ciphertext read from the client.
+    pub from_client: u64,
+    /// Ciphertext written to the client.
+    pub to_client: u64,
+    /// Plaintext read from the backend.
+    pub from_backend: u64,
+    /// Plaintext written to the backend.
+    pub to_backend: u64,
+}
+
+impl Outcome {
+    fn empty() -> Self {
+        Self {
+            end: End::Closed,
+            handshake: None,
+            established_at: None,
+            alert: None,
+            backend: None,
+            backend_tried: None,
+            client: None,
+            sni: None,
+            bytes: Bytes::default(),
+            first_close: None,
+            connect: None,
+            connect_failures: 0,
+            connect_timeouts: 0,
+            retries: 0,
+            ttfb: None,
+            cancel_failures: 0,
+            reset_client: false,
+            reset_backend: false,
+        }
+    }
 }
 
 /// Per-connection settings (the worker's, copied).
@@ -358,11 +411,11 @@ pub struct Conn {
     /// ClientHello's start behind a PROXY header).
     unread: bool,
     /// A connect is in flight.
-    connecting: Option<SocketAddr>,
+    connecting: Option<BackendAddr>,
     /// The backend pool and the attempts made.
     pool: Option<PoolId>,
     attempts: usize,
-    skip: Option<SocketAddr>,
+    skip: Option<BackendAddr>,
     /// A connect attempt was cancelled by its deadline (else by the drain).
     connect_timed_out: bool,
     /// When the current deadline's period began.
@@ -459,19 +512,9 @@ impl Conn {
             ttfb_done: false,
             ttfb_from: None,
             out: Outcome {
-                end: End::Closed,
-                handshake: None,
-                established_at: None,
-                alert: None,
-                backend: None,
-                connect: None,
-                connect_failures: 0,
-                connect_timeouts: 0,
-                retries: 0,
-                ttfb: None,
-                cancel_failures: 0,
-                reset_client: false,
-                reset_backend: false,
+                // Port 0: the runtime did not look the peer up.
+                client: (peer.port() != 0).then_some(peer),
+                ..Outcome::empty()
             },
             reported: false,
             looked_up: false,
@@ -558,7 +601,10 @@ impl Conn {
         }
         self.reported = true;
         self.out.end = self.end.take().unwrap_or(End::Closed);
-        Some(self.out.clone())
+        if self.out.handshake.is_none() {
+            self.out.sni = self.tls.sni().map(str::to_owned);
+        }
+        Some(std::mem::replace(&mut self.out, Outcome::empty()))
     }
 
     /// When [`Conn::handle_timeout`] should be called next, if ever.
@@ -605,10 +651,23 @@ impl Conn {
             buf.extend_from_slice(data);
         }
         let data = if direct { data } else { &[][..] };
+        if let IoResult::Done(n) = res {
+            match side {
+                Side::Client => self.out.bytes.from_client += n as u64,
+                Side::Backend => self.out.bytes.from_backend += n as u64,
+            }
+        }
         let s = self.sock_mut(side);
         let offered = s.read.take().unwrap_or(0);
         s.buf = buf;
         self.dispatch_recv(side, res, offered, data, now);
+        if self.out.first_close.is_none() {
+            if self.client.eof {
+                self.out.first_close = Some(Side::Client);
+            } else if self.backend.eof {
+                self.out.first_close = Some(Side::Backend);
+            }
+        }
         if self.cfg.runtime_buffers {
             // Nothing waits in them: an idle connection holds no buffer.
             if self.client.buf.is_empty() {
@@ -682,6 +741,12 @@ impl Conn {
     ) {
         self.sock_mut(side).write = false;
         let failing = !self.still_owed(side);
+        if let IoResult::Done(n) = res {
+            match side {
+                Side::Client => self.out.bytes.to_client += n as u64,
+                Side::Backend => self.out.bytes.to_backend += n as u64,
+            }
+        }
         match res {
             IoResult::Done(n) if n > 0 => {
                 if self.state != State::Flushing && self.state != State::Stopping {
@@ -742,7 +807,7 @@ impl Conn {
         let now_ms = self.ms(now);
         match res {
             IoResult::Done(_) => {
-                pools.succeeded(pool, addr);
+                pools.succeeded(pool, &addr);
                 self.out.backend = Some(addr);
                 let from = self.out.connect.map_or(self.phase_at, |(s, _)| s);
                 self.out.connect = Some((from, now));
@@ -757,7 +822,7 @@ impl Conn {
             // The drain's cut: no retry, the backend did nothing wrong.
             IoResult::Cancelled if !timed_out => self.fail(End::DrainCut),
             IoResult::Cancelled | IoResult::Failed(_) => {
-                pools.failed(pool, addr, now_ms);
+                pools.failed(pool, &addr, now_ms);
                 let end = match res {
                     IoResult::Failed(kind) => {
                         self.out.connect_failures += 1;
@@ -910,6 +975,9 @@ impl Conn {
     }
 
     fn take_proxy_header(&mut self, header: &ProxyHeader) {
+        if let Some(src) = header.source {
+            self.out.client = Some(src);
+        }
         if self.cfg.proxy_out.is_none() {
             return;
         }
@@ -1060,13 +1128,14 @@ impl Conn {
         let pool = *self
             .pool
             .get_or_insert_with(|| pools.pool_for(self.tls.sni()));
-        let Some(addr) = pools.pick(pool, self.ms(now), self.skip) else {
+        let Some(addr) = pools.pick(pool, self.ms(now), self.skip.as_ref()) else {
             self.out.connect_failures += 1;
             self.fail(End::ConnectFailed(io::ErrorKind::NotFound));
             return None;
         };
         self.attempts += 1;
-        self.connecting = Some(addr);
+        self.connecting = Some(addr.clone());
+        self.out.backend_tried = Some(addr.clone());
         self.phase_at = now;
         if self.out.connect.is_none() {
             self.out.connect = Some((now, now));

@@ -140,7 +140,7 @@ proptest! {
         c.runtime_buffers = runtime_buffers;
         let mut w = World::new(c, &[BACKEND_A, BACKEND_B]);
         if refuse_a {
-            w.refusing.push(addr(BACKEND_A));
+            w.refusing.push(addr(BACKEND_A).into());
         }
         if settle_first {
             // Most runs start relaying: handshake and connect done.

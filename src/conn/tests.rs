@@ -14,7 +14,7 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig};
 
 use super::*;
-use crate::route::{Pools, RouteTable};
+use crate::route::{BackendAddr, Pools, RouteTable};
 use crate::tls::{
     build_server_config, generate_self_signed, load_cert_chain, load_private_key, TlsPolicy,
 };
@@ -73,6 +73,8 @@ pub(super) struct World {
     /// All ciphertext the client sent so far, and how much the server read.
     pub client_wire_total: usize,
     pub client_read_by_server: usize,
+    /// Ciphertext bytes the server wrote to the client.
+    pub server_wrote: usize,
     /// Plaintext the client received, and whether a close_notify came.
     pub client_got: Vec<u8>,
     pub client_close_notify: bool,
@@ -91,17 +93,17 @@ pub(super) struct World {
     pub backend_got: Vec<u8>,
     pub backend_fin_from_server: bool,
     /// The backend the server connected to.
-    pub connected: Option<SocketAddr>,
+    pub connected: Option<BackendAddr>,
     /// Ops in flight.
     pub c_read: Option<Pending>,
     pub c_write: Option<Pending>,
     pub b_read: Option<Pending>,
     pub b_write: Option<Pending>,
-    pub connect: Option<SocketAddr>,
+    pub connect: Option<BackendAddr>,
     pub c_cancel: bool,
     pub b_cancel: bool,
     /// Backends that refuse connections.
-    pub refusing: Vec<SocketAddr>,
+    pub refusing: Vec<BackendAddr>,
     pub outcome: Option<Outcome>,
     /// The runtime brings its own read buffers (a provided-buffer ring).
     pub runtime_buffers: bool,
@@ -125,7 +127,7 @@ impl World {
     ) -> Self {
         let now = cfg.epoch;
         let runtime_buffers = cfg.runtime_buffers;
-        let table = RouteTable::single(backends.iter().map(|b| addr(b)).collect(), 5_000);
+        let table = RouteTable::single(backends.iter().map(|b| addr(b).into()).collect(), 5_000);
         let conn = Conn::new(
             cfg,
             server,
@@ -148,6 +150,7 @@ impl World {
             client_chunks: Vec::new(),
             client_wire_total: 0,
             client_read_by_server: 0,
+            server_wrote: 0,
             client_got: Vec::new(),
             client_close_notify: false,
             client_tls_error: false,
@@ -406,6 +409,7 @@ impl World {
             IoResult::Failed(io::ErrorKind::BrokenPipe)
         } else {
             let n = (p.buf.len() - p.off).min(max.max(1));
+            self.server_wrote += n;
             self.deliver_to_client(&p.buf[p.off..p.off + n]);
             IoResult::Done(n)
         };
@@ -577,7 +581,7 @@ fn relaying() -> World {
     let mut w = World::new(cfg(), &[BACKEND_A]);
     w.settle();
     assert!(w.handshake_done());
-    assert_eq!(w.connected, Some(addr(BACKEND_A)));
+    assert_eq!(w.connected, Some(addr(BACKEND_A).into()));
     w
 }
 
@@ -608,9 +612,50 @@ fn handshake_then_connect_then_relay_both_ways() {
     // The last direction's FIN comes with the close (no reset).
     assert_eq!(out.end, End::Closed);
     assert!(out.handshake.is_some());
-    assert_eq!(out.backend, Some(addr(BACKEND_A)));
+    assert_eq!(out.backend, Some(addr(BACKEND_A).into()));
     assert!(!out.reset_client && !out.reset_backend);
     assert!(out.ttfb.is_some());
+}
+
+/// The outcome's access-log facts: bytes each way from completions, the
+/// client's address, the SNI, who closed first.
+#[test]
+fn outcome_counts_bytes_and_names_client_sni_and_first_close() {
+    let mut w = relaying();
+    w.client_send(b"0123456789");
+    w.settle();
+    w.backend_send(b"abc");
+    w.backend_fin = true;
+    w.settle();
+    w.client_close(true);
+    w.settle();
+    let out = w.outcome();
+    assert_eq!(out.end, End::Closed);
+    assert_eq!(out.bytes.to_backend, 10);
+    assert_eq!(out.bytes.from_backend, 3);
+    assert_eq!(out.bytes.from_client, w.client_read_by_server as u64);
+    assert_eq!(out.bytes.to_client, w.server_wrote as u64);
+    assert_eq!(out.client, Some(addr("192.0.2.1:40000")));
+    let hs = out.handshake.as_ref().unwrap();
+    assert_eq!(hs.sni.as_deref(), Some("localhost"));
+    assert_eq!(out.first_close, Some(Side::Backend));
+    assert_eq!(out.backend_tried, Some(addr(BACKEND_A).into()));
+}
+
+/// Behind a PROXY header, the client is the header's source (also when
+/// no header goes to the backend).
+#[test]
+fn outcome_client_is_the_proxy_source() {
+    let header = b"PROXY TCP4 198.51.100.7 203.0.113.9 5555 443\r\n";
+    {
+        let mut w = proxy_world(header, false);
+        w.settle();
+        w.client_close(true);
+        w.backend_fin = true;
+        w.settle();
+        let out = w.outcome();
+        assert_eq!(out.client, Some(addr("198.51.100.7:5555")));
+    }
 }
 
 #[test]
@@ -776,9 +821,9 @@ fn proxy_header_missing_or_bad() {
 #[test]
 fn connect_retries_the_next_backend_once() {
     let mut w = World::new(cfg(), &[BACKEND_A, BACKEND_B]);
-    w.refusing = vec![addr(BACKEND_A)];
+    w.refusing = vec![addr(BACKEND_A).into()];
     w.settle();
-    assert_eq!(w.connected, Some(addr(BACKEND_B)));
+    assert_eq!(w.connected, Some(addr(BACKEND_B).into()));
     w.client_close(true);
     w.backend_fin = true;
     w.settle();
@@ -790,7 +835,7 @@ fn connect_retries_the_next_backend_once() {
 #[test]
 fn connect_fails_on_every_backend() {
     let mut w = World::new(cfg(), &[BACKEND_A, BACKEND_B]);
-    w.refusing = vec![addr(BACKEND_A), addr(BACKEND_B)];
+    w.refusing = vec![addr(BACKEND_A).into(), addr(BACKEND_B).into()];
     w.settle();
     let out = w.outcome();
     assert_eq!(
@@ -813,11 +858,11 @@ fn connect_timeout_then_retry_then_timeout() {
         let moved = w.complete_client_write(usize::MAX) || w.complete_client_read(usize::MAX);
         assert!(moved);
     }
-    assert_eq!(w.connect, Some(addr(BACKEND_A)));
+    assert_eq!(w.connect, Some(addr(BACKEND_A).into()));
     w.tick(2_000, false);
     assert!(w.b_cancel);
     w.complete_cancel(Side::Backend);
-    assert_eq!(w.connect, Some(addr(BACKEND_B)), "retried");
+    assert_eq!(w.connect, Some(addr(BACKEND_B).into()), "retried");
     w.tick(2_000, false);
     w.complete_cancel(Side::Backend);
     w.settle();

@@ -59,6 +59,9 @@ macro_rules! counters {
         #[derive(Debug, Default)]
         pub struct WorkerCounters {
             $($(#[doc = $doc])* pub $name: Counter,)*
+            /// Per-backend counters, published by the worker when it
+            /// starts and when its backends change (names re-resolved).
+            pub backends: arc_swap::ArcSwap<Vec<std::sync::Arc<BackendCounters>>>,
         }
 
         impl WorkerCounters {
@@ -78,6 +81,86 @@ macro_rules! counters {
     (@family $name:ident) => { stringify!($name) };
     (@labels $labels:literal) => { $labels };
     (@labels) => { "" };
+}
+
+/// One backend's counters in one worker (labelled `backend="..."`).
+#[derive(Debug, Default)]
+pub struct BackendCounters {
+    /// The backend, as rendered in its label.
+    pub name: String,
+    /// Connects that succeeded.
+    pub connects: Counter,
+    /// Connects that failed or timed out.
+    pub failures: Counter,
+    /// Times it was taken out of rotation.
+    pub ejections: Counter,
+    /// 1 while in rotation, 0 while out.
+    pub up: Counter,
+}
+
+impl BackendCounters {
+    /// Counters for `name`, up.
+    pub fn new(name: String) -> Self {
+        let c = Self {
+            name,
+            ..Self::default()
+        };
+        c.up.set(1);
+        c
+    }
+}
+
+/// Appends the per-backend families of the workers `filter` selects.
+fn render_backends(out: &mut String, workers: &[&WorkerCounters], filter: WorkerFilter) {
+    type Get = fn(&BackendCounters) -> &Counter;
+    let families: [(&str, &str, &str, Get); 4] = [
+        (
+            "backend_connects_total",
+            "counter",
+            "Backend connects that succeeded, per backend.",
+            |b| &b.connects,
+        ),
+        (
+            "backend_failures_total",
+            "counter",
+            "Backend connects that failed or timed out, per backend.",
+            |b| &b.failures,
+        ),
+        (
+            "backend_ejections_total",
+            "counter",
+            "Times a backend was taken out of a worker's rotation.",
+            |b| &b.ejections,
+        ),
+        (
+            "backend_up",
+            "gauge",
+            "1 while the backend is in the worker's rotation, 0 while out.",
+            |b| &b.up,
+        ),
+    ];
+    let sets: Vec<_> = workers.iter().map(|w| w.backends.load_full()).collect();
+    if sets.iter().all(|b| b.is_empty()) {
+        return;
+    }
+    for (name, kind, help, get) in families {
+        let _ = writeln!(out, "# HELP ringterm_{name} {help}");
+        let _ = writeln!(out, "# TYPE ringterm_{name} {kind}");
+        for (w, set) in sets.iter().enumerate().filter(|(w, _)| filter.includes(*w)) {
+            for b in set.iter() {
+                let _ = write!(out, "ringterm_{name}{{worker=\"{w}\",backend=\"");
+                for c in b.name.chars() {
+                    match c {
+                        '"' => out.push_str("\\\""),
+                        '\\' => out.push_str("\\\\"),
+                        '\n' => out.push_str("\\n"),
+                        c => out.push(c),
+                    }
+                }
+                let _ = writeln!(out, "\"}} {}", get(b).get());
+            }
+        }
+    }
 }
 
 /// One counter as rendered: `ringterm_<family>{worker="N",<labels>}`.
@@ -254,6 +337,10 @@ counters! {
     session_store_puts: "counter",
     /// Puts dropped because the L2 session store was down or too much was queued.
     session_store_dropped_puts: "counter",
+    /// Access log lines handed to the writer.
+    access_log_lines: "counter",
+    /// Access log lines dropped because the writer could not keep up.
+    access_log_dropped: "counter",
 }
 
 impl WorkerCounters {
@@ -371,6 +458,7 @@ pub fn render_counters(out: &mut String, workers: &[&WorkerCounters], filter: Wo
         }
         i = end;
     }
+    render_backends(out, workers, filter);
 }
 
 #[cfg(test)]

@@ -19,17 +19,19 @@ use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types};
 
+use super::access_log;
 use super::ctx::WorkerCtx;
 use super::ops::{self, Tag, UserData};
 use super::worker::Worker;
 use crate::conn::{CancelResult, Conn, End, IoResult, Op, Outcome, Side};
 use crate::metrics::hist::Metric;
+use crate::route::{BackendAddr, BackendEvent};
 use crate::tls::{Resumption, TlsError};
 
 /// A backend connect in progress.
 enum Connecting {
     /// The socket op is in flight.
-    Socket(SocketAddr),
+    Socket(BackendAddr),
     /// The connect op is in flight on this fd, with its address.
     Connect(RawFd, Box<socket2::SockAddr>),
 }
@@ -56,6 +58,8 @@ pub(super) struct Slot {
     /// The deadline registered in the worker's set (worker ms).
     pub registered: Option<u64>,
     accepted_at: Instant,
+    /// The listener (index in the worker's) it came in on.
+    listener: usize,
 }
 
 fn side_index(side: Side) -> usize {
@@ -66,10 +70,17 @@ fn side_index(side: Side) -> usize {
 }
 
 impl Slot {
-    /// A new connection on `fd` in slot `index`.
-    pub fn new(ctx: &WorkerCtx, fd: RawFd, _index: u32, now: Instant) -> Result<Self, TlsError> {
+    /// A new connection on `fd`, accepted on listener `listener`.
+    pub fn new(
+        ctx: &WorkerCtx,
+        fd: RawFd,
+        listener: usize,
+        now: Instant,
+    ) -> Result<Self, TlsError> {
         let (peer, local) = if ctx.conn.proxy_out.is_some() {
             (peer_addr(fd), local_addr(fd))
+        } else if ctx.access_log.is_some() {
+            (peer_addr(fd), None)
         } else {
             (None, None)
         };
@@ -95,6 +106,7 @@ impl Slot {
             cancel_failed: [false, false],
             registered: None,
             accepted_at: now,
+            listener,
         })
     }
 
@@ -129,11 +141,14 @@ impl Worker {
             let Some(op) = op else { break };
             self.submit(index, op, now);
         }
+        if self.ctx.pools.borrow().has_events() {
+            self.log_backend_events();
+        }
         let Some(Some(s)) = self.slots.get_mut(index as usize) else {
             return;
         };
         if let Some(outcome) = s.conn.poll_outcome() {
-            self.finish(index, outcome);
+            self.finish(index, outcome, now);
             return;
         }
         // Keep the registered deadline at or before the machine's: a later
@@ -212,13 +227,13 @@ impl Worker {
                 }
             }
             Op::Connect { addr } => {
+                let domain = match &addr {
+                    BackendAddr::Tcp(a) if a.is_ipv4() => libc::AF_INET,
+                    BackendAddr::Tcp(_) => libc::AF_INET6,
+                    BackendAddr::Unix(_) => libc::AF_UNIX,
+                };
                 s.connecting = Some(Connecting::Socket(addr));
                 s.cancel_socket = false;
-                let domain = if addr.is_ipv4() {
-                    libc::AF_INET
-                } else {
-                    libc::AF_INET6
-                };
                 let entry = opcode::Socket::new(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0)
                     .build()
                     .user_data(self.ud(Tag::Socket, index));
@@ -479,7 +494,7 @@ impl Worker {
             // deadline still runs) and the socket is made again at the
             // next tick; the accepts are armed again so that they wait too.
             Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                s.connecting = Some(Connecting::Socket(addr));
+                s.connecting = Some(Connecting::Socket(addr.clone()));
                 self.ctx.counters.fd_exhausted.inc();
                 self.socket_retry
                     .push((index, self.gens[index as usize], addr));
@@ -502,8 +517,27 @@ impl Worker {
                 .handle_connect(IoResult::Cancelled, now, &mut self.ctx.pools.borrow_mut());
             return;
         }
-        set_nodelay(fd);
-        let sa = Box::new(socket2::SockAddr::from(addr));
+        let sa = match &addr {
+            BackendAddr::Tcp(a) => {
+                set_nodelay(fd);
+                socket2::SockAddr::from(*a)
+            }
+            // A path too long for sun_path fails like a refused connect.
+            BackendAddr::Unix(path) => match socket2::SockAddr::unix(&**path) {
+                Ok(sa) => sa,
+                Err(e) => {
+                    self.close_fd(fd, false);
+                    let s = self.slots[index as usize].as_mut().expect("live");
+                    s.conn.handle_connect(
+                        IoResult::Failed(e.kind()),
+                        now,
+                        &mut self.ctx.pools.borrow_mut(),
+                    );
+                    return;
+                }
+            },
+        };
+        let sa = Box::new(sa);
         let entry = opcode::Connect::new(types::Fd(fd), sa.as_ptr().cast(), sa.len())
             .build()
             .user_data(self.ud(Tag::Connect, index));
@@ -526,7 +560,7 @@ impl Worker {
 
     /// Creates the backend socket again after fds ran out (or reports the
     /// connect cancelled, when the machine cancelled it meanwhile).
-    pub(super) fn retry_socket(&mut self, index: u32, addr: SocketAddr, now: Instant) {
+    pub(super) fn retry_socket(&mut self, index: u32, addr: BackendAddr, now: Instant) {
         let Some(Some(s)) = self.slots.get_mut(index as usize) else {
             return;
         };
@@ -559,14 +593,38 @@ impl Worker {
         }
     }
 
+    /// Logs the backends' ejections and reinstatements (at warn).
+    pub(super) fn log_backend_events(&self) {
+        for ev in self.ctx.pools.borrow_mut().take_events() {
+            match ev {
+                BackendEvent::Ejected(b) => {
+                    tracing::warn!(worker = self.ctx.id, backend = %b, "backend ejected")
+                }
+                BackendEvent::Reinstated(b) => {
+                    tracing::warn!(worker = self.ctx.id, backend = %b, "backend reinstated")
+                }
+            }
+        }
+    }
+
     /// The connection is over: count it, close its sockets, free the slot.
-    fn finish(&mut self, index: u32, outcome: Outcome) {
+    fn finish(&mut self, index: u32, outcome: Outcome, now: Instant) {
         if self.store.is_some() {
             self.forget_lookup(index);
         }
         let s = self.slots[index as usize].take().expect("live");
         self.ctx.clear_deadline(index as i64);
         count(&self.ctx, &outcome, s.accepted_at);
+        if let Some(log) = &self.ctx.access_log {
+            log.borrow_mut().log(&access_log::Record {
+                out: &outcome,
+                frontend: self.ctx.frontends.get(s.listener).copied().flatten(),
+                worker: self.ctx.id,
+                accepted_at: s.accepted_at,
+                ended_at: now,
+                time: std::time::SystemTime::now(),
+            });
+        }
         self.close_fd(s.client, outcome.reset_client);
         if let Some(b) = s.backend {
             self.close_fd(b, outcome.reset_backend);

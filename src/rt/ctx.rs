@@ -44,6 +44,14 @@ pub struct WorkerCtx {
     pub(super) draining: Cell<bool>,
     /// Set once the drain timeout passed: connections stop.
     pub(super) cutting: Cell<bool>,
+    /// The access log's per-worker buffer, when it is on.
+    pub(super) access_log: Option<RefCell<super::access_log::WorkerLog>>,
+    /// Each listener's address (by listener index), for the access log.
+    pub(super) frontends: Vec<Option<std::net::SocketAddr>>,
+    /// Health checks' verdicts and the generation last applied.
+    pub(super) health: Option<(Arc<super::health::HealthHub>, Cell<u64>)>,
+    /// Re-resolved backend tables and the generation last taken.
+    pub(super) route_hub: Option<(Arc<super::routes::RouteHub>, Cell<u64>)>,
 }
 
 impl WorkerCtx {

@@ -15,7 +15,6 @@
 use std::net::SocketAddr;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
 
 /// Largest body `/bytes/N` serves.
 pub const MAX_BODY: u64 = 1 << 30;
@@ -142,7 +141,35 @@ pub fn start(addr: SocketAddr) -> std::io::Result<SocketAddr> {
     Ok(local)
 }
 
-fn serve(mut stream: TcpStream) {
+/// Starts the demo backend on the UNIX socket `path` (removed first if it
+/// is a stale socket) in its own thread.
+pub fn start_unix(path: &std::path::Path) -> std::io::Result<()> {
+    if std::fs::symlink_metadata(path)
+        .is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+    {
+        std::fs::remove_file(path)?;
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    std::thread::Builder::new()
+        .name("ringterm-demo".into())
+        .spawn(move || loop {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    let spawned = std::thread::Builder::new()
+                        .name("ringterm-demo-conn".into())
+                        .stack_size(STACK)
+                        .spawn(move || serve(stream));
+                    if spawned.is_err() {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+            }
+        })?;
+    Ok(())
+}
+
+fn serve<S: Read + Write>(mut stream: S) {
     let mut buf: Vec<u8> = Vec::with_capacity(8192);
     let mut chunk = vec![0u8; 16 * 1024];
     let mut pending_body: u64 = 0;
@@ -215,7 +242,7 @@ fn serve(mut stream: TcpStream) {
 }
 
 /// Writes the response; returns false if the connection failed.
-fn respond(stream: &mut TcpStream, head: &Head) -> bool {
+fn respond<S: Write>(stream: &mut S, head: &Head) -> bool {
     let (status, body_len, text): (&str, u64, Option<String>) = if head.method == "POST" {
         let t = format!("received {} bytes\n", head.content_length);
         ("200 OK", t.len() as u64, Some(t))

@@ -18,6 +18,7 @@
 //! - `notify`: systemd readiness notifications (`sd_notify`);
 //! - `upgrade`: taking over on start, handing over, `SIGUSR2`.
 
+pub mod access_log;
 pub mod admin;
 pub mod bufring;
 pub mod conn;
@@ -25,6 +26,7 @@ pub mod ctx;
 pub mod demo;
 pub mod drain;
 pub mod handover;
+pub mod health;
 pub mod hist_hub;
 pub mod listener;
 pub mod notify;
@@ -33,6 +35,7 @@ pub mod ops;
 pub mod privdrop;
 pub mod reload;
 pub mod ring;
+pub mod routes;
 pub mod session_store;
 pub mod store;
 pub mod ticket_keys;
@@ -91,6 +94,22 @@ pub enum StartError {
     /// The session store's address or password file (`--session-store*`).
     #[error("{0}")]
     SessionStore(String),
+    /// A backend host name did not resolve.
+    #[error("--backend {backend}: {reason}")]
+    Backend {
+        /// The backend as configured.
+        backend: String,
+        /// Why.
+        reason: String,
+    },
+    /// The access log file could not be opened.
+    #[error("--access-log {path}: {source}")]
+    AccessLog {
+        /// The path.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// The workers' store settings: the address resolved and the password
@@ -146,6 +165,27 @@ fn store_spec(config: &Config) -> Result<Option<store::StoreSpec>, StartError> {
     }))
 }
 
+/// Resolves the host names of `routes` (every address of each name, by
+/// the system resolver), at start and on reload.
+pub fn resolve_routes(
+    routes: &crate::route::RouteTable<crate::route::BackendSpec>,
+) -> Result<crate::route::RouteTable, StartError> {
+    use std::net::ToSocketAddrs;
+    routes
+        .resolve(|host, port| {
+            (host, port)
+                .to_socket_addrs()
+                .map(|a| a.collect::<Vec<_>>())
+        })
+        .map_err(|(spec, err)| StartError::Backend {
+            backend: spec.to_string(),
+            reason: match err {
+                Some(e) => format!("cannot resolve: {e}"),
+                None => "the name has no address".into(),
+            },
+        })
+}
+
 /// A running server.
 pub struct Server {
     /// The bound listen addresses (ports resolved).
@@ -161,6 +201,10 @@ pub struct Server {
     /// A duplicate of every listening socket, for a hand-over to a new
     /// process (`--upgrade-socket`); drop them when not needed.
     pub offered: Vec<handover::Offered>,
+    /// The access log, when on (reopen it on SIGHUP/SIGUSR1).
+    pub access_log: Option<access_log::AccessLog>,
+    /// The backends' host names, to resolve again on reload (when any).
+    pub routes: Option<Arc<routes::RouteHub>>,
 }
 
 impl Server {
@@ -193,6 +237,38 @@ pub fn start_inherited(
     inherited_admin: Option<std::net::TcpListener>,
 ) -> Result<Server, StartError> {
     let workers = config.workers();
+    // Host names resolve before anything is bound: a name that does not is
+    // a clear startup error.
+    let routes = resolve_routes(&config.routes)?;
+    for b in routes.distinct() {
+        tracing::debug!(backend = %b, "backend");
+    }
+    let access_log = match &config.access_log {
+        Some(target) => {
+            let format = if config.access_log_json {
+                access_log::Format::Json
+            } else {
+                access_log::Format::Text
+            };
+            let target = access_log::Target::parse(target).unwrap_or(access_log::Target::Stderr);
+            Some(
+                access_log::AccessLog::start(target, format, workers).map_err(|source| {
+                    StartError::AccessLog {
+                        path: config.access_log.clone().unwrap_or_default(),
+                        source,
+                    }
+                })?,
+            )
+        }
+        None => None,
+    };
+    let health = (config.health_check_interval_ms > 0).then(|| {
+        health::HealthHub::new(
+            routes.distinct(),
+            std::time::Duration::from_millis(config.health_check_interval_ms),
+            std::time::Duration::from_millis(config.connect_timeout_ms),
+        )
+    });
     let mut inherited = listener::Inherited::new(inherited);
     // Unknown users and groups are startup errors before anything is bound.
     let privileges = privdrop::resolve(config.user.as_deref(), config.group.as_deref())?;
@@ -236,6 +312,10 @@ pub fn start_inherited(
         .collect::<Result<_, _>>()
         .map_err(StartError::Thread)?;
     let histograms = hist_hub::HistHub::new(wakes.clone());
+    let route_hub = config
+        .routes
+        .has_names()
+        .then(|| routes::RouteHub::new(config.routes.clone(), routes.clone(), wakes.clone()));
     let admin_listener = match config.admin {
         Some(addr) => {
             let l = match inherited_admin.filter(|l| {
@@ -290,7 +370,12 @@ pub fn start_inherited(
             cpu: config.pins[id],
             listeners,
             tls: tls.clone(),
-            routes: config.routes.clone(),
+            routes: routes.clone(),
+            access_log: access_log
+                .as_ref()
+                .map(|l| l.for_worker(id, counters[id].clone())),
+            health: health.clone(),
+            route_hub: route_hub.clone(),
             buffer_size: config.buffer_size,
             ring_entries: config.ring_entries,
             read_buffers: config.read_buffers,
@@ -322,7 +407,12 @@ pub fn start_inherited(
             Err(_) => return Err(StartError::Runtime("a worker exited during start".into())),
         }
     }
+    if let Some(h) = &health {
+        h.start(wakes.clone()).map_err(StartError::Thread)?;
+    }
     Ok(Server {
+        routes: route_hub,
+        access_log,
         listen: bound,
         admin,
         counters,

@@ -282,8 +282,9 @@ pub enum CheckError {
 
 /// `ringterm check`: loads every certificate, key, certificate folder, OCSP
 /// response, client CA and ticket key file of `config`, builds the TLS
-/// configuration, resolves `--user`/`--group`, and checks that each listen
-/// and admin address can be bound ([`super::listener::check_bind`]).
+/// configuration, resolves `--user`/`--group` and backend host names, and
+/// checks that each listen and admin address can be bound
+/// ([`super::listener::check_bind`]).
 /// Returns the summary ([`loader::summary`]).
 pub fn check(config: &Config) -> Result<String, CheckError> {
     let files = DiskFiles::default();
@@ -304,5 +305,7 @@ pub fn check(config: &Config) -> Result<String, CheckError> {
         super::listener::check_bind(addr)
             .map_err(|e| CheckError::Other(format!("--admin {addr}: {e}")))?;
     }
+    // Backend host names resolve (as at start).
+    super::resolve_routes(&config.routes).map_err(|e| CheckError::Other(e.to_string()))?;
     Ok(loader::summary(config, &loaded, now))
 }

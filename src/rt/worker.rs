@@ -90,6 +90,12 @@ pub struct WorkerSpec {
     pub cache: Option<CacheSpec>,
     /// The L2 session store, when one is configured.
     pub store: Option<super::store::StoreSpec>,
+    /// This worker's end of the access log, when it is on.
+    pub access_log: Option<super::access_log::WorkerLog>,
+    /// Active health checks' verdicts, when they are on.
+    pub health: Option<Arc<super::health::HealthHub>>,
+    /// Backend tables resolved again on reload, when names are used.
+    pub route_hub: Option<Arc<super::routes::RouteHub>>,
 }
 
 /// A worker's session cache settings.
@@ -132,7 +138,7 @@ pub(super) struct Worker {
     pub touched: Vec<u32>,
     /// Backend sockets to create again at the next tick (fds were
     /// exhausted): slot, generation, address.
-    pub socket_retry: Vec<(u32, u32, std::net::SocketAddr)>,
+    pub socket_retry: Vec<(u32, u32, crate::route::BackendAddr)>,
     drain: Arc<DrainHub>,
     hist_hub: Arc<HistHub>,
     hist_answered: u64,
@@ -184,11 +190,18 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String
         session_store::install(spec.id, cache.config, cache.hub, cache.epoch);
     }
     let epoch = Instant::now();
+    let mut pools = Pools::new(&spec.routes);
+    pools.count_into(spec.counters.clone());
+    let frontends = spec.listeners.iter().map(|l| l.local_addr().ok()).collect();
     let ctx = WorkerCtx {
+        access_log: spec.access_log.map(RefCell::new),
+        frontends,
+        health: spec.health.map(|h| (h, Cell::new(0))),
+        route_hub: spec.route_hub.map(|h| (h, Cell::new(0))),
         id: spec.id,
         tls: spec.tls,
         local_tls: RefCell::new(None),
-        pools: RefCell::new(Pools::new(&spec.routes)),
+        pools: RefCell::new(pools),
         conn: ConnConfig {
             accept_proxy: spec.accept_proxy,
             proxy_out: spec.proxy_out,
@@ -384,7 +397,7 @@ impl Worker {
             }
         }
         match ops::result(res) {
-            Ok(fd) => self.on_new_connection(fd as RawFd, now),
+            Ok(fd) => self.on_new_connection(fd as RawFd, i, now),
             // Cancelled at the drain, or to be armed again (see
             // `refresh_accepts`).
             Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
@@ -562,6 +575,8 @@ impl Worker {
 
     fn on_wake(&mut self, now: Instant) {
         self.arm_wake();
+        self.apply_routes();
+        self.apply_health();
         if let Some(generation) = self.hist_hub.wanted_since(self.hist_answered) {
             self.hist_answered = generation;
             let copy = self.ctx.hist.borrow().clone();
@@ -592,7 +607,7 @@ impl Worker {
     // Connections
     // ------------------------------------------------------------------
 
-    fn on_new_connection(&mut self, fd: RawFd, now: Instant) {
+    fn on_new_connection(&mut self, fd: RawFd, listener: usize, now: Instant) {
         let c = &self.ctx.counters;
         c.accepted.inc();
         if self.ctx.max_connections > 0 && c.active.get() >= self.ctx.max_connections {
@@ -603,7 +618,7 @@ impl Worker {
         }
         c.active.inc();
         let index = alloc_slot(&mut self.slots, &mut self.gens, &mut self.free);
-        match Slot::new(&self.ctx, fd, index, now) {
+        match Slot::new(&self.ctx, fd, listener, now) {
             Ok(mut slot) => {
                 if self.ctx.cutting.get() {
                     slot.conn.handle_stop(now);
@@ -632,6 +647,45 @@ impl Worker {
             self.drive(index, now);
         }
         self.arm_timer_if_needed();
+        if let Some(log) = &self.ctx.access_log {
+            log.borrow_mut().flush();
+        }
+    }
+
+    /// Takes the backend table resolved again, when it changed.
+    fn apply_routes(&mut self) {
+        let Some((hub, seen)) = &self.ctx.route_hub else {
+            return;
+        };
+        let generation = hub.generation();
+        if seen.replace(generation) == generation {
+            return;
+        }
+        let table = hub.table();
+        self.ctx.pools.borrow_mut().update(&table);
+        tracing::info!(
+            worker = self.ctx.id,
+            backends = table.distinct().len(),
+            "backend addresses updated"
+        );
+    }
+
+    /// Applies the health checks' verdicts, when they changed, to this
+    /// worker's pools.
+    fn apply_health(&mut self) {
+        let Some((hub, seen)) = &self.ctx.health else {
+            return;
+        };
+        let generation = hub.generation();
+        if seen.replace(generation) == generation {
+            return;
+        }
+        let mut pools = self.ctx.pools.borrow_mut();
+        for (backend, up) in hub.verdicts() {
+            pools.set_health(backend, up);
+        }
+        drop(pools);
+        self.log_backend_events();
     }
 }
 

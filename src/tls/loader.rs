@@ -447,12 +447,12 @@ pub fn leaves(loaded: &Loaded) -> Vec<&CertificateDer<'static>> {
 pub fn summary(config: &Config, loaded: &Loaded, now: u64) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
-    let list = |p: &[std::net::SocketAddr]| {
+    fn list<T: std::fmt::Display>(p: &[T]) -> String {
         p.iter()
             .map(|a| a.to_string())
             .collect::<Vec<_>>()
             .join(", ")
-    };
+    }
     let _ = writeln!(out, "listen: {}", list(&config.listen));
     if let Some(admin) = config.admin {
         let _ = writeln!(out, "admin: {admin}");

@@ -1145,54 +1145,36 @@ impl Conn {
 
     /// Client writes: a short write's rest first, then what is queued.
     fn poll_client_write(&mut self) -> Option<Op> {
-        if self.client.write {
-            return None;
-        }
-        if let Some((buf, off)) = self.client.unsent.take() {
-            self.client.write = true;
-            return Some(Op::Send {
-                side: Side::Client,
-                buf,
-                off,
-            });
-        }
-        if self.to_client.is_empty() {
-            return None;
-        }
-        let buf = std::mem::replace(&mut self.to_client, std::mem::take(&mut self.client.spare));
-        self.client.write = true;
-        Some(Op::Send {
-            side: Side::Client,
-            buf,
-            off: 0,
-        })
+        self.poll_write(Side::Client)
     }
 
-    fn poll_backend_write(&mut self) -> Option<Op> {
-        if self.backend.write {
+    /// A write on `side`: a short write's rest first, then what is queued
+    /// (swapped for the spare buffer, so the queue keeps growing meanwhile).
+    /// Toward the backend, the queue may start at `to_backend_off` (a
+    /// record opened in place keeps its header in front).
+    fn poll_write(&mut self, side: Side) -> Option<Op> {
+        let queued_off = match side {
+            Side::Client => 0,
+            Side::Backend => self.to_backend_off,
+        };
+        let (sock, queued) = self.side_mut(side);
+        if sock.write {
             return None;
         }
-        if let Some((buf, off)) = self.backend.unsent.take() {
-            self.backend.write = true;
-            return Some(Op::Send {
-                side: Side::Backend,
-                buf,
-                off,
-            });
-        }
-        if self.to_backend.is_empty() {
-            return None;
-        }
-        let buf = std::mem::replace(
-            &mut self.to_backend,
-            std::mem::take(&mut self.backend.spare),
-        );
-        self.backend.write = true;
-        Some(Op::Send {
-            side: Side::Backend,
-            buf,
-            off: std::mem::take(&mut self.to_backend_off),
-        })
+        let (buf, off) = match sock.unsent.take() {
+            Some(resume) => resume,
+            None if queued.is_empty() => return None,
+            None => {
+                let buf = std::mem::replace(queued, std::mem::take(&mut sock.spare));
+                if side == Side::Backend {
+                    self.to_backend_off = 0;
+                }
+                (buf, queued_off)
+            }
+        };
+        let sock = self.sock_mut(side);
+        sock.write = true;
+        Some(Op::Send { side, buf, off })
     }
 
     fn poll_relay(&mut self) -> Option<Op> {
@@ -1200,7 +1182,7 @@ impl Conn {
         if let Some(op) = self.poll_client_write() {
             return Some(op);
         }
-        if let Some(op) = self.poll_backend_write() {
+        if let Some(op) = self.poll_write(Side::Backend) {
             return Some(op);
         }
         // Reads, only when the other side has taken what we had.
@@ -1533,6 +1515,14 @@ impl Conn {
         match side {
             Side::Client => !matches!(self.state, State::Failing | State::Done),
             Side::Backend => self.state == State::Relaying,
+        }
+    }
+
+    /// A side's socket state and the bytes queued for it.
+    fn side_mut(&mut self, side: Side) -> (&mut Sock, &mut Vec<u8>) {
+        match side {
+            Side::Client => (&mut self.client, &mut self.to_client),
+            Side::Backend => (&mut self.backend, &mut self.to_backend),
         }
     }
 

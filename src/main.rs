@@ -420,9 +420,20 @@ fn run(cli: Cli) -> Result<(), String> {
             Arc::new(ringterm::rt::session_store::WorkerStore::unbound())
                 as Arc<dyn rustls::server::StoresServerSessions>
         }),
-        ticketer: ticketer
-            .clone()
-            .map(|t| t as Arc<dyn rustls::server::ProducesTickets>),
+        ticketer: match &ticketer {
+            Some(t) => Some(t.clone() as Arc<dyn rustls::server::ProducesTickets>),
+            // TLS 1.3 stateful tickets through the ticketer hook, so they
+            // advertise --session-timeout (rustls's own say 24 h).
+            None if config.resumption.uses_cache() && config.tls13_tickets > 0 => {
+                let lifetime = config.session_timeout_s.min(u32::MAX as u64) as u32;
+                Some(
+                    Arc::new(ringterm::rt::session_store::StatefulTickets::unbound(
+                        lifetime,
+                    )) as _,
+                )
+            }
+            None => None,
+        },
         tls13_tickets: config.tls13_tickets,
     };
     // Certificates and TLS policy are re-read on SIGHUP (not in demo mode:

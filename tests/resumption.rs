@@ -318,3 +318,161 @@ fn sighup_reloads_ticket_keys_and_keeps_them_on_error() {
     assert_eq!(connect_ping(a.addr(), &new), HandshakeKind::Resumed);
     assert_eq!(connect_ping(b.addr(), &new), HandshakeKind::Resumed);
 }
+
+/// Runs `openssl s_client` with `flags`, sends a line through the echo
+/// backend and waits for it (so TLS 1.3 tickets, which precede the
+/// response, have arrived), then kills it. Returns its stdout: the
+/// handshake summary ("New, ..." or "Reused, ...") and the echo.
+fn s_client(addr: SocketAddr, flags: &[&str]) -> String {
+    use std::process::{Command, Stdio};
+    let line = "ping-resumption\n";
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-connect", &addr.to_string()])
+        .args(["-servername", "localhost"])
+        .args(flags)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl s_client (CI installs openssl)");
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(line.as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut out = Vec::new();
+    while !String::from_utf8_lossy(&out).contains(line) {
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(chunk) => out.extend(chunk),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    assert!(text.contains(line), "s_client {flags:?}: no echo: {text}");
+    text
+}
+
+/// The ticket lifetime hint of a session file `openssl s_client -sess_out`
+/// wrote, as `openssl sess_id -text` prints it.
+fn lifetime_hint(sess: &std::path::Path) -> Option<u64> {
+    let out = std::process::Command::new("openssl")
+        .args(["sess_id", "-noout", "-text", "-in"])
+        .arg(sess)
+        .output()
+        .expect("openssl sess_id");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.contains("lifetime hint:"))?;
+    line.split("lifetime hint:")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A session (or ticket) made by a first connection, then `reuses`
+/// reconnections offering it: whether each was resumed, and the lifetime
+/// hint the first one got.
+fn openssl_sessions(addr: SocketAddr, version: &str, reuses: usize) -> (Option<u64>, Vec<bool>) {
+    let dir = tempfile::tempdir().unwrap();
+    let sess = dir.path().join("sess.pem");
+    let sess = sess.to_str().unwrap();
+    let first = s_client(addr, &[version, "-sess_out", sess]);
+    assert!(first.contains("New, "), "{first}");
+    let hint = lifetime_hint(std::path::Path::new(sess));
+    let reused = (0..reuses)
+        .map(|_| s_client(addr, &[version, "-sess_in", sess]).contains("Reused, "))
+        .collect();
+    (hint, reused)
+}
+
+#[test]
+fn tls13_stateful_tickets_advertise_the_session_timeout_and_stay_single_use() {
+    let certs = TestCerts::generate();
+    let echo = echo_backend();
+    let rt = start_ringterm(&certs, echo.addr, &["--session-timeout", "123"]);
+    let (hint, reused) = openssl_sessions(rt.addr(), "-tls1_3", 2);
+    assert_eq!(hint, Some(123), "rustls's own stateful tickets say 86400");
+    assert_eq!(reused, [true, false], "a stateful ticket resumes once");
+    let text = rt.wait_metric(
+        "ringterm_handshakes_resumed_total{kind=\"tls13_stateful\"}",
+        |n| n == 1,
+    );
+    // Through the cache, not counted as stateless tickets.
+    assert_eq!(
+        metric_sum(
+            &text,
+            "ringterm_handshakes_resumed_total{kind=\"tls13_ticket\"}"
+        ),
+        0
+    );
+    assert_eq!(
+        metric_sum(&text, "ringterm_session_tickets_issued_total"),
+        0
+    );
+    assert!(
+        metric_sum(
+            &text,
+            "ringterm_session_lookup_hits_total{kind=\"tls13_stateful\"}"
+        ) >= 1
+    );
+}
+
+#[test]
+fn stateless_tls13_tickets_advertise_the_session_timeout() {
+    let certs = TestCerts::generate();
+    let echo = echo_backend();
+    let rt = start_ringterm(
+        &certs,
+        echo.addr,
+        &["--session-timeout", "77", "--resumption", "tickets"],
+    );
+    let (hint, reused) = openssl_sessions(rt.addr(), "-tls1_3", 1);
+    assert_eq!(hint, Some(77));
+    assert_eq!(reused, [true]);
+}
+
+/// With the stateful ticketer installed, rustls acknowledges a TLS 1.2
+/// client's session ticket extension and sends an empty NewSessionTicket
+/// (RFC 5077 §3.3); the session ID is still stored and resumes, any number
+/// of times, for OpenSSL and for a rustls client that asks for tickets.
+#[test]
+fn tls12_session_ids_resume_when_the_client_asks_for_tickets() {
+    let certs = TestCerts::generate();
+    let echo = echo_backend();
+    let rt = start_ringterm(&certs, echo.addr, &[]);
+    let (_, reused) = openssl_sessions(rt.addr(), "-tls1_2", 3);
+    assert_eq!(reused, [true, true, true]);
+
+    let config = resuming(certs.tls12(), Tls12Resumption::SessionIdOrTickets);
+    assert_eq!(connect_ping(rt.addr(), &config), HandshakeKind::Full);
+    for _ in 0..5 {
+        assert_eq!(connect_ping(rt.addr(), &config), HandshakeKind::Resumed);
+    }
+    let text = rt.wait_metric(
+        "ringterm_handshakes_resumed_total{kind=\"tls12_id\"}",
+        |n| n == 8,
+    );
+    assert_eq!(
+        metric_sum(
+            &text,
+            "ringterm_handshakes_resumed_total{kind=\"tls12_ticket\"}"
+        ),
+        0
+    );
+    assert_eq!(
+        metric_sum(&text, "ringterm_session_tickets_issued_total"),
+        0
+    );
+}

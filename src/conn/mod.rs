@@ -1055,7 +1055,7 @@ impl Conn {
             Peek::Hello(facts) => facts,
         };
         self.looked_up = true;
-        let ticketer = self.tls.ticketer_enabled();
+        let ticketer = self.tls.stateless_tickets();
         match crate::session::l2::lookup_for(&facts, ticketer, self.server_tls13) {
             Some((key, take)) => {
                 self.lookup = Some(Op::LookupSession {

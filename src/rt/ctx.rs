@@ -86,7 +86,12 @@ impl WorkerCtx {
                     mine.session_storage =
                         Arc::new(session_store::WorkerStore::new(self.counters.clone()));
                 }
-                if mine.ticketer.enabled() {
+                if crate::session::stateful::is_stateful(&*mine.ticketer) {
+                    mine.ticketer = Arc::new(session_store::StatefulTickets::new(
+                        self.counters.clone(),
+                        mine.ticketer.lifetime(),
+                    ));
+                } else if mine.ticketer.enabled() {
                     mine.ticketer = Arc::new(ticket_keys::CountingTicketer::new(
                         mine.ticketer.clone(),
                         self.counters.clone(),

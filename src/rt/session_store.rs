@@ -22,10 +22,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_queue::ArrayQueue;
-use rustls::server::StoresServerSessions;
+use rustls::server::{ProducesTickets, StoresServerSessions};
 
 use crate::metrics::WorkerCounters;
 use crate::session::cache::{CacheConfig, CacheStats, SessionCache, SessionKind, SyncMsg};
+use crate::session::stateful;
 
 /// Messages one queue holds before it drops new ones.
 pub const SYNC_QUEUE_CAPACITY: usize = 16 * 1024;
@@ -289,5 +290,141 @@ impl StoresServerSessions for WorkerStore {
 
     fn can_cache(&self) -> bool {
         true
+    }
+}
+
+/// TLS 1.3 stateful tickets made through rustls's ticketer hook, so that
+/// they advertise `--session-timeout` instead of rustls's fixed 24 h (see
+/// [`crate::session::stateful`]). Underneath it is the calling worker's
+/// [`WorkerStore`]: a TLS 1.3 session is put under a random
+/// [`stateful::ID_LEN`]-byte ID (and so reaches the other workers and the
+/// L2 store like any put) and the ID is the ticket; `decrypt` takes it out
+/// (single use, `GETDEL` in the L2 store). TLS 1.2 sessions get no ticket:
+/// rustls sends an empty NewSessionTicket and keeps the session ID
+/// resumption through the store.
+pub struct StatefulTickets {
+    store: WorkerStore,
+    lifetime_s: u32,
+}
+
+impl std::fmt::Debug for StatefulTickets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The name is how `stateful::is_stateful` recognises it.
+        f.debug_struct(stateful::DEBUG_NAME)
+            .field("lifetime_s", &self.lifetime_s)
+            .finish()
+    }
+}
+
+impl StatefulTickets {
+    /// The ticketer of the worker that owns `counters`, advertising
+    /// `lifetime_s` seconds.
+    pub fn new(counters: Arc<WorkerCounters>, lifetime_s: u32) -> Self {
+        Self {
+            store: WorkerStore::new(counters),
+            lifetime_s,
+        }
+    }
+
+    /// One that counts nowhere: the shared configuration's, which each
+    /// worker replaces with its own.
+    pub fn unbound(lifetime_s: u32) -> Self {
+        Self::new(Arc::default(), lifetime_s)
+    }
+}
+
+impl ProducesTickets for StatefulTickets {
+    fn enabled(&self) -> bool {
+        true
+    }
+
+    fn lifetime(&self) -> u32 {
+        self.lifetime_s
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        if !stateful::issues_ticket_for(plain) {
+            return None;
+        }
+        let mut id = vec![0u8; stateful::ID_LEN];
+        aws_lc_rs::rand::fill(&mut id).ok()?;
+        self.store.put(id.clone(), plain.to_vec()).then_some(id)
+    }
+
+    fn decrypt(&self, ticket: &[u8]) -> Option<Vec<u8>> {
+        let kind = with_local(|l| {
+            let now = l.now_ms();
+            l.cache.kind_of(ticket, now)
+        })
+        .flatten();
+        if !stateful::may_take(kind) {
+            return None;
+        }
+        self.store.take(ticket)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A session value as rustls serializes it: no SNI, then the version.
+    fn value(version: [u8; 2], tail: u8) -> Vec<u8> {
+        vec![0, version[0], version[1], 0x13, 0x01, tail]
+    }
+
+    fn installed() {
+        install(
+            0,
+            CacheConfig {
+                capacity: 16,
+                timeout_ms: 60_000,
+            },
+            SyncHub::new(1, 4),
+            Instant::now(),
+        );
+    }
+
+    #[test]
+    fn stateful_tickets_are_single_use_cache_keys_for_tls13_only() {
+        installed();
+        let counters = Arc::new(WorkerCounters::default());
+        let t = StatefulTickets::new(counters.clone(), 123);
+        assert!(t.enabled());
+        assert_eq!(t.lifetime(), 123);
+        assert!(stateful::is_stateful(&t));
+
+        // TLS 1.2: no ticket (rustls sends an empty NewSessionTicket).
+        assert_eq!(t.encrypt(&value([3, 3], 1)), None);
+        assert_eq!(with_local(|l| l.cache.len()), Some(0));
+
+        // TLS 1.3: a random 32-byte ID, stored in the worker's cache.
+        let v13 = value([3, 4], 2);
+        let id = t.encrypt(&v13).expect("a TLS 1.3 ticket");
+        assert_eq!(id.len(), stateful::ID_LEN);
+        let other = t.encrypt(&v13).expect("a second ticket");
+        assert_ne!(id, other);
+        assert!(l1_contains(&id));
+        assert_eq!(
+            with_local(|l| l.cache.kind_of(&id, l.now_ms())).flatten(),
+            Some(SessionKind::Tls13Stateful)
+        );
+
+        // Single use.
+        assert_eq!(t.decrypt(&id), Some(v13.clone()));
+        assert_eq!(t.decrypt(&id), None);
+        assert!(!l1_contains(&id));
+        assert_eq!(counters.session_stateful_hits.get(), 1);
+        assert_eq!(counters.session_stateful_misses.get(), 1);
+
+        // A TLS 1.2 session ID offered as a ticket neither resumes nor
+        // consumes the session: the session-ID path still finds it.
+        let store = WorkerStore::new(counters.clone());
+        let sid = vec![7u8; 32];
+        let v12 = value([3, 3], 3);
+        assert!(store.put(sid.clone(), v12.clone()));
+        assert_eq!(t.decrypt(&sid), None);
+        assert_eq!(store.get(&sid), Some(v12));
+        assert_eq!(counters.session_stateful_hits.get(), 1);
     }
 }

@@ -327,6 +327,14 @@ impl SessionCache {
             .is_some_and(|e| self.is_live(e.created_ms, now_ms))
     }
 
+    /// The kind of the live entry under `key`, if any (no counter moves).
+    pub fn kind_of(&self, key: &[u8], now_ms: u64) -> Option<SessionKind> {
+        self.entries
+            .get(key)
+            .filter(|e| self.is_live(e.created_ms, now_ms))
+            .map(|e| e.kind)
+    }
+
     /// Removes `key` without counting a lookup (the L2 store said a
     /// single-use session was used elsewhere). Returns the
     /// [`SyncMsg::Take`] to publish when an entry was removed.
@@ -575,6 +583,20 @@ mod tests {
         // A later lookup is a plain miss, not another expiry.
         assert_eq!(c.get(&k(1), 1101), None);
         assert_eq!((c.stats().misses, c.stats().expired), (2, 1));
+    }
+
+    #[test]
+    fn kind_of_reads_live_entries_without_counting() {
+        let mut c = cache(4, 100);
+        c.put_kind(k(1), v(1), SessionKind::Tls12Id, 1000);
+        c.put_kind(k(2), v(2), SessionKind::Tls13Stateful, 1000);
+        assert_eq!(c.kind_of(&k(1), 1099), Some(SessionKind::Tls12Id));
+        assert_eq!(c.kind_of(&k(2), 1099), Some(SessionKind::Tls13Stateful));
+        assert_eq!(c.kind_of(&k(3), 1099), None);
+        assert_eq!(c.kind_of(&k(1), 1100), None);
+        let s = c.stats();
+        assert_eq!((s.hits, s.misses, s.expired), (0, 0, 0));
+        assert_eq!(c.len(), 2);
     }
 
     #[test]

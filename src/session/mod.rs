@@ -7,4 +7,5 @@
 
 pub mod cache;
 pub mod l2;
+pub mod stateful;
 pub mod tickets;

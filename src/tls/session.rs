@@ -196,7 +196,9 @@ pub struct TlsSession {
     hello: Option<HelloFacts>,
     /// Whether the configuration resumes with stateless tickets: with it,
     /// rustls resumes TLS 1.3 only by ticket, and TLS 1.2 by ticket first.
-    ticketer_enabled: bool,
+    /// False for ringterm's stateful ticketer
+    /// ([`crate::session::stateful`]), whose tickets are cache keys.
+    stateless_tickets: bool,
     /// The type of the client's first handshake message, once its record
     /// header and type byte have arrived (a ClientHello is 1).
     first_handshake_type: Option<u8>,
@@ -217,7 +219,8 @@ impl std::fmt::Debug for TlsSession {
 impl TlsSession {
     /// Starts a server session with the given configuration.
     pub fn new(config: Arc<ServerConfig>) -> Result<Self, TlsError> {
-        let ticketer_enabled = config.ticketer.enabled();
+        let stateless_tickets =
+            config.ticketer.enabled() && !crate::session::stateful::is_stateful(&*config.ticketer);
         let own_wanted = config.enable_secret_extraction;
         let conn = UnbufferedServerConnection::new(config).map_err(TlsError::Rustls)?;
         Ok(Self {
@@ -233,7 +236,7 @@ impl TlsSession {
             failed: false,
             wrote_any: false,
             hello: None,
-            ticketer_enabled,
+            stateless_tickets,
             first_handshake_type: None,
         })
     }
@@ -692,9 +695,10 @@ impl TlsSession {
         self.hello.as_ref()
     }
 
-    /// Whether the configuration resumes with stateless tickets.
-    pub fn ticketer_enabled(&self) -> bool {
-        self.ticketer_enabled
+    /// Whether the configuration resumes with stateless tickets (not
+    /// ringterm's stateful ticketer, see [`crate::session::stateful`]).
+    pub fn stateless_tickets(&self) -> bool {
+        self.stateless_tickets
     }
 
     /// How a resumed handshake of `version` found its session. rustls
@@ -707,12 +711,12 @@ impl TlsSession {
     fn resumption(&self, version: ProtocolVersion) -> Resumption {
         let hello = self.hello.as_ref();
         if version == ProtocolVersion::TLSv1_3 {
-            if self.ticketer_enabled {
+            if self.stateless_tickets {
                 Resumption::Tls13Ticket
             } else {
                 Resumption::Tls13Stateful
             }
-        } else if self.ticketer_enabled && hello.and_then(|h| h.ticket_len).unwrap_or(0) > 0 {
+        } else if self.stateless_tickets && hello.and_then(|h| h.ticket_len).unwrap_or(0) > 0 {
             Resumption::Tls12Ticket
         } else {
             Resumption::Tls12Id

@@ -34,14 +34,15 @@ fn require_tool(tool: &str, version_arg: &str) {
 /// and returns what came out on stdout once it contains `line` (or after
 /// 10 s). The child is killed afterwards.
 fn s_client_echo(addr: std::net::SocketAddr, version_flag: &str, line: &str) -> String {
+    s_client_echo_with(addr, &[version_flag, "-quiet"], line).0
+}
+
+/// [`s_client_echo`] with any `flags` (which must make s_client quiet:
+/// `-quiet` or `-brief`); returns stdout and stderr.
+fn s_client_echo_with(addr: std::net::SocketAddr, flags: &[&str], line: &str) -> (String, String) {
     let mut child = Command::new("openssl")
-        .args([
-            "s_client",
-            "-connect",
-            &addr.to_string(),
-            version_flag,
-            "-quiet",
-        ])
+        .args(["s_client", "-connect", &addr.to_string()])
+        .args(flags)
         .args(["-servername", "localhost"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -80,13 +81,14 @@ fn s_client_echo(addr: std::net::SocketAddr, version_flag: &str, line: &str) -> 
     let _ = child.wait();
     drop(stdin);
     let text = String::from_utf8_lossy(&out).into_owned();
+    let err = err_thread.join().unwrap();
     if !text.contains(line) {
         panic!(
-            "openssl s_client {version_flag}: echo not received; stdout: {text:?}; stderr: {}",
-            err_thread.join().unwrap()
+            "openssl s_client {flags:?}: echo not received; stdout: {} bytes; stderr: {err}",
+            text.len()
         );
     }
-    text
+    (text, err)
 }
 
 #[test]
@@ -357,4 +359,82 @@ fn curl_with_either_record_layer() {
         }
         rt.assert_alive();
     }
+}
+
+/// An RSA-2048 certificate and key for localhost written to `dir` (the key
+/// from aws-lc-rs: rcgen's ring backend cannot generate RSA keys).
+fn rsa_cert(dir: &std::path::Path) -> (String, String) {
+    use aws_lc_rs::encoding::AsDer;
+    let kp = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+    let der = kp.as_der().unwrap();
+    let der = rustls::pki_types::PrivatePkcs8KeyDer::from(der.as_ref());
+    let kp = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_RSA_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+        .unwrap()
+        .self_signed(&kp)
+        .unwrap();
+    let (c, k) = (dir.join("rsa.pem"), dir.join("rsa.key"));
+    std::fs::write(&c, cert.pem()).unwrap();
+    std::fs::write(&k, kp.serialize_pem()).unwrap();
+    (c.display().to_string(), k.display().to_string())
+}
+
+/// `openssl s_client` against an RSA certificate through the own record
+/// layer, every suite ringterm offers with it: the three ECDHE-RSA AEAD
+/// suites of TLS 1.2 and the three TLS 1.3 suites. A 40 000-byte line
+/// (several records each way) goes to the echo backend and comes back.
+#[test]
+fn openssl_s_client_rsa_every_suite_both_ways_through_own_record_layer() {
+    require_tool("openssl", "version");
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = rsa_cert(dir.path());
+    let echo = echo_backend();
+    let args: Vec<String> = [
+        "--backend",
+        &echo.addr.to_string(),
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--record-layer",
+        "own",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut rt = start_ringterm_args(&args);
+    let mut line: String = (0..40_000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    line.push('\n');
+    let cases = [
+        ("-tls1_2", "-cipher", "ECDHE-RSA-AES128-GCM-SHA256"),
+        ("-tls1_2", "-cipher", "ECDHE-RSA-AES256-GCM-SHA384"),
+        ("-tls1_2", "-cipher", "ECDHE-RSA-CHACHA20-POLY1305"),
+        ("-tls1_3", "-ciphersuites", "TLS_AES_128_GCM_SHA256"),
+        ("-tls1_3", "-ciphersuites", "TLS_AES_256_GCM_SHA384"),
+        ("-tls1_3", "-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256"),
+    ];
+    for (version, flag, suite) in cases {
+        let (out, err) = s_client_echo_with(rt.addr(), &[version, flag, suite, "-brief"], &line);
+        assert!(out == line, "{suite}: {} bytes came back", out.len());
+        assert!(
+            err.contains(&format!("Ciphersuite: {suite}")),
+            "{suite}: {err}"
+        );
+        assert!(err.contains("Signature type: RSA"), "{suite}: {err}");
+    }
+    let text = rt.wait_metric(
+        "ringterm_handshakes_total{version=\"TLSv1.2\",resumed=\"false\"}",
+        |n| n == 3,
+    );
+    assert_eq!(
+        metric_sum(
+            &text,
+            "ringterm_handshakes_total{version=\"TLSv1.3\",resumed=\"false\"}"
+        ),
+        3
+    );
+    assert_eq!(metric_sum(&text, "ringterm_handshake_failures_total"), 0);
+    rt.assert_alive();
 }

@@ -561,6 +561,11 @@ impl<D> RecordLayer<D> {
         let opened = match self.version {
             Version::Tls13 => {
                 let n = self.opener.open(seq, header, payload)?;
+                // The whole TLSInnerPlaintext, padding included, is at
+                // most 2^14 + 1 bytes (RFC 8446 §5.4, record_overflow).
+                if n > MAX_FRAGMENT_LEN + 1 {
+                    return Err(RecordError::RecordOverflow(n));
+                }
                 // Strip the zero padding; the last non-zero byte is the
                 // inner content type (RFC 8446 §5.4).
                 let Some(end) = payload[..n].iter().rposition(|&b| b != 0) else {

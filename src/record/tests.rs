@@ -691,6 +691,57 @@ fn tls13_padding_and_data_after_close() {
     }
 }
 
+/// RFC 8446 §5.4: the TLSInnerPlaintext, padding included, is at most
+/// 2^14 + 1 bytes. 2^14 - 8 bytes of data with 9 bytes of padding (the
+/// tlsfuzzer "too big plaintext" case) is record_overflow, though the
+/// content itself fits; at the limit, with or without padding, it passes.
+#[test]
+fn tls13_padding_counts_toward_the_plaintext_limit() {
+    for suite in TLS13_SUITES {
+        // `seal_raw(0, body)` seals `body` and a zero byte: `body` holds the
+        // data, the real content type, and all but one byte of padding.
+        let inner = |data: usize, padding: usize| {
+            let mut body = vec![b'A'; data];
+            body.push(APPLICATION_DATA);
+            body.extend(std::iter::repeat_n(0, padding - 1));
+            body
+        };
+        for (data, padding, ok) in [
+            (MAX_FRAGMENT_LEN - 8, 9, false),
+            (MAX_FRAGMENT_LEN - 1, 2, false),
+            (MAX_FRAGMENT_LEN - 1, 1, true),
+            (MAX_FRAGMENT_LEN - 100, 100, true),
+        ] {
+            let mut p = raw_pair(suite);
+            let mut wire = Vec::new();
+            p.client.seal_raw(0, &inner(data, padding), &mut wire);
+            let (res, tb, client) = p.send(&wire);
+            if ok {
+                assert_eq!(res, Ok(Status::Established), "{suite} {data}+{padding}");
+                assert_eq!(tb.len(), data);
+            } else {
+                assert_eq!(
+                    res,
+                    Err(TlsError::Record(RecordError::RecordOverflow(
+                        data + 1 + padding
+                    ))),
+                    "{suite} {data}+{padding}"
+                );
+                assert!(tb.is_empty());
+                assert_eq!(client, Err(RecordError::AlertReceived(RECORD_OVERFLOW)));
+            }
+        }
+        // Data of exactly 2^14 bytes and its content type: the limit.
+        let mut p = raw_pair(suite);
+        let mut wire = Vec::new();
+        p.client
+            .seal_raw(APPLICATION_DATA, &vec![1; MAX_FRAGMENT_LEN], &mut wire);
+        let (res, tb, _) = p.send(&wire);
+        assert_eq!(res, Ok(Status::Established), "{suite}");
+        assert_eq!(tb.len(), MAX_FRAGMENT_LEN);
+    }
+}
+
 /// Per-connection heap after the hand-over versus rustls: counted with a
 /// size estimate of what stays (the rustls connection is gone).
 #[test]
@@ -752,5 +803,169 @@ fn one_record_is_forwarded_in_place() {
             .handle_read_forward(&mut rx, &mut tc, &mut tb)
             .unwrap();
         assert_eq!((off, &tb[..]), (0, &b"onetwo"[..]));
+    }
+}
+
+/// The suites with an RSA certificate: TLS 1.3's three and the three
+/// ECDHE-RSA AEAD suites of TLS 1.2.
+const RSA_SUITES: [&str; 6] = [
+    "TLS13_AES_128_GCM_SHA256",
+    "TLS13_AES_256_GCM_SHA384",
+    "TLS13_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+];
+
+/// A pair over an RSA-2048 certificate (made once; the key from aws-lc-rs,
+/// rcgen's ring backend cannot generate RSA keys), negotiating `suite`.
+fn rsa_pair(suite: &str) -> Pair {
+    use ::aws_lc_rs::encoding::AsDer;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    use std::sync::OnceLock;
+    static CERT: OnceLock<(CertificateDer<'static>, Vec<u8>)> = OnceLock::new();
+    let (cert, key) = CERT.get_or_init(|| {
+        let kp = ::aws_lc_rs::rsa::KeyPair::generate(::aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let der = kp.as_der().unwrap().as_ref().to_vec();
+        let rc = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(
+            &PrivatePkcs8KeyDer::from(der.as_slice()),
+            &rcgen::PKCS_RSA_SHA256,
+        )
+        .unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&rc)
+            .unwrap();
+        (cert.der().clone(), der)
+    });
+    let policy = crate::tls::TlsPolicy {
+        cipher_suites: vec![suite.to_owned()],
+        ..crate::tls::TlsPolicy::default()
+    };
+    let resumption = crate::tls::ResumptionParts {
+        storage: None,
+        ticketer: Some(rustls::crypto::aws_lc_rs::Ticketer::new().unwrap()),
+        tls13_tickets: 2,
+    };
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.clone()));
+    let server =
+        crate::tls::build_server_config_with(vec![cert.clone()], key, &policy, resumption).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.clone()).unwrap();
+    let version = if is_tls13(suite) {
+        &rustls::version::TLS13
+    } else {
+        &rustls::version::TLS12
+    };
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_protocol_versions(&[version])
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut p = Pair {
+        client: ClientConnection::new(Arc::new(client), ServerName::try_from("localhost").unwrap())
+            .unwrap(),
+        server: TlsSession::new(server).unwrap(),
+        backend: Vec::new(),
+        client_rx: Vec::new(),
+    };
+    assert_eq!(p.pump().unwrap(), Status::Established, "{suite}");
+    assert!(p.server.is_own_record_layer(), "{suite}: own layer");
+    assert_eq!(p.server.handshake_info().unwrap().cipher, Some(suite));
+    p
+}
+
+/// Every suite × version with an RSA certificate: the own layer takes
+/// over and carries data both ways (record-size edges and a bulk
+/// payload), and TLS 1.3 key updates work.
+#[test]
+fn every_rsa_suite_carries_data_both_ways() {
+    for suite in RSA_SUITES {
+        let mut p = rsa_pair(suite);
+        for len in [0, 1, 16384, 16385, 200_000] {
+            let data = pattern(len);
+            p.send_to_server(&data);
+            assert!(std::mem::take(&mut p.backend) == data, "{suite} {len}");
+            p.send_to_client(&data);
+            assert!(std::mem::take(&mut p.client_rx) == data, "{suite} {len}");
+        }
+        if is_tls13(suite) {
+            p.client.refresh_traffic_keys().unwrap();
+            p.send_to_server(b"after the update");
+            assert_eq!(std::mem::take(&mut p.backend), b"after the update");
+            p.send_to_client(b"reply");
+            assert_eq!(std::mem::take(&mut p.client_rx), b"reply");
+            assert_eq!(p.server.record_layer().unwrap().key_updates(), 2);
+        }
+    }
+}
+
+/// The client's Finished, a KeyUpdate (update_requested) and a request in
+/// one read, with and without TLS 1.3 tickets (without, rustls used to go
+/// on past the Finished, answer the KeyUpdate by switching its write key
+/// and queue the reply, which the hand-over lost: tlsfuzzer's "multiple
+/// KeyUpdate messages"). The own layer answers each request and the
+/// client reads the response under the new key.
+#[test]
+fn key_updates_in_the_same_read_as_the_finished() {
+    for suite in TLS13_SUITES {
+        for tickets in [0, 2] {
+            for updates in [1, 5] {
+                let (server, client) = configs(suite);
+                let mut server = (*server).clone();
+                server.send_tls13_tickets = tickets;
+                let mut p = Pair {
+                    client: ClientConnection::new(
+                        Arc::new(client),
+                        ServerName::try_from("localhost").unwrap(),
+                    )
+                    .unwrap(),
+                    server: TlsSession::new(Arc::new(server)).unwrap(),
+                    backend: Vec::new(),
+                    client_rx: Vec::new(),
+                };
+                // ClientHello in, the server's flight out.
+                let hello = p.client_wire();
+                let mut out = Vec::new();
+                let st = p
+                    .server
+                    .handle_ciphertext(&hello, &mut out, &mut p.backend)
+                    .unwrap();
+                assert_eq!(st, Status::Handshaking);
+                p.deliver(&out);
+                // The client's Finished, then its updates and a request.
+                let mut wire = p.client_wire();
+                for _ in 0..updates {
+                    p.client.refresh_traffic_keys().unwrap();
+                    wire.extend(p.client_wire());
+                }
+                p.client.writer().write_all(b"GET /").unwrap();
+                wire.extend(p.client_wire());
+                let mut out = Vec::new();
+                let st = p
+                    .server
+                    .handle_ciphertext(&wire, &mut out, &mut p.backend)
+                    .unwrap();
+                assert_eq!(st, Status::Established, "{suite} {tickets} {updates}");
+                assert!(p.server.is_own_record_layer());
+                assert_eq!(std::mem::take(&mut p.backend), b"GET /");
+                p.deliver(&out);
+                p.send_to_client(b"response");
+                assert_eq!(
+                    std::mem::take(&mut p.client_rx),
+                    b"response",
+                    "{suite} tickets {tickets} updates {updates}"
+                );
+                assert_eq!(
+                    p.server.record_layer().unwrap().key_updates(),
+                    2 * updates,
+                    "{suite}"
+                );
+                p.send_to_server(b"more");
+                assert_eq!(std::mem::take(&mut p.backend), b"more");
+            }
+        }
     }
 }

@@ -202,6 +202,10 @@ pub struct TlsSession {
     /// The type of the client's first handshake message, once its record
     /// header and type byte have arrived (a ClientHello is 1).
     first_handshake_type: Option<u8>,
+    /// Whether rustls is given one record at a time (see
+    /// [`TlsSession::feed_limit`]): true until a record left rustls holding
+    /// part of a handshake message.
+    record_at_a_time: bool,
 }
 
 impl std::fmt::Debug for TlsSession {
@@ -238,6 +242,7 @@ impl TlsSession {
             hello: None,
             stateless_tickets,
             first_handshake_type: None,
+            record_at_a_time: own_wanted,
         })
     }
 
@@ -489,7 +494,51 @@ impl TlsSession {
             return self.own_read(to_client, to_backend);
         }
         let status = self.step(None, false, to_client, to_backend)?;
+        let status = self.maybe_take_over(status)?;
+        if status == Status::Handshaking || !has_complete_record(&self.incoming) {
+            return Ok(status);
+        }
+        // Records that came after the client's Finished, which rustls did
+        // not see (one record at a time): the own record layer's, or
+        // rustls's when it did not take over.
+        if self.own.is_some() {
+            return self.own_read(to_client, to_backend);
+        }
+        let status = self.step(None, false, to_client, to_backend)?;
         self.maybe_take_over(status)
+    }
+
+    /// How much of `incoming` rustls is given. With the own record layer
+    /// wanted, once our first flight is out and until the handshake is
+    /// complete: one record at a time, so that rustls stops right after the
+    /// client's Finished and never processes a record that follows it in
+    /// the same read. Otherwise a KeyUpdate (update_requested) there would
+    /// be answered by rustls, which updates its write key at once but only
+    /// queues the KeyUpdate message until it next sends application data,
+    /// and `dangerous_into_kernel_connection` drops that message: the
+    /// client would never learn our new key. Everything, when a record
+    /// left rustls holding part of a handshake message (it joins them in
+    /// place, and the buffer's front is no longer a record).
+    fn feed_limit(&self) -> usize {
+        let all = self.incoming.len();
+        if !self.record_at_a_time || self.established || !self.wrote_any {
+            return all;
+        }
+        if self.conn.as_deref().is_some_and(|c| !c.is_handshaking()) {
+            // The Finished is in: nothing more until the hand-over (rustls
+            // holds no partial message, so an empty slice is safe).
+            return 0;
+        }
+        let buf = &self.incoming;
+        if buf.len() < 5 {
+            return all;
+        }
+        let end = 5 + usize::from(u16::from_be_bytes([buf[3], buf[4]]));
+        if end <= all {
+            end
+        } else {
+            all
+        }
     }
 
     /// Hands the connection over to the own record layer when it is wanted
@@ -504,7 +553,7 @@ impl TlsSession {
             || self.failed
             || self.sent_close
             || status == Status::Handshaking
-            || has_complete_record(&self.incoming)
+            || (has_complete_record(&self.incoming) && !self.record_at_a_time)
         {
             return Ok(status);
         }
@@ -779,12 +828,14 @@ impl TlsSession {
             self.first_handshake_type = Some(self.incoming[5]);
         }
         for _ in 0..MAX_STEPS {
+            let limit = self.feed_limit();
+            let fed_all = limit == self.incoming.len();
             let Some(conn) = self.conn.as_deref_mut() else {
                 self.failed = true;
                 return Err(TlsError::UnexpectedState);
             };
             let UnbufferedStatus { mut discard, state } =
-                conn.process_tls_records(&mut self.incoming);
+                conn.process_tls_records(&mut self.incoming[..limit]);
             let state = match state {
                 Ok(state) => state,
                 Err(err) => {
@@ -839,7 +890,14 @@ impl TlsSession {
                     transmit.done();
                 }
                 ConnectionState::BlockedHandshake => {
-                    outcome = Some(Status::Handshaking);
+                    if fed_all {
+                        outcome = Some(Status::Handshaking);
+                    } else if discard < limit {
+                        // rustls holds part of a handshake message in the
+                        // record: from now on it gets everything.
+                        self.record_at_a_time = false;
+                    }
+                    // Else it took the whole record: give it the next one.
                 }
                 ConnectionState::WriteTraffic(mut write) => {
                     self.established = true;

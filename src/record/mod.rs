@@ -721,6 +721,11 @@ impl<D> RecordLayer<D> {
 
     fn handle_alert(&mut self, plain: &[u8]) -> Result<(), RecordError> {
         let &[level, desc] = plain else {
+            // RFC 8446 §5.4: an Alert record with empty content is
+            // unexpected_message.
+            if plain.is_empty() && self.version == Version::Tls13 {
+                return Err(RecordError::UnexpectedMessage("empty alert record"));
+            }
             return Err(RecordError::DecodeError("alert"));
         };
         if level != WARNING && level != FATAL {
@@ -751,7 +756,12 @@ impl<D> RecordLayer<D> {
         to_client: &mut Vec<u8>,
     ) -> Result<(), RecordError> {
         if plain.is_empty() {
-            return Err(RecordError::DecodeError("empty handshake record"));
+            // RFC 8446 §5.4 names unexpected_message; RFC 5246 §6.2.1 only
+            // forbids them.
+            return Err(match self.version {
+                Version::Tls13 => RecordError::UnexpectedMessage("empty handshake record"),
+                Version::Tls12 => RecordError::DecodeError("empty handshake record"),
+            });
         }
         while !plain.is_empty() {
             let j = &mut self.joiner;

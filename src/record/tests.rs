@@ -603,11 +603,45 @@ fn oversized_and_malformed_records() {
         assert_eq!(tb, b"x");
         let mut wire = Vec::new();
         p.client.seal_raw(HANDSHAKE, &[], &mut wire);
-        let (res, _, _) = p.send(&wire);
-        assert!(matches!(
-            res,
-            Err(TlsError::Record(RecordError::DecodeError(_)))
-        ));
+        let (res, _, client) = p.send(&wire);
+        if tls13 {
+            // RFC 8446 §5.4.
+            assert!(matches!(
+                res,
+                Err(TlsError::Record(RecordError::UnexpectedMessage(_)))
+            ));
+            assert_eq!(client, Err(RecordError::AlertReceived(UNEXPECTED_MESSAGE)));
+        } else {
+            assert!(matches!(
+                res,
+                Err(TlsError::Record(RecordError::DecodeError(_)))
+            ));
+        }
+
+        // An empty alert record: unexpected_message in TLS 1.3 (RFC 8446
+        // §5.4, with or without padding), decode_error in TLS 1.2.
+        for padding in [0, 30] {
+            let mut p = raw_pair(suite);
+            let mut wire = Vec::new();
+            if tls13 && padding > 0 {
+                let mut body = vec![ALERT];
+                body.extend(std::iter::repeat_n(0, padding - 1));
+                p.client.seal_raw(0, &body, &mut wire);
+            } else {
+                p.client.seal_raw(ALERT, &[], &mut wire);
+            }
+            let (res, _, client) = p.send(&wire);
+            let want = if tls13 {
+                UNEXPECTED_MESSAGE
+            } else {
+                DECODE_ERROR
+            };
+            assert_eq!(
+                client,
+                Err(RecordError::AlertReceived(want)),
+                "{suite} {padding}: {res:?}"
+            );
+        }
 
         // An unknown content type: decode_error, nothing opened.
         let mut p = raw_pair(suite);

@@ -463,6 +463,39 @@ fn largest_client_hello_rustls_accepts_is_answered_in_any_fragmentation() {
     }
 }
 
+/// tlsfuzzer test-tls13-record-layer-limits.py "too big ClientHello msg":
+/// a plaintext record over 2^14 bytes is record_overflow (RFC 8446 §5.1),
+/// in plaintext, as soon as its header is in; 2^14 bytes pass.
+#[test]
+fn client_hello_record_over_2_14_bytes_is_record_overflow() {
+    let config = server_config(&TlsPolicy::default(), 0);
+    let msg = big_client_hello(20_000);
+    for (frag, ok) in [(16384, true), (16385, false)] {
+        let wire = records(&msg, frag);
+        let mut s = TlsSession::new(config.clone()).unwrap();
+        let (mut tc, mut tb) = (Vec::new(), Vec::new());
+        // Only the header and a little of the body have arrived.
+        let res = s.handle_ciphertext(&wire[..100], &mut tc, &mut tb);
+        if ok {
+            assert_eq!(res.unwrap(), Status::Handshaking);
+            let res = s.handle_ciphertext(&wire[100..], &mut tc, &mut tb);
+            assert_eq!(res.unwrap(), Status::Handshaking);
+            assert_eq!(tc[5], 2, "a ServerHello");
+        } else {
+            assert!(
+                matches!(
+                    res,
+                    Err(TlsError::Record(
+                        ringterm::record::RecordError::RecordOverflow(16385)
+                    ))
+                ),
+                "{res:?}"
+            );
+            assert_eq!(tc, [21, 3, 3, 0, 2, 2, 22]);
+        }
+    }
+}
+
 /// The CPU bound still holds: a ClientHello trickled in records of one
 /// byte each is refused once its records pass [`MAX_PENDING_HANDSHAKE`],
 /// without an alert storm or a panic.

@@ -823,6 +823,17 @@ impl TlsSession {
         if self.failed {
             return Err(TlsError::Failed);
         }
+        if self.first_handshake_type.is_none() && self.incoming.len() >= 5 {
+            // The client's first record is plaintext: at most 2^14 bytes
+            // (RFC 8446 §5.1, RFC 5246 §6.2.1: record_overflow). rustls
+            // takes up to 2^14 + 2048 in any record.
+            let len = usize::from(u16::from_be_bytes([self.incoming[3], self.incoming[4]]));
+            if self.incoming[0] != 23 && len > MAX_FRAGMENT_LEN {
+                self.failed = true;
+                to_client.extend_from_slice(&[21, 3, 3, 0, 2, 2, RECORD_OVERFLOW]);
+                return Err(TlsError::Record(RecordError::RecordOverflow(len)));
+            }
+        }
         if self.first_handshake_type.is_none() && self.incoming.len() > 5 && self.incoming[0] == 22
         {
             self.first_handshake_type = Some(self.incoming[5]);
@@ -1072,6 +1083,9 @@ const UNEXPECTED_MESSAGE: u8 = 10;
 
 /// The `decode_error` alert description.
 const DECODE_ERROR: u8 = 50;
+
+/// The `record_overflow` alert description.
+const RECORD_OVERFLOW: u8 = 22;
 
 /// The `missing_extension` alert description.
 const MISSING_EXTENSION: u8 = 109;

@@ -1003,3 +1003,51 @@ fn key_updates_in_the_same_read_as_the_finished() {
         }
     }
 }
+
+/// A client whose records hold a few bytes each (its Finished spans
+/// several records, which rustls joins in place): rustls then gets the
+/// rest of the read at once, as before, and the own layer still takes
+/// over once nothing is pending.
+#[test]
+fn finished_split_across_records_still_hands_over() {
+    for suite in all_suites() {
+        let (server, mut client) = configs(suite);
+        client.max_fragment_size = Some(32);
+        let mut p = Pair {
+            client: ClientConnection::new(
+                Arc::new(client),
+                ServerName::try_from("localhost").unwrap(),
+            )
+            .unwrap(),
+            server: TlsSession::new(server).unwrap(),
+            backend: Vec::new(),
+            client_rx: Vec::new(),
+        };
+        let hello = p.client_wire();
+        let mut out = Vec::new();
+        p.server
+            .handle_ciphertext(&hello, &mut out, &mut p.backend)
+            .unwrap();
+        p.deliver(&out);
+        let mut wire = p.client_wire();
+        p.client
+            .writer()
+            .write_all(b"GET / in tiny records")
+            .unwrap();
+        wire.extend(p.client_wire());
+        let mut out = Vec::new();
+        let st = p
+            .server
+            .handle_ciphertext(&wire, &mut out, &mut p.backend)
+            .unwrap();
+        assert_eq!(st, Status::Established, "{suite}");
+        assert!(p.server.is_own_record_layer(), "{suite}");
+        // A TLS 1.2 client sends its data once our Finished is in.
+        p.deliver(&out);
+        p.pump().unwrap();
+        assert_eq!(std::mem::take(&mut p.backend), b"GET / in tiny records");
+        p.send_to_client(b"reply");
+        assert_eq!(std::mem::take(&mut p.client_rx), b"reply", "{suite}");
+        assert!(p.server.is_own_record_layer(), "{suite}");
+    }
+}

@@ -901,7 +901,7 @@ impl TlsSession {
                     transmit.done();
                 }
                 ConnectionState::BlockedHandshake => {
-                    if fed_all {
+                    if fed_all || limit == 0 {
                         outcome = Some(Status::Handshaking);
                     } else if discard < limit {
                         // rustls holds part of a handshake message in the

@@ -352,6 +352,11 @@ impl ProducesTickets for StatefulTickets {
     }
 
     fn decrypt(&self, ticket: &[u8]) -> Option<Vec<u8>> {
+        if ticket.len() != stateful::ID_LEN {
+            // Not one of ours (a TLS 1.2 ticket from elsewhere, a stale
+            // stateless one): no lookup, no miss counted.
+            return None;
+        }
         let kind = with_local(|l| {
             let now = l.now_ms();
             l.cache.kind_of(ticket, now)
@@ -426,5 +431,9 @@ mod tests {
         assert_eq!(t.decrypt(&sid), None);
         assert_eq!(store.get(&sid), Some(v12));
         assert_eq!(counters.session_stateful_hits.get(), 1);
+
+        // Tickets of another length are not ours: not even looked up.
+        assert_eq!(t.decrypt(&[1; 100]), None);
+        assert_eq!(counters.session_stateful_misses.get(), 1);
     }
 }

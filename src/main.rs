@@ -296,6 +296,7 @@ impl Cli {
             access_log: self.access_log.clone(),
             access_log_format: self.access_log_format.clone(),
             health_check_interval: self.health_check_interval,
+            frontend: None,
         }
     }
 }
@@ -425,8 +426,9 @@ fn run(cli: Cli) -> Result<(), String> {
             .map(|t| t as Arc<dyn rustls::server::ProducesTickets>),
         tls13_tickets: config.tls13_tickets,
     };
-    // Certificates and TLS policy are re-read on SIGHUP (not in demo mode:
-    // its certificate is generated once); on any error the old
+    // SIGHUP re-reads the configuration and applies what it can
+    // (`rt::live::ConfigReloader`; not in demo mode: its certificate is
+    // generated once, so only the files are re-read); on any error the old
     // configuration stays. New connections get the new one; established
     // ones keep theirs.
     let config_source: Option<ringterm::rt::reload::ConfigSource> = if mode == Mode::Demo {
@@ -439,8 +441,7 @@ fn run(cli: Cli) -> Result<(), String> {
     };
     let fetched = files.fetched.clone();
     let reloader = Arc::new(
-        TlsReloader::new(&config, files, resumption, config_source)
-            .map_err(|e| load_error(&layered, e))?,
+        TlsReloader::new(&config, files, resumption, None).map_err(|e| load_error(&layered, e))?,
     );
     if config.ocsp_fetch {
         ringterm::rt::ocsp_fetch::spawn(reloader.clone(), fetched)
@@ -477,30 +478,59 @@ fn run(cli: Cli) -> Result<(), String> {
     );
     let drain_timeout = std::time::Duration::from_millis(config.drain_timeout_ms);
     let alog_hup = server.access_log.clone();
-    let route_hub = server.routes.clone();
+    let live_hub = server.live.clone();
+    let config_reloader = config_source.map(|source| {
+        ringterm::rt::live::ConfigReloader::new(
+            config.clone(),
+            source,
+            reloader.clone(),
+            server.live.clone(),
+        )
+    });
     let alog_usr1 = server.access_log.clone();
     let mut reload = move || {
         notify::reloading();
         if let Some(l) = &alog_hup {
             l.reopen();
         }
-        if let Some(hub) = &route_hub {
-            match hub.resolve_again() {
-                Ok(changed) => tracing::info!(changed, "backend host names resolved again"),
-                Err(e) => tracing::error!("{e}; keeping the old backend addresses"),
-            }
-        }
         let mut result = "reload: done".to_owned();
-        match reloader.reload() {
-            Ok(r) => tracing::info!(
-                certificates = r.certificates,
-                ocsp_stapled = r.stapled,
-                skipped = r.skipped.len(),
-                "certificates and TLS policy reloaded"
-            ),
-            Err(e) => {
-                tracing::error!("reload failed, keeping the old TLS configuration: {e}");
-                result = format!("reload failed, keeping the old TLS configuration: {e}");
+        match &config_reloader {
+            Some(r) => match r.reload() {
+                Ok(o) => {
+                    for w in &o.restart_needed {
+                        tracing::warn!("{w}");
+                    }
+                    for a in &o.listeners_added {
+                        tracing::info!("reload: listening on {a}");
+                    }
+                    for a in &o.listeners_removed {
+                        tracing::info!("reload: no longer listening on {a}");
+                    }
+                    tracing::info!(
+                        frontends = o.frontends,
+                        backends = o.backends,
+                        certificates = o.tls.certificates,
+                        ocsp_stapled = o.tls.stapled,
+                        skipped = o.tls.skipped.len(),
+                        restart_needed = o.restart_needed.len(),
+                        "configuration reloaded; backend host names resolved again"
+                    );
+                }
+                Err(e) => {
+                    tracing::error!("reload failed, keeping the old configuration: {e}");
+                    result = format!("reload failed, keeping the old configuration: {e}");
+                }
+            },
+            // Demo: the same configuration; files and names again.
+            None => {
+                match live_hub.resolve_again() {
+                    Ok(changed) => tracing::info!(changed, "backend host names resolved again"),
+                    Err(e) => tracing::error!("{e}; keeping the old backend addresses"),
+                }
+                if let Err(e) = reloader.reload() {
+                    tracing::error!("reload failed, keeping the old configuration: {e}");
+                    result = format!("reload failed, keeping the old configuration: {e}");
+                }
             }
         }
         if let Some(t) = &ticketer {

@@ -315,6 +315,9 @@ pub struct ConnConfig {
     /// An L2 session store is configured: ClientHellos that offer a stored
     /// session wait for a lookup ([`Op::LookupSession`]).
     pub session_lookup: bool,
+    /// The frontend the connection came in on: its pools are
+    /// [`Pools::pool_for_frontend`]'s.
+    pub frontend: usize,
 }
 
 /// Where the connection is: named after what it waits for.
@@ -1127,7 +1130,7 @@ impl Conn {
         }
         let pool = *self
             .pool
-            .get_or_insert_with(|| pools.pool_for(self.tls.sni()));
+            .get_or_insert_with(|| pools.pool_for_frontend(self.cfg.frontend, self.tls.sni()));
         let Some(addr) = pools.pick(pool, self.ms(now), self.skip.as_ref()) else {
             self.out.connect_failures += 1;
             self.fail(End::ConnectFailed(io::ErrorKind::NotFound));

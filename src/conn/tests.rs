@@ -573,6 +573,7 @@ pub(super) fn cfg() -> ConnConfig {
         epoch: Instant::now(),
         runtime_buffers: false,
         session_lookup: false,
+        frontend: 0,
     }
 }
 
@@ -1146,6 +1147,7 @@ fn stateful() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
 fn lookup_cfg() -> ConnConfig {
     ConnConfig {
         session_lookup: true,
+        frontend: 0,
         ..cfg()
     }
 }

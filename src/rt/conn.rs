@@ -77,7 +77,9 @@ impl Slot {
         listener: usize,
         now: Instant,
     ) -> Result<Self, TlsError> {
-        let (peer, local) = if ctx.conn.proxy_out.is_some() {
+        let frontend = ctx.frontend_of(listener);
+        let cfg = ctx.conn_config(frontend);
+        let (peer, local) = if cfg.proxy_out.is_some() {
             (peer_addr(fd), local_addr(fd))
         } else if ctx.access_log.is_some() {
             (peer_addr(fd), None)
@@ -86,8 +88,8 @@ impl Slot {
         };
         let peer = peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
         let conn = Box::new(Conn::new(
-            ctx.conn.clone(),
-            ctx.tls_config(),
+            cfg.clone(),
+            ctx.tls_config(frontend),
             peer,
             local,
             now,

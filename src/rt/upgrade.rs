@@ -47,7 +47,7 @@ impl Upgrade {
     pub fn start(
         &mut self,
         config: &Config,
-        tls: Arc<arc_swap::ArcSwap<rustls::ServerConfig>>,
+        tls: super::reload::TlsSet,
     ) -> Result<(Server, bool), StartError> {
         let Some(path) = self.path.clone() else {
             let mut server = super::start(config, tls)?;

@@ -17,9 +17,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
-use rustls::ServerConfig;
 
 use super::bufring::BufRing;
 use super::conn::Slot;
@@ -33,7 +31,7 @@ use crate::conn::{ConnConfig, CLOSE_FLUSH};
 use crate::deadline::Deadlines;
 use crate::metrics::hist::Histograms;
 use crate::metrics::WorkerCounters;
-use crate::route::{Pools, RouteTable};
+use crate::route::Pools;
 use crate::session::cache::CacheConfig;
 
 /// How often the worker's timer looks at its deadlines while some exist.
@@ -52,12 +50,14 @@ pub struct WorkerSpec {
     pub id: usize,
     /// CPU to pin to.
     pub cpu: usize,
-    /// This worker's listening sockets (already bound, SO_REUSEPORT).
-    pub listeners: Vec<std::net::TcpListener>,
-    /// TLS configuration.
-    pub tls: Arc<ArcSwap<ServerConfig>>,
-    /// Backends and per-SNI routes.
-    pub routes: RouteTable,
+    /// This worker's listening sockets (already bound, SO_REUSEPORT), each
+    /// with its listener group's id (see [`super::live::ListenerGroup`]).
+    pub listeners: Vec<(std::net::TcpListener, u64)>,
+    /// Each frontend's TLS configuration.
+    pub tls: super::reload::TlsSet,
+    /// Backends, routes, frontends' settings and listener groups (changed
+    /// by reloads).
+    pub live: Arc<super::live::LiveHub>,
     /// Relay buffer size: the size of each provided read buffer.
     pub buffer_size: usize,
     /// Ring entries.
@@ -66,18 +66,6 @@ pub struct WorkerSpec {
     pub read_buffers: u16,
     /// SQPOLL idle in ms.
     pub sqpoll_idle_ms: Option<u32>,
-    /// Handshake timeout.
-    pub handshake_timeout_ms: u64,
-    /// Connect timeout.
-    pub connect_timeout_ms: u64,
-    /// Idle timeout, ms; 0 = off.
-    pub idle_timeout_ms: u64,
-    /// Connection limit; 0 = unlimited.
-    pub max_connections: u64,
-    /// PROXY protocol header to send to backends.
-    pub proxy_out: Option<crate::proxy::Version>,
-    /// Expect a PROXY protocol header before the ClientHello.
-    pub accept_proxy: bool,
     /// Shutdown signalling shared with the main thread.
     pub drain: Arc<DrainHub>,
     /// Counters.
@@ -94,8 +82,6 @@ pub struct WorkerSpec {
     pub access_log: Option<super::access_log::WorkerLog>,
     /// Active health checks' verdicts, when they are on.
     pub health: Option<Arc<super::health::HealthHub>>,
-    /// Backend tables resolved again on reload, when names are used.
-    pub route_hub: Option<Arc<super::routes::RouteHub>>,
 }
 
 /// A worker's session cache settings.
@@ -118,6 +104,10 @@ pub(super) struct Listener {
     pub armed: bool,
     /// A back-off timeout is in flight.
     pub backoff: bool,
+    /// Its listener group (see [`super::live::ListenerGroup`]).
+    pub group: u64,
+    /// A reload removed its address: it closes once its accept ended.
+    pub retired: bool,
 }
 
 /// The worker's state. Field order matters for drop: the ring goes before
@@ -190,32 +180,45 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String
         session_store::install(spec.id, cache.config, cache.hub, cache.epoch);
     }
     let epoch = Instant::now();
-    let mut pools = Pools::new(&spec.routes);
+    let seen = spec.live.generation();
+    let live = spec.live.load();
+    let mut pools = Pools::new_multi(&live.tables);
     pools.count_into(spec.counters.clone());
-    let frontends = spec.listeners.iter().map(|l| l.local_addr().ok()).collect();
+    let frontends = spec
+        .listeners
+        .iter()
+        .map(|(l, _)| l.local_addr().ok())
+        .collect();
+    let listener_frontend = spec
+        .listeners
+        .iter()
+        .map(|(_, g)| live.frontend_of(*g).unwrap_or(0))
+        .collect();
+    let base = ConnConfig {
+        accept_proxy: false,
+        proxy_out: None,
+        handshake_timeout: Duration::ZERO,
+        connect_timeout: Duration::ZERO,
+        idle_timeout: None,
+        buffer_size: spec.buffer_size,
+        close_flush: CLOSE_FLUSH,
+        epoch,
+        runtime_buffers: true,
+        session_lookup: spec.store.is_some(),
+        frontend: 0,
+    };
     let ctx = WorkerCtx {
         access_log: spec.access_log.map(RefCell::new),
         frontends,
+        listener_frontend,
         health: spec.health.map(|h| (h, Cell::new(0))),
-        route_hub: spec.route_hub.map(|h| (h, Cell::new(0))),
+        live: (spec.live, Cell::new(seen)),
         id: spec.id,
         tls: spec.tls,
-        local_tls: RefCell::new(None),
+        local_tls: RefCell::new(Vec::new()),
         pools: RefCell::new(pools),
-        conn: ConnConfig {
-            accept_proxy: spec.accept_proxy,
-            proxy_out: spec.proxy_out,
-            handshake_timeout: Duration::from_millis(spec.handshake_timeout_ms),
-            connect_timeout: Duration::from_millis(spec.connect_timeout_ms),
-            idle_timeout: (spec.idle_timeout_ms > 0)
-                .then(|| Duration::from_millis(spec.idle_timeout_ms)),
-            buffer_size: spec.buffer_size,
-            close_flush: CLOSE_FLUSH,
-            epoch,
-            runtime_buffers: true,
-            session_lookup: spec.store.is_some(),
-        },
-        max_connections: spec.max_connections,
+        conns: conn_configs(&live, &base),
+        max_connections: live.max_connections,
         counters: spec.counters,
         hist: RefCell::new(Histograms::new()),
         sync_interval_ms,
@@ -227,10 +230,12 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String
     let listeners = spec
         .listeners
         .into_iter()
-        .map(|l| Listener {
+        .map(|(l, group)| Listener {
             sock: Some(l),
             armed: false,
             backoff: false,
+            group,
+            retired: false,
         })
         .collect();
     let mut w = Worker {
@@ -367,6 +372,10 @@ impl Worker {
             return;
         };
         let Some(sock) = &l.sock else { return };
+        if l.retired {
+            self.close_listener_now(i);
+            return;
+        }
         if l.armed || l.backoff {
             return;
         }
@@ -412,7 +421,7 @@ impl Worker {
             }
         }
         if !more {
-            if self.ctx.draining.get() {
+            if self.ctx.draining.get() || self.listeners.get(i).is_some_and(|l| l.retired) {
                 self.close_listener(i);
             } else {
                 self.arm_accept(i);
@@ -480,7 +489,9 @@ impl Worker {
         if let Some(sock) = l.sock.take() {
             drop(sock);
         }
-        if self.listeners.iter().all(|l| l.sock.is_none()) && !self.listeners_reported.replace(true)
+        if self.ctx.draining.get()
+            && self.listeners.iter().all(|l| l.sock.is_none())
+            && !self.listeners_reported.replace(true)
         {
             // Every listener is closed (the drain began): tell the main
             // thread; keep serving the open connections.
@@ -575,7 +586,7 @@ impl Worker {
 
     fn on_wake(&mut self, now: Instant) {
         self.arm_wake();
-        self.apply_routes();
+        self.apply_live();
         self.apply_health();
         if let Some(generation) = self.hist_hub.wanted_since(self.hist_answered) {
             self.hist_answered = generation;
@@ -652,22 +663,77 @@ impl Worker {
         }
     }
 
-    /// Takes the backend table resolved again, when it changed.
-    fn apply_routes(&mut self) {
-        let Some((hub, seen)) = &self.ctx.route_hub else {
-            return;
-        };
+    /// Takes what a reload (or host names resolved again) changed: the
+    /// backend tables, each frontend's connection settings, and the
+    /// listeners (new addresses start accepting; removed ones stop, their
+    /// established connections go on).
+    fn apply_live(&mut self) {
+        let (hub, seen) = &self.ctx.live;
         let generation = hub.generation();
         if seen.replace(generation) == generation {
             return;
         }
-        let table = hub.table();
-        self.ctx.pools.borrow_mut().update(&table);
+        let live = hub.load();
+        self.ctx.pools.borrow_mut().update_multi(&live.tables);
+        let base = self.ctx.conns[0].clone();
+        self.ctx.conns = conn_configs(&live, &base);
+        self.ctx.max_connections = live.max_connections;
+        // Listeners: retire those whose address went, add the new ones.
+        for i in 0..self.listeners.len() {
+            let l = &self.listeners[i];
+            if l.retired || l.sock.is_none() {
+                continue;
+            }
+            match live.frontend_of(l.group) {
+                Some(f) => self.ctx.listener_frontend[i] = f,
+                None => {
+                    self.listeners[i].retired = true;
+                    tracing::info!(
+                        worker = self.ctx.id,
+                        addr = ?self.ctx.frontends.get(i).copied().flatten(),
+                        "reload: listener removed; open connections go on"
+                    );
+                    if self.listeners[i].armed {
+                        self.cancel_accept(i);
+                    } else {
+                        self.close_listener_now(i);
+                    }
+                }
+            }
+        }
+        for g in &live.listeners {
+            if self.listeners.iter().any(|l| l.group == g.id) {
+                continue;
+            }
+            for sock in g.take_for(self.ctx.id) {
+                let i = self.listeners.len();
+                self.ctx.frontends.push(sock.local_addr().ok());
+                self.ctx.listener_frontend.push(g.frontend);
+                self.listeners.push(Listener {
+                    sock: Some(sock),
+                    armed: false,
+                    backoff: false,
+                    group: g.id,
+                    retired: false,
+                });
+                self.arm_accept(i);
+            }
+        }
         tracing::info!(
             worker = self.ctx.id,
-            backends = table.distinct().len(),
-            "backend addresses updated"
+            frontends = live.tables.len(),
+            backends = self.ctx.pools.borrow().backends().len(),
+            "reload: backends and listeners updated"
         );
+    }
+
+    /// Closes listener `i` (no accept in flight on it) outside a drain.
+    fn close_listener_now(&mut self, i: usize) {
+        if let Some(l) = self.listeners.get_mut(i) {
+            if !l.armed && !l.backoff {
+                l.sock = None;
+            }
+        }
     }
 
     /// Applies the health checks' verdicts, when they changed, to this
@@ -687,6 +753,30 @@ impl Worker {
         drop(pools);
         self.log_backend_events();
     }
+}
+
+/// Each frontend's connection settings: `base` (what every frontend
+/// shares) with the frontend's PROXY settings and the timeouts of `live`.
+fn conn_configs(live: &super::live::Live, base: &ConnConfig) -> Vec<ConnConfig> {
+    let ms = Duration::from_millis;
+    let mut out: Vec<ConnConfig> = live
+        .frontends
+        .iter()
+        .enumerate()
+        .map(|(i, f)| ConnConfig {
+            accept_proxy: f.accept_proxy,
+            proxy_out: f.proxy_out,
+            handshake_timeout: ms(live.handshake_timeout_ms),
+            connect_timeout: ms(live.connect_timeout_ms),
+            idle_timeout: (live.idle_timeout_ms > 0).then(|| ms(live.idle_timeout_ms)),
+            frontend: i,
+            ..base.clone()
+        })
+        .collect();
+    if out.is_empty() {
+        out.push(base.clone());
+    }
+    out
 }
 
 /// A free slot's index (a new one when none is free).

@@ -164,7 +164,8 @@ pub(crate) fn validate(
             });
         }
         let f = part(&t.over(settings), name.clone()).map_err(blame)?;
-        for addr in &f.listen {
+        // Port 0 (any free port) may repeat: each is its own listener.
+        for addr in f.listen.iter().filter(|a| a.port() != 0) {
             if let Some(other) = out.iter().find(|o| o.listen.contains(addr)) {
                 return Err(ConfigError::Frontend {
                     index: i + 1,

@@ -215,7 +215,8 @@ impl LiveHub {
             for &want in &f.listen {
                 let found = left
                     .iter()
-                    .position(|g| g.want == want)
+                    .position(|g| g.want == want && g.frontend == frontend)
+                    .or_else(|| left.iter().position(|g| g.want == want))
                     .or_else(|| left.iter().position(|g| g.bound == want));
                 match found {
                     Some(i) => {

@@ -127,7 +127,10 @@ fn each_listener_serves_its_frontend() {
     std::fs::write(&file, config(web_b, api_b, "api.pem")).unwrap();
 
     // `check` shows both frontends.
-    let out = run_to_exit(&["check", "--config", file.to_str().unwrap()], Duration::from_secs(30));
+    let out = run_to_exit(
+        &["check", "--config", file.to_str().unwrap()],
+        Duration::from_secs(30),
+    );
     assert!(out.status.success(), "{out:?}");
     assert!(out.stdout.contains("frontends: 2"), "{}", out.stdout);
     assert!(out.stdout.contains("frontend web:"), "{}", out.stdout);
@@ -154,7 +157,13 @@ fn each_listener_serves_its_frontend() {
     // A real OpenSSL client sees the same per-listener ALPN.
     let s_client = |addr: SocketAddr| {
         let out = std::process::Command::new("openssl")
-            .args(["s_client", "-connect", &addr.to_string(), "-alpn", "h2,http/1.1"])
+            .args([
+                "s_client",
+                "-connect",
+                &addr.to_string(),
+                "-alpn",
+                "h2,http/1.1",
+            ])
             .args(["-servername", "x.test"])
             .stdin(std::process::Stdio::null())
             .output()
@@ -166,12 +175,20 @@ fn each_listener_serves_its_frontend() {
 
     // A reload applies the api frontend's new certificate and backend,
     // and leaves the web frontend as it was.
-    std::fs::write(dir.path().join("next.toml"), config(web_b, api2_b, "api2.pem")).unwrap();
+    std::fs::write(
+        dir.path().join("next.toml"),
+        config(web_b, api2_b, "api2.pem"),
+    )
+    .unwrap();
     std::fs::rename(dir.path().join("next.toml"), &file).unwrap();
     send_signal(rt.child.id(), "HUP");
-    assert!(rt
-        .wait_log(Duration::from_secs(10), |m| m.starts_with("configuration reloaded"))
-        .is_some(), "{}", rt.stderr());
+    assert!(
+        rt.wait_log(Duration::from_secs(10), |m| m
+            .starts_with("configuration reloaded"))
+            .is_some(),
+        "{}",
+        rt.stderr()
+    );
     for _ in 0..4 {
         let a = visit(api, "api.test", &c).unwrap();
         assert_eq!(a.cert, der(&api2_pem));
@@ -211,15 +228,76 @@ fn mutual_tls_on_one_frontend_only() {
     );
 }
 
+/// A session made on one frontend never resumes on another (which may ask
+/// for a client certificate the first did not): cache and tickets, TLS 1.2
+/// and 1.3.
+#[test]
+fn sessions_never_cross_frontends() {
+    let dir = tempfile::tempdir().unwrap();
+    let pem = cert(dir.path(), "c.pem", &["localhost"]);
+    let (ca, _, _) = client_pki(dir.path());
+    let b = named_backend("b");
+    let file = dir.path().join(FILE);
+    for mode in ["cache", "tickets"] {
+        std::fs::write(
+            &file,
+            format!(
+                "cert = \"c.pem\"\nbackend = \"{b}\"\nworkers = 1\nadmin = \"127.0.0.1:0\"\nresumption = \"{mode}\"\n\
+                 [[frontend]]\nlisten = [\"127.0.0.1:0\"]\n\
+                 [[frontend]]\nlisten = [\"127.0.0.1:0\"]\nclient-ca = \"{}\"\n",
+                ca.display()
+            ),
+        )
+        .unwrap();
+        let rt = Ringterm::start(&["--config", file.to_str().unwrap()]);
+        for version in [&rustls::version::TLS13, &rustls::version::TLS12] {
+            let mut roots = RootCertStore::empty();
+            roots
+                .add(CertificateDer::from_pem_slice(pem.as_bytes()).unwrap())
+                .unwrap();
+            let c = Arc::new(
+                ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::aws_lc_rs::default_provider(),
+                ))
+                .with_protocol_versions(&[version])
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+            );
+            // Two visits to the open frontend: the second one resumes.
+            assert_eq!(visit(rt.listen[0], "localhost", &c).unwrap().backend, "b");
+            assert_eq!(visit(rt.listen[0], "localhost", &c).unwrap().backend, "b");
+            // The same session offered to the mTLS frontend: refused.
+            let got = visit(rt.listen[1], "localhost", &c);
+            assert!(
+                got.as_ref().map_or(true, |s| s.backend.is_empty()),
+                "{mode} {version:?}: {got:?}"
+            );
+        }
+        let text = rt.metrics();
+        let hits = metric_sum(&text, "ringterm_handshakes_resumed_total");
+        assert!(
+            hits >= 2,
+            "{mode}: resumption works on one frontend: {text}"
+        );
+    }
+}
+
 #[test]
 fn bad_frontend_tables_exit_64_naming_the_table_and_key() {
     let dir = tempfile::tempdir().unwrap();
     cert(dir.path(), "c.pem", &["localhost"]);
     let file = dir.path().join(FILE);
     let run = |text: &str| {
-        std::fs::write(&file, format!("cert = \"c.pem\"\nbackend = \"127.0.0.1:9\"\n{text}"))
-            .unwrap();
-        let out = run_to_exit(&["--config", file.to_str().unwrap()], Duration::from_secs(30));
+        std::fs::write(
+            &file,
+            format!("cert = \"c.pem\"\nbackend = \"127.0.0.1:9\"\n{text}"),
+        )
+        .unwrap();
+        let out = run_to_exit(
+            &["--config", file.to_str().unwrap()],
+            Duration::from_secs(30),
+        );
         assert_eq!(out.status.code(), Some(64), "{out:?}");
         let line = out.stderr.trim().to_owned();
         assert_eq!(line.lines().count(), 1, "{line}");
@@ -227,9 +305,15 @@ fn bad_frontend_tables_exit_64_naming_the_table_and_key() {
     };
     let f = file.display().to_string();
     let e = run("[[frontend]]\nname = \"api\"\nlisten = [\"127.0.0.1:99999\"]\n");
-    assert!(e.starts_with(&format!("ringterm: {f}: [[frontend]] #1 (api): listen:")), "{e}");
+    assert!(
+        e.starts_with(&format!("ringterm: {f}: [[frontend]] #1 (api): listen:")),
+        "{e}"
+    );
     let e = run("[[frontend]]\nlisten = [\"127.0.0.1:0\"]\nclient-auth = \"sometimes\"\n");
-    assert!(e.contains("[[frontend]] #1 (frontend 1): client-auth:"), "{e}");
+    assert!(
+        e.contains("[[frontend]] #1 (frontend 1): client-auth:"),
+        "{e}"
+    );
     let e = run("[[frontend]]\nlisten = [\"127.0.0.1:0\"]\nbogus = 1\n");
     assert!(e.starts_with(&format!("ringterm: {f}:5:1:")), "{e}");
     let e = run("listen = [\"127.0.0.1:0\"]\n[[frontend]]\nlisten = [\"127.0.0.1:0\"]\n");

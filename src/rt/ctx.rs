@@ -91,9 +91,10 @@ impl WorkerCtx {
     /// again when a reload swapped the shared one.
     pub fn tls_config(&self, frontend: usize) -> Arc<ServerConfig> {
         let set = self.tls.load();
-        let Some(shared) = set.get(frontend).or(set.first()).cloned() else {
+        let Some(front) = set.get(frontend).or(set.first()) else {
             unreachable!("a TLS configuration per frontend, at least one");
         };
+        let shared = front.config.clone();
         let frontend = if frontend < set.len() { frontend } else { 0 };
         let mut all = self.local_tls.borrow_mut();
         if all.len() < set.len() {
@@ -105,8 +106,13 @@ impl WorkerCtx {
             _ => {
                 let mut mine = ServerConfig::clone(&shared);
                 if self.uses_session_cache() {
-                    mine.session_storage =
-                        Arc::new(session_store::WorkerStore::new(self.counters.clone()));
+                    let store = Arc::new(session_store::WorkerStore::new(self.counters.clone()));
+                    mine.session_storage = match &front.isolate {
+                        Some(name) => {
+                            Arc::new(crate::tls::isolation::FrontendStore::new(store, name))
+                        }
+                        None => store,
+                    };
                 }
                 if mine.ticketer.enabled() {
                     mine.ticketer = Arc::new(ticket_keys::CountingTicketer::new(

@@ -70,9 +70,43 @@ pub fn now_unix() -> u64 {
 /// Re-reads the configuration (the config file and the flags) on reload.
 pub type ConfigSource = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
 
+/// One frontend's TLS configuration.
+#[derive(Debug, Clone)]
+pub struct FrontendTls {
+    /// The configuration its connections take.
+    pub config: Arc<ServerConfig>,
+    /// With several frontends, its name: its sessions are its own (see
+    /// [`crate::tls::isolation`]).
+    pub isolate: Option<String>,
+}
+
 /// Every frontend's TLS configuration (by frontend index), swapped whole on
 /// reload; each new connection takes its frontend's.
-pub type TlsSet = Arc<ArcSwap<Vec<Arc<ServerConfig>>>>;
+pub type TlsSet = Arc<ArcSwap<Vec<FrontendTls>>>;
+
+/// Frontend `i`'s session parts: with several frontends, its tickets carry
+/// its name and its cache keys too, so that no session crosses frontends.
+fn resumption_for(
+    parts: &ResumptionParts,
+    config: &Config,
+    i: usize,
+) -> (ResumptionParts, Option<String>) {
+    use crate::tls::isolation::{FrontendStore, FrontendTicketer};
+    if config.frontends.len() < 2 {
+        return (parts.clone(), None);
+    }
+    let name = config.frontends[i].name.clone();
+    let parts = ResumptionParts {
+        storage: parts.storage.clone().map(|s| {
+            Arc::new(FrontendStore::new(s, &name)) as Arc<dyn rustls::server::StoresServerSessions>
+        }),
+        ticketer: parts.ticketer.clone().map(|t| {
+            Arc::new(FrontendTicketer::new(t, &name)) as Arc<dyn rustls::server::ProducesTickets>
+        }),
+        tls13_tickets: parts.tls13_tickets,
+    };
+    (parts, Some(name))
+}
 
 struct State {
     config: Config,
@@ -105,7 +139,7 @@ pub struct ReloadReport {
 pub struct Prepared {
     config: Config,
     loaded: Vec<Loaded>,
-    servers: Vec<Arc<ServerConfig>>,
+    servers: Vec<FrontendTls>,
 }
 
 /// Every frontend's certificates, one after the other (for gauges and the
@@ -125,7 +159,7 @@ fn load_all(
     resumption: &ResumptionParts,
     mode: LoadMode,
     previous: Option<(&Config, &[Loaded])>,
-) -> Result<(Vec<Loaded>, Vec<Arc<ServerConfig>>), loader::LoadError> {
+) -> Result<(Vec<Loaded>, Vec<FrontendTls>), loader::LoadError> {
     let now = now_unix();
     let mut loaded = Vec::with_capacity(config.frontends.len());
     let mut servers = Vec::with_capacity(config.frontends.len());
@@ -136,7 +170,11 @@ fn load_all(
             l.get(j)
         });
         let l = loader::load(&view, files, now, mode, before)?;
-        servers.push(loader::build(&view, &l, files, resumption.clone())?);
+        let (parts, isolate) = resumption_for(resumption, config, i);
+        servers.push(FrontendTls {
+            config: loader::build(&view, &l, files, parts)?,
+            isolate,
+        });
         loaded.push(l);
     }
     Ok((loaded, servers))
@@ -272,8 +310,9 @@ impl TlsReloader {
         let mut servers = Vec::with_capacity(refreshed.len());
         for (i, l) in refreshed.iter().enumerate() {
             let view = state.config.for_frontend(i);
-            match loader::build(&view, l, &self.files, self.resumption.clone()) {
-                Ok(s) => servers.push(s),
+            let (parts, isolate) = resumption_for(&self.resumption, &state.config, i);
+            match loader::build(&view, l, &self.files, parts) {
+                Ok(config) => servers.push(FrontendTls { config, isolate }),
                 Err(e) => {
                     tracing::warn!("OCSP refresh: rebuilding the TLS configuration failed: {e}");
                     return false;

@@ -136,6 +136,8 @@ pub struct LiveHub {
     /// The configured (unresolved) tables, for [`LiveHub::resolve_again`],
     /// and the next listener group id. Signal thread only.
     state: Mutex<(Vec<RouteTable<BackendSpec>>, u64)>,
+    /// Active health checks, told the new backends.
+    health: Option<Arc<super::health::HealthHub>>,
 }
 
 impl LiveHub {
@@ -144,6 +146,7 @@ impl LiveHub {
         live: Live,
         specs: Vec<RouteTable<BackendSpec>>,
         wakes: Vec<Arc<WakeFd>>,
+        health: Option<Arc<super::health::HealthHub>>,
     ) -> Arc<Self> {
         let next = live.listeners.iter().map(|g| g.id + 1).max().unwrap_or(0);
         Arc::new(Self {
@@ -151,6 +154,7 @@ impl LiveHub {
             generation: AtomicU64::new(0),
             wakes,
             state: Mutex::new((specs, next)),
+            health,
         })
     }
 
@@ -165,6 +169,9 @@ impl LiveHub {
     }
 
     fn publish(&self, live: Live) {
+        if let Some(h) = &self.health {
+            h.set_backends(distinct(&live.tables));
+        }
         self.live.store(Arc::new(live));
         self.generation.fetch_add(1, Ordering::AcqRel);
         for w in &self.wakes {
@@ -253,6 +260,17 @@ impl LiveHub {
     }
 }
 
+/// Every distinct backend of `tables`, in order of first appearance.
+pub fn distinct(tables: &[RouteTable]) -> Vec<crate::route::BackendAddr> {
+    let mut out = Vec::new();
+    for b in tables.iter().flat_map(|t| t.distinct()) {
+        if !out.contains(&b) {
+            out.push(b);
+        }
+    }
+    out
+}
+
 /// What a successful reload did.
 #[derive(Debug, Clone)]
 pub struct ReloadOutcome {
@@ -330,19 +348,7 @@ impl ConfigReloader {
         let (listeners, added, removed) = self.hub.plan_listeners(&run, &mut next_id)?;
         // Apply.
         let tls = self.tls.commit(prepared);
-        let backends = {
-            let mut all: Vec<&crate::route::BackendAddr> = Vec::new();
-            for b in tables.iter().flat_map(|t| {
-                t.default
-                    .iter()
-                    .chain(t.routes.iter().flat_map(|r| r.backends.iter()))
-            }) {
-                if !all.contains(&b) {
-                    all.push(b);
-                }
-            }
-            all.len()
-        };
+        let backends = distinct(&tables).len();
         self.hub.publish(Live::new(&run, tables, listeners));
         *state = (
             run.frontends.iter().map(|f| f.routes.clone()).collect(),

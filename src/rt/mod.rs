@@ -331,6 +331,7 @@ pub fn start_inherited(
         live::Live::new(config, tables, groups),
         config.frontends.iter().map(|f| f.routes.clone()).collect(),
         wakes.clone(),
+        health.clone(),
     );
     let admin_listener = match config.admin {
         Some(addr) => {

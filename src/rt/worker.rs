@@ -748,7 +748,7 @@ impl Worker {
         }
         let mut pools = self.ctx.pools.borrow_mut();
         for (backend, up) in hub.verdicts() {
-            pools.set_health(backend, up);
+            pools.set_health(&backend, up);
         }
         drop(pools);
         self.log_backend_events();

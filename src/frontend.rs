@@ -274,6 +274,32 @@ backends = ["127.0.0.1:7070"]
         assert_eq!(c.certs, web.certs);
     }
 
+    /// The example file's frontend tables, uncommented, validate.
+    #[test]
+    fn the_example_file_frontends_validate() {
+        let example = include_str!("../config/ringterm.toml");
+        let mut text = String::new();
+        let mut in_tables = false;
+        for line in example.lines() {
+            in_tables |= line == "# [[frontend]]";
+            let line = match line.strip_prefix("# ") {
+                Some(l) if in_tables => l.split(" #").next().unwrap_or(l),
+                _ if line.starts_with("listen = ") => "",
+                _ => line,
+            };
+            text.push_str(line);
+            text.push('\n');
+        }
+        let c = Settings::from_toml("/etc/ringterm/ringterm.toml", &text)
+            .unwrap()
+            .validate(&[0])
+            .unwrap();
+        assert_eq!(c.frontends.len(), 2);
+        assert_eq!(c.frontends[1].name, "partners");
+        assert!(c.frontends[1].tls.client_ca.is_some());
+        assert_eq!(c.frontends[1].routes.routes.len(), 1);
+    }
+
     #[test]
     fn one_frontend_without_tables() {
         let c = parse("listen = [\"127.0.0.1:1\"]\nbackend = \"127.0.0.1:2\"\ncert = \"c.pem\"\n")

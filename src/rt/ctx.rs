@@ -15,6 +15,10 @@ use crate::metrics::hist::{Histograms, Metric};
 use crate::metrics::WorkerCounters;
 use crate::route::Pools;
 
+/// A worker's copy of a shared TLS configuration: (the shared one, the
+/// copy).
+pub(super) type LocalTls = (Arc<ServerConfig>, Arc<ServerConfig>);
+
 /// Everything a worker's connections read.
 pub struct WorkerCtx {
     /// Worker index.
@@ -23,7 +27,7 @@ pub struct WorkerCtx {
     pub tls: super::reload::TlsSet,
     /// This worker's copy of each (see [`WorkerCtx::tls_config`]), with the
     /// shared one it was made from, by frontend.
-    pub(super) local_tls: RefCell<Vec<Option<(Arc<ServerConfig>, Arc<ServerConfig>)>>>,
+    pub(super) local_tls: RefCell<Vec<Option<LocalTls>>>,
     /// This worker's backend pools (round-robin, ejection).
     pub pools: RefCell<Pools>,
     /// Per-connection settings, by frontend (see [`WorkerCtx::conn_config`]).

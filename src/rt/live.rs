@@ -128,6 +128,10 @@ impl Live {
     }
 }
 
+/// The listener groups a reload runs with, and the addresses added and
+/// removed.
+type ListenerPlan = (Vec<ListenerGroup>, Vec<SocketAddr>, Vec<SocketAddr>);
+
 /// The current snapshot, its generation, and the workers to wake.
 pub struct LiveHub {
     live: ArcSwap<Live>,
@@ -213,7 +217,7 @@ impl LiveHub {
         &self,
         config: &Config,
         next_id: &mut u64,
-    ) -> Result<(Vec<ListenerGroup>, Vec<SocketAddr>, Vec<SocketAddr>), String> {
+    ) -> Result<ListenerPlan, String> {
         let live = self.load();
         let mut left: Vec<&ListenerGroup> = live.listeners.iter().collect();
         let mut out = Vec::new();

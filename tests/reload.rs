@@ -241,3 +241,46 @@ fn echo_roundtrip_open(c: &TlsDuplex, payload: &[u8]) -> (Vec<u8>, ()) {
     }
     (out, ())
 }
+
+/// With `--upgrade-socket`, a listener added by a reload is handed to the
+/// next process like the others (it would fail to bind a port the old
+/// process still holds), and a removed one is not.
+#[test]
+fn an_upgrade_after_a_reload_takes_the_new_listeners() {
+    let s = Setup::new();
+    let c = client(&s.cert_pem);
+    let echo = echo_backend();
+    let sock = s._dir.path().join("upgrade.sock");
+    let body = |listen: &str| {
+        format!(
+            "upgrade-socket = \"{}\"\nlisten = [{listen}]\nworkers = 2\nbackend = \"{}\"\n",
+            sock.display(),
+            echo.addr
+        )
+    };
+    let mut old = s.start(&body("\"127.0.0.1:0\""));
+    let first = old.addr();
+    let second: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let third: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    s.write(&body(&format!("\"{first}\", \"{second}\", \"{third}\"")));
+    reload(&old);
+    assert_echo(second, c.clone(), b"added");
+    // Removed again before the upgrade: not offered, so not served.
+    s.write(&body(&format!("\"{first}\", \"{second}\"")));
+    reload(&old);
+
+    let next = Ringterm::start(&["--config", s.file.to_str().unwrap()]);
+    assert_eq!(next.listen, vec![first, second], "{:?}", next.startup);
+    assert!(
+        eventually(Duration::from_secs(15), || old
+            .child
+            .try_wait()
+            .unwrap()
+            .is_some()),
+        "the old process did not hand over: {}",
+        old.stderr()
+    );
+    assert_echo(first, c.clone(), b"the new process");
+    assert_echo(second, c.clone(), b"the new process, added address");
+    assert!(refuses(third), "{third} was removed");
+}

@@ -22,6 +22,9 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
+use std::os::fd::OwnedFd;
+
+use super::handover::{Kind, Offered};
 use super::reload::{ConfigSource, ReloadReport, TlsReloader};
 use super::wake::WakeFd;
 use crate::config::Config;
@@ -130,7 +133,12 @@ impl Live {
 
 /// The listener groups a reload runs with, and the addresses added and
 /// removed.
-type ListenerPlan = (Vec<ListenerGroup>, Vec<SocketAddr>, Vec<SocketAddr>);
+type ListenerPlan = (
+    Vec<ListenerGroup>,
+    Vec<SocketAddr>,
+    Vec<SocketAddr>,
+    Vec<(u64, Vec<OwnedFd>)>,
+);
 
 /// The current snapshot, its generation, and the workers to wake.
 pub struct LiveHub {
@@ -142,6 +150,18 @@ pub struct LiveHub {
     state: Mutex<(Vec<RouteTable<BackendSpec>>, u64)>,
     /// Active health checks, told the new backends.
     health: Option<Arc<super::health::HealthHub>>,
+    /// Duplicates of every listening socket, for hand-overs
+    /// (`--upgrade-socket`). Signal thread and start only.
+    offers: Mutex<Offers>,
+}
+
+/// Listening sockets offered to a new process, by listener group.
+#[derive(Default)]
+struct Offers {
+    enabled: bool,
+    fds: Vec<(u64, Vec<OwnedFd>)>,
+    /// Told the whole set when a reload changed it.
+    hook: Option<Box<dyn Fn(Vec<Offered>) + Send + Sync>>,
 }
 
 impl LiveHub {
@@ -159,7 +179,63 @@ impl LiveHub {
             wakes,
             state: Mutex::new((specs, next)),
             health,
+            offers: Mutex::new(Offers::default()),
         })
+    }
+
+    fn offers(&self) -> std::sync::MutexGuard<'_, Offers> {
+        self.offers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Duplicates of the start's listening sockets, by group (kept for
+    /// hand-overs until [`LiveHub::drop_offers`]).
+    pub fn set_offers(&self, fds: Vec<(u64, Vec<OwnedFd>)>) {
+        let mut o = self.offers();
+        o.enabled = true;
+        o.fds = fds;
+    }
+
+    /// No hand-overs (no `--upgrade-socket`): closes the duplicates, so a
+    /// removed listener's socket closes with the workers' descriptors.
+    pub fn drop_offers(&self) {
+        let mut o = self.offers();
+        o.enabled = false;
+        o.fds.clear();
+    }
+
+    /// Calls `hook` with every listening socket (duplicates) whenever a
+    /// reload adds or removes a listen address.
+    pub fn on_listeners_changed(&self, hook: Box<dyn Fn(Vec<Offered>) + Send + Sync>) {
+        self.offers().hook = Some(hook);
+    }
+
+    /// After a reload: keeps the duplicates of the groups in `current`,
+    /// adds `new`, and tells the hook when anything changed.
+    fn update_offers(&self, current: &[ListenerGroup], new: Vec<(u64, Vec<OwnedFd>)>) {
+        let mut o = self.offers();
+        if !o.enabled {
+            return;
+        }
+        let before = o.fds.len();
+        o.fds.retain(|(id, _)| current.iter().any(|g| g.id == *id));
+        let changed = o.fds.len() != before || !new.is_empty();
+        o.fds.extend(new);
+        if !changed {
+            return;
+        }
+        if let Some(hook) = &o.hook {
+            let all = o
+                .fds
+                .iter()
+                .flat_map(|(_, fds)| fds)
+                .filter_map(|fd| fd.try_clone().ok())
+                .map(|fd| Offered {
+                    kind: Kind::Listener,
+                    fd,
+                })
+                .collect();
+            hook(all);
+        }
     }
 
     /// The snapshot's generation: it moves on at every change.
@@ -213,15 +289,12 @@ impl LiveHub {
     /// bound here (`backlog`). Returns them with the addresses added and
     /// removed. Nothing is published: dropping the result closes what was
     /// bound.
-    fn plan_listeners(
-        &self,
-        config: &Config,
-        next_id: &mut u64,
-    ) -> Result<ListenerPlan, String> {
+    fn plan_listeners(&self, config: &Config, next_id: &mut u64) -> Result<ListenerPlan, String> {
         let live = self.load();
         let mut left: Vec<&ListenerGroup> = live.listeners.iter().collect();
         let mut out = Vec::new();
         let mut added = Vec::new();
+        let mut dups = Vec::new();
         for (frontend, f) in config.frontends.iter().enumerate() {
             for &want in &f.listen {
                 let found = left
@@ -245,6 +318,12 @@ impl LiveHub {
                             .local_addr()
                             .map_err(|e| format!("--listen {want}: {e}"))?;
                         added.push(bound);
+                        let d = socks
+                            .iter()
+                            .map(|s| s.try_clone().map(OwnedFd::from))
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(|e| format!("--listen {want}: {e}"))?;
+                        dups.push((*next_id, d));
                         out.push(ListenerGroup {
                             id: *next_id,
                             want,
@@ -260,7 +339,7 @@ impl LiveHub {
             }
         }
         let removed = left.iter().map(|g| g.bound).collect();
-        Ok((out, added, removed))
+        Ok((out, added, removed, dups))
     }
 }
 
@@ -349,10 +428,11 @@ impl ConfigReloader {
         let prepared = self.tls.prepare(&run)?;
         let mut state = self.hub.lock();
         let mut next_id = state.1;
-        let (listeners, added, removed) = self.hub.plan_listeners(&run, &mut next_id)?;
+        let (listeners, added, removed, dups) = self.hub.plan_listeners(&run, &mut next_id)?;
         // Apply.
         let tls = self.tls.commit(prepared);
         let backends = distinct(&tables).len();
+        self.hub.update_offers(&listeners, dups);
         self.hub.publish(Live::new(&run, tables, listeners));
         *state = (
             run.frontends.iter().map(|f| f.routes.clone()).collect(),

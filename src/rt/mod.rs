@@ -289,6 +289,9 @@ pub fn start_inherited(
     let mut bound = Vec::new();
     let mut groups = Vec::new();
     let mut offered = Vec::new();
+    // Each group's duplicates, for a hand-over after a reload changed the
+    // listeners (dropped when upgrades are off).
+    let mut group_offers = Vec::new();
     let addrs = config
         .frontends
         .iter()
@@ -306,6 +309,14 @@ pub fn start_inherited(
             .map_err(|source| StartError::Bind { addr, source })?;
         bound.push(local);
         groups.push(live::ListenerGroup::started(group, addr, local, frontend));
+        let mut dups = Vec::new();
+        for l in &listeners {
+            let dup = l
+                .try_clone()
+                .map_err(|source| StartError::Bind { addr, source })?;
+            dups.push(std::os::fd::OwnedFd::from(dup));
+        }
+        group_offers.push((group, dups));
         for (i, l) in listeners.into_iter().enumerate() {
             let dup = l
                 .try_clone()
@@ -333,6 +344,7 @@ pub fn start_inherited(
         wakes.clone(),
         health.clone(),
     );
+    live_hub.set_offers(group_offers);
     let admin_listener = match config.admin {
         Some(addr) => {
             let l = match inherited_admin.filter(|l| {

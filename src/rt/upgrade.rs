@@ -52,6 +52,7 @@ impl Upgrade {
         let Some(path) = self.path.clone() else {
             let mut server = super::start(config, tls)?;
             server.offered.clear();
+            server.live.drop_offers();
             return Ok((server, false));
         };
         let err = |source| StartError::Upgrade {
@@ -78,6 +79,13 @@ impl Upgrade {
             })
             .map_err(|e| err(e.into()))?,
         );
+        if let Some(handle) = self.handle.clone() {
+            // A reload that adds or removes listen addresses changes what
+            // the next process is offered.
+            server
+                .live
+                .on_listeners_changed(Box::new(move |l| handle.replace_listeners(l)));
+        }
         if let Some(i) = &inherited {
             match i.confirm() {
                 Ok(()) => tracing::info!(

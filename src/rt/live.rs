@@ -155,6 +155,15 @@ pub struct LiveHub {
     offers: Mutex<Offers>,
 }
 
+impl std::fmt::Debug for LiveHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveHub")
+            .field("generation", &self.generation())
+            .field("live", &self.load())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Listening sockets offered to a new process, by listener group.
 #[derive(Default)]
 struct Offers {

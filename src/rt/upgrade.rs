@@ -27,6 +27,8 @@ pub struct Upgrade {
     handle: Option<handover::Handle>,
     handed_over: Arc<AtomicU32>,
     stopping: Arc<AtomicBool>,
+    /// Holds the listeners' duplicates that reloads offer.
+    live: Option<Arc<super::live::LiveHub>>,
 }
 
 impl Upgrade {
@@ -38,6 +40,7 @@ impl Upgrade {
             handle: None,
             handed_over: Arc::new(AtomicU32::new(0)),
             stopping: Arc::new(AtomicBool::new(false)),
+            live: None,
         }
     }
 
@@ -79,6 +82,7 @@ impl Upgrade {
             })
             .map_err(|e| err(e.into()))?,
         );
+        self.live = Some(server.live.clone());
         if let Some(handle) = self.handle.clone() {
             // A reload that adds or removes listen addresses changes what
             // the next process is offered.
@@ -139,6 +143,11 @@ impl Upgrade {
         self.stopping.store(true, Ordering::Release);
         if let Some(h) = &self.handle {
             h.close();
+        }
+        if let Some(live) = &self.live {
+            // Else the duplicates keep the sockets open (and in the
+            // SO_REUSEPORT group) after the workers closed theirs.
+            live.drop_offers();
         }
         match self.handed_over.load(Ordering::Acquire) {
             0 => notify::stopping("draining"),

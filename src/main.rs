@@ -581,8 +581,12 @@ fn run(cli: Cli) -> Result<(), String> {
 /// the admin endpoint (with a warning off loopback), then `ready`.
 fn log_started(config: &Config, server: &ringterm::rt::Server, mode: Mode) {
     let workers = config.workers();
-    for (i, addr) in server.listen.iter().enumerate() {
-        tracing::info!(listener = i, workers, "listening on {addr}");
+    let frontends = config
+        .frontends
+        .iter()
+        .flat_map(|f| f.listen.iter().map(move |_| f.name.as_str()));
+    for ((i, addr), frontend) in server.listen.iter().enumerate().zip(frontends) {
+        tracing::info!(listener = i, workers, frontend, "listening on {addr}");
     }
     if let Some(admin) = server.admin {
         tracing::info!("admin listening on {admin}");

@@ -706,6 +706,10 @@ impl Worker {
                 continue;
             }
             for sock in g.take_for(self.ctx.id) {
+                if self.ctx.draining.get() {
+                    // Stopping: a new address is not served (closed here).
+                    continue;
+                }
                 let i = self.listeners.len();
                 self.ctx.frontends.push(sock.local_addr().ok());
                 self.ctx.listener_frontend.push(g.frontend);

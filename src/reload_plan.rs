@@ -50,6 +50,72 @@ fn list<T: std::fmt::Display>(v: &[T]) -> String {
         .join(",")
 }
 
+/// The settings (TOML keys) a reload applies.
+pub const LIVE: &[&str] = &[
+    "listen",
+    "backend",
+    "route",
+    "backend-eject",
+    "cert",
+    "key",
+    "cert-dirs",
+    "ocsp-dir",
+    "ocsp-refresh",
+    "handshake-timeout",
+    "connect-timeout",
+    "tls12",
+    "min-tls",
+    "max-tls",
+    "ciphers",
+    "groups",
+    "prefer-server-ciphers",
+    "alpn",
+    "client-ca",
+    "client-auth",
+    "unknown-sni",
+    "record-layer",
+    "idle-timeout",
+    "max-connections",
+    "proxy-protocol",
+    "accept-proxy",
+    "frontend",
+];
+
+/// The settings (TOML keys) that need a restart: [`plan`] keeps each at
+/// its running value and names it when it changed.
+pub const RESTART: &[&str] = &[
+    "workers",
+    "cpus",
+    "ring-entries",
+    "read-buffers",
+    "sqpoll",
+    "backlog",
+    "buffer-size",
+    "admin",
+    "user",
+    "group",
+    "log-level",
+    "log-format",
+    "upgrade-socket",
+    "resumption",
+    "session-timeout",
+    "session-cache-size",
+    "session-sync-interval",
+    "session-store",
+    "session-store-prefix",
+    "session-store-password-file",
+    "session-store-connect-timeout",
+    "session-store-timeout",
+    "ticket-rotation",
+    "ticket-key-file",
+    "tls13-tickets",
+    "ocsp-fetch",
+    "drain-timeout",
+    "access-log",
+    "access-log-format",
+    "health-check-interval",
+];
+
 /// The configuration a reload runs with — `new`, with every setting that
 /// needs a restart kept at its running value in `old` — and one
 /// [`RestartNeeded`] per such setting that changed.
@@ -185,6 +251,27 @@ mod tests {
         assert_eq!(run.admin, None);
         // What applies live still does.
         assert_eq!(run.routes.eject_ms, 7);
+    }
+
+    /// Every setting is either applied by a reload or named when it needs
+    /// a restart: a new option must be put in one of the two lists (and,
+    /// when it needs a restart, kept in [`plan`]), so that no change is
+    /// ever ignored silently.
+    #[test]
+    fn every_setting_is_live_or_needs_a_restart() {
+        let serde_json::Value::Object(keys) = serde_json::to_value(Settings::default()).unwrap()
+        else {
+            panic!("settings serialize to a map");
+        };
+        for key in keys.keys() {
+            let live = LIVE.contains(&key.as_str());
+            let restart = RESTART.contains(&key.as_str());
+            assert!(
+                live ^ restart,
+                "setting {key:?} must be in exactly one of reload_plan::LIVE and RESTART"
+            );
+        }
+        assert_eq!(LIVE.len() + RESTART.len(), keys.len());
     }
 
     #[test]

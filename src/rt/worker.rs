@@ -162,6 +162,8 @@ pub(super) struct Worker {
     /// Sends queued this turn whose completions the next wait also waits
     /// for (see `Worker::count_batched_sends`).
     pub(super) batch: usize,
+    /// What the last wait asked for, when it batched (else 0).
+    batched: usize,
     /// How the kernel bounds such a wait, if it can.
     batch_wait: BatchWait,
     /// The fallback bound (a timeout), pointed to during the wait.
@@ -296,6 +298,7 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String
             .map(|s| super::store::Store::new(s, Instant::now())),
         turn: 0,
         batch: 0,
+        batched: 0,
         batch_wait,
         batch_ts: Box::new(types::Timespec::from(BATCH_WAIT)),
     };
@@ -337,6 +340,12 @@ impl Worker {
                     .completion()
                     .map(|c| (c.user_data(), c.result(), c.flags())),
             );
+            if self.batched > 0 {
+                self.ctx.counters.ring_batch_waits.inc();
+                if cqes.len() < self.batched {
+                    self.ctx.counters.ring_batch_short.inc();
+                }
+            }
             let now = Instant::now();
             for &(ud, res, flags) in &cqes {
                 self.dispatch(ud, res, flags, now);
@@ -378,10 +387,12 @@ impl Worker {
     fn enter(&mut self) -> std::io::Result<usize> {
         let batch = std::mem::take(&mut self.batch);
         self.turn += 1;
-        if batch == 0 {
+        self.batched = 0;
+        if batch == 0 || self.batch_wait == BatchWait::Off {
             return self.ring.submit_and_wait(1);
         }
         let want = 1 + batch;
+        self.batched = want;
         match self.batch_wait {
             BatchWait::Off => self.ring.submit_and_wait(1),
             BatchWait::MinWait => {

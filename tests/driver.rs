@@ -210,3 +210,39 @@ fn a_stalled_send_holds_up_no_other_connection() {
     assert_eq!(metric_sum(&m, "ringterm_connection_errors_total"), 0);
     drop(stalled);
 }
+
+/// A kernel that refuses `TCP_NODELAY` as an io_uring op (before 6.7,
+/// forced through the probe's test override): one log line, then
+/// `setsockopt(2)`, and the connections work.
+#[test]
+fn io_uring_setsockopt_refused_falls_back() {
+    let certs = TestCerts::generate();
+    let echo = echo_backend();
+    let mut cmd = std::process::Command::new(bin());
+    cmd.env("RINGTERM_TEST_PROBE_MISSING", "SOCKET_URING_OP_SETSOCKOPT")
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+        ])
+        .args(["--backend", &echo.addr.to_string()])
+        .args(certs.args());
+    let rt = Ringterm::spawn_until(cmd, |line| line.starts_with("ready"));
+    let payload = random_bytes(100 * 1024);
+    for _ in 0..3 {
+        assert_echo(rt.addr(), certs.tls13(), &payload);
+    }
+    let lines = rt.stderr();
+    let n = lines
+        .lines()
+        .filter(|l| l.contains("io_uring setsockopt unavailable"))
+        .count();
+    assert_eq!(n, 1, "{lines}");
+    assert_eq!(
+        metric_sum(&rt.metrics(), "ringterm_connection_errors_total"),
+        0
+    );
+}

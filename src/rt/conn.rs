@@ -32,6 +32,10 @@ use crate::tls::{Resumption, TlsError};
 /// `Worker::count_batched_sends`): one TLS record's worth and more.
 const BATCH_SEND_MAX: usize = 64 * 1024;
 
+/// The value `TCP_NODELAY` is set to; static, so that an op in flight can
+/// point to it.
+static NODELAY_ON: libc::c_int = 1;
+
 /// A backend connect in progress.
 enum Connecting {
     /// The socket op is in flight.
@@ -580,7 +584,7 @@ impl Worker {
         }
         let sa = match &addr {
             BackendAddr::Tcp(a) => {
-                set_nodelay(fd);
+                self.nodelay(index, fd);
                 socket2::SockAddr::from(*a)
             }
             // A path too long for sun_path fails like a refused connect.
@@ -616,6 +620,63 @@ impl Worker {
                 now,
                 &mut self.ctx.pools.borrow_mut(),
             );
+        }
+    }
+
+    /// `TCP_NODELAY` on a new backend socket: an io_uring op where the
+    /// kernel has `SOCKET_URING_OP_SETSOCKOPT` (6.7), with no completion
+    /// unless it fails, so it costs no syscall; else `setsockopt(2)`. It
+    /// completes inline, before the connect queued after it is issued.
+    fn nodelay(&mut self, index: u32, fd: RawFd) {
+        if !self.uring_sockopt {
+            set_nodelay(fd);
+            return;
+        }
+        // The test override makes the kernel refuse it (a zero length is
+        // EINVAL), as a kernel before 6.7 does.
+        let len = if super::ring::forced_missing("SOCKET_URING_OP_SETSOCKOPT") {
+            0
+        } else {
+            std::mem::size_of::<libc::c_int>() as u32
+        };
+        let entry = opcode::SetSockOpt::new(
+            types::Fd(fd),
+            libc::IPPROTO_TCP as u32,
+            libc::TCP_NODELAY as u32,
+            (&NODELAY_ON as *const libc::c_int).cast(),
+            len,
+        )
+        .build()
+        .flags(squeue::Flags::SKIP_SUCCESS)
+        .user_data(self.ud(Tag::SockOpt, index));
+        // SAFETY: the option value is a static; the fd is owned by the slot.
+        if unsafe { self.push(entry) }.is_err() {
+            set_nodelay(fd);
+        }
+    }
+
+    /// An io_uring `TCP_NODELAY` failed (a kernel before 6.7 answers
+    /// `EOPNOTSUPP` or `EINVAL`): every later socket gets `setsockopt(2)`,
+    /// and so does this one, if its connection still has it.
+    pub(super) fn on_sockopt_failed(&mut self, ud: UserData, res: i32) {
+        if self.uring_sockopt {
+            self.uring_sockopt = false;
+            tracing::info!(
+                worker = self.ctx.id,
+                error = %io::Error::from_raw_os_error(-res),
+                "io_uring setsockopt unavailable (needs Linux 6.7): TCP_NODELAY by setsockopt(2)"
+            );
+        }
+        if !super::worker::is_live(&self.slots, &self.gens, &ud) {
+            return;
+        }
+        let s = self.slots[ud.slot as usize].as_ref().expect("live");
+        let fd = match &s.connecting {
+            Some(Connecting::Connect(fd, _)) => Some(*fd),
+            _ => s.backend,
+        };
+        if let Some(fd) = fd {
+            set_nodelay(fd);
         }
     }
 

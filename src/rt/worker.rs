@@ -47,6 +47,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// of sends that usually complete at once (see `Worker::enter`).
 const BATCH_WAIT: Duration = Duration::from_micros(500);
 
+/// Turns completion batching off, for A/B measurements
+/// (`RINGTERM_TEST_NO_BATCH=1`).
+pub const NO_BATCH_ENV: &str = "RINGTERM_TEST_NO_BATCH";
+
 /// Buffer group of the read buffers.
 const BGID: u16 = 1;
 
@@ -168,6 +172,8 @@ pub(super) struct Worker {
     batch_wait: BatchWait,
     /// The fallback bound (a timeout), pointed to during the wait.
     batch_ts: Box<types::Timespec>,
+    /// `TCP_NODELAY` goes as an io_uring op (until the kernel refuses it).
+    pub(super) uring_sockopt: bool,
 }
 
 /// How a batched wait is bounded (see `Worker::enter`).
@@ -215,7 +221,7 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String
     if spec.id == 0 {
         tracing::info!("{}", ring::describe(&setup));
     }
-    let batch_wait = if setup.sqpoll || std::env::var_os("RINGTERM_NO_BATCH").is_some() {
+    let batch_wait = if setup.sqpoll || std::env::var_os(NO_BATCH_ENV).is_some() {
         BatchWait::Off
     } else if ring.params().is_feature_min_timeout() {
         BatchWait::MinWait
@@ -301,6 +307,7 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String
         batched: 0,
         batch_wait,
         batch_ts: Box::new(types::Timespec::from(BATCH_WAIT)),
+        uring_sockopt: true,
     };
     for i in 0..w.listeners.len() {
         w.arm_accept(i);
@@ -428,6 +435,7 @@ impl Worker {
                 self.on_store_cqe(ud, res, now)
             }
             Tag::StoreCancel => {}
+            Tag::SockOpt => self.on_sockopt_failed(ud, res),
             _ => self.on_conn_cqe(ud, res, flags, now),
         }
     }

@@ -274,12 +274,8 @@ fn sessions_never_cross_frontends() {
                 "{mode} {version:?}: {got:?}"
             );
         }
-        let text = rt.metrics();
-        let hits = metric_sum(&text, "ringterm_handshakes_resumed_total");
-        assert!(
-            hits >= 2,
-            "{mode}: resumption works on one frontend: {text}"
-        );
+        // Resumption works on one frontend (counted when connections end).
+        rt.wait_metric("ringterm_handshakes_resumed_total", |n| n >= 2);
     }
 }
 

@@ -284,3 +284,46 @@ fn an_upgrade_after_a_reload_takes_the_new_listeners() {
     assert_echo(second, c.clone(), b"the new process, added address");
     assert!(refuses(third), "{third} was removed");
 }
+
+/// A reload that turns mutual TLS on: a session made before it does not
+/// resume past the new client-certificate check (cache and tickets).
+#[test]
+fn a_reload_that_requires_client_certificates_resumes_no_earlier_session() {
+    for mode in ["cache", "tickets"] {
+        let s = Setup::new();
+        let c = client(&s.cert_pem);
+        let (ca, _, _) = client_pki(s._dir.path());
+        let a = named_backend("a");
+        let body = |extra: &str| {
+            format!(
+                "listen = [\"127.0.0.1:0\"]\nworkers = 1\nresumption = \"{mode}\"\nbackend = \"{a}\"\n{extra}"
+            )
+        };
+        let rt = s.start(&body(""));
+        assert_eq!(which_backend(rt.addr(), "localhost", &c), "a");
+        assert_eq!(which_backend(rt.addr(), "localhost", &c), "a");
+        // The second connection resumed (counted when it ends).
+        rt.wait_metric("ringterm_handshakes_resumed_total", |n| n >= 1);
+        s.write(&body(&format!("client-ca = \"{}\"\n", ca.display())));
+        reload(&rt);
+        // The client offers its session; no client certificate: refused.
+        let mut sock = tcp_connect(rt.addr());
+        let mut conn =
+            ClientConnection::new(c.clone(), ServerName::try_from("localhost").unwrap()).unwrap();
+        let mut failed = false;
+        while conn.is_handshaking() {
+            if conn.complete_io(&mut sock).is_err() {
+                failed = true;
+                break;
+            }
+        }
+        if !failed {
+            let mut st = StreamOwned::new(conn, sock);
+            let (data, _) = tls_read_to_end(&mut st);
+            assert!(
+                data.is_empty(),
+                "{mode}: a session from before the reload skipped mTLS"
+            );
+        }
+    }
+}

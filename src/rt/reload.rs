@@ -75,8 +75,8 @@ pub type ConfigSource = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
 pub struct FrontendTls {
     /// The configuration its connections take.
     pub config: Arc<ServerConfig>,
-    /// With several frontends, its name: its sessions are its own (see
-    /// [`crate::tls::isolation`]).
+    /// Its session tag, when it has one: with several frontends, or with
+    /// mutual TLS, its sessions are its own (see [`crate::tls::isolation`]).
     pub isolate: Option<String>,
 }
 
@@ -84,28 +84,37 @@ pub struct FrontendTls {
 /// reload; each new connection takes its frontend's.
 pub type TlsSet = Arc<ArcSwap<Vec<FrontendTls>>>;
 
-/// Frontend `i`'s session parts: with several frontends, its tickets carry
-/// its name and its cache keys too, so that no session crosses frontends.
+/// Frontend `i`'s session parts: with several frontends, or with mutual
+/// TLS, its tickets and cache keys carry its session tag, so that no
+/// session crosses frontends or client-certificate policies.
 fn resumption_for(
     parts: &ResumptionParts,
     config: &Config,
     i: usize,
+    files: &dyn FileSource,
 ) -> (ResumptionParts, Option<String>) {
-    use crate::tls::isolation::{FrontendStore, FrontendTicketer};
-    if config.frontends.len() < 2 {
+    use crate::tls::isolation::{session_tag, FrontendStore, FrontendTicketer};
+    let f = &config.frontends[i];
+    let ca = f.tls.client_ca.as_ref().map(|path| {
+        (
+            files.read(path).unwrap_or_default(),
+            f.tls.client_auth_required,
+        )
+    });
+    let name = (config.frontends.len() > 1).then_some(f.name.as_str());
+    let Some(tag) = session_tag(name, ca.as_ref().map(|(b, r)| (b.as_slice(), *r))) else {
         return (parts.clone(), None);
-    }
-    let name = config.frontends[i].name.clone();
+    };
     let parts = ResumptionParts {
         storage: parts.storage.clone().map(|s| {
-            Arc::new(FrontendStore::new(s, &name)) as Arc<dyn rustls::server::StoresServerSessions>
+            Arc::new(FrontendStore::new(s, &tag)) as Arc<dyn rustls::server::StoresServerSessions>
         }),
         ticketer: parts.ticketer.clone().map(|t| {
-            Arc::new(FrontendTicketer::new(t, &name)) as Arc<dyn rustls::server::ProducesTickets>
+            Arc::new(FrontendTicketer::new(t, &tag)) as Arc<dyn rustls::server::ProducesTickets>
         }),
         tls13_tickets: parts.tls13_tickets,
     };
-    (parts, Some(name))
+    (parts, Some(tag))
 }
 
 struct State {
@@ -170,7 +179,7 @@ fn load_all(
             l.get(j)
         });
         let l = loader::load(&view, files, now, mode, before)?;
-        let (parts, isolate) = resumption_for(resumption, config, i);
+        let (parts, isolate) = resumption_for(resumption, config, i, files);
         servers.push(FrontendTls {
             config: loader::build(&view, &l, files, parts)?,
             isolate,
@@ -310,7 +319,7 @@ impl TlsReloader {
         let mut servers = Vec::with_capacity(refreshed.len());
         for (i, l) in refreshed.iter().enumerate() {
             let view = state.config.for_frontend(i);
-            let (parts, isolate) = resumption_for(&self.resumption, &state.config, i);
+            let (parts, isolate) = resumption_for(&self.resumption, &state.config, i, &self.files);
             match loader::build(&view, l, &self.files, parts) {
                 Ok(config) => servers.push(FrontendTls { config, isolate }),
                 Err(e) => {

@@ -1,24 +1,49 @@
-//! Sessions never cross frontends.
+//! Sessions never cross frontends, nor client-certificate policies.
 //!
 //! Frontends share the workers' session cache and the ticket keys, but a
 //! session made on one frontend must not resume on another: that one may
 //! require a client certificate the first did not ask for, or serve other
-//! names. With several frontends, each frontend's cache keys carry its name
-//! ([`FrontendStore`]) and each ticket's plaintext starts with it
-//! ([`FrontendTicketer`]): a key or ticket of another frontend is a miss,
-//! and the client gets a full handshake.
+//! names. Likewise a session made before a reload turned mutual TLS on (or
+//! changed the client CA) must not skip the new check: rustls does not
+//! compare client-certificate policies on resumption. So each frontend's
+//! sessions carry a tag, like OpenSSL's session ID context: its name (with
+//! several frontends) and its client-certificate policy (the CA's digest
+//! and whether a certificate is required). Its cache keys start with the
+//! tag ([`FrontendStore`]), and so does each ticket's plaintext
+//! ([`FrontendTicketer`]): a key or ticket of another tag is a miss, and
+//! the client gets a full handshake.
 
 use std::sync::Arc;
 
 use rustls::server::{ProducesTickets, StoresServerSessions};
 
-/// `len(name) || name`: the frontend's tag, prefixed to keys and tickets.
-fn tag(name: &str) -> Vec<u8> {
-    let name = &name.as_bytes()[..name.len().min(255)];
-    let mut t = Vec::with_capacity(1 + name.len());
-    t.push(name.len() as u8);
-    t.extend_from_slice(name);
-    t
+/// The first 16 bytes of the tag's SHA-256: a fixed length, so no tag is
+/// a prefix of another; prefixed to keys and tickets.
+fn tag(tag: &str) -> Vec<u8> {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, tag.as_bytes());
+    d.as_ref()[..16].to_vec()
+}
+
+/// The session tag of a frontend: `name` when there are several frontends,
+/// and its client-certificate policy (`client_ca`: the CA file's bytes,
+/// and whether a certificate is required) when mutual TLS is on. `None`
+/// when neither: sessions are then stored as they come (and an L2 session
+/// store sees the plain keys).
+pub fn session_tag(name: Option<&str>, client_ca: Option<(&[u8], bool)>) -> Option<String> {
+    use std::fmt::Write as _;
+    let mut t = String::new();
+    if let Some(name) = name {
+        let _ = write!(t, "frontend={name};");
+    }
+    if let Some((ca, required)) = client_ca {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, ca);
+        let _ = write!(t, "client-ca=");
+        for b in d.as_ref() {
+            let _ = write!(t, "{b:02x}");
+        }
+        let _ = write!(t, ";required={required};");
+    }
+    (!t.is_empty()).then_some(t)
 }
 
 /// A session store seen by one frontend: its keys are prefixed with the
@@ -145,6 +170,21 @@ mod tests {
         }
         fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
             Some(cipher.iter().rev().copied().collect())
+        }
+    }
+
+    #[test]
+    fn tags_name_the_frontend_and_the_client_certificate_policy() {
+        assert_eq!(session_tag(None, None), None);
+        let a = session_tag(Some("web"), None).unwrap();
+        let b = session_tag(None, Some((b"ca", true))).unwrap();
+        let c = session_tag(None, Some((b"ca", false))).unwrap();
+        let d = session_tag(None, Some((b"other ca", true))).unwrap();
+        let all = [&a, &b, &c, &d];
+        for (i, x) in all.iter().enumerate() {
+            for y in &all[i + 1..] {
+                assert_ne!(tag(x), tag(y));
+            }
         }
     }
 

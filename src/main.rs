@@ -480,13 +480,14 @@ fn run(cli: Cli) -> Result<(), String> {
     let alog_hup = server.access_log.clone();
     let live_hub = server.live.clone();
     let config_reloader = config_source.map(|source| {
-        ringterm::rt::live::ConfigReloader::new(
+        Arc::new(ringterm::rt::live::ConfigReloader::new(
             config.clone(),
             source,
             reloader.clone(),
             server.live.clone(),
-        )
+        ))
     });
+    let running = config_reloader.clone();
     let alog_usr1 = server.access_log.clone();
     let mut reload = move || {
         notify::reloading();
@@ -568,6 +569,10 @@ fn run(cli: Cli) -> Result<(), String> {
         },
     );
     upgrade.before_drain();
+    // The drain timeout in force (a reload may have changed it).
+    let drain_timeout = running
+        .map(|r| std::time::Duration::from_millis(r.current().drain_timeout_ms))
+        .unwrap_or(drain_timeout);
     drain(&server, drain_timeout);
     if let Some(l) = &server.access_log {
         // The drained connections' lines reach the file before exit.

@@ -78,6 +78,7 @@ pub const LIVE: &[&str] = &[
     "max-connections",
     "proxy-protocol",
     "accept-proxy",
+    "drain-timeout",
     "frontend",
 ];
 
@@ -110,7 +111,6 @@ pub const RESTART: &[&str] = &[
     "ticket-key-file",
     "tls13-tickets",
     "ocsp-fetch",
-    "drain-timeout",
     "access-log",
     "access-log-format",
     "health-check-interval",
@@ -186,7 +186,6 @@ pub fn plan(old: &Config, new: &Config) -> (Config, Vec<RestartNeeded>) {
     });
     keep!("--tls13-tickets", tls13_tickets, |v: &usize| plain(v));
     keep!("--ocsp-fetch", ocsp_fetch, |v: &bool| plain(v));
-    keep!("--drain-timeout", drain_timeout_ms, |v: &u64| plain(v));
     keep!("--access-log", access_log, opt);
     keep!("--access-log-format", access_log_json, |v: &bool| if *v {
         "json".to_owned()

@@ -327,3 +327,40 @@ fn a_reload_that_requires_client_certificates_resumes_no_earlier_session() {
         }
     }
 }
+
+/// The drain after SIGTERM takes the drain timeout of the last reload.
+#[test]
+fn the_drain_uses_the_reloaded_drain_timeout() {
+    let s = Setup::new();
+    let c = client(&s.cert_pem);
+    let echo = echo_backend();
+    let body = |ms: u64| {
+        format!(
+            "listen = [\"127.0.0.1:0\"]\nworkers = 1\ndrain-timeout = {ms}\nbackend = \"{}\"\n",
+            echo.addr
+        )
+    };
+    let mut rt = s.start(&body(600_000));
+    s.write(&body(200));
+    reload(&rt);
+    assert!(!rt.stderr().contains("--drain-timeout changed"));
+    // Held open through the drain: cut when the (new) timeout passes.
+    let held = TlsDuplex::connect(rt.addr(), c).unwrap();
+    let (got, _) = echo_roundtrip_open(&held, b"held");
+    assert_eq!(got, b"held");
+    send_signal(rt.child.id(), "TERM");
+    assert!(
+        eventually(Duration::from_secs(30), || rt
+            .child
+            .try_wait()
+            .unwrap()
+            .is_some()),
+        "still draining: {}",
+        rt.stderr()
+    );
+    assert!(
+        rt.stderr().contains("drain timeout: cut"),
+        "{}",
+        rt.stderr()
+    );
+}

@@ -498,6 +498,7 @@ fn run(cli: Cli) -> Result<(), String> {
         match &config_reloader {
             Some(r) => match r.reload() {
                 Ok(o) => {
+                    set_log_level(&r.current().log_level);
                     for w in &o.restart_needed {
                         tracing::warn!("{w}");
                     }
@@ -647,6 +648,20 @@ enum Mode {
     Backend,
 }
 
+/// Sets the log filter (a reload changed `--log-level`).
+type SetLevel = Box<dyn Fn(tracing_subscriber::EnvFilter) -> bool + Send + Sync>;
+static LOG_LEVEL: std::sync::OnceLock<SetLevel> = std::sync::OnceLock::new();
+
+/// Applies `level` (already checked) to the running log filter.
+fn set_log_level(level: &str) {
+    if let (Some(set), Ok(filter)) = (
+        LOG_LEVEL.get(),
+        tracing_subscriber::EnvFilter::try_new(format!("ringterm={level}")),
+    ) {
+        set(filter);
+    }
+}
+
 /// Logs go to stderr (the journal under systemd): colours only when stderr
 /// is a terminal, and `json` writes one JSON object a line.
 fn init_logging(level: &str, format: &str) -> Result<(), String> {
@@ -656,15 +671,29 @@ fn init_logging(level: &str, format: &str) -> Result<(), String> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    // The level can change on reload: keep a way to set it.
+    fn keep<H: Fn(tracing_subscriber::EnvFilter) -> bool + Send + Sync + 'static>(h: H) {
+        let _ = LOG_LEVEL.set(Box::new(h));
+    }
     let _ = match format {
-        "text" => builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .try_init(),
-        "json" => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
+        "text" => {
+            let b = builder
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_filter_reloading();
+            let h = b.reload_handle();
+            keep(move |f| h.reload(f).is_ok());
+            b.try_init()
+        }
+        "json" => {
+            let b = builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_filter_reloading();
+            let h = b.reload_handle();
+            keep(move |f| h.reload(f).is_ok());
+            b.try_init()
+        }
         other => {
             return Err(format!(
                 "--log-format: invalid format {other:?} (must be text or json)"

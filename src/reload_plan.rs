@@ -79,6 +79,7 @@ pub const LIVE: &[&str] = &[
     "proxy-protocol",
     "accept-proxy",
     "drain-timeout",
+    "log-level",
     "frontend",
 ];
 
@@ -95,7 +96,6 @@ pub const RESTART: &[&str] = &[
     "admin",
     "user",
     "group",
-    "log-level",
     "log-format",
     "upgrade-socket",
     "resumption",
@@ -157,7 +157,6 @@ pub fn plan(old: &Config, new: &Config) -> (Config, Vec<RestartNeeded>) {
     keep!("--admin", admin, opt);
     keep!("--user", user, opt);
     keep!("--group", group, opt);
-    keep!("--log-level", log_level, |v: &String| v.clone());
     keep!("--log-format", log_format, |v: &String| v.clone());
     keep!("--upgrade-socket", upgrade_socket, opt);
     keep!(

@@ -364,3 +364,32 @@ fn the_drain_uses_the_reloaded_drain_timeout() {
         rt.stderr()
     );
 }
+
+/// `log-level` applies on reload.
+#[test]
+fn the_log_level_applies_on_reload() {
+    let s = Setup::new();
+    let a = named_backend("a");
+    let body = |level: &str, workers: u32| {
+        format!(
+            "listen = [\"127.0.0.1:0\"]\nworkers = {workers}\nlog-level = \"{level}\"\nbackend = \"{a}\"\n"
+        )
+    };
+    let rt = s.start(&body("info", 1));
+    // To warn: the reload's own info line is not written, its warning is.
+    s.write(&body("warn", 2));
+    send_signal(rt.child.id(), "HUP");
+    assert!(rt
+        .wait_log(Duration::from_secs(10), |m| m
+            .starts_with("reload: --workers changed"))
+        .is_some());
+    // Back to info: written again.
+    s.write(&body("info", 1));
+    reload(&rt);
+    assert_eq!(
+        rt.stderr().matches("configuration reloaded").count(),
+        1,
+        "{}",
+        rt.stderr()
+    );
+}

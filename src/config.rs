@@ -228,6 +228,9 @@ pub struct Settings {
     /// Active backend health checks every this many ms, 0 = off
     /// (`--health-check-interval`).
     pub health_check_interval: Option<u64>,
+    /// `[[frontend]]` tables (TOML only): listeners with their own
+    /// certificates, backends and TLS settings (see [`crate::frontend`]).
+    pub frontend: Option<Vec<crate::frontend::FrontendSetting>>,
 }
 
 /// One `[[route]]` table.
@@ -286,7 +289,7 @@ impl From<&str> for CertSetting {
 }
 
 impl Files {
-    fn into_vec(self) -> Vec<String> {
+    pub(crate) fn into_vec(self) -> Vec<String> {
         match self {
             Self::One(f) => vec![f],
             Self::Many(v) => v,
@@ -385,6 +388,9 @@ impl Settings {
         self.client_ca.iter_mut().for_each(join);
         self.ticket_key_file.iter_mut().flatten().for_each(join);
         self.session_store_password_file.iter_mut().for_each(join);
+        if let Some(tables) = self.frontend.take() {
+            self.frontend = Some(tables.into_iter().map(|t| t.relative_to(dir)).collect());
+        }
         self
     }
 
@@ -473,13 +479,14 @@ impl Settings {
             access_log: over.access_log.or(self.access_log),
             access_log_format: over.access_log_format.or(self.access_log_format),
             health_check_interval: over.health_check_interval.or(self.health_check_interval),
+            frontend: over.frontend.or(self.frontend),
         }
     }
 
-    /// Checks every value and fills defaults. `allowed_cpus` is the set of
-    /// CPUs this process may run on, as the runtime found it.
-    pub fn validate(self, allowed_cpus: &[usize]) -> Result<Config, ConfigError> {
-        let listen_raw = self.listen.unwrap_or_default();
+    /// One frontend's part of the settings: listen addresses, backends,
+    /// routes, certificates, TLS policy and PROXY settings.
+    fn frontend_part(&self, name: String) -> Result<crate::frontend::Frontend, ConfigError> {
+        let listen_raw = self.listen.clone().unwrap_or_default();
         if listen_raw.is_empty() {
             return Err(ConfigError::Missing("--listen"));
         }
@@ -489,17 +496,17 @@ impl Settings {
             .collect::<Result<Vec<_>, _>>()?;
         let backends = self
             .backend
+            .clone()
             .ok_or(ConfigError::Missing("--backend"))?
             .into_vec()
             .iter()
             .map(|s| parse_backend("--backend", s))
             .collect::<Result<Vec<_>, _>>()?;
-        let backend = backends
-            .first()
-            .cloned()
-            .ok_or(ConfigError::Missing("--backend"))?;
+        if backends.is_empty() {
+            return Err(ConfigError::Missing("--backend"));
+        }
         let mut routes = Vec::new();
-        for r in self.route.unwrap_or_default() {
+        for r in self.route.clone().unwrap_or_default() {
             if r.names.is_empty() || r.backends.is_empty() {
                 return Err(range(
                     "--route",
@@ -521,11 +528,54 @@ impl Settings {
             default: backends,
             eject_ms: self.backend_eject.unwrap_or(DEFAULT_BACKEND_EJECT_MS),
         };
-        let cert_dirs = self.cert_dirs.unwrap_or_default();
+        let cert_dirs = self.cert_dirs.clone().unwrap_or_default();
         if let Some(bad) = cert_dirs.iter().find(|d| d.trim().is_empty()) {
             return Err(range("--cert-dir", bad, "must be a folder"));
         }
-        let certs = certs(self.cert, self.key, !cert_dirs.is_empty())?;
+        let certs = certs(self.cert.clone(), self.key.clone(), !cert_dirs.is_empty())?;
+        let tls = tls_policy(&TlsSettings {
+            tls12: self.tls12,
+            min_tls: self.min_tls.clone(),
+            max_tls: self.max_tls.clone(),
+            ciphers: self.ciphers.clone(),
+            groups: self.groups.clone(),
+            prefer_server_ciphers: self.prefer_server_ciphers,
+            alpn: self.alpn.clone(),
+            client_ca: self.client_ca.clone(),
+            client_auth: self.client_auth.clone(),
+            unknown_sni: self.unknown_sni.clone(),
+            record_layer: self.record_layer.clone(),
+        })?;
+        let proxy_protocol = match self.proxy_protocol.as_deref() {
+            None | Some("off") => None,
+            Some("v1") => Some(crate::proxy::Version::V1),
+            Some("v2") => Some(crate::proxy::Version::V2),
+            Some(other) => return Err(range("--proxy-protocol", other, "must be off, v1 or v2")),
+        };
+        Ok(crate::frontend::Frontend {
+            name,
+            listen,
+            routes,
+            certs,
+            cert_dirs,
+            tls,
+            proxy_protocol,
+            accept_proxy: self.accept_proxy.unwrap_or(false),
+        })
+    }
+
+    /// Checks every value and fills defaults. `allowed_cpus` is the set of
+    /// CPUs this process may run on, as the runtime found it.
+    pub fn validate(self, allowed_cpus: &[usize]) -> Result<Config, ConfigError> {
+        let frontends = crate::frontend::validate(&self, |s, name| s.frontend_part(name))?;
+        let first = frontends[0].clone();
+        let listen = frontends.iter().flat_map(|f| f.listen.clone()).collect();
+        let backend = first
+            .routes
+            .default
+            .first()
+            .cloned()
+            .ok_or(ConfigError::Missing("--backend"))?;
         let ocsp_refresh_s = self.ocsp_refresh.unwrap_or(DEFAULT_OCSP_REFRESH_S);
         if !(1..=86_400).contains(&ocsp_refresh_s) {
             return Err(range(
@@ -534,19 +584,15 @@ impl Settings {
                 "must be from 1 to 86400 seconds",
             ));
         }
-        let tls = tls_policy(&TlsSettings {
-            tls12: self.tls12,
-            min_tls: self.min_tls,
-            max_tls: self.max_tls,
-            ciphers: self.ciphers,
-            groups: self.groups,
-            prefer_server_ciphers: self.prefer_server_ciphers,
-            alpn: self.alpn,
-            client_ca: self.client_ca,
-            client_auth: self.client_auth,
-            unknown_sni: self.unknown_sni,
-            record_layer: self.record_layer,
-        })?;
+        let crate::frontend::Frontend {
+            routes,
+            certs,
+            cert_dirs,
+            tls,
+            proxy_protocol,
+            accept_proxy,
+            ..
+        } = first;
         let admin = self
             .admin
             .as_deref()
@@ -690,12 +736,6 @@ impl Settings {
             self.user,
             self.group,
         )?;
-        let proxy_protocol = match self.proxy_protocol.as_deref() {
-            None | Some("off") => None,
-            Some("v1") => Some(crate::proxy::Version::V1),
-            Some("v2") => Some(crate::proxy::Version::V2),
-            Some(other) => return Err(range("--proxy-protocol", other, "must be off, v1 or v2")),
-        };
         let access_log = match self.access_log.as_deref().map(str::trim) {
             None | Some("off") => None,
             Some("") => return Err(range("--access-log", "", "must be stderr, a file or off")),
@@ -719,7 +759,8 @@ impl Settings {
             access_log_json,
             health_check_interval_ms,
             proxy_protocol,
-            accept_proxy: self.accept_proxy.unwrap_or(false),
+            accept_proxy,
+            frontends,
             idle_timeout_ms: edge.idle_timeout_ms,
             max_connections: edge.max_connections,
             drain_timeout_ms: edge.drain_timeout_ms,
@@ -752,6 +793,8 @@ impl Settings {
             handshake_timeout_ms,
             connect_timeout_ms,
             log_level,
+            log_format: self.log_format.unwrap_or_else(|| "text".to_owned()),
+            upgrade_socket: self.upgrade_socket,
         })
     }
 }
@@ -821,7 +864,10 @@ impl Layered {
                         .unwrap_or(&text);
                     self.blame(flag, rest)
                 }
-                None => e.to_string(),
+                None => match (&e, &self.file) {
+                    (ConfigError::Frontend { .. }, Some(file)) => format!("{file}: {e}"),
+                    _ => e.to_string(),
+                },
             })
     }
 
@@ -892,6 +938,10 @@ pub struct Config {
     pub connect_timeout_ms: u64,
     /// Log level.
     pub log_level: String,
+    /// Log line format (`text` or `json`; checked when logging starts).
+    pub log_format: String,
+    /// The upgrade socket, if any.
+    pub upgrade_socket: Option<String>,
     /// How sessions are resumed.
     pub resumption: Resumption,
     /// Session lifetime, seconds.
@@ -928,12 +978,36 @@ pub struct Config {
     pub health_check_interval_ms: u64,
     /// Expect a PROXY protocol header (v1 or v2) before the ClientHello.
     pub accept_proxy: bool,
+    /// Every frontend (at least one). `listen` is all their addresses; the
+    /// other frontend fields above are the first frontend's.
+    pub frontends: Vec<crate::frontend::Frontend>,
 }
 
 impl Config {
     /// Number of workers.
     pub fn workers(&self) -> usize {
         self.pins.len()
+    }
+
+    /// This configuration as frontend `i` sees it: its listen addresses,
+    /// backends, certificates, TLS policy and PROXY settings in the
+    /// top-level fields (what the certificate loader reads).
+    pub fn for_frontend(&self, i: usize) -> Config {
+        let mut c = self.clone();
+        if let Some(f) = self.frontends.get(i) {
+            c.listen = f.listen.clone();
+            c.routes = f.routes.clone();
+            if let Some(b) = f.routes.default.first() {
+                c.backend = b.clone();
+            }
+            c.certs = f.certs.clone();
+            c.cert_dirs = f.cert_dirs.clone();
+            c.tls = f.tls.clone();
+            c.proxy_protocol = f.proxy_protocol;
+            c.accept_proxy = f.accept_proxy;
+            c.frontends = vec![f.clone()];
+        }
+        c
     }
 }
 
@@ -982,6 +1056,18 @@ pub enum ConfigError {
     NotUtf8 {
         /// The file.
         file: String,
+    },
+    /// A `[[frontend]]` table's value (1-based index, name, TOML key).
+    #[error("[[frontend]] #{index} ({name}): {key}: {message}")]
+    Frontend {
+        /// 1-based position of the table.
+        index: usize,
+        /// Its name.
+        name: String,
+        /// The key.
+        key: String,
+        /// What is wrong.
+        message: String,
     },
     /// The TOML file did not parse.
     #[error("{file}:{line}:{col}: {message}")]

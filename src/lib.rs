@@ -28,11 +28,13 @@
 pub mod config;
 pub mod conn;
 pub mod deadline;
+pub mod frontend;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod metrics;
 pub mod proxy;
 pub mod record;
+pub mod reload_plan;
 pub mod route;
 pub mod rt;
 pub mod session;

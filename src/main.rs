@@ -296,6 +296,7 @@ impl Cli {
             access_log: self.access_log.clone(),
             access_log_format: self.access_log_format.clone(),
             health_check_interval: self.health_check_interval,
+            frontend: None,
         }
     }
 }
@@ -436,8 +437,9 @@ fn run(cli: Cli) -> Result<(), String> {
         },
         tls13_tickets: config.tls13_tickets,
     };
-    // Certificates and TLS policy are re-read on SIGHUP (not in demo mode:
-    // its certificate is generated once); on any error the old
+    // SIGHUP re-reads the configuration and applies what it can
+    // (`rt::live::ConfigReloader`; not in demo mode: its certificate is
+    // generated once, so only the files are re-read); on any error the old
     // configuration stays. New connections get the new one; established
     // ones keep theirs.
     let config_source: Option<ringterm::rt::reload::ConfigSource> = if mode == Mode::Demo {
@@ -450,8 +452,7 @@ fn run(cli: Cli) -> Result<(), String> {
     };
     let fetched = files.fetched.clone();
     let reloader = Arc::new(
-        TlsReloader::new(&config, files, resumption, config_source)
-            .map_err(|e| load_error(&layered, e))?,
+        TlsReloader::new(&config, files, resumption, None).map_err(|e| load_error(&layered, e))?,
     );
     if config.ocsp_fetch {
         ringterm::rt::ocsp_fetch::spawn(reloader.clone(), fetched)
@@ -488,30 +489,61 @@ fn run(cli: Cli) -> Result<(), String> {
     );
     let drain_timeout = std::time::Duration::from_millis(config.drain_timeout_ms);
     let alog_hup = server.access_log.clone();
-    let route_hub = server.routes.clone();
+    let live_hub = server.live.clone();
+    let config_reloader = config_source.map(|source| {
+        Arc::new(ringterm::rt::live::ConfigReloader::new(
+            config.clone(),
+            source,
+            reloader.clone(),
+            server.live.clone(),
+        ))
+    });
+    let running = config_reloader.clone();
     let alog_usr1 = server.access_log.clone();
     let mut reload = move || {
         notify::reloading();
         if let Some(l) = &alog_hup {
             l.reopen();
         }
-        if let Some(hub) = &route_hub {
-            match hub.resolve_again() {
-                Ok(changed) => tracing::info!(changed, "backend host names resolved again"),
-                Err(e) => tracing::error!("{e}; keeping the old backend addresses"),
-            }
-        }
         let mut result = "reload: done".to_owned();
-        match reloader.reload() {
-            Ok(r) => tracing::info!(
-                certificates = r.certificates,
-                ocsp_stapled = r.stapled,
-                skipped = r.skipped.len(),
-                "certificates and TLS policy reloaded"
-            ),
-            Err(e) => {
-                tracing::error!("reload failed, keeping the old TLS configuration: {e}");
-                result = format!("reload failed, keeping the old TLS configuration: {e}");
+        match &config_reloader {
+            Some(r) => match r.reload() {
+                Ok(o) => {
+                    set_log_level(&r.current().log_level);
+                    for w in &o.restart_needed {
+                        tracing::warn!("{w}");
+                    }
+                    for a in &o.listeners_added {
+                        tracing::info!("reload: listening on {a}");
+                    }
+                    for a in &o.listeners_removed {
+                        tracing::info!("reload: no longer listening on {a}");
+                    }
+                    tracing::info!(
+                        frontends = o.frontends,
+                        backends = o.backends,
+                        certificates = o.tls.certificates,
+                        ocsp_stapled = o.tls.stapled,
+                        skipped = o.tls.skipped.len(),
+                        restart_needed = o.restart_needed.len(),
+                        "configuration reloaded; backend host names resolved again"
+                    );
+                }
+                Err(e) => {
+                    tracing::error!("reload failed, keeping the old configuration: {e}");
+                    result = format!("reload failed, keeping the old configuration: {e}");
+                }
+            },
+            // Demo: the same configuration; files and names again.
+            None => {
+                match live_hub.resolve_again() {
+                    Ok(changed) => tracing::info!(changed, "backend host names resolved again"),
+                    Err(e) => tracing::error!("{e}; keeping the old backend addresses"),
+                }
+                if let Err(e) = reloader.reload() {
+                    tracing::error!("reload failed, keeping the old configuration: {e}");
+                    result = format!("reload failed, keeping the old configuration: {e}");
+                }
             }
         }
         if let Some(t) = &ticketer {
@@ -549,6 +581,10 @@ fn run(cli: Cli) -> Result<(), String> {
         },
     );
     upgrade.before_drain();
+    // The drain timeout in force (a reload may have changed it).
+    let drain_timeout = running
+        .map(|r| std::time::Duration::from_millis(r.current().drain_timeout_ms))
+        .unwrap_or(drain_timeout);
     drain(&server, drain_timeout);
     if let Some(l) = &server.access_log {
         // The drained connections' lines reach the file before exit.
@@ -562,8 +598,12 @@ fn run(cli: Cli) -> Result<(), String> {
 /// the admin endpoint (with a warning off loopback), then `ready`.
 fn log_started(config: &Config, server: &ringterm::rt::Server, mode: Mode) {
     let workers = config.workers();
-    for (i, addr) in server.listen.iter().enumerate() {
-        tracing::info!(listener = i, workers, "listening on {addr}");
+    let frontends = config
+        .frontends
+        .iter()
+        .flat_map(|f| f.listen.iter().map(move |_| f.name.as_str()));
+    for ((i, addr), frontend) in server.listen.iter().enumerate().zip(frontends) {
+        tracing::info!(listener = i, workers, frontend, "listening on {addr}");
     }
     if let Some(admin) = server.admin {
         tracing::info!("admin listening on {admin}");
@@ -619,6 +659,20 @@ enum Mode {
     Backend,
 }
 
+/// Sets the log filter (a reload changed `--log-level`).
+type SetLevel = Box<dyn Fn(tracing_subscriber::EnvFilter) -> bool + Send + Sync>;
+static LOG_LEVEL: std::sync::OnceLock<SetLevel> = std::sync::OnceLock::new();
+
+/// Applies `level` (already checked) to the running log filter.
+fn set_log_level(level: &str) {
+    if let (Some(set), Ok(filter)) = (
+        LOG_LEVEL.get(),
+        tracing_subscriber::EnvFilter::try_new(format!("ringterm={level}")),
+    ) {
+        set(filter);
+    }
+}
+
 /// Logs go to stderr (the journal under systemd): colours only when stderr
 /// is a terminal, and `json` writes one JSON object a line.
 fn init_logging(level: &str, format: &str) -> Result<(), String> {
@@ -628,15 +682,29 @@ fn init_logging(level: &str, format: &str) -> Result<(), String> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    // The level can change on reload: keep a way to set it.
+    fn keep<H: Fn(tracing_subscriber::EnvFilter) -> bool + Send + Sync + 'static>(h: H) {
+        let _ = LOG_LEVEL.set(Box::new(h));
+    }
     let _ = match format {
-        "text" => builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .try_init(),
-        "json" => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .try_init(),
+        "text" => {
+            let b = builder
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_filter_reloading();
+            let h = b.reload_handle();
+            keep(move |f| h.reload(f).is_ok());
+            b.try_init()
+        }
+        "json" => {
+            let b = builder
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_filter_reloading();
+            let h = b.reload_handle();
+            keep(move |f| h.reload(f).is_ok());
+            b.try_init()
+        }
         other => {
             return Err(format!(
                 "--log-format: invalid format {other:?} (must be text or json)"

@@ -212,8 +212,8 @@ pub type PoolId = usize;
 #[derive(Debug)]
 pub struct Pools {
     pools: Vec<Pool>,
-    exact: HashMap<String, PoolId>,
-    wildcard: HashMap<String, PoolId>,
+    /// Per frontend: its default pool and its routes' names.
+    fronts: Vec<Front>,
     eject_ms: u64,
     /// Per distinct backend (see [`RouteTable::distinct`]): whether it is
     /// out of rotation, and the transitions not yet taken by the runtime.
@@ -224,6 +224,14 @@ pub struct Pools {
     /// where that set is published.
     counters: Vec<Arc<BackendCounters>>,
     published: Option<Arc<WorkerCounters>>,
+}
+
+/// One frontend's pools: its default pool and its routes by name.
+#[derive(Debug, Default)]
+struct Front {
+    default: PoolId,
+    exact: HashMap<String, PoolId>,
+    wildcard: HashMap<String, PoolId>,
 }
 
 #[derive(Debug)]
@@ -240,26 +248,46 @@ struct Pool {
 impl Pools {
     /// The state for `table` (each worker builds its own).
     pub fn new(table: &RouteTable) -> Self {
-        let mut pools = vec![Pool::new(table.default.clone())];
-        let mut exact = HashMap::new();
-        let mut wildcard = HashMap::new();
-        for (i, route) in table.routes.iter().enumerate() {
-            pools.push(Pool::new(route.backends.clone()));
-            for name in &route.names {
-                let name = name.to_ascii_lowercase();
-                // The first route naming a name wins.
-                match name.strip_prefix("*.") {
-                    Some(suffix) => wildcard.entry(suffix.to_owned()).or_insert(i + 1),
-                    None => exact.entry(name).or_insert(i + 1),
-                };
+        Self::new_multi(std::slice::from_ref(table))
+    }
+
+    /// The state for several frontends' tables (frontend `i` routes by
+    /// `tables[i]`, see [`Pools::pool_for_frontend`]); a backend that
+    /// several name is one backend (one ejection state, one set of
+    /// counters). The ejection time is the first table's.
+    pub fn new_multi(tables: &[RouteTable]) -> Self {
+        let mut pools = Vec::new();
+        let mut fronts = Vec::with_capacity(tables.len());
+        let mut distinct: Vec<BackendAddr> = Vec::new();
+        for table in tables {
+            let mut front = Front {
+                default: pools.len(),
+                ..Front::default()
+            };
+            pools.push(Pool::new(table.default.clone()));
+            for route in &table.routes {
+                let id = pools.len();
+                pools.push(Pool::new(route.backends.clone()));
+                for name in &route.names {
+                    let name = name.to_ascii_lowercase();
+                    // The first route naming a name wins.
+                    match name.strip_prefix("*.") {
+                        Some(suffix) => front.wildcard.entry(suffix.to_owned()).or_insert(id),
+                        None => front.exact.entry(name).or_insert(id),
+                    };
+                }
+            }
+            fronts.push(front);
+            for b in table.distinct() {
+                if !distinct.contains(&b) {
+                    distinct.push(b);
+                }
             }
         }
-        let distinct = table.distinct();
         Self {
             pools,
-            exact,
-            wildcard,
-            eject_ms: table.eject_ms,
+            fronts,
+            eject_ms: tables.first().map_or(0, |t| t.eject_ms),
             down: vec![false; distinct.len()],
             distinct,
             events: Vec::new(),
@@ -272,16 +300,30 @@ impl Pools {
     /// positions, ejections and health verdicts of the backends that
     /// remain are kept, and so are their counters.
     pub fn update(&mut self, table: &RouteTable) {
-        let mut new = Pools::new(table);
-        for (np, op) in new.pools.iter_mut().zip(&self.pools) {
+        self.update_multi(std::slice::from_ref(table))
+    }
+
+    /// [`Pools::update`] for several frontends' tables (a reload: routes,
+    /// backends and frontends may have changed). A backend that stays
+    /// keeps its ejection, health verdict and counters.
+    pub fn update_multi(&mut self, tables: &[RouteTable]) {
+        let mut new = Pools::new_multi(tables);
+        for (pi, np) in new.pools.iter_mut().enumerate() {
+            let same = self.pools.get(pi);
             for (i, b) in np.backends.iter().enumerate() {
-                if let Some(j) = op.backends.iter().position(|x| x == b) {
+                let old = same
+                    .into_iter()
+                    .chain(self.pools.iter())
+                    .find_map(|op| op.backends.iter().position(|x| x == b).map(|j| (op, j)));
+                if let Some((op, j)) = old {
                     np.down_until[i] = op.down_until[j];
                     np.held[i] = op.held[j];
                 }
             }
-            if !np.backends.is_empty() {
-                np.next = op.next % np.backends.len();
+            if let Some(op) = same {
+                if !np.backends.is_empty() {
+                    np.next = op.next % np.backends.len();
+                }
             }
         }
         for (id, b) in new.distinct.iter().enumerate() {
@@ -352,16 +394,28 @@ impl Pools {
         !self.events.is_empty()
     }
 
-    /// The pool for a connection with `sni` (lowercased).
+    /// The pool for a connection with `sni` (lowercased) on the first
+    /// frontend.
     pub fn pool_for(&self, sni: Option<&str>) -> PoolId {
-        let Some(sni) = sni else { return 0 };
-        if let Some(&p) = self.exact.get(sni) {
+        self.pool_for_frontend(0, sni)
+    }
+
+    /// The pool for a connection with `sni` (lowercased) on frontend
+    /// `frontend` (the first one if there is no such frontend).
+    pub fn pool_for_frontend(&self, frontend: usize, sni: Option<&str>) -> PoolId {
+        let Some(front) = self.fronts.get(frontend).or(self.fronts.first()) else {
+            return 0;
+        };
+        let Some(sni) = sni else {
+            return front.default;
+        };
+        if let Some(&p) = front.exact.get(sni) {
             return p;
         }
         sni.split_once('.')
-            .and_then(|(_, parent)| self.wildcard.get(parent))
+            .and_then(|(_, parent)| front.wildcard.get(parent))
             .copied()
-            .unwrap_or(0)
+            .unwrap_or(front.default)
     }
 
     /// The next backend of `pool` at `now_ms`: round-robin over the
@@ -518,6 +572,38 @@ mod tests {
         assert_eq!(p.pool_for(Some("a.v1.api.test")), 0);
         assert_eq!(p.pool_for(Some("static.test")), 2);
         assert_eq!(p.pool_for(Some("other.test")), 0);
+    }
+
+    #[test]
+    fn each_frontend_routes_by_its_own_table() {
+        let other = RouteTable {
+            routes: vec![Route {
+                names: vec!["api.test".into()],
+                backends: vec![a(9), a(1)],
+            }],
+            default: vec![a(8)],
+            eject_ms: 1000,
+        };
+        let mut p = Pools::new_multi(&[table(), other.clone()]);
+        assert_eq!(p.pool_for_frontend(0, Some("api.test")), 1);
+        assert_eq!(p.pool_for_frontend(1, None), 3);
+        assert_eq!(p.pool_for_frontend(1, Some("api.test")), 4);
+        assert_eq!(p.pool_for_frontend(1, Some("static.test")), 3);
+        assert_eq!(p.pick(3, 0, None), Some(a(8)));
+        // One backend named by both frontends is one backend.
+        assert_eq!(p.backends().len(), 6);
+        p.failed(0, &a(1), 0);
+        assert!(p.is_down(p.backend_id(&a(1)).unwrap()));
+        // A reload that drops the first frontend: the state of a(1) stays.
+        p.update_multi(&[other]);
+        assert_eq!(p.pool_for_frontend(0, Some("api.test")), 1);
+        assert_eq!(
+            p.pool_for_frontend(5, None),
+            0,
+            "an unknown frontend is the first"
+        );
+        assert!(p.is_down(p.backend_id(&a(1)).unwrap()));
+        assert_eq!(p.pick(1, 10, None), Some(a(9)));
     }
 
     #[test]

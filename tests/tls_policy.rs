@@ -490,7 +490,7 @@ fn sighup_reloads_certificates_without_touching_established_connections() {
     send_signal(rt.child.id(), "HUP");
     assert!(eventually(Duration::from_secs(5), || rt
         .stderr()
-        .contains("reload failed, keeping the old TLS configuration")));
+        .contains("reload failed, keeping the old configuration")));
     assert_eq!(presented(addr, "a.test", Client::default()), new.der);
     assert_eq!(echo_once(&mut established, b"after").unwrap(), b"after");
     rt.assert_alive();

@@ -315,6 +315,9 @@ pub struct ConnConfig {
     /// An L2 session store is configured: ClientHellos that offer a stored
     /// session wait for a lookup ([`Op::LookupSession`]).
     pub session_lookup: bool,
+    /// The frontend the connection came in on: its pools are
+    /// [`Pools::pool_for_frontend`]'s.
+    pub frontend: usize,
 }
 
 /// Where the connection is: named after what it waits for.
@@ -536,6 +539,31 @@ impl Conn {
     /// Whether an op is in flight.
     pub fn in_flight(&self) -> bool {
         self.client.busy() || self.backend.busy() || self.connecting.is_some()
+    }
+
+    /// Whether the completion of the write in flight on `side` would let
+    /// the machine do nothing new: it relays, both reads are in flight and
+    /// nothing waits to be written on either side. The completion then
+    /// only gives the buffer back, so the runtime need not wake up for it
+    /// alone (see `rt::worker`'s completion batching). Pure: it reads the
+    /// state and changes nothing.
+    pub fn send_completion_is_bookkeeping(&self, side: Side) -> bool {
+        let (me, other) = match side {
+            Side::Client => (&self.client, &self.backend),
+            Side::Backend => (&self.backend, &self.client),
+        };
+        self.state == State::Relaying
+            && me.write
+            && me.unsent.is_none()
+            && !me.cancel
+            && !me.cancel_wanted
+            && !other.cancel
+            && !other.cancel_wanted
+            && self.client.read.is_some()
+            && self.backend.read.is_some()
+            && self.to_client.is_empty()
+            && self.to_backend.is_empty()
+            && other.unsent.is_none()
     }
 
     // ------------------------------------------------------------------
@@ -1127,7 +1155,7 @@ impl Conn {
         }
         let pool = *self
             .pool
-            .get_or_insert_with(|| pools.pool_for(self.tls.sni()));
+            .get_or_insert_with(|| pools.pool_for_frontend(self.cfg.frontend, self.tls.sni()));
         let Some(addr) = pools.pick(pool, self.ms(now), self.skip.as_ref()) else {
             self.out.connect_failures += 1;
             self.fail(End::ConnectFailed(io::ErrorKind::NotFound));

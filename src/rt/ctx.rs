@@ -6,7 +6,6 @@ use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use rustls::ServerConfig;
 
 use super::{session_store, ticket_keys};
@@ -16,19 +15,23 @@ use crate::metrics::hist::{Histograms, Metric};
 use crate::metrics::WorkerCounters;
 use crate::route::Pools;
 
+/// A worker's copy of a shared TLS configuration: (the shared one, the
+/// copy).
+pub(super) type LocalTls = (Arc<ServerConfig>, Arc<ServerConfig>);
+
 /// Everything a worker's connections read.
 pub struct WorkerCtx {
     /// Worker index.
     pub id: usize,
-    /// TLS configuration (shared; swapped on reload).
-    pub tls: Arc<ArcSwap<ServerConfig>>,
-    /// This worker's copy of it (see [`WorkerCtx::tls_config`]), with the
-    /// shared one it was made from.
-    pub(super) local_tls: RefCell<Option<(Arc<ServerConfig>, Arc<ServerConfig>)>>,
+    /// Each frontend's TLS configuration (shared; swapped on reload).
+    pub tls: super::reload::TlsSet,
+    /// This worker's copy of each (see [`WorkerCtx::tls_config`]), with the
+    /// shared one it was made from, by frontend.
+    pub(super) local_tls: RefCell<Vec<Option<LocalTls>>>,
     /// This worker's backend pools (round-robin, ejection).
     pub pools: RefCell<Pools>,
-    /// Per-connection settings.
-    pub conn: ConnConfig,
+    /// Per-connection settings, by frontend (see [`WorkerCtx::conn_config`]).
+    pub conns: Vec<ConnConfig>,
     /// Connections above which new ones are closed at once; 0 = unlimited.
     pub max_connections: u64,
     /// This worker's counters.
@@ -48,10 +51,12 @@ pub struct WorkerCtx {
     pub(super) access_log: Option<RefCell<super::access_log::WorkerLog>>,
     /// Each listener's address (by listener index), for the access log.
     pub(super) frontends: Vec<Option<std::net::SocketAddr>>,
+    /// Each listener's frontend (by listener index).
+    pub(super) listener_frontend: Vec<usize>,
     /// Health checks' verdicts and the generation last applied.
     pub(super) health: Option<(Arc<super::health::HealthHub>, Cell<u64>)>,
-    /// Re-resolved backend tables and the generation last taken.
-    pub(super) route_hub: Option<(Arc<super::routes::RouteHub>, Cell<u64>)>,
+    /// What reloads change live, and the generation last taken.
+    pub(super) live: (Arc<super::live::LiveHub>, Cell<u64>),
 }
 
 impl WorkerCtx {
@@ -71,20 +76,47 @@ impl WorkerCtx {
         self.cutting.get()
     }
 
-    /// This worker's TLS configuration: a copy of the shared one whose
-    /// session store and ticketer count into this worker's counters
-    /// (rustls calls them with no other context). Made again when a reload
-    /// swapped the shared one.
-    pub fn tls_config(&self) -> Arc<ServerConfig> {
-        let shared = self.tls.load();
-        let mut local = self.local_tls.borrow_mut();
+    /// The frontend of listener `listener` (the first for an unknown one).
+    pub fn frontend_of(&self, listener: usize) -> usize {
+        self.listener_frontend.get(listener).copied().unwrap_or(0)
+    }
+
+    /// The connection settings of frontend `frontend`.
+    pub fn conn_config(&self, frontend: usize) -> &ConnConfig {
+        self.conns
+            .get(frontend)
+            .or(self.conns.first())
+            .expect("at least one frontend")
+    }
+
+    /// Frontend `frontend`'s TLS configuration for this worker: a copy of
+    /// the shared one whose session store and ticketer count into this
+    /// worker's counters (rustls calls them with no other context). Made
+    /// again when a reload swapped the shared one.
+    pub fn tls_config(&self, frontend: usize) -> Arc<ServerConfig> {
+        let set = self.tls.load();
+        let Some(front) = set.get(frontend).or(set.first()) else {
+            unreachable!("a TLS configuration per frontend, at least one");
+        };
+        let shared = front.config.clone();
+        let frontend = if frontend < set.len() { frontend } else { 0 };
+        let mut all = self.local_tls.borrow_mut();
+        if all.len() < set.len() {
+            all.resize(set.len(), None);
+        }
+        let local = &mut all[frontend];
         match &*local {
             Some((from, mine)) if Arc::ptr_eq(from, &shared) => mine.clone(),
             _ => {
                 let mut mine = ServerConfig::clone(&shared);
                 if self.uses_session_cache() {
-                    mine.session_storage =
-                        Arc::new(session_store::WorkerStore::new(self.counters.clone()));
+                    let store = Arc::new(session_store::WorkerStore::new(self.counters.clone()));
+                    mine.session_storage = match &front.isolate {
+                        Some(name) => {
+                            Arc::new(crate::tls::isolation::FrontendStore::new(store, name))
+                        }
+                        None => store,
+                    };
                 }
                 if crate::session::stateful::is_stateful(&*mine.ticketer) {
                     mine.ticketer = Arc::new(session_store::StatefulTickets::new(

@@ -169,6 +169,20 @@ pub struct Handle {
 }
 
 impl Handle {
+    /// Replaces the listening sockets offered (a reload added or removed
+    /// listen addresses): the admin listener stays. Nothing changes once
+    /// the drain began.
+    pub fn replace_listeners(&self, listeners: Vec<Offered>) {
+        let mut offered = match self.offered.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(all) = offered.as_mut() {
+            all.retain(|o| matches!(o.kind, Kind::Admin));
+            all.extend(listeners);
+        }
+    }
+
     /// Drops the duplicates (at the start of a drain): the sockets then
     /// close with the workers' own descriptors, so a plain shutdown refuses
     /// new connections, and a takeover that starts now gets nothing.

@@ -22,10 +22,16 @@ pub const FALL: u32 = 3;
 /// Successful checks in a row that bring it back up.
 pub const RISE: u32 = 2;
 
-/// The verdicts, shared by the checker thread and the workers.
-pub struct HealthHub {
+/// The backends checked and their verdicts (replaced whole when a reload
+/// changes the backends).
+struct Set {
     backends: Vec<BackendAddr>,
     down: Vec<AtomicBool>,
+}
+
+/// The verdicts, shared by the checker thread and the workers.
+pub struct HealthHub {
+    set: arc_swap::ArcSwap<Set>,
     generation: AtomicU64,
     interval: Duration,
     timeout: Duration,
@@ -35,8 +41,10 @@ impl HealthHub {
     /// Checks for `backends` (all up at first).
     pub fn new(backends: Vec<BackendAddr>, interval: Duration, timeout: Duration) -> Arc<Self> {
         Arc::new(Self {
-            down: backends.iter().map(|_| AtomicBool::new(false)).collect(),
-            backends,
+            set: arc_swap::ArcSwap::from_pointee(Set {
+                down: backends.iter().map(|_| AtomicBool::new(false)).collect(),
+                backends,
+            }),
             generation: AtomicU64::new(0),
             interval,
             timeout: timeout.min(interval.max(Duration::from_millis(1))),
@@ -49,11 +57,36 @@ impl HealthHub {
     }
 
     /// Each backend with whether it is up.
-    pub fn verdicts(&self) -> impl Iterator<Item = (&BackendAddr, bool)> {
-        self.backends
+    pub fn verdicts(&self) -> Vec<(BackendAddr, bool)> {
+        let set = self.set.load();
+        set.backends
             .iter()
-            .zip(&self.down)
-            .map(|(b, d)| (b, !d.load(Ordering::Acquire)))
+            .zip(&set.down)
+            .map(|(b, d)| (b.clone(), !d.load(Ordering::Acquire)))
+            .collect()
+    }
+
+    /// Checks `backends` from now on (a reload changed them): a backend
+    /// that stays keeps its verdict, a new one starts up. The workers are
+    /// told at the next change of a verdict or of the set.
+    pub fn set_backends(&self, backends: Vec<BackendAddr>) {
+        let old = self.set.load();
+        if old.backends == backends {
+            return;
+        }
+        let down = backends
+            .iter()
+            .map(|b| {
+                let was = old
+                    .backends
+                    .iter()
+                    .position(|x| x == b)
+                    .is_some_and(|i| old.down[i].load(Ordering::Acquire));
+                AtomicBool::new(was)
+            })
+            .collect();
+        self.set.store(Arc::new(Set { backends, down }));
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Starts the checker thread; verdict changes wake `wakes`.
@@ -66,18 +99,34 @@ impl HealthHub {
     }
 
     fn run(&self, wakes: &[Arc<WakeFd>]) {
-        let mut streak: Vec<(u32, u32)> = vec![(0, 0); self.backends.len()];
+        let mut set = self.set.load_full();
+        let mut streak: Vec<(u32, u32)> = vec![(0, 0); set.backends.len()];
         loop {
+            let now = self.set.load_full();
+            if !Arc::ptr_eq(&now, &set) {
+                // A reload changed the backends: streaks of those that stay.
+                streak = now
+                    .backends
+                    .iter()
+                    .map(|b| {
+                        set.backends
+                            .iter()
+                            .position(|x| x == b)
+                            .map_or((0, 0), |i| streak[i])
+                    })
+                    .collect();
+                set = now;
+            }
             let mut changed = false;
-            for (i, b) in self.backends.iter().enumerate() {
+            for (i, b) in set.backends.iter().enumerate() {
                 let ok = self.check(b);
                 let (fails, oks) = &mut streak[i];
-                let down = self.down[i].load(Ordering::Relaxed);
+                let down = set.down[i].load(Ordering::Relaxed);
                 if ok {
                     *fails = 0;
                     *oks += 1;
                     if down && *oks >= RISE {
-                        self.down[i].store(false, Ordering::Release);
+                        set.down[i].store(false, Ordering::Release);
                         tracing::warn!(backend = %b, "health check: backend up");
                         changed = true;
                     }
@@ -85,7 +134,7 @@ impl HealthHub {
                     *oks = 0;
                     *fails += 1;
                     if !down && *fails >= FALL {
-                        self.down[i].store(true, Ordering::Release);
+                        set.down[i].store(true, Ordering::Release);
                         tracing::warn!(backend = %b, "health check: backend down");
                         changed = true;
                     }
@@ -106,5 +155,30 @@ impl HealthHub {
             BackendAddr::Tcp(a) => TcpStream::connect_timeout(a, self.timeout).is_ok(),
             BackendAddr::Unix(p) => UnixStream::connect(&**p).is_ok(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_backend_set_keeps_the_verdicts_of_those_that_stay() {
+        let a = BackendAddr::Tcp(([127, 0, 0, 1], 1).into());
+        let b = BackendAddr::Tcp(([127, 0, 0, 1], 2).into());
+        let c = BackendAddr::Tcp(([127, 0, 0, 1], 3).into());
+        let hub = HealthHub::new(
+            vec![a.clone(), b.clone()],
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        );
+        hub.set.load().down[1].store(true, Ordering::Release);
+        let g = hub.generation();
+        hub.set_backends(vec![b.clone(), c.clone()]);
+        assert_eq!(hub.verdicts(), vec![(b.clone(), false), (c.clone(), true)]);
+        assert!(hub.generation() > g);
+        let g = hub.generation();
+        hub.set_backends(vec![b, c]);
+        assert_eq!(hub.generation(), g, "the same set changes nothing");
     }
 }

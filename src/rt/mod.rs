@@ -4,7 +4,9 @@
 //!   plain completion loop;
 //! - `ring`: ring setup and the kernel probe; `bufring`: the provided read
 //!   buffers; `wake`: the eventfd other threads wake a worker with;
-//! - `listener`: SO_REUSEPORT listening sockets (socket2);
+//! - `listener`: SO_REUSEPORT listening sockets (socket2); `live`: what a
+//!   reload changes while workers run (backends, routes, frontends,
+//!   listeners) and the SIGHUP reload itself;
 //! - `conn`: the connection driver: submits what the connection machine
 //!   (`crate::conn`) asks for and feeds the completions back;
 //! - `ctx`: what a worker's connections share (worker context, signals);
@@ -29,13 +31,13 @@ pub mod handover;
 pub mod health;
 pub mod hist_hub;
 pub mod listener;
+pub mod live;
 pub mod notify;
 pub mod ocsp_fetch;
 pub mod ops;
 pub mod privdrop;
 pub mod reload;
 pub mod ring;
-pub mod routes;
 pub mod session_store;
 pub mod store;
 pub mod ticket_keys;
@@ -203,8 +205,9 @@ pub struct Server {
     pub offered: Vec<handover::Offered>,
     /// The access log, when on (reopen it on SIGHUP/SIGUSR1).
     pub access_log: Option<access_log::AccessLog>,
-    /// The backends' host names, to resolve again on reload (when any).
-    pub routes: Option<Arc<routes::RouteHub>>,
+    /// What reloads change live (backends, routes, frontends' settings,
+    /// listeners); [`live::ConfigReloader`] publishes there.
+    pub live: Arc<live::LiveHub>,
 }
 
 impl Server {
@@ -220,10 +223,7 @@ impl Server {
 
 /// Binds every socket, starts every worker, and returns once all serve.
 /// `tls` is swapped on reload; each new connection takes the current one.
-pub fn start(
-    config: &Config,
-    tls: Arc<arc_swap::ArcSwap<rustls::ServerConfig>>,
-) -> Result<Server, StartError> {
+pub fn start(config: &Config, tls: reload::TlsSet) -> Result<Server, StartError> {
     start_inherited(config, tls, Vec::new(), None)
 }
 
@@ -232,16 +232,24 @@ pub fn start(
 /// rest. See [`listener::adopt`].
 pub fn start_inherited(
     config: &Config,
-    tls: Arc<arc_swap::ArcSwap<rustls::ServerConfig>>,
+    tls: reload::TlsSet,
     inherited: Vec<std::net::TcpListener>,
     inherited_admin: Option<std::net::TcpListener>,
 ) -> Result<Server, StartError> {
     let workers = config.workers();
     // Host names resolve before anything is bound: a name that does not is
     // a clear startup error.
-    let routes = resolve_routes(&config.routes)?;
-    for b in routes.distinct() {
-        tracing::debug!(backend = %b, "backend");
+    let tables = config
+        .frontends
+        .iter()
+        .map(|f| resolve_routes(&f.routes))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut all_backends: Vec<crate::route::BackendAddr> = Vec::new();
+    for b in tables.iter().flat_map(|t| t.distinct()) {
+        if !all_backends.contains(&b) {
+            tracing::debug!(backend = %b, "backend");
+            all_backends.push(b);
+        }
     }
     let access_log = match &config.access_log {
         Some(target) => {
@@ -264,7 +272,7 @@ pub fn start_inherited(
     };
     let health = (config.health_check_interval_ms > 0).then(|| {
         health::HealthHub::new(
-            routes.distinct(),
+            all_backends.clone(),
             std::time::Duration::from_millis(config.health_check_interval_ms),
             std::time::Duration::from_millis(config.connect_timeout_ms),
         )
@@ -276,21 +284,39 @@ pub fn start_inherited(
     let store = store_spec(config)?;
     // Bind everything on this thread first: a port in use is a clear error
     // before any worker starts.
-    let mut per_worker: Vec<Vec<std::net::TcpListener>> =
+    let mut per_worker: Vec<Vec<(std::net::TcpListener, u64)>> =
         (0..workers).map(|_| Vec::new()).collect();
     let mut bound = Vec::new();
+    let mut groups = Vec::new();
     let mut offered = Vec::new();
-    for &addr in &config.listen {
+    // Each group's duplicates, for a hand-over after a reload changed the
+    // listeners (dropped when upgrades are off).
+    let mut group_offers = Vec::new();
+    let addrs = config
+        .frontends
+        .iter()
+        .enumerate()
+        .flat_map(|(f, fe)| fe.listen.iter().map(move |a| (f, *a)));
+    for (group, (frontend, addr)) in addrs.enumerate() {
+        let group = group as u64;
         let listeners = match inherited.take(addr) {
             Some(taken) => listener::adopt(taken, workers, config.backlog),
             None => listener::bind_all(addr, workers, config.backlog),
         }
         .map_err(|source| StartError::Bind { addr, source })?;
-        bound.push(
-            listeners[0]
-                .local_addr()
-                .map_err(|source| StartError::Bind { addr, source })?,
-        );
+        let local = listeners[0]
+            .local_addr()
+            .map_err(|source| StartError::Bind { addr, source })?;
+        bound.push(local);
+        groups.push(live::ListenerGroup::started(group, addr, local, frontend));
+        let mut dups = Vec::new();
+        for l in &listeners {
+            let dup = l
+                .try_clone()
+                .map_err(|source| StartError::Bind { addr, source })?;
+            dups.push(std::os::fd::OwnedFd::from(dup));
+        }
+        group_offers.push((group, dups));
         for (i, l) in listeners.into_iter().enumerate() {
             let dup = l
                 .try_clone()
@@ -300,7 +326,7 @@ pub fn start_inherited(
                 fd: dup.into(),
             });
             // Adopted sockets may outnumber the workers: none is closed.
-            per_worker[i % workers].push(l);
+            per_worker[i % workers].push((l, group));
         }
     }
     inherited.close_unused();
@@ -312,10 +338,13 @@ pub fn start_inherited(
         .collect::<Result<_, _>>()
         .map_err(StartError::Thread)?;
     let histograms = hist_hub::HistHub::new(wakes.clone());
-    let route_hub = config
-        .routes
-        .has_names()
-        .then(|| routes::RouteHub::new(config.routes.clone(), routes.clone(), wakes.clone()));
+    let live_hub = live::LiveHub::new(
+        live::Live::new(config, tables, groups),
+        config.frontends.iter().map(|f| f.routes.clone()).collect(),
+        wakes.clone(),
+        health.clone(),
+    );
+    live_hub.set_offers(group_offers);
     let admin_listener = match config.admin {
         Some(addr) => {
             let l = match inherited_admin.filter(|l| {
@@ -370,22 +399,15 @@ pub fn start_inherited(
             cpu: config.pins[id],
             listeners,
             tls: tls.clone(),
-            routes: routes.clone(),
+            live: live_hub.clone(),
             access_log: access_log
                 .as_ref()
                 .map(|l| l.for_worker(id, counters[id].clone())),
             health: health.clone(),
-            route_hub: route_hub.clone(),
             buffer_size: config.buffer_size,
             ring_entries: config.ring_entries,
             read_buffers: config.read_buffers,
             sqpoll_idle_ms: config.sqpoll_idle_ms,
-            handshake_timeout_ms: config.handshake_timeout_ms,
-            connect_timeout_ms: config.connect_timeout_ms,
-            idle_timeout_ms: config.idle_timeout_ms,
-            proxy_out: config.proxy_protocol,
-            accept_proxy: config.accept_proxy,
-            max_connections: config.max_connections,
             drain: drain_hub.clone(),
             counters: counters[id].clone(),
             histograms: histograms.clone(),
@@ -411,7 +433,7 @@ pub fn start_inherited(
         h.start(wakes.clone()).map_err(StartError::Thread)?;
     }
     Ok(Server {
-        routes: route_hub,
+        live: live_hub,
         access_log,
         listen: bound,
         admin,

@@ -70,15 +70,63 @@ pub fn now_unix() -> u64 {
 /// Re-reads the configuration (the config file and the flags) on reload.
 pub type ConfigSource = Box<dyn Fn() -> Result<Config, String> + Send + Sync>;
 
-struct State {
-    config: Config,
-    loaded: Loaded,
+/// One frontend's TLS configuration.
+#[derive(Debug, Clone)]
+pub struct FrontendTls {
+    /// The configuration its connections take.
+    pub config: Arc<ServerConfig>,
+    /// Its session tag, when it has one: with several frontends, or with
+    /// mutual TLS, its sessions are its own (see [`crate::tls::isolation`]).
+    pub isolate: Option<String>,
 }
 
-/// Holds the current TLS configuration and rebuilds it.
+/// Every frontend's TLS configuration (by frontend index), swapped whole on
+/// reload; each new connection takes its frontend's.
+pub type TlsSet = Arc<ArcSwap<Vec<FrontendTls>>>;
+
+/// Frontend `i`'s session parts: with several frontends, or with mutual
+/// TLS, its tickets and cache keys carry its session tag, so that no
+/// session crosses frontends or client-certificate policies.
+fn resumption_for(
+    parts: &ResumptionParts,
+    config: &Config,
+    i: usize,
+    files: &dyn FileSource,
+) -> (ResumptionParts, Option<String>) {
+    use crate::tls::isolation::{session_tag, FrontendStore, FrontendTicketer};
+    let f = &config.frontends[i];
+    let ca = f.tls.client_ca.as_ref().map(|path| {
+        (
+            files.read(path).unwrap_or_default(),
+            f.tls.client_auth_required,
+        )
+    });
+    let name = (config.frontends.len() > 1).then_some(f.name.as_str());
+    let Some(tag) = session_tag(name, ca.as_ref().map(|(b, r)| (b.as_slice(), *r))) else {
+        return (parts.clone(), None);
+    };
+    let parts = ResumptionParts {
+        storage: parts.storage.clone().map(|s| {
+            Arc::new(FrontendStore::new(s, &tag)) as Arc<dyn rustls::server::StoresServerSessions>
+        }),
+        ticketer: parts.ticketer.clone().map(|t| {
+            Arc::new(FrontendTicketer::new(t, &tag)) as Arc<dyn rustls::server::ProducesTickets>
+        }),
+        tls13_tickets: parts.tls13_tickets,
+    };
+    (parts, Some(tag))
+}
+
+struct State {
+    config: Config,
+    /// Each frontend's certificates, by frontend index.
+    loaded: Vec<Loaded>,
+}
+
+/// Holds the current TLS configurations and rebuilds them.
 pub struct TlsReloader {
     state: Mutex<State>,
-    tls: Arc<ArcSwap<ServerConfig>>,
+    tls: TlsSet,
     files: DiskFiles,
     resumption: ResumptionParts,
     config_source: Option<ConfigSource>,
@@ -87,7 +135,7 @@ pub struct TlsReloader {
 /// What a successful reload did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReloadReport {
-    /// Certificates now served.
+    /// Certificates now served (over every frontend).
     pub certificates: usize,
     /// OCSP responses now stapled.
     pub stapled: usize,
@@ -95,41 +143,87 @@ pub struct ReloadReport {
     pub skipped: Vec<String>,
 }
 
+/// Certificates loaded and TLS configurations built for a configuration,
+/// not yet in use ([`TlsReloader::prepare`], [`TlsReloader::commit`]).
+pub struct Prepared {
+    config: Config,
+    loaded: Vec<Loaded>,
+    servers: Vec<FrontendTls>,
+}
+
+/// Every frontend's certificates, one after the other (for gauges and the
+/// OCSP fetcher).
+fn all_certs(loaded: &[Loaded]) -> Loaded {
+    Loaded {
+        certs: loaded.iter().flat_map(|l| l.certs.clone()).collect(),
+        skipped: loaded.iter().flat_map(|l| l.skipped.clone()).collect(),
+    }
+}
+
+/// Loads and builds every frontend of `config`. On reload, frontend `i`'s
+/// previous certificates are those of the frontend of the same name.
+fn load_all(
+    config: &Config,
+    files: &DiskFiles,
+    resumption: &ResumptionParts,
+    mode: LoadMode,
+    previous: Option<(&Config, &[Loaded])>,
+) -> Result<(Vec<Loaded>, Vec<FrontendTls>), loader::LoadError> {
+    let now = now_unix();
+    let mut loaded = Vec::with_capacity(config.frontends.len());
+    let mut servers = Vec::with_capacity(config.frontends.len());
+    for (i, f) in config.frontends.iter().enumerate() {
+        let view = config.for_frontend(i);
+        let before = previous.and_then(|(c, l)| {
+            let j = c.frontends.iter().position(|p| p.name == f.name)?;
+            l.get(j)
+        });
+        let l = loader::load(&view, files, now, mode, before)?;
+        let (parts, isolate) = resumption_for(resumption, config, i, files);
+        servers.push(FrontendTls {
+            config: loader::build(&view, &l, files, parts)?,
+            isolate,
+        });
+        loaded.push(l);
+    }
+    Ok((loaded, servers))
+}
+
 impl TlsReloader {
     /// Loads everything for `config` (every bad file is an error naming
-    /// it) and builds the first `ServerConfig`. `config_source` re-reads
-    /// the configuration on reload; without it a reload re-reads the files
-    /// of `config`.
+    /// it) and builds each frontend's first `ServerConfig`. `config_source`
+    /// re-reads the configuration on [`TlsReloader::reload`]; without it a
+    /// reload re-reads the files of `config`.
     pub fn new(
         config: &Config,
         files: DiskFiles,
         resumption: ResumptionParts,
         config_source: Option<ConfigSource>,
     ) -> Result<Self, loader::LoadError> {
-        let loaded = loader::load(config, &files, now_unix(), LoadMode::Start, None)?;
-        let server = loader::build(config, &loaded, &files, resumption.clone())?;
-        warn_ocsp(None, &loaded);
-        process::global().set_certs(process::cert_gauges(&loaded));
+        let (loaded, servers) = load_all(config, &files, &resumption, LoadMode::Start, None)?;
+        let all = all_certs(&loaded);
+        warn_ocsp(None, &all);
+        process::global().set_certs(process::cert_gauges(&all));
         Ok(Self {
             state: Mutex::new(State {
                 config: config.clone(),
                 loaded,
             }),
-            tls: Arc::new(ArcSwap::new(server)),
+            tls: Arc::new(ArcSwap::from_pointee(servers)),
             files,
             resumption,
             config_source,
         })
     }
 
-    /// The configuration each new connection takes.
-    pub fn tls(&self) -> Arc<ArcSwap<ServerConfig>> {
+    /// The configurations each new connection takes (by frontend).
+    pub fn tls(&self) -> TlsSet {
         self.tls.clone()
     }
 
-    /// The certificates as last loaded.
+    /// The certificates as last loaded, every frontend's.
     pub fn loaded(&self) -> Loaded {
-        self.lock().loaded.clone()
+        all_certs(&self.lock().loaded)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -138,10 +232,57 @@ impl TlsReloader {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// SIGHUP: re-reads the configuration, certificates, OCSP responses and
-    /// client CA, and swaps the new `ServerConfig` in. On error the old one
-    /// stays. Counted in `ringterm_reloads_total{result}`; skipped
-    /// certificate files are warned about and counted.
+    /// Loads the certificates, OCSP responses and client CAs of `config`
+    /// (a bad certificate-folder file is skipped, its previous version
+    /// kept) and builds each frontend's `ServerConfig`, without using
+    /// them yet.
+    pub fn prepare(&self, config: &Config) -> Result<Prepared, String> {
+        let state = self.lock();
+        let (loaded, servers) = load_all(
+            config,
+            &self.files,
+            &self.resumption,
+            LoadMode::Reload,
+            Some((&state.config, &state.loaded)),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Prepared {
+            config: config.clone(),
+            loaded,
+            servers,
+        })
+    }
+
+    /// Puts `prepared` in use: new connections take its configurations.
+    /// Skipped files and newly rejected OCSP responses are warned about and
+    /// counted.
+    pub fn commit(&self, prepared: Prepared) -> ReloadReport {
+        let mut state = self.lock();
+        let all = all_certs(&prepared.loaded);
+        for skipped in &all.skipped {
+            tracing::warn!("reload: skipped certificate file {skipped} (its previous version, if any, keeps serving)");
+        }
+        process::global().files_skipped(all.skipped.len() as u64);
+        warn_ocsp(Some(&all_certs(&state.loaded)), &all);
+        process::global().set_certs(process::cert_gauges(&all));
+        self.tls.store(Arc::new(prepared.servers));
+        let report = ReloadReport {
+            certificates: all.certs.len(),
+            stapled: stapled(&all),
+            skipped: all.skipped,
+        };
+        *state = State {
+            config: prepared.config,
+            loaded: prepared.loaded,
+        };
+        report
+    }
+
+    /// Re-reads the configuration (through the source given at start),
+    /// the certificates, OCSP responses and client CAs, and swaps the new
+    /// configurations in. On error the old ones stay. Counted in
+    /// `ringterm_reloads_total{result}`. (The server's SIGHUP reloads
+    /// everything through [`super::live::ConfigReloader`].)
     pub fn reload(&self) -> Result<ReloadReport, String> {
         let result = self.try_reload();
         process::global().reload_done(result.is_ok(), now_unix());
@@ -149,35 +290,12 @@ impl TlsReloader {
     }
 
     fn try_reload(&self) -> Result<ReloadReport, String> {
-        let mut state = self.lock();
         let config = match &self.config_source {
             Some(source) => source()?,
-            None => state.config.clone(),
+            None => self.lock().config.clone(),
         };
-        let loaded = loader::load(
-            &config,
-            &self.files,
-            now_unix(),
-            LoadMode::Reload,
-            Some(&state.loaded),
-        )
-        .map_err(|e| e.to_string())?;
-        let server = loader::build(&config, &loaded, &self.files, self.resumption.clone())
-            .map_err(|e| e.to_string())?;
-        for skipped in &loaded.skipped {
-            tracing::warn!("reload: skipped certificate file {skipped} (its previous version, if any, keeps serving)");
-        }
-        process::global().files_skipped(loaded.skipped.len() as u64);
-        warn_ocsp(Some(&state.loaded), &loaded);
-        process::global().set_certs(process::cert_gauges(&loaded));
-        self.tls.store(server);
-        let report = ReloadReport {
-            certificates: loaded.certs.len(),
-            stapled: stapled(&loaded),
-            skipped: loaded.skipped.clone(),
-        };
-        *state = State { config, loaded };
-        Ok(report)
+        let prepared = self.prepare(&config)?;
+        Ok(self.commit(prepared))
     }
 
     /// The OCSP timer's step: re-reads and re-checks every response at the
@@ -185,34 +303,38 @@ impl TlsReloader {
     /// whether it did.
     pub fn refresh_ocsp(&self) -> bool {
         let mut state = self.lock();
-        let refreshed = loader::refresh_ocsp(&state.loaded, &self.files, now_unix());
-        let changed = refreshed
-            .certs
+        let now = now_unix();
+        let refreshed: Vec<Loaded> = state
+            .loaded
             .iter()
-            .zip(&state.loaded.certs)
-            .any(|(a, b)| a.ocsp != b.ocsp);
+            .map(|l| loader::refresh_ocsp(l, &self.files, now))
+            .collect();
+        let changed = refreshed
+            .iter()
+            .zip(&state.loaded)
+            .any(|(n, o)| n.certs.iter().zip(&o.certs).any(|(a, b)| a.ocsp != b.ocsp));
         if !changed {
             return false;
         }
-        match loader::build(
-            &state.config,
-            &refreshed,
-            &self.files,
-            self.resumption.clone(),
-        ) {
-            Ok(server) => {
-                warn_ocsp(Some(&state.loaded), &refreshed);
-                process::global().set_certs(process::cert_gauges(&refreshed));
-                self.tls.store(server);
-                tracing::info!(stapled = stapled(&refreshed), "OCSP responses refreshed");
-                state.loaded = refreshed;
-                true
-            }
-            Err(e) => {
-                tracing::warn!("OCSP refresh: rebuilding the TLS configuration failed: {e}");
-                false
+        let mut servers = Vec::with_capacity(refreshed.len());
+        for (i, l) in refreshed.iter().enumerate() {
+            let view = state.config.for_frontend(i);
+            let (parts, isolate) = resumption_for(&self.resumption, &state.config, i, &self.files);
+            match loader::build(&view, l, &self.files, parts) {
+                Ok(config) => servers.push(FrontendTls { config, isolate }),
+                Err(e) => {
+                    tracing::warn!("OCSP refresh: rebuilding the TLS configuration failed: {e}");
+                    return false;
+                }
             }
         }
+        let all = all_certs(&refreshed);
+        warn_ocsp(Some(&all_certs(&state.loaded)), &all);
+        process::global().set_certs(process::cert_gauges(&all));
+        self.tls.store(Arc::new(servers));
+        tracing::info!(stapled = stapled(&all), "OCSP responses refreshed");
+        state.loaded = refreshed;
+        true
     }
 
     /// The OCSP refresh period in force, seconds.
@@ -228,8 +350,8 @@ impl TlsReloader {
         let now = now_unix();
         let soonest = state
             .loaded
-            .certs
             .iter()
+            .flat_map(|l| &l.certs)
             .filter_map(|c| match &c.ocsp {
                 loader::OcspState::Stapled { validity, .. } => {
                     Some(validity.next_update.saturating_sub(now))
@@ -289,9 +411,15 @@ pub enum CheckError {
 pub fn check(config: &Config) -> Result<String, CheckError> {
     let files = DiskFiles::default();
     let now = now_unix();
-    let loaded =
-        loader::load(config, &files, now, LoadMode::Start, None).map_err(CheckError::Load)?;
-    loader::build(config, &loaded, &files, ResumptionParts::default()).map_err(CheckError::Load)?;
+    let mut summaries = Vec::with_capacity(config.frontends.len());
+    for i in 0..config.frontends.len() {
+        let view = config.for_frontend(i);
+        let loaded =
+            loader::load(&view, &files, now, LoadMode::Start, None).map_err(CheckError::Load)?;
+        loader::build(&view, &loaded, &files, ResumptionParts::default())
+            .map_err(CheckError::Load)?;
+        summaries.push(loader::summary(&view, &loaded, now));
+    }
     if !config.ticket_key_files.is_empty() {
         super::ticket_keys::load_keys(&config.ticket_key_files).map_err(CheckError::Other)?;
     }
@@ -306,6 +434,19 @@ pub fn check(config: &Config) -> Result<String, CheckError> {
             .map_err(|e| CheckError::Other(format!("--admin {addr}: {e}")))?;
     }
     // Backend host names resolve (as at start).
-    super::resolve_routes(&config.routes).map_err(|e| CheckError::Other(e.to_string()))?;
-    Ok(loader::summary(config, &loaded, now))
+    for f in &config.frontends {
+        super::resolve_routes(&f.routes).map_err(|e| CheckError::Other(e.to_string()))?;
+    }
+    if config.frontends.len() == 1 && config.frontends[0].name == "default" {
+        return Ok(summaries.remove(0));
+    }
+    // Frontend tables: each one's summary under its name.
+    let mut out = format!("frontends: {}\n", config.frontends.len());
+    for (f, summary) in config.frontends.iter().zip(summaries) {
+        out.push_str(&format!("frontend {}:\n", f.name));
+        for line in summary.lines() {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
+    Ok(out)
 }

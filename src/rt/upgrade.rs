@@ -27,6 +27,8 @@ pub struct Upgrade {
     handle: Option<handover::Handle>,
     handed_over: Arc<AtomicU32>,
     stopping: Arc<AtomicBool>,
+    /// Holds the listeners' duplicates that reloads offer.
+    live: Option<Arc<super::live::LiveHub>>,
 }
 
 impl Upgrade {
@@ -38,6 +40,7 @@ impl Upgrade {
             handle: None,
             handed_over: Arc::new(AtomicU32::new(0)),
             stopping: Arc::new(AtomicBool::new(false)),
+            live: None,
         }
     }
 
@@ -47,11 +50,12 @@ impl Upgrade {
     pub fn start(
         &mut self,
         config: &Config,
-        tls: Arc<arc_swap::ArcSwap<rustls::ServerConfig>>,
+        tls: super::reload::TlsSet,
     ) -> Result<(Server, bool), StartError> {
         let Some(path) = self.path.clone() else {
             let mut server = super::start(config, tls)?;
             server.offered.clear();
+            server.live.drop_offers();
             return Ok((server, false));
         };
         let err = |source| StartError::Upgrade {
@@ -78,6 +82,14 @@ impl Upgrade {
             })
             .map_err(|e| err(e.into()))?,
         );
+        self.live = Some(server.live.clone());
+        if let Some(handle) = self.handle.clone() {
+            // A reload that adds or removes listen addresses changes what
+            // the next process is offered.
+            server
+                .live
+                .on_listeners_changed(Box::new(move |l| handle.replace_listeners(l)));
+        }
         if let Some(i) = &inherited {
             match i.confirm() {
                 Ok(()) => tracing::info!(
@@ -131,6 +143,11 @@ impl Upgrade {
         self.stopping.store(true, Ordering::Release);
         if let Some(h) = &self.handle {
             h.close();
+        }
+        if let Some(live) = &self.live {
+            // Else the duplicates keep the sockets open (and in the
+            // SO_REUSEPORT group) after the workers closed theirs.
+            live.drop_offers();
         }
         match self.handed_over.load(Ordering::Acquire) {
             0 => notify::stopping("draining"),

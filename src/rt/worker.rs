@@ -17,9 +17,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
-use rustls::ServerConfig;
 
 use super::bufring::BufRing;
 use super::conn::Slot;
@@ -33,7 +31,7 @@ use crate::conn::{ConnConfig, CLOSE_FLUSH};
 use crate::deadline::Deadlines;
 use crate::metrics::hist::Histograms;
 use crate::metrics::WorkerCounters;
-use crate::route::{Pools, RouteTable};
+use crate::route::Pools;
 use crate::session::cache::CacheConfig;
 
 /// How often the worker's timer looks at its deadlines while some exist.
@@ -42,6 +40,14 @@ const TIMER_TICK: Duration = Duration::from_millis(100);
 /// Back-off after a failed accept (EMFILE, ENFILE): fd exhaustion never
 /// spins.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The longest a loop turn's wait is stretched to collect the completions
+/// of sends that usually complete at once (see `Worker::enter`).
+const BATCH_WAIT: Duration = Duration::from_micros(500);
+
+/// Turns completion batching off, for A/B measurements
+/// (`RINGTERM_TEST_NO_BATCH=1`).
+pub const NO_BATCH_ENV: &str = "RINGTERM_TEST_NO_BATCH";
 
 /// Buffer group of the read buffers.
 const BGID: u16 = 1;
@@ -52,12 +58,14 @@ pub struct WorkerSpec {
     pub id: usize,
     /// CPU to pin to.
     pub cpu: usize,
-    /// This worker's listening sockets (already bound, SO_REUSEPORT).
-    pub listeners: Vec<std::net::TcpListener>,
-    /// TLS configuration.
-    pub tls: Arc<ArcSwap<ServerConfig>>,
-    /// Backends and per-SNI routes.
-    pub routes: RouteTable,
+    /// This worker's listening sockets (already bound, SO_REUSEPORT), each
+    /// with its listener group's id (see [`super::live::ListenerGroup`]).
+    pub listeners: Vec<(std::net::TcpListener, u64)>,
+    /// Each frontend's TLS configuration.
+    pub tls: super::reload::TlsSet,
+    /// Backends, routes, frontends' settings and listener groups (changed
+    /// by reloads).
+    pub live: Arc<super::live::LiveHub>,
     /// Relay buffer size: the size of each provided read buffer.
     pub buffer_size: usize,
     /// Ring entries.
@@ -66,18 +74,6 @@ pub struct WorkerSpec {
     pub read_buffers: u16,
     /// SQPOLL idle in ms.
     pub sqpoll_idle_ms: Option<u32>,
-    /// Handshake timeout.
-    pub handshake_timeout_ms: u64,
-    /// Connect timeout.
-    pub connect_timeout_ms: u64,
-    /// Idle timeout, ms; 0 = off.
-    pub idle_timeout_ms: u64,
-    /// Connection limit; 0 = unlimited.
-    pub max_connections: u64,
-    /// PROXY protocol header to send to backends.
-    pub proxy_out: Option<crate::proxy::Version>,
-    /// Expect a PROXY protocol header before the ClientHello.
-    pub accept_proxy: bool,
     /// Shutdown signalling shared with the main thread.
     pub drain: Arc<DrainHub>,
     /// Counters.
@@ -94,8 +90,6 @@ pub struct WorkerSpec {
     pub access_log: Option<super::access_log::WorkerLog>,
     /// Active health checks' verdicts, when they are on.
     pub health: Option<Arc<super::health::HealthHub>>,
-    /// Backend tables resolved again on reload, when names are used.
-    pub route_hub: Option<Arc<super::routes::RouteHub>>,
 }
 
 /// A worker's session cache settings.
@@ -118,6 +112,10 @@ pub(super) struct Listener {
     pub armed: bool,
     /// A back-off timeout is in flight.
     pub backoff: bool,
+    /// Its listener group (see [`super::live::ListenerGroup`]).
+    pub group: u64,
+    /// A reload removed its address: it closes once its accept ended.
+    pub retired: bool,
 }
 
 /// The worker's state. Field order matters for drop: the ring goes before
@@ -152,6 +150,34 @@ pub(super) struct Worker {
     /// The L2 session store connection (after the ring: its buffers
     /// outlive the ops that use them).
     pub(super) store: Option<super::store::Store>,
+    /// Loop turns so far (a send's completion in the turn right after the
+    /// one that queued it came at once).
+    pub(super) turn: u64,
+    /// Sends queued this turn whose completions the next wait also waits
+    /// for (see `Worker::count_batched_sends`).
+    pub(super) batch: usize,
+    /// What the last wait asked for, when it batched (else 0).
+    batched: usize,
+    /// How the kernel bounds such a wait, if it can.
+    batch_wait: BatchWait,
+    /// The fallback bound (a timeout), pointed to during the wait.
+    batch_ts: Box<types::Timespec>,
+    /// `TCP_NODELAY` goes as an io_uring op (until the kernel refuses it).
+    pub(super) uring_sockopt: bool,
+}
+
+/// How a batched wait is bounded (see `Worker::enter`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BatchWait {
+    /// No batching: every turn waits for one completion (SQPOLL, or a
+    /// kernel without `IORING_FEAT_EXT_ARG`).
+    Off,
+    /// `min_wait_usec` (Linux 6.12): after `BATCH_WAIT`, any completion
+    /// ends the wait.
+    MinWait,
+    /// A timeout (Linux 5.11): after `BATCH_WAIT` the wait ends, with or
+    /// without completions.
+    Timeout,
 }
 
 /// Runs a worker on the current thread until the process exits. `ready` is
@@ -185,37 +211,59 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String
     if spec.id == 0 {
         tracing::info!("{}", ring::describe(&setup));
     }
+    let batch_wait = if setup.sqpoll || std::env::var_os(NO_BATCH_ENV).is_some() {
+        BatchWait::Off
+    } else if ring.params().is_feature_min_timeout() {
+        BatchWait::MinWait
+    } else if ring.params().is_feature_ext_arg() {
+        BatchWait::Timeout
+    } else {
+        BatchWait::Off
+    };
     let sync_interval_ms = spec.cache.as_ref().map(|c| c.sync_interval_ms);
     if let Some(cache) = spec.cache {
         session_store::install(spec.id, cache.config, cache.hub, cache.epoch);
     }
     let epoch = Instant::now();
-    let mut pools = Pools::new(&spec.routes);
+    let seen = spec.live.generation();
+    let live = spec.live.load();
+    let mut pools = Pools::new_multi(&live.tables);
     pools.count_into(spec.counters.clone());
-    let frontends = spec.listeners.iter().map(|l| l.local_addr().ok()).collect();
+    let frontends = spec
+        .listeners
+        .iter()
+        .map(|(l, _)| l.local_addr().ok())
+        .collect();
+    let listener_frontend = spec
+        .listeners
+        .iter()
+        .map(|(_, g)| live.frontend_of(*g).unwrap_or(0))
+        .collect();
+    let base = ConnConfig {
+        accept_proxy: false,
+        proxy_out: None,
+        handshake_timeout: Duration::ZERO,
+        connect_timeout: Duration::ZERO,
+        idle_timeout: None,
+        buffer_size: spec.buffer_size,
+        close_flush: CLOSE_FLUSH,
+        epoch,
+        runtime_buffers: true,
+        session_lookup: spec.store.is_some(),
+        frontend: 0,
+    };
     let ctx = WorkerCtx {
         access_log: spec.access_log.map(RefCell::new),
         frontends,
+        listener_frontend,
         health: spec.health.map(|h| (h, Cell::new(0))),
-        route_hub: spec.route_hub.map(|h| (h, Cell::new(0))),
+        live: (spec.live, Cell::new(seen)),
         id: spec.id,
         tls: spec.tls,
-        local_tls: RefCell::new(None),
+        local_tls: RefCell::new(Vec::new()),
         pools: RefCell::new(pools),
-        conn: ConnConfig {
-            accept_proxy: spec.accept_proxy,
-            proxy_out: spec.proxy_out,
-            handshake_timeout: Duration::from_millis(spec.handshake_timeout_ms),
-            connect_timeout: Duration::from_millis(spec.connect_timeout_ms),
-            idle_timeout: (spec.idle_timeout_ms > 0)
-                .then(|| Duration::from_millis(spec.idle_timeout_ms)),
-            buffer_size: spec.buffer_size,
-            close_flush: CLOSE_FLUSH,
-            epoch,
-            runtime_buffers: true,
-            session_lookup: spec.store.is_some(),
-        },
-        max_connections: spec.max_connections,
+        conns: conn_configs(&live, &base),
+        max_connections: live.max_connections,
         counters: spec.counters,
         hist: RefCell::new(Histograms::new()),
         sync_interval_ms,
@@ -227,10 +275,12 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String
     let listeners = spec
         .listeners
         .into_iter()
-        .map(|l| Listener {
+        .map(|(l, group)| Listener {
             sock: Some(l),
             armed: false,
             backoff: false,
+            group,
+            retired: false,
         })
         .collect();
     let mut w = Worker {
@@ -257,6 +307,12 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String
         store: spec
             .store
             .map(|s| super::store::Store::new(s, Instant::now())),
+        turn: 0,
+        batch: 0,
+        batched: 0,
+        batch_wait,
+        batch_ts: Box::new(types::Timespec::from(BATCH_WAIT)),
+        uring_sockopt: true,
     };
     for i in 0..w.listeners.len() {
         w.arm_accept(i);
@@ -272,9 +328,11 @@ impl Worker {
     fn run_loop(&mut self) -> ! {
         let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(256);
         loop {
-            match self.ring.submit_and_wait(1) {
+            match self.enter() {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                // A batched wait's bound passed.
+                Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
                 // The completion queue is full: reap first.
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                     self.ctx.counters.ring_busy.inc();
@@ -294,6 +352,12 @@ impl Worker {
                     .completion()
                     .map(|c| (c.user_data(), c.result(), c.flags())),
             );
+            if self.batched > 0 {
+                self.ctx.counters.ring_batch_waits.inc();
+                if cqes.len() < self.batched {
+                    self.ctx.counters.ring_batch_short.inc();
+                }
+            }
             let now = Instant::now();
             for &(ud, res, flags) in &cqes {
                 self.dispatch(ud, res, flags, now);
@@ -310,6 +374,46 @@ impl Worker {
                     }
                     self.drive_touched(now);
                 }
+            }
+        }
+    }
+
+    /// Whether sends may be batched (see `Worker::count_batched_sends`).
+    pub(super) fn batching(&self) -> bool {
+        self.batch_wait != BatchWait::Off
+    }
+
+    /// The turn's one `io_uring_enter`: submits what the turn queued and
+    /// waits for a completion.
+    ///
+    /// A send to a socket with room completes inline, during the submit,
+    /// so a plain wait for one completion returns at once with nothing but
+    /// that send's completion, and a second `io_uring_enter` waits for the
+    /// real next event (the response, the next request): four calls per
+    /// keep-alive request instead of two. So when this turn queued sends
+    /// whose completions only give a buffer back (`self.batch` of them),
+    /// the wait asks for `1 + batch` completions. Should such a send not
+    /// complete at once (the peer's window is full), the wait is bounded
+    /// by `BATCH_WAIT`, after which any completion ends it, and that side
+    /// is not batched again until one of its sends completes at once.
+    fn enter(&mut self) -> std::io::Result<usize> {
+        let batch = std::mem::take(&mut self.batch);
+        self.turn += 1;
+        self.batched = 0;
+        if batch == 0 || self.batch_wait == BatchWait::Off {
+            return self.ring.submit_and_wait(1);
+        }
+        let want = 1 + batch;
+        self.batched = want;
+        match self.batch_wait {
+            BatchWait::Off => self.ring.submit_and_wait(1),
+            BatchWait::MinWait => {
+                let args = types::SubmitArgs::new().min_wait_usec(BATCH_WAIT.as_micros() as u32);
+                self.ring.submitter().submit_with_args(want, &args)
+            }
+            BatchWait::Timeout => {
+                let args = types::SubmitArgs::new().timespec(&self.batch_ts);
+                self.ring.submitter().submit_with_args(want, &args)
             }
         }
     }
@@ -336,6 +440,7 @@ impl Worker {
                 self.on_store_cqe(ud, res, now)
             }
             Tag::StoreCancel => {}
+            Tag::SockOpt => self.on_sockopt_failed(ud, res),
             _ => self.on_conn_cqe(ud, res, flags, now),
         }
     }
@@ -367,6 +472,10 @@ impl Worker {
             return;
         };
         let Some(sock) = &l.sock else { return };
+        if l.retired {
+            self.close_listener_now(i);
+            return;
+        }
         if l.armed || l.backoff {
             return;
         }
@@ -412,7 +521,7 @@ impl Worker {
             }
         }
         if !more {
-            if self.ctx.draining.get() {
+            if self.ctx.draining.get() || self.listeners.get(i).is_some_and(|l| l.retired) {
                 self.close_listener(i);
             } else {
                 self.arm_accept(i);
@@ -480,7 +589,9 @@ impl Worker {
         if let Some(sock) = l.sock.take() {
             drop(sock);
         }
-        if self.listeners.iter().all(|l| l.sock.is_none()) && !self.listeners_reported.replace(true)
+        if self.ctx.draining.get()
+            && self.listeners.iter().all(|l| l.sock.is_none())
+            && !self.listeners_reported.replace(true)
         {
             // Every listener is closed (the drain began): tell the main
             // thread; keep serving the open connections.
@@ -575,7 +686,7 @@ impl Worker {
 
     fn on_wake(&mut self, now: Instant) {
         self.arm_wake();
-        self.apply_routes();
+        self.apply_live();
         self.apply_health();
         if let Some(generation) = self.hist_hub.wanted_since(self.hist_answered) {
             self.hist_answered = generation;
@@ -652,22 +763,81 @@ impl Worker {
         }
     }
 
-    /// Takes the backend table resolved again, when it changed.
-    fn apply_routes(&mut self) {
-        let Some((hub, seen)) = &self.ctx.route_hub else {
-            return;
-        };
+    /// Takes what a reload (or host names resolved again) changed: the
+    /// backend tables, each frontend's connection settings, and the
+    /// listeners (new addresses start accepting; removed ones stop, their
+    /// established connections go on).
+    fn apply_live(&mut self) {
+        let (hub, seen) = &self.ctx.live;
         let generation = hub.generation();
         if seen.replace(generation) == generation {
             return;
         }
-        let table = hub.table();
-        self.ctx.pools.borrow_mut().update(&table);
+        let live = hub.load();
+        self.ctx.pools.borrow_mut().update_multi(&live.tables);
+        let base = self.ctx.conns[0].clone();
+        self.ctx.conns = conn_configs(&live, &base);
+        self.ctx.max_connections = live.max_connections;
+        // Listeners: retire those whose address went, add the new ones.
+        for i in 0..self.listeners.len() {
+            let l = &self.listeners[i];
+            if l.retired || l.sock.is_none() {
+                continue;
+            }
+            match live.frontend_of(l.group) {
+                Some(f) => self.ctx.listener_frontend[i] = f,
+                None => {
+                    self.listeners[i].retired = true;
+                    tracing::info!(
+                        worker = self.ctx.id,
+                        addr = ?self.ctx.frontends.get(i).copied().flatten(),
+                        "reload: listener removed; open connections go on"
+                    );
+                    if self.listeners[i].armed {
+                        self.cancel_accept(i);
+                    } else {
+                        self.close_listener_now(i);
+                    }
+                }
+            }
+        }
+        for g in &live.listeners {
+            if self.listeners.iter().any(|l| l.group == g.id) {
+                continue;
+            }
+            for sock in g.take_for(self.ctx.id) {
+                if self.ctx.draining.get() {
+                    // Stopping: a new address is not served (closed here).
+                    continue;
+                }
+                let i = self.listeners.len();
+                self.ctx.frontends.push(sock.local_addr().ok());
+                self.ctx.listener_frontend.push(g.frontend);
+                self.listeners.push(Listener {
+                    sock: Some(sock),
+                    armed: false,
+                    backoff: false,
+                    group: g.id,
+                    retired: false,
+                });
+                self.arm_accept(i);
+            }
+        }
         tracing::info!(
             worker = self.ctx.id,
-            backends = table.distinct().len(),
-            "backend addresses updated"
+            frontends = live.tables.len(),
+            backends = self.ctx.pools.borrow().backends().len(),
+            "reload: backends and listeners updated"
         );
+    }
+
+    /// Closes listener `i` (no accept in flight on it) outside a drain.
+    fn close_listener_now(&mut self, i: usize) {
+        if let Some(l) = self.listeners.get_mut(i) {
+            if !l.armed && !l.backoff {
+                l.sock = None;
+            }
+        }
     }
 
     /// Applies the health checks' verdicts, when they changed, to this
@@ -682,11 +852,35 @@ impl Worker {
         }
         let mut pools = self.ctx.pools.borrow_mut();
         for (backend, up) in hub.verdicts() {
-            pools.set_health(backend, up);
+            pools.set_health(&backend, up);
         }
         drop(pools);
         self.log_backend_events();
     }
+}
+
+/// Each frontend's connection settings: `base` (what every frontend
+/// shares) with the frontend's PROXY settings and the timeouts of `live`.
+fn conn_configs(live: &super::live::Live, base: &ConnConfig) -> Vec<ConnConfig> {
+    let ms = Duration::from_millis;
+    let mut out: Vec<ConnConfig> = live
+        .frontends
+        .iter()
+        .enumerate()
+        .map(|(i, f)| ConnConfig {
+            accept_proxy: f.accept_proxy,
+            proxy_out: f.proxy_out,
+            handshake_timeout: ms(live.handshake_timeout_ms),
+            connect_timeout: ms(live.connect_timeout_ms),
+            idle_timeout: (live.idle_timeout_ms > 0).then(|| ms(live.idle_timeout_ms)),
+            frontend: i,
+            ..base.clone()
+        })
+        .collect();
+    if out.is_empty() {
+        out.push(base.clone());
+    }
+    out
 }
 
 /// A free slot's index (a new one when none is free).

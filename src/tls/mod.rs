@@ -6,6 +6,7 @@
 mod alert;
 mod certs;
 pub mod hello;
+pub mod isolation;
 pub mod loader;
 pub mod ocsp;
 mod session;

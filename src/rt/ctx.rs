@@ -119,8 +119,9 @@ impl WorkerCtx {
                     };
                 }
                 if crate::session::stateful::is_stateful(&*mine.ticketer) {
+                    // Over this worker's store, isolated as the frontend's.
                     mine.ticketer = Arc::new(session_store::StatefulTickets::new(
-                        self.counters.clone(),
+                        mine.session_storage.clone(),
                         mine.ticketer.lifetime(),
                     ));
                 } else if mine.ticketer.enabled() {

@@ -110,6 +110,10 @@ fn resumption_for(
             Arc::new(FrontendStore::new(s, &tag)) as Arc<dyn rustls::server::StoresServerSessions>
         }),
         ticketer: parts.ticketer.clone().map(|t| {
+            // Stateful tickets are isolated by the store's keys.
+            if crate::session::stateful::is_stateful(&*t) {
+                return t;
+            }
             Arc::new(FrontendTicketer::new(t, &tag)) as Arc<dyn rustls::server::ProducesTickets>
         }),
         tls13_tickets: parts.tls13_tickets,

@@ -274,6 +274,12 @@ impl StoresServerSessions for WorkerStore {
     fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
         let found = with_local(|l| {
             let now = l.now_ms();
+            // rustls takes only TLS 1.3 tickets: a TLS 1.2 session under
+            // the same key (a client offering its session ID as a ticket)
+            // is neither resumed nor consumed.
+            if !stateful::may_take(l.cache.kind_of(key, now)) {
+                return None;
+            }
             let (value, msg) = l.cache.take(key, now);
             if let Some(msg) = msg {
                 l.hub.publish(l.id, msg);
@@ -295,15 +301,16 @@ impl StoresServerSessions for WorkerStore {
 
 /// TLS 1.3 stateful tickets made through rustls's ticketer hook, so that
 /// they advertise `--session-timeout` instead of rustls's fixed 24 h (see
-/// [`crate::session::stateful`]). Underneath it is the calling worker's
-/// [`WorkerStore`]: a TLS 1.3 session is put under a random
+/// [`crate::session::stateful`]). Underneath it is the worker's session
+/// store (its [`WorkerStore`], under the frontend's tag when sessions are
+/// isolated, `tls::isolation`): a TLS 1.3 session is put under a random
 /// [`stateful::ID_LEN`]-byte ID (and so reaches the other workers and the
 /// L2 store like any put) and the ID is the ticket; `decrypt` takes it out
 /// (single use, `GETDEL` in the L2 store). TLS 1.2 sessions get no ticket:
 /// rustls sends an empty NewSessionTicket and keeps the session ID
 /// resumption through the store.
 pub struct StatefulTickets {
-    store: WorkerStore,
+    store: Arc<dyn StoresServerSessions>,
     lifetime_s: u32,
 }
 
@@ -317,19 +324,16 @@ impl std::fmt::Debug for StatefulTickets {
 }
 
 impl StatefulTickets {
-    /// The ticketer of the worker that owns `counters`, advertising
-    /// `lifetime_s` seconds.
-    pub fn new(counters: Arc<WorkerCounters>, lifetime_s: u32) -> Self {
-        Self {
-            store: WorkerStore::new(counters),
-            lifetime_s,
-        }
+    /// A ticketer over the worker's session store `store` (the one in the
+    /// same configuration), advertising `lifetime_s` seconds.
+    pub fn new(store: Arc<dyn StoresServerSessions>, lifetime_s: u32) -> Self {
+        Self { store, lifetime_s }
     }
 
     /// One that counts nowhere: the shared configuration's, which each
     /// worker replaces with its own.
     pub fn unbound(lifetime_s: u32) -> Self {
-        Self::new(Arc::default(), lifetime_s)
+        Self::new(Arc::new(WorkerStore::unbound()), lifetime_s)
     }
 }
 
@@ -355,14 +359,6 @@ impl ProducesTickets for StatefulTickets {
         if ticket.len() != stateful::ID_LEN {
             // Not one of ours (a TLS 1.2 ticket from elsewhere, a stale
             // stateless one): no lookup, no miss counted.
-            return None;
-        }
-        let kind = with_local(|l| {
-            let now = l.now_ms();
-            l.cache.kind_of(ticket, now)
-        })
-        .flatten();
-        if !stateful::may_take(kind) {
             return None;
         }
         self.store.take(ticket)
@@ -394,7 +390,8 @@ mod tests {
     fn stateful_tickets_are_single_use_cache_keys_for_tls13_only() {
         installed();
         let counters = Arc::new(WorkerCounters::default());
-        let t = StatefulTickets::new(counters.clone(), 123);
+        let store = Arc::new(WorkerStore::new(counters.clone()));
+        let t = StatefulTickets::new(store.clone(), 123);
         assert!(t.enabled());
         assert_eq!(t.lifetime(), 123);
         assert!(stateful::is_stateful(&t));
@@ -424,16 +421,16 @@ mod tests {
 
         // A TLS 1.2 session ID offered as a ticket neither resumes nor
         // consumes the session: the session-ID path still finds it.
-        let store = WorkerStore::new(counters.clone());
         let sid = vec![7u8; 32];
         let v12 = value([3, 3], 3);
         assert!(store.put(sid.clone(), v12.clone()));
         assert_eq!(t.decrypt(&sid), None);
         assert_eq!(store.get(&sid), Some(v12));
         assert_eq!(counters.session_stateful_hits.get(), 1);
+        assert_eq!(counters.session_stateful_misses.get(), 2);
 
         // Tickets of another length are not ours: not even looked up.
         assert_eq!(t.decrypt(&[1; 100]), None);
-        assert_eq!(counters.session_stateful_misses.get(), 1);
+        assert_eq!(counters.session_stateful_misses.get(), 2);
     }
 }

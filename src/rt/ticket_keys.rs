@@ -94,7 +94,10 @@ pub fn start_rotation(ticketer: Arc<Ticketer>, period: Duration) -> std::io::Res
         .spawn(move || loop {
             std::thread::sleep(period);
             match TicketKey::random() {
-                Ok(key) => ticketer.rotate(key),
+                Ok(key) => {
+                    ticketer.rotate(key);
+                    tracing::debug!("ticket keys rotated");
+                }
                 Err(e) => tracing::error!("ticket key rotation failed: {e}"),
             }
         })

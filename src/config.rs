@@ -228,6 +228,9 @@ pub struct Settings {
     /// Active backend health checks every this many ms, 0 = off
     /// (`--health-check-interval`).
     pub health_check_interval: Option<u64>,
+    /// ACME: `[acme]`/`[[acme]]` tables or the `--acme-*` flags (see
+    /// [`crate::acme`]).
+    pub acme: Option<crate::acme::AcmeSetting>,
 }
 
 /// One `[[route]]` table.
@@ -385,6 +388,9 @@ impl Settings {
         self.client_ca.iter_mut().for_each(join);
         self.ticket_key_file.iter_mut().flatten().for_each(join);
         self.session_store_password_file.iter_mut().for_each(join);
+        if let Some(acme) = &mut self.acme {
+            acme.relative_to(dir);
+        }
         self
     }
 
@@ -473,6 +479,7 @@ impl Settings {
             access_log: over.access_log.or(self.access_log),
             access_log_format: over.access_log_format.or(self.access_log_format),
             health_check_interval: over.health_check_interval.or(self.health_check_interval),
+            acme: crate::acme::merge(self.acme, over.acme),
         }
     }
 
@@ -525,7 +532,8 @@ impl Settings {
         if let Some(bad) = cert_dirs.iter().find(|d| d.trim().is_empty()) {
             return Err(range("--cert-dir", bad, "must be a folder"));
         }
-        let certs = certs(self.cert, self.key, !cert_dirs.is_empty())?;
+        let acme = crate::acme::validate(self.acme)?;
+        let certs = certs(self.cert, self.key, !cert_dirs.is_empty() || acme.is_some())?;
         let ocsp_refresh_s = self.ocsp_refresh.unwrap_or(DEFAULT_OCSP_REFRESH_S);
         if !(1..=86_400).contains(&ocsp_refresh_s) {
             return Err(range(
@@ -715,6 +723,7 @@ impl Settings {
             ));
         }
         Ok(Config {
+            acme,
             access_log,
             access_log_json,
             health_check_interval_ms,
@@ -833,6 +842,7 @@ impl Layered {
             "cert-dir" => "cert-dirs",
             "no-tls12" => "tls12",
             "ocsp" | "cert/--key" => "cert",
+            k if k.starts_with("acme-") => "acme",
             k => k,
         };
         let file = self.file.as_deref()?;
@@ -928,6 +938,8 @@ pub struct Config {
     pub health_check_interval_ms: u64,
     /// Expect a PROXY protocol header (v1 or v2) before the ClientHello.
     pub accept_proxy: bool,
+    /// Certificates obtained and renewed with ACME, when on.
+    pub acme: Option<crate::acme::AcmeConfig>,
 }
 
 impl Config {
@@ -983,6 +995,14 @@ pub enum ConfigError {
         /// The file.
         file: String,
     },
+    /// An ACME setting is wrong (see [`crate::acme`]).
+    #[error("{flag}: {message}")]
+    Acme {
+        /// The flag.
+        flag: &'static str,
+        /// What is wrong.
+        message: String,
+    },
     /// The TOML file did not parse.
     #[error("{file}:{line}:{col}: {message}")]
     Toml {
@@ -1001,7 +1021,9 @@ impl ConfigError {
     /// The flag the error is about, when it is about one flag's value.
     pub fn flag(&self) -> Option<&'static str> {
         match self {
-            Self::InvalidAddr { flag, .. } | Self::OutOfRange { flag, .. } => Some(flag),
+            Self::InvalidAddr { flag, .. }
+            | Self::OutOfRange { flag, .. }
+            | Self::Acme { flag, .. } => Some(flag),
             Self::InvalidCpuList { .. } | Self::CpuNotAllowed(_) => Some("--cpus"),
             _ => None,
         }

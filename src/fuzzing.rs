@@ -192,6 +192,7 @@ fn drive_conn(config: &Arc<ServerConfig>, mut rest: &[u8], split: u8, flags: u8)
         epoch,
         runtime_buffers: false,
         session_lookup: false,
+        acme: None,
     };
     let backend_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
     let mut pools = Pools::new(&RouteTable::single(vec![backend_addr.into()], 0));

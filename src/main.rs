@@ -219,6 +219,9 @@ struct Cli {
     /// Expect a PROXY protocol v1/v2 header from a fronting L4 balancer.
     #[arg(long, global = true)]
     accept_proxy: bool,
+    /// ACME (`--acme-*`).
+    #[command(flatten)]
+    acme: ringterm::acme::AcmeArgs,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -296,6 +299,7 @@ impl Cli {
             access_log: self.access_log.clone(),
             access_log_format: self.access_log_format.clone(),
             health_check_interval: self.health_check_interval,
+            acme: self.acme.settings(),
         }
     }
 }
@@ -437,6 +441,11 @@ fn run(cli: Cli) -> Result<(), String> {
             load_layered(&cli).and_then(|l| l.validate(&allowed_cpus()))
         }))
     };
+    if let Some(acme) = &config.acme {
+        // The state folder (0700) and the CA file, before the certificates
+        // in it load.
+        ringterm::rt::acme::prepare(acme)?;
+    }
     let fetched = files.fetched.clone();
     let reloader = Arc::new(
         TlsReloader::new(&config, files, resumption, config_source)
@@ -467,6 +476,11 @@ fn run(cli: Cli) -> Result<(), String> {
         .start(&config, reloader.tls())
         .map_err(|e| e.to_string())?;
     log_started(&config, &server, mode);
+    if let Some(acme) = &config.acme {
+        // After the listeners: validations reach the TLS port.
+        ringterm::rt::acme::spawn(acme.clone(), reloader.clone())
+            .map_err(|e| format!("--acme-domain: ACME thread: {e}"))?;
+    }
     notify::ready(
         &format!(
             "serving {} listener(s) with {} workers",

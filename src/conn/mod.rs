@@ -199,6 +199,9 @@ pub enum End {
     IdleTimeout,
     /// Still open when the shutdown drain timed out.
     DrainCut,
+    /// An ACME TLS-ALPN-01 validation: closed after its handshake, never
+    /// relayed.
+    AcmeChallenge,
 }
 
 /// What happened to a connection, reported once at its end: the runtime
@@ -315,6 +318,9 @@ pub struct ConnConfig {
     /// An L2 session store is configured: ClientHellos that offer a stored
     /// session wait for a lookup ([`Op::LookupSession`]).
     pub session_lookup: bool,
+    /// ACME is on: ClientHellos offering `acme-tls/1` are answered from
+    /// these pending challenges ([`crate::tls::acme`]).
+    pub acme: Option<Arc<crate::tls::acme::AcmeChallenges>>,
 }
 
 /// Where the connection is: named after what it waits for.
@@ -479,8 +485,12 @@ impl Conn {
                 .cipher_suites
                 .iter()
                 .any(|s| s.tls13().is_some());
+        let mut session = TlsSession::new(tls)?;
+        if let Some(acme) = &cfg.acme {
+            session.set_acme(acme.clone());
+        }
         Ok(Self {
-            tls: TlsSession::new(tls)?,
+            tls: session,
             state,
             client: Sock {
                 read_size: FIRST_READ,
@@ -1089,6 +1099,17 @@ impl Conn {
     fn established(&mut self, status: Status, now: Instant) {
         self.out.handshake = self.tls.handshake_info();
         self.out.established_at = Some(now);
+        if self.tls.is_acme_challenge() {
+            // RFC 8737 §3: the validation only looks at the handshake.
+            // A close_notify, then the lingering close; nothing is relayed.
+            self.to_backend.clear();
+            let _ = self.tls.close(&mut self.to_client);
+            self.end = Some(End::AcmeChallenge);
+            self.state = State::Flushing;
+            self.phase_at = now;
+            self.linger = !self.client.eof;
+            return;
+        }
         if matches!(status, Status::PeerClosed | Status::Closed) {
             // A close_notify came with the client's Finished.
             self.client.eof = true;

@@ -573,6 +573,7 @@ pub(super) fn cfg() -> ConnConfig {
         epoch: Instant::now(),
         runtime_buffers: false,
         session_lookup: false,
+        acme: None,
     }
 }
 

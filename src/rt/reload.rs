@@ -143,16 +143,24 @@ impl TlsReloader {
     /// stays. Counted in `ringterm_reloads_total{result}`; skipped
     /// certificate files are warned about and counted.
     pub fn reload(&self) -> Result<ReloadReport, String> {
-        let result = self.try_reload();
+        let result = self.try_reload(true);
         process::global().reload_done(result.is_ok(), now_unix());
         result
     }
 
-    fn try_reload(&self) -> Result<ReloadReport, String> {
+    /// Loads the certificates again with the configuration in force (not
+    /// re-read) and swaps the result in, as a reload does: the ACME thread
+    /// calls it once a new certificate is in the state folder. Not counted
+    /// as a reload.
+    pub fn reload_certificates(&self) -> Result<ReloadReport, String> {
+        self.try_reload(false)
+    }
+
+    fn try_reload(&self, reread_config: bool) -> Result<ReloadReport, String> {
         let mut state = self.lock();
         let config = match &self.config_source {
-            Some(source) => source()?,
-            None => state.config.clone(),
+            Some(source) if reread_config => source()?,
+            _ => state.config.clone(),
         };
         let loaded = loader::load(
             &config,
@@ -307,5 +315,13 @@ pub fn check(config: &Config) -> Result<String, CheckError> {
     }
     // Backend host names resolve (as at start).
     super::resolve_routes(&config.routes).map_err(|e| CheckError::Other(e.to_string()))?;
-    Ok(loader::summary(config, &loaded, now))
+    let mut summary = loader::summary(config, &loaded, now);
+    if let Some(acme) = &config.acme {
+        summary.push_str(&crate::acme::summary(
+            acme,
+            &loader::acme_state(acme, &files),
+            now,
+        ));
+    }
+    Ok(summary)
 }

@@ -96,6 +96,8 @@ pub struct WorkerSpec {
     pub health: Option<Arc<super::health::HealthHub>>,
     /// Backend tables resolved again on reload, when names are used.
     pub route_hub: Option<Arc<super::routes::RouteHub>>,
+    /// Pending ACME TLS-ALPN-01 challenges, when ACME is on.
+    pub acme: Option<Arc<crate::tls::acme::AcmeChallenges>>,
 }
 
 /// A worker's session cache settings.
@@ -214,6 +216,7 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String
             epoch,
             runtime_buffers: true,
             session_lookup: spec.store.is_some(),
+            acme: spec.acme,
         },
         max_connections: spec.max_connections,
         counters: spec.counters,

@@ -172,6 +172,9 @@ pub fn load(
             }
         }
     }
+    if let Some(acme) = &config.acme {
+        load_acme(acme, files, &mut out)?;
+    }
     if out.certs.is_empty() {
         let dir = config.cert_dirs.join(", ");
         return Err(LoadError::new(
@@ -202,6 +205,115 @@ pub fn load(
         cert.ocsp = ocsp_state(cert, files, now, mode)?;
     }
     Ok(out)
+}
+
+/// The ACME certificates of the state folder, after the static ones
+/// (`--cert`, `--cert-dir`), each served for those of its names that ACME
+/// is configured for and no static certificate serves (a static one wins
+/// for the same name). A state file not there yet is skipped silently (the
+/// ACME thread obtains it); a bad one is listed in [`Loaded::skipped`],
+/// never an error (the ACME thread replaces it). With no certificate at
+/// all, a self-signed placeholder for the ACME names serves until the
+/// first one is obtained.
+fn load_acme(
+    acme: &crate::acme::AcmeConfig,
+    files: &dyn FileSource,
+    out: &mut Loaded,
+) -> Result<(), LoadError> {
+    let statics: std::collections::HashSet<String> = out
+        .certs
+        .iter()
+        .flat_map(|c| c.served_names.iter().cloned())
+        .collect();
+    for names in &acme.certs {
+        let path = acme.cert_file(names);
+        match files.read(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            _ => {}
+        }
+        let spec = CertFiles {
+            cert: path.clone(),
+            key: None,
+            names: Vec::new(),
+            ocsp: None,
+        };
+        match load_one(&spec, "--acme-state-dir", files) {
+            Ok(mut cert) => {
+                let served: Vec<String> = cert
+                    .served_names
+                    .iter()
+                    .filter(|n| names.contains(n) && !statics.contains(*n))
+                    .cloned()
+                    .collect();
+                if served.is_empty() {
+                    continue;
+                }
+                cert.names = served.clone();
+                cert.served_names = served;
+                out.certs.push(cert);
+            }
+            Err(e) => out.skipped.push(format!("{path}: {}", e.message)),
+        }
+    }
+    if out.certs.is_empty() {
+        let names: Vec<&str> = acme.certs.iter().flatten().map(String::as_str).collect();
+        let (cert, key) = super::generate_self_signed(&names)
+            .map_err(|e| LoadError::new("--acme-domain", "", e))?;
+        let mem = Placeholder(format!("{cert}{key}").into_bytes());
+        let spec = CertFiles {
+            cert: PLACEHOLDER.to_owned(),
+            key: None,
+            names: Vec::new(),
+            ocsp: None,
+        };
+        out.certs.push(load_one(&spec, "--acme-domain", &mem)?);
+    }
+    Ok(())
+}
+
+/// The file name of the ACME placeholder certificate.
+pub const PLACEHOLDER: &str = "(acme placeholder)";
+
+/// The placeholder's PEM, as a file.
+struct Placeholder(Vec<u8>);
+
+impl FileSource for Placeholder {
+    fn read(&self, _: &str) -> std::io::Result<Vec<u8>> {
+        Ok(self.0.clone())
+    }
+    fn pem_files(&self, _: &str) -> std::io::Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+}
+
+/// What the ACME state folder holds for each configured certificate: the
+/// DNS names and `notAfter` of its state file's certificate, or why there
+/// is none usable.
+pub fn acme_state(
+    acme: &crate::acme::AcmeConfig,
+    files: &dyn FileSource,
+) -> Vec<Result<(Vec<String>, u64), String>> {
+    acme.certs
+        .iter()
+        .map(|names| {
+            let path = acme.cert_file(names);
+            match files.read(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err("no certificate yet".to_owned())
+                }
+                _ => {}
+            }
+            let spec = CertFiles {
+                cert: path,
+                key: None,
+                names: Vec::new(),
+                ocsp: None,
+            };
+            load_one(&spec, "--acme-state-dir", files)
+                .map(|c| (c.served_names, c.not_after))
+                .map_err(|e| e.message)
+        })
+        .collect()
 }
 
 /// Re-reads and re-checks every certificate's OCSP response at `now`

@@ -252,6 +252,7 @@ impl Client {
             let digest = challenge.key_authorization().digest();
             let config = challenge_config(&name, digest.as_ref()).map_err(line)?;
             self.challenges.insert(&name, config);
+            tracing::info!("ACME: answering the tls-alpn-01 challenge for {name}");
             challenge.set_ready().await.map_err(line)?;
         }
         match order.poll_ready(&POLL).await.map_err(line)? {

@@ -22,7 +22,8 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use rustls::crypto::aws_lc_rs;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
-use rustls::server::NoServerSessionStorage;
+use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
 use super::hello::ACME_TLS_1;
@@ -98,19 +99,33 @@ pub fn challenge_cert(name: &str, digest: &[u8]) -> Result<(Vec<u8>, Vec<u8>), T
 pub fn challenge_config(name: &str, digest: &[u8]) -> Result<Arc<ServerConfig>, TlsError> {
     let (cert, key) = challenge_cert(name, digest)?;
     let provider = Arc::new(aws_lc_rs::default_provider());
+    // Not `with_single_cert`: it parses the certificate with webpki, which
+    // refuses the critical acmeIdentifier extension it does not know.
+    let signing = provider
+        .key_provider
+        .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)))
+        .map_err(|e| TlsError::CertKey(e.to_string()))?;
+    let certified = Arc::new(CertifiedKey::new(vec![cert.into()], signing));
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::CertKey(e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(
-            vec![cert.into()],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key)),
-        )
-        .map_err(|e| TlsError::CertKey(e.to_string()))?;
+        .with_cert_resolver(Arc::new(Always(certified)));
     config.alpn_protocols = vec![ACME_TLS_1.to_vec()];
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
+}
+
+/// Serves the challenge certificate whatever the ClientHello says (the
+/// configuration was chosen by its SNI already).
+#[derive(Debug)]
+struct Always(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for Always {
+    fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
 }
 
 #[cfg(test)]
@@ -132,8 +147,16 @@ mod tests {
         // An OCTET STRING of the 32-byte digest.
         assert_eq!(ext.value[..2], [0x04, 0x20]);
         assert_eq!(&ext.value[2..], &digest);
-        let names = super::super::sni::dns_names(&der.into()).unwrap();
-        assert_eq!(names, ["a.example.com"]);
+        let names: Vec<String> = cert
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(names, ["DNSName(a.example.com)"]);
     }
 
     /// Any verifier: the test looks at the certificate itself.

@@ -22,19 +22,27 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 const A: &str = "a.example.com";
 const B: &str = "b.example.com";
 
-/// A free loopback port (bound, then released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Free loopback ports, distinct (all bound at once, then released).
+fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().unwrap().port())
+}
+
+/// The pebble tests run one at a time: ports picked free and released are
+/// not taken by another test's pebble before they are bound.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// `pebble` and its DNS server, killed on drop.
 struct Pebble {
     pebble: Option<Child>,
     dns: Child,
+    /// The port pebble validates on: ringterm's listener.
+    tls_port: u16,
     /// The directory URL.
     directory: String,
     /// The management API.
@@ -46,10 +54,11 @@ struct Pebble {
 }
 
 impl Pebble {
-    /// Starts pebble validating TLS-ALPN-01 on `tls_port`, issuing
+    /// Starts pebble validating TLS-ALPN-01 on a free port (`tls_port`,
+    /// where ringterm is to listen), issuing
     /// certificates valid for `validity_s` seconds, its VA sleeping
     /// `va_sleep_s` seconds before each validation (0: none).
-    fn start(tls_port: u16, validity_s: u64, va_sleep_s: u64) -> Pebble {
+    fn start(validity_s: u64, va_sleep_s: u64) -> Pebble {
         let dir = tempfile::tempdir().unwrap();
         // A CA and pebble's HTTPS certificate for 127.0.0.1.
         let ca_key = rcgen::KeyPair::generate().unwrap();
@@ -69,7 +78,7 @@ impl Pebble {
         std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
         std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
 
-        let dns_port = free_port();
+        let [tls_port, dns_port, dns_mgmt, listen, management, http] = free_ports();
         let dns = Command::new("pebble-challtestsrv")
             .args([
                 "-dns01",
@@ -81,7 +90,7 @@ impl Pebble {
                 "-tlsalpn01",
                 "",
                 "-management",
-                &format!("127.0.0.1:{}", free_port()),
+                &format!("127.0.0.1:{dns_mgmt}"),
                 "-defaultIPv6",
                 "",
             ])
@@ -89,15 +98,15 @@ impl Pebble {
             .stderr(Stdio::null())
             .spawn()
             .expect("pebble-challtestsrv (Debian package pebble) must be installed");
-        let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let management = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let listen = SocketAddr::from(([127, 0, 0, 1], listen));
+        let management = SocketAddr::from(([127, 0, 0, 1], management));
         let config = serde_json::json!({
             "pebble": {
                 "listenAddress": listen.to_string(),
                 "managementListenAddress": management.to_string(),
                 "certificate": dir.path().join("cert.pem"),
                 "privateKey": dir.path().join("key.pem"),
-                "httpPort": free_port(),
+                "httpPort": http,
                 "tlsPort": tls_port,
                 "ocspResponderURL": "",
                 "externalAccountBindingRequired": false,
@@ -128,6 +137,7 @@ impl Pebble {
         });
         assert!(up, "pebble did not start listening");
         Pebble {
+            tls_port,
             pebble: Some(pebble),
             dns,
             directory: format!("https://{listen}/dir"),
@@ -287,9 +297,10 @@ fn terms_of_service_not_accepted_is_exit_64() {
 /// growing delay while the certificate keeps serving.
 #[test]
 fn issuance_restart_and_failure() {
-    let port = free_port();
+    let _serial = serial();
     let pebble_validity = 100 * 86_400;
-    let mut pebble = Pebble::start(port, pebble_validity, 0);
+    let mut pebble = Pebble::start(pebble_validity, 0);
+    let port = pebble.tls_port;
     let state = tempfile::tempdir().unwrap();
     let state_dir = state.path().join("acme");
     let echo = echo_backend();
@@ -404,11 +415,19 @@ fn issuance_restart_and_failure() {
 /// acme-tls/1 ClientHello for a name with no pending challenge is refused.
 #[test]
 fn proxying_while_a_challenge_is_pending() {
-    let port = free_port();
-    let pebble = Pebble::start(port, 100 * 86_400, 3);
+    let _serial = serial();
+    let pebble = Pebble::start(100 * 86_400, 3);
+    let port = pebble.tls_port;
     let state = tempfile::tempdir().unwrap();
     let echo = echo_backend();
-    let rt = start_acme(&pebble, port, state.path(), echo.addr, &[A], &[]);
+    let rt = start_acme(
+        &pebble,
+        port,
+        state.path(),
+        echo.addr,
+        &[A],
+        &["--alpn", "h2,http/1.1"],
+    );
     rt.wait_log(Duration::from_secs(30), |m| {
         m.contains("answering the tls-alpn-01 challenge for a.example.com")
     })
@@ -446,8 +465,9 @@ fn proxying_while_a_challenge_is_pending() {
 /// and new connections get the new certificate.
 #[test]
 fn renewal_while_streaming() {
-    let port = free_port();
-    let pebble = Pebble::start(port, 20, 0);
+    let _serial = serial();
+    let pebble = Pebble::start(20, 0);
+    let port = pebble.tls_port;
     let state = tempfile::tempdir().unwrap();
     let echo = echo_backend();
     let renew_before = format!("{}", 15.0 / 86_400.0);

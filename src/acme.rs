@@ -354,7 +354,8 @@ impl AcmeConfig {
     /// The account credentials file for this directory URL:
     /// `STATE/account-HASH.json` (another directory gets another account).
     pub fn account_file(&self) -> String {
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.directory.as_bytes());
+        let digest =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.directory.as_bytes());
         let hash: String = digest.as_ref()[..6]
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -414,8 +415,7 @@ pub fn summary(
         acme.directory,
         acme.state_dir,
         acme.renew_before_s as f64 / 86_400.0,
-        acme
-            .email
+        acme.email
             .as_ref()
             .map(|e| format!(", contact {e}"))
             .unwrap_or_default()
@@ -472,7 +472,10 @@ impl AcmeMetrics {
 
     /// Orders so far: (succeeded, failed).
     pub fn orders(&self) -> (u64, u64) {
-        (self.orders_ok.load(Relaxed), self.orders_failed.load(Relaxed))
+        (
+            self.orders_ok.load(Relaxed),
+            self.orders_failed.load(Relaxed),
+        )
     }
 
     /// Sets when each certificate's next order is due.
@@ -517,9 +520,12 @@ mod tests {
 
     #[test]
     fn defaults_and_names() {
-        let c = validate(Some(AcmeSetting::One(table(&["A.example.com", "b.example.com."]))))
-            .unwrap()
-            .unwrap();
+        let c = validate(Some(AcmeSetting::One(table(&[
+            "A.example.com",
+            "b.example.com.",
+        ]))))
+        .unwrap()
+        .unwrap();
         assert_eq!(c.certs, [vec!["a.example.com", "b.example.com"]]);
         assert_eq!(c.directory, LETS_ENCRYPT);
         assert_eq!(c.state_dir, DEFAULT_STATE_DIR);
@@ -528,7 +534,9 @@ mod tests {
             c.cert_file(&c.certs[0]),
             "/var/lib/ringterm/acme/certs/a.example.com.pem"
         );
-        assert!(c.account_file().starts_with("/var/lib/ringterm/acme/account-"));
+        assert!(c
+            .account_file()
+            .starts_with("/var/lib/ringterm/acme/account-"));
     }
 
     #[test]
@@ -537,7 +545,10 @@ mod tests {
         t.accept_tos = None;
         let e = validate(Some(AcmeSetting::One(t))).unwrap_err();
         assert_eq!(e.flag(), Some("--acme-accept-tos"));
-        assert!(e.to_string().starts_with("--acme-accept-tos: ACME needs"), "{e}");
+        assert!(
+            e.to_string().starts_with("--acme-accept-tos: ACME needs"),
+            "{e}"
+        );
         assert!(!e.to_string().contains('\n'));
     }
 
@@ -564,7 +575,10 @@ mod tests {
                 ..table(&["b.test"])
             },
         ]);
-        assert_eq!(validate(Some(two)).unwrap_err().flag(), Some("--acme-email"));
+        assert_eq!(
+            validate(Some(two)).unwrap_err().flag(),
+            Some("--acme-email")
+        );
     }
 
     #[test]

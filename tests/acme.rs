@@ -286,7 +286,9 @@ fn terms_of_service_not_accepted_is_exit_64() {
     let lines: Vec<&str> = out.stderr.lines().collect();
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert!(
-        lines[0].starts_with("ringterm: --acme-accept-tos: ACME needs the CA's terms of service accepted"),
+        lines[0].starts_with(
+            "ringterm: --acme-accept-tos: ACME needs the CA's terms of service accepted"
+        ),
         "{lines:?}"
     );
 }
@@ -350,9 +352,15 @@ fn issuance_restart_and_failure() {
         Duration::from_secs(10),
     );
     assert_eq!(check.status.code(), Some(0), "{check:?}");
-    assert!(check.stdout.contains("acme: directory https://"), "{}", check.stdout);
     assert!(
-        check.stdout.contains("acme a.example.com, b.example.com: expires"),
+        check.stdout.contains("acme: directory https://"),
+        "{}",
+        check.stdout
+    );
+    assert!(
+        check
+            .stdout
+            .contains("acme a.example.com, b.example.com: expires"),
         "{}",
         check.stdout
     );

@@ -125,12 +125,12 @@ impl Client {
     async fn run(mut self) {
         loop {
             let state = loader::acme_state(&self.acme, &DiskFiles::default());
-            for i in 0..self.acme.certs.len() {
-                if self.due(i, &state[i]) > now_unix() {
+            for (i, st) in state.iter().enumerate() {
+                if self.due(i, st) > now_unix() {
                     continue;
                 }
                 let names = self.acme.certs[i].clone();
-                if let Err(why) = &state[i] {
+                if let Err(why) = st {
                     tracing::info!(names = %names.join(","), "ACME: ordering a certificate ({why})");
                 } else {
                     tracing::info!(names = %names.join(","), "ACME: renewing the certificate");
@@ -299,10 +299,7 @@ impl Client {
             Ok(bytes) => {
                 let creds: AccountCredentials =
                     serde_json::from_slice(&bytes).map_err(|e| format!("{path}: {e}"))?;
-                builder()?
-                    .from_credentials(creds)
-                    .await
-                    .map_err(line)?
+                builder()?.from_credentials(creds).await.map_err(line)?
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let contact = self.acme.email.as_ref().map(|e| format!("mailto:{e}"));

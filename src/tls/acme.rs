@@ -220,14 +220,13 @@ mod tests {
         .unwrap();
         let mut session = super::super::TlsSession::new(server).unwrap();
         session.set_acme(challenges.clone());
-        let mut cc = rustls::ClientConfig::builder_with_provider(Arc::new(
-            aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Accept))
-        .with_no_client_auth();
+        let mut cc =
+            rustls::ClientConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(Accept))
+                .with_no_client_auth();
         cc.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
         let mut client = rustls::ClientConnection::new(Arc::new(cc), name).unwrap();

@@ -664,6 +664,61 @@ mod tests {
         .unwrap()
     }
 
+    fn combined_for(names: &[&str]) -> Vec<u8> {
+        let (cert, key) = crate::tls::generate_self_signed(names).unwrap();
+        format!("{key}{cert}").into_bytes()
+    }
+
+    #[test]
+    fn acme_placeholder_state_files_and_static_precedence() {
+        let acme = |cert_dirs: Option<Vec<String>>| {
+            config(crate::config::Settings {
+                cert_dirs,
+                acme: Some(crate::acme::AcmeSetting::One(crate::acme::AcmeTable {
+                    domains: vec!["a.test".into(), "b.test".into()],
+                    state_dir: Some("/acme".into()),
+                    accept_tos: Some(true),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            })
+        };
+        // Nothing obtained yet, no static certificate: the placeholder.
+        let mut mem = Mem::default();
+        let c = acme(None);
+        let l = load(&c, &mem, 0, LoadMode::Start, None).unwrap();
+        assert_eq!(l.certs.len(), 1);
+        assert_eq!(l.certs[0].file, PLACEHOLDER);
+        assert_eq!(l.certs[0].served_names, ["a.test", "b.test"]);
+        assert!(acme_state(c.acme.as_ref().unwrap(), &mem)[0].is_err());
+        // The state file serves its names.
+        mem.0.insert(
+            "/acme/certs/a.test.pem".into(),
+            combined_for(&["a.test", "b.test"]),
+        );
+        let l = load(&c, &mem, 0, LoadMode::Start, None).unwrap();
+        assert_eq!(l.certs.len(), 1);
+        assert_eq!(l.certs[0].file, "/acme/certs/a.test.pem");
+        assert_eq!(l.certs[0].names, ["a.test", "b.test"]);
+        let (names, _) = acme_state(c.acme.as_ref().unwrap(), &mem)[0]
+            .clone()
+            .unwrap();
+        assert_eq!(names, ["a.test", "b.test"]);
+        // A static certificate for b.test wins for b.test.
+        mem.0.insert("/static/b.pem".into(), combined("b.test"));
+        let c = acme(Some(vec!["/static".into()]));
+        let l = load(&c, &mem, 0, LoadMode::Start, None).unwrap();
+        assert_eq!(l.certs.len(), 2);
+        assert_eq!(l.certs[0].file, "/static/b.pem");
+        assert_eq!(l.certs[1].served_names, ["a.test"]);
+        // A broken state file is skipped, never an error.
+        mem.0
+            .insert("/acme/certs/a.test.pem".into(), b"garbage".to_vec());
+        let l = load(&c, &mem, 0, LoadMode::Start, None).unwrap();
+        assert_eq!(l.certs.len(), 1);
+        assert_eq!(l.skipped.len(), 1);
+    }
+
     #[test]
     fn cert_dir_start_fails_reload_skips_and_keeps_previous() {
         let mut mem = Mem::default();

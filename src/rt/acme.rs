@@ -41,15 +41,27 @@ pub fn challenges() -> Arc<AcmeChallenges> {
 }
 
 /// At start, before the certificates load: creates the state folder and
-/// its `certs` folder (mode 0700) and checks the CA file. The error is one
-/// line naming the flag.
-pub fn prepare(acme: &AcmeConfig) -> Result<(), String> {
+/// its `certs` folder (mode 0700) and checks the CA file. With `--user`
+/// (`owner`: the user and group ringterm switches to), the folders and
+/// their files are given to that user: the ACME thread writes them after
+/// the switch. The error is one line naming the flag.
+pub fn prepare(acme: &AcmeConfig, owner: Option<(u32, u32)>) -> Result<(), String> {
     for dir in [acme.state_dir.clone(), acme.certs_dir()] {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&dir)
             .map_err(|e| format!("--acme-state-dir {dir}: {e}"))?;
+        if let Some((uid, gid)) = owner {
+            let mut paths = vec![std::path::PathBuf::from(&dir)];
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                paths.extend(entries.flatten().map(|e| e.path()));
+            }
+            for p in paths {
+                std::os::unix::fs::chown(&p, Some(uid), Some(gid))
+                    .map_err(|e| format!("--acme-state-dir {}: chown: {e}", p.display()))?;
+            }
+        }
     }
     if let Some(ca) = &acme.ca_file {
         let pem = std::fs::read(ca).map_err(|e| format!("--acme-ca-file {ca}: {e}"))?;

@@ -609,6 +609,39 @@ mod tests {
     }
 
     #[test]
+    fn toml_tables_relative_paths_and_blame() {
+        use crate::config::{Layered, Settings};
+        let base = "listen = [\"127.0.0.1:1\"]\nbackend = \"127.0.0.1:2\"\n";
+        let one = Settings::from_toml(
+            "/etc/r/r.toml",
+            &format!("{base}[acme]\ndomains = [\"a.test\"]\nstate-dir = \"acme\"\naccept-tos = true\nrenew-before = 10\n"),
+        )
+        .unwrap();
+        let c = one.validate(&[0]).unwrap().acme.unwrap();
+        assert_eq!(c.certs, [vec!["a.test"]]);
+        assert_eq!(c.state_dir, "/etc/r/acme");
+        assert_eq!(c.renew_before_s, 10 * 86_400);
+        let many = Settings::from_toml(
+            "r.toml",
+            &format!("{base}[[acme]]\ndomains = [\"a.test\"]\naccept-tos = true\n[[acme]]\ndomains = [\"b.test\", \"c.test\"]\n"),
+        )
+        .unwrap();
+        let c = many.validate(&[0]).unwrap().acme.unwrap();
+        assert_eq!(c.certs.len(), 2);
+        // An error about a value the file set names the file and key.
+        let file = Settings::from_toml(
+            "r.toml",
+            &format!("{base}[acme]\ndomains = [\"a.test\"]\n"),
+        )
+        .unwrap();
+        let layered = Layered::new(Some(("r.toml".into(), file)), Settings::default());
+        let e = layered.validate(&[0]).unwrap_err();
+        assert!(e.starts_with("r.toml: acme: ACME needs"), "{e}");
+        let bad = Settings::from_toml("r.toml", &format!("{base}[acme]\ndomain = [\"a\"]\n"));
+        assert!(bad.is_err());
+    }
+
+    #[test]
     fn renewal_schedule_and_backoff() {
         let c = validate(Some(AcmeSetting::One(table(&["a.test"]))))
             .unwrap()

@@ -629,11 +629,9 @@ mod tests {
         let c = many.validate(&[0]).unwrap().acme.unwrap();
         assert_eq!(c.certs.len(), 2);
         // An error about a value the file set names the file and key.
-        let file = Settings::from_toml(
-            "r.toml",
-            &format!("{base}[acme]\ndomains = [\"a.test\"]\n"),
-        )
-        .unwrap();
+        let file =
+            Settings::from_toml("r.toml", &format!("{base}[acme]\ndomains = [\"a.test\"]\n"))
+                .unwrap();
         let layered = Layered::new(Some(("r.toml".into(), file)), Settings::default());
         let e = layered.validate(&[0]).unwrap_err();
         assert!(e.starts_with("r.toml: acme: ACME needs"), "{e}");

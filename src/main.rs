@@ -444,9 +444,10 @@ fn run(cli: Cli) -> Result<(), String> {
     if let Some(acme) = &config.acme {
         // The state folder (0700) and the CA file, before the certificates
         // in it load.
-        let owner = ringterm::rt::privdrop::resolve(config.user.as_deref(), config.group.as_deref())
-            .map_err(|e| e.to_string())?
-            .and_then(|t| t.uid.map(|uid| (uid, t.gid)));
+        let owner =
+            ringterm::rt::privdrop::resolve(config.user.as_deref(), config.group.as_deref())
+                .map_err(|e| e.to_string())?
+                .and_then(|t| t.uid.map(|uid| (uid, t.gid)));
         ringterm::rt::acme::prepare(acme, owner)?;
     }
     let fetched = files.fetched.clone();

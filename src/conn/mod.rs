@@ -319,8 +319,9 @@ pub struct ConnConfig {
     /// session wait for a lookup ([`Op::LookupSession`]).
     pub session_lookup: bool,
     /// ACME is on: ClientHellos offering `acme-tls/1` are answered from
-    /// these pending challenges ([`crate::tls::acme`]).
-    pub acme: Option<Arc<crate::tls::acme::AcmeChallenges>>,
+    /// these pending challenges ([`crate::tls::acme`]). A plain reference,
+    /// not an `Arc`: copying it per connection writes no shared counter.
+    pub acme: Option<&'static crate::tls::acme::AcmeChallenges>,
 }
 
 /// Where the connection is: named after what it waits for.
@@ -486,8 +487,8 @@ impl Conn {
                 .iter()
                 .any(|s| s.tls13().is_some());
         let mut session = TlsSession::new(tls)?;
-        if let Some(acme) = &cfg.acme {
-            session.set_acme(acme.clone());
+        if let Some(acme) = cfg.acme {
+            session.set_acme(acme);
         }
         Ok(Self {
             tls: session,

@@ -1221,7 +1221,7 @@ fn without_a_store_no_lookup_is_asked() {
 
 #[test]
 fn an_acme_challenge_handshake_is_closed_never_relayed() {
-    let challenges = Arc::new(crate::tls::acme::AcmeChallenges::new());
+    let challenges: &'static _ = Box::leak(Box::new(crate::tls::acme::AcmeChallenges::new()));
     challenges.insert(
         "localhost",
         crate::tls::acme::challenge_config("localhost", &[5; 32]).unwrap(),

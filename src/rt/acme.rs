@@ -33,11 +33,9 @@ use crate::tls::acme::{challenge_config, AcmeChallenges};
 use crate::tls::loader;
 
 /// The pending challenges the workers answer (one set per process).
-pub fn challenges() -> Arc<AcmeChallenges> {
-    static CHALLENGES: OnceLock<Arc<AcmeChallenges>> = OnceLock::new();
-    CHALLENGES
-        .get_or_init(|| Arc::new(AcmeChallenges::new()))
-        .clone()
+pub fn challenges() -> &'static AcmeChallenges {
+    static CHALLENGES: OnceLock<AcmeChallenges> = OnceLock::new();
+    CHALLENGES.get_or_init(AcmeChallenges::new)
 }
 
 /// At start, before the certificates load: creates the state folder and
@@ -114,7 +112,7 @@ struct SetState {
 struct Client {
     acme: AcmeConfig,
     reloader: Arc<TlsReloader>,
-    challenges: Arc<AcmeChallenges>,
+    challenges: &'static AcmeChallenges,
     account: Option<Account>,
     sets: Vec<SetState>,
 }

@@ -97,7 +97,7 @@ pub struct WorkerSpec {
     /// Backend tables resolved again on reload, when names are used.
     pub route_hub: Option<Arc<super::routes::RouteHub>>,
     /// Pending ACME TLS-ALPN-01 challenges, when ACME is on.
-    pub acme: Option<Arc<crate::tls::acme::AcmeChallenges>>,
+    pub acme: Option<&'static crate::tls::acme::AcmeChallenges>,
 }
 
 /// A worker's session cache settings.

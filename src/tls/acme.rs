@@ -14,7 +14,8 @@
 //!
 //! The ACME client (`rt::acme`, on a thread of its own) publishes pending
 //! challenges here; workers only `load` the snapshot: no locks on the
-//! handshake path. Sans-IO: no socket, no clock.
+//! handshake path, and only ClientHellos offering `acme-tls/1` look at it.
+//! Sans-IO: no socket, no clock.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -203,7 +204,7 @@ mod tests {
     /// that answers `challenges`: the session, the client, and the
     /// session's last result.
     fn handshake(
-        challenges: &Arc<AcmeChallenges>,
+        challenges: &'static AcmeChallenges,
         sni: &str,
         alpn: &[&[u8]],
     ) -> (
@@ -222,7 +223,7 @@ mod tests {
         )
         .unwrap();
         let mut session = super::super::TlsSession::new(server).unwrap();
-        session.set_acme(challenges.clone());
+        session.set_acme(challenges);
         let mut cc =
             rustls::ClientConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
                 .with_safe_default_protocol_versions()
@@ -260,13 +261,13 @@ mod tests {
 
     #[test]
     fn acme_tls1_gets_the_challenge_certificate() {
-        let challenges = Arc::new(AcmeChallenges::new());
+        let challenges: &'static _ = Box::leak(Box::new(AcmeChallenges::new()));
         let digest = [9u8; 32];
         challenges.insert(
             "a.example.com",
             challenge_config("a.example.com", &digest).unwrap(),
         );
-        let (session, client, last) = handshake(&challenges, "a.example.com", &[ACME_TLS_1]);
+        let (session, client, last) = handshake(challenges, "a.example.com", &[ACME_TLS_1]);
         assert!(last.is_ok(), "{last:?}");
         assert!(session.is_established());
         assert!(session.is_acme_challenge());
@@ -283,25 +284,24 @@ mod tests {
 
     #[test]
     fn acme_tls1_for_an_unknown_name_is_refused() {
-        let challenges = Arc::new(AcmeChallenges::new());
+        let challenges: &'static _ = Box::leak(Box::new(AcmeChallenges::new()));
         challenges.insert(
             "a.example.com",
             challenge_config("a.example.com", &[1; 32]).unwrap(),
         );
-        let (session, _, last) = handshake(&challenges, "b.example.com", &[ACME_TLS_1]);
+        let (session, _, last) = handshake(challenges, "b.example.com", &[ACME_TLS_1]);
         assert_eq!(last.unwrap_err(), TlsError::AcmeNoChallenge);
         assert!(!session.is_acme_challenge());
     }
 
     #[test]
     fn normal_clients_are_not_touched_while_a_challenge_is_pending() {
-        let challenges = Arc::new(AcmeChallenges::new());
+        let challenges: &'static _ = Box::leak(Box::new(AcmeChallenges::new()));
         challenges.insert(
             "a.example.com",
             challenge_config("a.example.com", &[1; 32]).unwrap(),
         );
-        let (session, client, last) =
-            handshake(&challenges, "a.example.com", &[b"h2", b"http/1.1"]);
+        let (session, client, last) = handshake(challenges, "a.example.com", &[b"h2", b"http/1.1"]);
         assert!(last.is_ok(), "{last:?}");
         assert!(session.is_established());
         assert!(!session.is_acme_challenge());

@@ -203,7 +203,7 @@ pub struct TlsSession {
     first_handshake_type: Option<u8>,
     /// Pending ACME TLS-ALPN-01 challenges, when ACME is on (see
     /// [`super::acme`]).
-    acme: Option<Arc<AcmeChallenges>>,
+    acme: Option<&'static AcmeChallenges>,
     /// This handshake answers an ACME challenge: close after it.
     acme_challenge: bool,
     /// rustls consumed client bytes already (a configuration swap for an
@@ -255,7 +255,7 @@ impl TlsSession {
     /// of its SNI (then [`TlsSession::is_acme_challenge`]), or is refused
     /// when no challenge for that name is pending. Call before the first
     /// read.
-    pub fn set_acme(&mut self, challenges: Arc<AcmeChallenges>) {
+    pub fn set_acme(&mut self, challenges: &'static AcmeChallenges) {
         self.acme = Some(challenges);
     }
 
@@ -800,7 +800,7 @@ impl TlsSession {
     /// may answer `acme-tls/1`).
     fn answer_acme(&mut self, to_client: &mut Vec<u8>) -> Result<(), TlsError> {
         let sni = self.hello.as_ref().and_then(|h| h.sni.as_deref());
-        let config = match (sni, &self.acme) {
+        let config = match (sni, self.acme) {
             (Some(name), Some(acme)) => acme.lookup(name),
             _ => None,
         };

@@ -61,6 +61,12 @@ pub fn prepare(acme: &AcmeConfig, owner: Option<(u32, u32)>) -> Result<(), Strin
             }
         }
     }
+    check_ca_file(acme)
+}
+
+/// Checks that `--acme-ca-file`, when set, holds a PEM certificate (at
+/// start and in `ringterm check`).
+pub fn check_ca_file(acme: &AcmeConfig) -> Result<(), String> {
     if let Some(ca) = &acme.ca_file {
         let pem = std::fs::read(ca).map_err(|e| format!("--acme-ca-file {ca}: {e}"))?;
         crate::tls::load_cert_chain(ca, &pem)

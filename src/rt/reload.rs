@@ -317,6 +317,7 @@ pub fn check(config: &Config) -> Result<String, CheckError> {
     super::resolve_routes(&config.routes).map_err(|e| CheckError::Other(e.to_string()))?;
     let mut summary = loader::summary(config, &loaded, now);
     if let Some(acme) = &config.acme {
+        super::acme::check_ca_file(acme).map_err(CheckError::Other)?;
         summary.push_str(&crate::acme::summary(
             acme,
             &loader::acme_state(acme, &files),

@@ -172,6 +172,9 @@ impl TlsReloader {
         .map_err(|e| e.to_string())?;
         let server = loader::build(&config, &loaded, &self.files, self.resumption.clone())
             .map_err(|e| e.to_string())?;
+        if config.acme != state.config.acme {
+            tracing::warn!("reload: the ACME settings changed; the ACME client keeps the old ones until a restart");
+        }
         for skipped in &loaded.skipped {
             tracing::warn!("reload: skipped certificate file {skipped} (its previous version, if any, keeps serving)");
         }

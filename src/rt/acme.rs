@@ -129,6 +129,10 @@ const POLL: RetryPolicy = RetryPolicy::new()
     .backoff(1.5)
     .timeout(Duration::from_secs(120));
 
+/// The longest one order may take, CA round trips included: a CA that
+/// accepts connections and never answers does not stall the client.
+const ORDER_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// The longest sleep between looks at the schedule.
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
 
@@ -152,7 +156,18 @@ impl Client {
                     tracing::info!(names = %names.join(","), "ACME: renewing the certificate");
                 }
                 let started = std::time::Instant::now();
-                match self.order(&names).await {
+                let result = match tokio::time::timeout(ORDER_TIMEOUT, self.order(&names)).await {
+                    Ok(result) => result,
+                    Err(_) => {
+                        // A CA that stops answering mid-order: the order's
+                        // challenges go too.
+                        for n in &names {
+                            self.challenges.remove(n);
+                        }
+                        Err(format!("no answer within {} s", ORDER_TIMEOUT.as_secs()))
+                    }
+                };
+                match result {
                     Ok(not_after) => {
                         crate::acme::metrics().order_done(true);
                         self.sets[i] = SetState::default();

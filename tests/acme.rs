@@ -1,5 +1,5 @@
 //! Built-in ACME (TLS-ALPN-01) against a real ACME server: Debian's
-//! `pebble` (Let's Encrypt's test CA; `.ci/run` installs it), started here
+//! `pebble` (Let's Encrypt's test CA; `tools/test` installs it), started here
 //! on free loopback ports with `PEBBLE_VA_NOSLEEP=1`, its validation port
 //! pointed at ringterm's listener, and `pebble-challtestsrv` as its DNS
 //! server (every name is 127.0.0.1). Pebble's HTTPS certificate comes from

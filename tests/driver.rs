@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::thread;
 use std::time::Duration;
 
@@ -128,4 +130,119 @@ fn missing_kernel_feature_is_one_line() {
         .collect();
     assert_eq!(lines.len(), 1, "{}", out.stderr);
     assert!(lines[0].contains("5.19"), "{}", lines[0]);
+}
+
+/// Completion batching (a wait also waits for send completions expected
+/// at once) never holds a connection up: one client stops reading while
+/// the backend floods it, so ringterm's sends to it stop completing, and
+/// another connection on the same worker still gets every one of its 300
+/// round trips, each answered (a wait stuck on the stalled send would hang
+/// this test).
+#[test]
+fn a_stalled_send_holds_up_no_other_connection() {
+    let certs = TestCerts::generate();
+    let backend = spawn_backend(|mut s: TcpStream| {
+        let mut first = [0u8; 5];
+        if s.read_exact(&mut first).is_err() {
+            return;
+        }
+        if &first == b"FLOOD" {
+            let chunk = vec![7u8; 64 * 1024];
+            let _ = s.set_write_timeout(Some(Duration::from_secs(20)));
+            while s.write_all(&chunk).is_ok() {}
+            return;
+        }
+        if s.write_all(&first).is_err() {
+            return;
+        }
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    if s.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    let rt = start_ringterm(&certs, backend, &[]);
+    let mut stalled = tls_connect(rt.addr(), certs.tls13()).expect("TLS connect");
+    stalled.write_all(b"FLOOD").unwrap();
+    stalled.flush().unwrap();
+    // Let the flood fill the socket buffers toward the stalled client.
+    let mut last = 0;
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let now = metric_sum(&rt.metrics(), "ringterm_bytes_to_clients_total");
+            let settled = now > 256 * 1024 && now == last;
+            last = now;
+            if !settled {
+                thread::sleep(Duration::from_millis(100));
+            }
+            settled
+        }),
+        "ringterm's sends to the client that does not read never stopped"
+    );
+    let mut c = tls_connect(rt.addr(), certs.tls13()).expect("TLS connect");
+    c.sock
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    for i in 0..300u32 {
+        let msg = format!("ping {i:05}");
+        c.write_all(msg.as_bytes()).unwrap();
+        c.flush().unwrap();
+        let mut got = vec![0u8; msg.len()];
+        c.read_exact(&mut got).expect("the round trip is answered");
+        assert_eq!(got, msg.as_bytes());
+    }
+    let m = rt.metrics();
+    eprintln!(
+        "batched waits {}, of which cut short {}",
+        metric_sum(&m, "ringterm_ring_batch_waits_total"),
+        metric_sum(&m, "ringterm_ring_batch_short_total")
+    );
+    assert!(
+        metric_sum(&m, "ringterm_ring_batch_waits_total") > 0,
+        "no wait was batched: the test did not test it"
+    );
+    assert_eq!(metric_sum(&m, "ringterm_connection_errors_total"), 0);
+    drop(stalled);
+}
+
+/// A kernel that refuses `TCP_NODELAY` as an io_uring op (before 6.7,
+/// forced through the probe's test override): one log line, then
+/// `setsockopt(2)`, and the connections work.
+#[test]
+fn io_uring_setsockopt_refused_falls_back() {
+    let certs = TestCerts::generate();
+    let echo = echo_backend();
+    let mut cmd = std::process::Command::new(bin());
+    cmd.env("RINGTERM_TEST_PROBE_MISSING", "SOCKET_URING_OP_SETSOCKOPT")
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+        ])
+        .args(["--backend", &echo.addr.to_string()])
+        .args(certs.args());
+    let rt = Ringterm::spawn_until(cmd, |line| line.starts_with("ready"));
+    let payload = random_bytes(100 * 1024);
+    for _ in 0..3 {
+        assert_echo(rt.addr(), certs.tls13(), &payload);
+    }
+    let lines = rt.stderr();
+    let n = lines
+        .lines()
+        .filter(|l| l.contains("io_uring setsockopt unavailable"))
+        .count();
+    assert_eq!(n, 1, "{lines}");
+    assert_eq!(
+        metric_sum(&rt.metrics(), "ringterm_connection_errors_total"),
+        0
+    );
 }

@@ -549,6 +549,31 @@ impl Conn {
         self.client.busy() || self.backend.busy() || self.connecting.is_some()
     }
 
+    /// Whether the completion of the write in flight on `side` would let
+    /// the machine do nothing new: it relays, both reads are in flight and
+    /// nothing waits to be written on either side. The completion then
+    /// only gives the buffer back, so the runtime need not wake up for it
+    /// alone (see `rt::worker`'s completion batching). Pure: it reads the
+    /// state and changes nothing.
+    pub fn send_completion_is_bookkeeping(&self, side: Side) -> bool {
+        let (me, other) = match side {
+            Side::Client => (&self.client, &self.backend),
+            Side::Backend => (&self.backend, &self.client),
+        };
+        self.state == State::Relaying
+            && me.write
+            && me.unsent.is_none()
+            && !me.cancel
+            && !me.cancel_wanted
+            && !other.cancel
+            && !other.cancel_wanted
+            && self.client.read.is_some()
+            && self.backend.read.is_some()
+            && self.to_client.is_empty()
+            && self.to_backend.is_empty()
+            && other.unsent.is_none()
+    }
+
     // ------------------------------------------------------------------
     // Output
     // ------------------------------------------------------------------

@@ -1252,3 +1252,37 @@ fn an_acme_challenge_handshake_is_closed_never_relayed() {
     assert!(w.connected.is_none(), "never connected to a backend");
     assert!(w.backend_got.is_empty());
 }
+
+#[test]
+fn send_completions_that_unblock_nothing_are_bookkeeping() {
+    let mut w = relaying();
+    // A request goes to the backend; both reads are then in flight and
+    // nothing waits: the write's completion only gives the buffer back.
+    w.client_send(b"GET / HTTP/1.1\r\n\r\n");
+    w.complete_client_read(usize::MAX);
+    assert!(w.b_write.is_some());
+    assert!(w.c_read.is_some() && w.b_read.is_some());
+    assert!(w.conn.send_completion_is_bookkeeping(Side::Backend));
+    assert!(
+        !w.conn.send_completion_is_bookkeeping(Side::Client),
+        "no write in flight"
+    );
+    // More client data than the backend takes: what waits behind the
+    // write makes its completion matter.
+    for i in 0..50 {
+        w.client_send(&[i as u8; 16 * 1024]);
+    }
+    for _ in 0..100 {
+        w.complete_client_read(usize::MAX);
+    }
+    assert!(w.b_write.is_some());
+    assert!(!w.conn.send_completion_is_bookkeeping(Side::Backend));
+    w.settle();
+    assert_eq!(w.backend_got, w.client_sent);
+    // A stop: the completion decides when the flush begins.
+    w.backend_send(b"response");
+    w.complete_backend_read(usize::MAX);
+    assert!(w.c_write.is_some());
+    w.tick(10_000, false);
+    assert!(!w.conn.send_completion_is_bookkeeping(Side::Client));
+}

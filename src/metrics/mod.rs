@@ -197,6 +197,11 @@ counters! {
     ring_busy: "counter",
     /// Turns that saw the kernel holding completions that did not fit.
     ring_cq_overflow: "counter",
+    /// Waits that also waited for send completions expected at once.
+    ring_batch_waits: "counter",
+    /// Of those, the ones that ended with fewer completions (a send that
+    /// did not complete at once; the wait's bound ended it).
+    ring_batch_short: "counter",
     /// Cancels that failed (the socket was then shut down).
     cancel_failures: "counter",
     /// Backend sockets that could not be created for lack of fds

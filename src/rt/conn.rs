@@ -28,6 +28,14 @@ use crate::metrics::hist::Metric;
 use crate::route::{BackendAddr, BackendEvent};
 use crate::tls::{Resumption, TlsError};
 
+/// The largest write whose completion a wake-up may batch (see
+/// `Worker::count_batched_sends`): one TLS record's worth and more.
+const BATCH_SEND_MAX: usize = 64 * 1024;
+
+/// The value `TCP_NODELAY` is set to; static, so that an op in flight can
+/// point to it.
+static NODELAY_ON: libc::c_int = 1;
+
 /// A backend connect in progress.
 enum Connecting {
     /// The socket op is in flight.
@@ -60,6 +68,12 @@ pub(super) struct Slot {
     accepted_at: Instant,
     /// The listener (index in the worker's) it came in on.
     listener: usize,
+    /// Completion batching (see `Worker::batch`), per side: the loop turn
+    /// a write was queued in, whether the last write completed before the
+    /// next wake-up, and the writes of this turn not yet looked at.
+    send_turn: [u64; 2],
+    send_quick: [bool; 2],
+    send_check: u8,
 }
 
 fn side_index(side: Side) -> usize {
@@ -107,6 +121,9 @@ impl Slot {
             registered: None,
             accepted_at: now,
             listener,
+            send_turn: [0, 0],
+            send_quick: [true, true],
+            send_check: 0,
         })
     }
 
@@ -141,6 +158,7 @@ impl Worker {
             let Some(op) = op else { break };
             self.submit(index, op, now);
         }
+        self.count_batched_sends(index);
         if self.ctx.pools.borrow().has_events() {
             self.log_backend_events();
         }
@@ -196,10 +214,16 @@ impl Worker {
                     .flags(libc::MSG_NOSIGNAL)
                     .build()
                     .user_data(self.ud(tag, index));
+                let turn = self.turn;
                 // SAFETY: the buffer is held in the slot until this send
                 // completes (the machine reports no outcome before), and a
                 // Vec's heap buffer does not move when the Vec does.
-                if unsafe { self.push(entry) }.is_err() {
+                if unsafe { self.push(entry) }.is_ok() {
+                    let s = self.slots[index as usize].as_mut().expect("live");
+                    let i = side_index(side);
+                    s.send_turn[i] = turn;
+                    s.send_check |= 1 << i;
+                } else {
                     let s = self.slots[index as usize].as_mut().expect("live");
                     let (buf, off) = match side {
                         Side::Client => s.c_send.take(),
@@ -257,6 +281,42 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// The writes queued for this slot in this turn whose completion the
+    /// next wake-up need not wait for: the machine does nothing new when
+    /// they complete (both reads in flight, nothing queued), they are
+    /// small and the last one on their side completed at once. Counted in
+    /// `Worker::batch`, so that the loop's next `io_uring_enter` waits for
+    /// them *and* one more completion instead of returning at once with
+    /// only the inline send completions (see `Worker::enter`).
+    fn count_batched_sends(&mut self, index: u32) {
+        if !self.batching() {
+            return;
+        }
+        let Some(Some(s)) = self.slots.get_mut(index as usize) else {
+            return;
+        };
+        if s.send_check == 0 {
+            return;
+        }
+        let mut n = 0;
+        for side in [Side::Client, Side::Backend] {
+            let i = side_index(side);
+            if s.send_check & (1 << i) == 0 || !s.send_quick[i] {
+                continue;
+            }
+            let len = match side {
+                Side::Client => s.c_send.as_ref(),
+                Side::Backend => s.b_send.as_ref(),
+            }
+            .map_or(usize::MAX, |(b, off)| b.len() - off);
+            if len <= BATCH_SEND_MAX && s.conn.send_completion_is_bookkeeping(side) {
+                n += 1;
+            }
+        }
+        s.send_check = 0;
+        self.batch += n;
     }
 
     fn submit_recv(&mut self, index: u32, side: Side, fd: RawFd, bgid: u16, now: Instant) {
@@ -365,6 +425,7 @@ impl Worker {
                 } else {
                     Side::Backend
                 };
+                let turn = self.turn;
                 let s = self.slots[index as usize].as_mut().expect("live");
                 let Some((buf, off)) = (match side {
                     Side::Client => s.c_send.take(),
@@ -372,6 +433,10 @@ impl Worker {
                 }) else {
                     return;
                 };
+                // Completed in the wake-up right after the turn that
+                // queued it (inline, as sends to a socket with room do).
+                let i = side_index(side);
+                s.send_quick[i] = turn == s.send_turn[i] + 1;
                 let r = io_result(res);
                 if let IoResult::Done(n) = r {
                     let c = &self.ctx.counters;
@@ -519,7 +584,7 @@ impl Worker {
         }
         let sa = match &addr {
             BackendAddr::Tcp(a) => {
-                set_nodelay(fd);
+                self.nodelay(index, fd);
                 socket2::SockAddr::from(*a)
             }
             // A path too long for sun_path fails like a refused connect.
@@ -555,6 +620,63 @@ impl Worker {
                 now,
                 &mut self.ctx.pools.borrow_mut(),
             );
+        }
+    }
+
+    /// `TCP_NODELAY` on a new backend socket: an io_uring op where the
+    /// kernel has `SOCKET_URING_OP_SETSOCKOPT` (6.7), with no completion
+    /// unless it fails, so it costs no syscall; else `setsockopt(2)`. It
+    /// completes inline, before the connect queued after it is issued.
+    fn nodelay(&mut self, index: u32, fd: RawFd) {
+        if !self.uring_sockopt {
+            set_nodelay(fd);
+            return;
+        }
+        // The test override makes the kernel refuse it (a zero length is
+        // EINVAL), as a kernel before 6.7 does.
+        let len = if super::ring::forced_missing("SOCKET_URING_OP_SETSOCKOPT") {
+            0
+        } else {
+            std::mem::size_of::<libc::c_int>() as u32
+        };
+        let entry = opcode::SetSockOpt::new(
+            types::Fd(fd),
+            libc::IPPROTO_TCP as u32,
+            libc::TCP_NODELAY as u32,
+            (&NODELAY_ON as *const libc::c_int).cast(),
+            len,
+        )
+        .build()
+        .flags(squeue::Flags::SKIP_SUCCESS)
+        .user_data(self.ud(Tag::SockOpt, index));
+        // SAFETY: the option value is a static; the fd is owned by the slot.
+        if unsafe { self.push(entry) }.is_err() {
+            set_nodelay(fd);
+        }
+    }
+
+    /// An io_uring `TCP_NODELAY` failed (a kernel before 6.7 answers
+    /// `EOPNOTSUPP` or `EINVAL`): every later socket gets `setsockopt(2)`,
+    /// and so does this one, if its connection still has it.
+    pub(super) fn on_sockopt_failed(&mut self, ud: UserData, res: i32) {
+        if self.uring_sockopt {
+            self.uring_sockopt = false;
+            tracing::info!(
+                worker = self.ctx.id,
+                error = %io::Error::from_raw_os_error(-res),
+                "io_uring setsockopt unavailable (needs Linux 6.7): TCP_NODELAY by setsockopt(2)"
+            );
+        }
+        if !super::worker::is_live(&self.slots, &self.gens, &ud) {
+            return;
+        }
+        let s = self.slots[ud.slot as usize].as_ref().expect("live");
+        let fd = match &s.connecting {
+            Some(Connecting::Connect(fd, _)) => Some(*fd),
+            _ => s.backend,
+        };
+        if let Some(fd) = fd {
+            set_nodelay(fd);
         }
     }
 

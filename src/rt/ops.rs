@@ -56,10 +56,14 @@ pub enum Tag {
     StoreCancel,
     /// Its timer (gen = the timer's sequence number).
     StoreTimer,
+    /// `TCP_NODELAY` on a backend socket (`SOCKET_URING_OP_SETSOCKOPT`,
+    /// Linux 6.7); submitted with `CQE_SKIP_SUCCESS`, so only a failure
+    /// completes.
+    SockOpt,
 }
 
 impl Tag {
-    const ALL: [Tag; 20] = [
+    const ALL: [Tag; 21] = [
         Tag::Accept,
         Tag::AcceptBackoff,
         Tag::AcceptCancel,
@@ -80,6 +84,7 @@ impl Tag {
         Tag::StoreSend,
         Tag::StoreCancel,
         Tag::StoreTimer,
+        Tag::SockOpt,
     ];
 
     fn from_u8(v: u8) -> Option<Tag> {

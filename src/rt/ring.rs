@@ -66,10 +66,11 @@ const REQUIRED_OPS: &[(u8, &str, &str)] = &[
 
 /// Pretend the kernel lacks a feature, for tests of the failure path:
 /// `RINGTERM_TEST_PROBE_MISSING=IORING_OP_SOCKET` (an opcode's name as in
-/// [`REQUIRED_OPS`], or `buffer rings`).
+/// [`REQUIRED_OPS`], or `buffer rings`; `SOCKET_URING_OP_SETSOCKOPT`
+/// makes the io_uring `TCP_NODELAY` fail as an older kernel's would).
 pub const PROBE_OVERRIDE_ENV: &str = "RINGTERM_TEST_PROBE_MISSING";
 
-fn forced_missing(name: &str) -> bool {
+pub(super) fn forced_missing(name: &str) -> bool {
     std::env::var(PROBE_OVERRIDE_ENV).is_ok_and(|v| v.split(',').any(|f| f == name))
 }
 

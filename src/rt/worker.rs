@@ -43,6 +43,14 @@ const TIMER_TICK: Duration = Duration::from_millis(100);
 /// spins.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// The longest a loop turn's wait is stretched to collect the completions
+/// of sends that usually complete at once (see `Worker::enter`).
+const BATCH_WAIT: Duration = Duration::from_micros(500);
+
+/// Turns completion batching off, for A/B measurements
+/// (`RINGTERM_TEST_NO_BATCH=1`).
+pub const NO_BATCH_ENV: &str = "RINGTERM_TEST_NO_BATCH";
+
 /// Buffer group of the read buffers.
 const BGID: u16 = 1;
 
@@ -154,6 +162,34 @@ pub(super) struct Worker {
     /// The L2 session store connection (after the ring: its buffers
     /// outlive the ops that use them).
     pub(super) store: Option<super::store::Store>,
+    /// Loop turns so far (a send's completion in the turn right after the
+    /// one that queued it came at once).
+    pub(super) turn: u64,
+    /// Sends queued this turn whose completions the next wait also waits
+    /// for (see `Worker::count_batched_sends`).
+    pub(super) batch: usize,
+    /// What the last wait asked for, when it batched (else 0).
+    batched: usize,
+    /// How the kernel bounds such a wait, if it can.
+    batch_wait: BatchWait,
+    /// The fallback bound (a timeout), pointed to during the wait.
+    batch_ts: Box<types::Timespec>,
+    /// `TCP_NODELAY` goes as an io_uring op (until the kernel refuses it).
+    pub(super) uring_sockopt: bool,
+}
+
+/// How a batched wait is bounded (see `Worker::enter`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BatchWait {
+    /// No batching: every turn waits for one completion (SQPOLL, or a
+    /// kernel without `IORING_FEAT_EXT_ARG`).
+    Off,
+    /// `min_wait_usec` (Linux 6.12): after `BATCH_WAIT`, any completion
+    /// ends the wait.
+    MinWait,
+    /// A timeout (Linux 5.11): after `BATCH_WAIT` the wait ends, with or
+    /// without completions.
+    Timeout,
 }
 
 /// Runs a worker on the current thread until the process exits. `ready` is
@@ -187,6 +223,15 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String
     if spec.id == 0 {
         tracing::info!("{}", ring::describe(&setup));
     }
+    let batch_wait = if setup.sqpoll || std::env::var_os(NO_BATCH_ENV).is_some() {
+        BatchWait::Off
+    } else if ring.params().is_feature_min_timeout() {
+        BatchWait::MinWait
+    } else if ring.params().is_feature_ext_arg() {
+        BatchWait::Timeout
+    } else {
+        BatchWait::Off
+    };
     let sync_interval_ms = spec.cache.as_ref().map(|c| c.sync_interval_ms);
     if let Some(cache) = spec.cache {
         session_store::install(spec.id, cache.config, cache.hub, cache.epoch);
@@ -260,6 +305,12 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String
         store: spec
             .store
             .map(|s| super::store::Store::new(s, Instant::now())),
+        turn: 0,
+        batch: 0,
+        batched: 0,
+        batch_wait,
+        batch_ts: Box::new(types::Timespec::from(BATCH_WAIT)),
+        uring_sockopt: true,
     };
     for i in 0..w.listeners.len() {
         w.arm_accept(i);
@@ -275,9 +326,11 @@ impl Worker {
     fn run_loop(&mut self) -> ! {
         let mut cqes: Vec<(u64, i32, u32)> = Vec::with_capacity(256);
         loop {
-            match self.ring.submit_and_wait(1) {
+            match self.enter() {
                 Ok(_) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+                // A batched wait's bound passed.
+                Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
                 // The completion queue is full: reap first.
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                     self.ctx.counters.ring_busy.inc();
@@ -297,6 +350,12 @@ impl Worker {
                     .completion()
                     .map(|c| (c.user_data(), c.result(), c.flags())),
             );
+            if self.batched > 0 {
+                self.ctx.counters.ring_batch_waits.inc();
+                if cqes.len() < self.batched {
+                    self.ctx.counters.ring_batch_short.inc();
+                }
+            }
             let now = Instant::now();
             for &(ud, res, flags) in &cqes {
                 self.dispatch(ud, res, flags, now);
@@ -313,6 +372,46 @@ impl Worker {
                     }
                     self.drive_touched(now);
                 }
+            }
+        }
+    }
+
+    /// Whether sends may be batched (see `Worker::count_batched_sends`).
+    pub(super) fn batching(&self) -> bool {
+        self.batch_wait != BatchWait::Off
+    }
+
+    /// The turn's one `io_uring_enter`: submits what the turn queued and
+    /// waits for a completion.
+    ///
+    /// A send to a socket with room completes inline, during the submit,
+    /// so a plain wait for one completion returns at once with nothing but
+    /// that send's completion, and a second `io_uring_enter` waits for the
+    /// real next event (the response, the next request): four calls per
+    /// keep-alive request instead of two. So when this turn queued sends
+    /// whose completions only give a buffer back (`self.batch` of them),
+    /// the wait asks for `1 + batch` completions. Should such a send not
+    /// complete at once (the peer's window is full), the wait is bounded
+    /// by `BATCH_WAIT`, after which any completion ends it, and that side
+    /// is not batched again until one of its sends completes at once.
+    fn enter(&mut self) -> std::io::Result<usize> {
+        let batch = std::mem::take(&mut self.batch);
+        self.turn += 1;
+        self.batched = 0;
+        if batch == 0 || self.batch_wait == BatchWait::Off {
+            return self.ring.submit_and_wait(1);
+        }
+        let want = 1 + batch;
+        self.batched = want;
+        match self.batch_wait {
+            BatchWait::Off => self.ring.submit_and_wait(1),
+            BatchWait::MinWait => {
+                let args = types::SubmitArgs::new().min_wait_usec(BATCH_WAIT.as_micros() as u32);
+                self.ring.submitter().submit_with_args(want, &args)
+            }
+            BatchWait::Timeout => {
+                let args = types::SubmitArgs::new().timespec(&self.batch_ts);
+                self.ring.submitter().submit_with_args(want, &args)
             }
         }
     }
@@ -339,6 +438,7 @@ impl Worker {
                 self.on_store_cqe(ud, res, now)
             }
             Tag::StoreCancel => {}
+            Tag::SockOpt => self.on_sockopt_failed(ud, res),
             _ => self.on_conn_cqe(ud, res, flags, now),
         }
     }

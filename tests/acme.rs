@@ -265,6 +265,17 @@ fn start_acme(
     Ringterm::start(&args)
 }
 
+/// Stops `rt` and waits until its port is free: a killed process's
+/// io_uring is torn down after it exits, and its listening sockets with it.
+fn stop(rt: Ringterm, port: u16) {
+    drop(rt);
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let free = eventually(Duration::from_secs(10), || {
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err()
+    });
+    assert!(free, "port {port} still accepts after the process exited");
+}
+
 fn obtained(m: &str) -> bool {
     m.contains("ACME: certificate obtained")
 }
@@ -364,7 +375,7 @@ fn issuance_restart_and_failure() {
         "{}",
         check.stdout
     );
-    drop(rt);
+    stop(rt, port);
 
     // Restart: the state file serves at once, and no order is made.
     let rt = start_acme(&pebble, port, &state_dir, echo.addr, &[A, B], &[]);
@@ -381,7 +392,7 @@ fn issuance_restart_and_failure() {
         m.contains("ringterm_acme_orders_total{result=\"success\"} 0"),
         "{m}"
     );
-    drop(rt);
+    stop(rt, port);
 
     // Pebble gone, renewal due (renew 200 days before a 100-day expiry):
     // failures, retried after 1, 2, 4... seconds; the certificate serves on.

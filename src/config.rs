@@ -231,6 +231,9 @@ pub struct Settings {
     /// `[[frontend]]` tables (TOML only): listeners with their own
     /// certificates, backends and TLS settings (see [`crate::frontend`]).
     pub frontend: Option<Vec<crate::frontend::FrontendSetting>>,
+    /// ACME: `[acme]`/`[[acme]]` tables or the `--acme-*` flags (see
+    /// [`crate::acme`]).
+    pub acme: Option<crate::acme::AcmeSetting>,
 }
 
 /// One `[[route]]` table.
@@ -391,6 +394,9 @@ impl Settings {
         if let Some(tables) = self.frontend.take() {
             self.frontend = Some(tables.into_iter().map(|t| t.relative_to(dir)).collect());
         }
+        if let Some(acme) = &mut self.acme {
+            acme.relative_to(dir);
+        }
         self
     }
 
@@ -480,6 +486,7 @@ impl Settings {
             access_log_format: over.access_log_format.or(self.access_log_format),
             health_check_interval: over.health_check_interval.or(self.health_check_interval),
             frontend: over.frontend.or(self.frontend),
+            acme: crate::acme::merge(self.acme, over.acme),
         }
     }
 
@@ -532,7 +539,11 @@ impl Settings {
         if let Some(bad) = cert_dirs.iter().find(|d| d.trim().is_empty()) {
             return Err(range("--cert-dir", bad, "must be a folder"));
         }
-        let certs = certs(self.cert.clone(), self.key.clone(), !cert_dirs.is_empty())?;
+        let certs = certs(
+            self.cert.clone(),
+            self.key.clone(),
+            !cert_dirs.is_empty() || self.acme.is_some(),
+        )?;
         let tls = tls_policy(&TlsSettings {
             tls12: self.tls12,
             min_tls: self.min_tls.clone(),
@@ -567,6 +578,7 @@ impl Settings {
     /// Checks every value and fills defaults. `allowed_cpus` is the set of
     /// CPUs this process may run on, as the runtime found it.
     pub fn validate(self, allowed_cpus: &[usize]) -> Result<Config, ConfigError> {
+        let acme = crate::acme::validate(self.acme.clone())?;
         let frontends = crate::frontend::validate(&self, |s, name| s.frontend_part(name))?;
         let first = frontends[0].clone();
         let listen = frontends.iter().flat_map(|f| f.listen.clone()).collect();
@@ -755,6 +767,7 @@ impl Settings {
             ));
         }
         Ok(Config {
+            acme,
             access_log,
             access_log_json,
             health_check_interval_ms,
@@ -879,6 +892,7 @@ impl Layered {
             "cert-dir" => "cert-dirs",
             "no-tls12" => "tls12",
             "ocsp" | "cert/--key" => "cert",
+            k if k.starts_with("acme-") => "acme",
             k => k,
         };
         let file = self.file.as_deref()?;
@@ -981,6 +995,8 @@ pub struct Config {
     /// Every frontend (at least one). `listen` is all their addresses; the
     /// other frontend fields above are the first frontend's.
     pub frontends: Vec<crate::frontend::Frontend>,
+    /// Certificates obtained and renewed with ACME, when on.
+    pub acme: Option<crate::acme::AcmeConfig>,
 }
 
 impl Config {
@@ -1057,6 +1073,14 @@ pub enum ConfigError {
         /// The file.
         file: String,
     },
+    /// An ACME setting is wrong (see [`crate::acme`]).
+    #[error("{flag}: {message}")]
+    Acme {
+        /// The flag.
+        flag: &'static str,
+        /// What is wrong.
+        message: String,
+    },
     /// A `[[frontend]]` table's value (1-based index, name, TOML key).
     #[error("[[frontend]] #{index} ({name}): {key}: {message}")]
     Frontend {
@@ -1087,7 +1111,9 @@ impl ConfigError {
     /// The flag the error is about, when it is about one flag's value.
     pub fn flag(&self) -> Option<&'static str> {
         match self {
-            Self::InvalidAddr { flag, .. } | Self::OutOfRange { flag, .. } => Some(flag),
+            Self::InvalidAddr { flag, .. }
+            | Self::OutOfRange { flag, .. }
+            | Self::Acme { flag, .. } => Some(flag),
             Self::InvalidCpuList { .. } | Self::CpuNotAllowed(_) => Some("--cpus"),
             _ => None,
         }

@@ -193,6 +193,7 @@ fn drive_conn(config: &Arc<ServerConfig>, mut rest: &[u8], split: u8, flags: u8)
         runtime_buffers: false,
         session_lookup: false,
         frontend: 0,
+        acme: None,
     };
     let backend_addr = std::net::SocketAddr::from(([127, 0, 0, 1], 1));
     let mut pools = Pools::new(&RouteTable::single(vec![backend_addr.into()], 0));

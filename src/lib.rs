@@ -25,6 +25,7 @@
 //! of its ops have completed; cancellation and timeouts are io_uring ops of
 //! their own.
 
+pub mod acme;
 pub mod config;
 pub mod conn;
 pub mod deadline;

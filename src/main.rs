@@ -219,6 +219,9 @@ struct Cli {
     /// Expect a PROXY protocol v1/v2 header from a fronting L4 balancer.
     #[arg(long, global = true)]
     accept_proxy: bool,
+    /// ACME (`--acme-*`).
+    #[command(flatten)]
+    acme: ringterm::acme::AcmeArgs,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -297,6 +300,7 @@ impl Cli {
             access_log_format: self.access_log_format.clone(),
             health_check_interval: self.health_check_interval,
             frontend: None,
+            acme: self.acme.settings(),
         }
     }
 }
@@ -450,6 +454,15 @@ fn run(cli: Cli) -> Result<(), String> {
             load_layered(&cli).and_then(|l| l.validate(&allowed_cpus()))
         }))
     };
+    if let Some(acme) = &config.acme {
+        // The state folder (0700) and the CA file, before the certificates
+        // in it load.
+        let owner =
+            ringterm::rt::privdrop::resolve(config.user.as_deref(), config.group.as_deref())
+                .map_err(|e| e.to_string())?
+                .and_then(|t| t.uid.map(|uid| (uid, t.gid)));
+        ringterm::rt::acme::prepare(acme, owner)?;
+    }
     let fetched = files.fetched.clone();
     let reloader = Arc::new(
         TlsReloader::new(&config, files, resumption, None).map_err(|e| load_error(&layered, e))?,
@@ -479,6 +492,11 @@ fn run(cli: Cli) -> Result<(), String> {
         .start(&config, reloader.tls())
         .map_err(|e| e.to_string())?;
     log_started(&config, &server, mode);
+    if let Some(acme) = &config.acme {
+        // After the listeners: validations reach the TLS port.
+        ringterm::rt::acme::spawn(acme.clone(), reloader.clone())
+            .map_err(|e| format!("--acme-domain: ACME thread: {e}"))?;
+    }
     notify::ready(
         &format!(
             "serving {} listener(s) with {} workers",

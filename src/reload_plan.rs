@@ -114,6 +114,7 @@ pub const RESTART: &[&str] = &[
     "access-log",
     "access-log-format",
     "health-check-interval",
+    "acme",
 ];
 
 /// The configuration a reload runs with — `new`, with every setting that

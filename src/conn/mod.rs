@@ -199,6 +199,9 @@ pub enum End {
     IdleTimeout,
     /// Still open when the shutdown drain timed out.
     DrainCut,
+    /// An ACME TLS-ALPN-01 validation: closed after its handshake, never
+    /// relayed.
+    AcmeChallenge,
 }
 
 /// What happened to a connection, reported once at its end: the runtime
@@ -318,6 +321,10 @@ pub struct ConnConfig {
     /// The frontend the connection came in on: its pools are
     /// [`Pools::pool_for_frontend`]'s.
     pub frontend: usize,
+    /// ACME is on: ClientHellos offering `acme-tls/1` are answered from
+    /// these pending challenges ([`crate::tls::acme`]). A plain reference,
+    /// not an `Arc`: copying it per connection writes no shared counter.
+    pub acme: Option<&'static crate::tls::acme::AcmeChallenges>,
 }
 
 /// Where the connection is: named after what it waits for.
@@ -482,8 +489,12 @@ impl Conn {
                 .cipher_suites
                 .iter()
                 .any(|s| s.tls13().is_some());
+        let mut session = TlsSession::new(tls)?;
+        if let Some(acme) = cfg.acme {
+            session.set_acme(acme);
+        }
         Ok(Self {
-            tls: TlsSession::new(tls)?,
+            tls: session,
             state,
             client: Sock {
                 read_size: FIRST_READ,
@@ -1117,6 +1128,17 @@ impl Conn {
     fn established(&mut self, status: Status, now: Instant) {
         self.out.handshake = self.tls.handshake_info();
         self.out.established_at = Some(now);
+        if self.tls.is_acme_challenge() {
+            // RFC 8737 §3: the validation only looks at the handshake.
+            // A close_notify, then the lingering close; nothing is relayed.
+            self.to_backend.clear();
+            let _ = self.tls.close(&mut self.to_client);
+            self.end = Some(End::AcmeChallenge);
+            self.state = State::Flushing;
+            self.phase_at = now;
+            self.linger = !self.client.eof;
+            return;
+        }
         if matches!(status, Status::PeerClosed | Status::Closed) {
             // A close_notify came with the client's Finished.
             self.client.eof = true;

@@ -574,6 +574,7 @@ pub(super) fn cfg() -> ConnConfig {
         runtime_buffers: false,
         session_lookup: false,
         frontend: 0,
+        acme: None,
     }
 }
 
@@ -1218,6 +1219,40 @@ fn without_a_store_no_lookup_is_asked() {
         w.client.handshake_kind(),
         Some(rustls::HandshakeKind::Resumed)
     );
+}
+
+#[test]
+fn an_acme_challenge_handshake_is_closed_never_relayed() {
+    let challenges: &'static _ = Box::leak(Box::new(crate::tls::acme::AcmeChallenges::new()));
+    challenges.insert(
+        "localhost",
+        crate::tls::acme::challenge_config("localhost", &[5; 32]).unwrap(),
+    );
+    let mut client = ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(crate::tls::acme::Accept))
+    .with_no_client_auth();
+    client.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+    let cfg = ConnConfig {
+        acme: Some(challenges),
+        ..cfg()
+    };
+    let (server, _) = configs();
+    let mut w = World::with_server(cfg, &[BACKEND_A], server.clone(), Arc::new(client));
+    w.settle();
+    assert!(w.handshake_done());
+    assert_eq!(w.client.alpn_protocol(), Some(&b"acme-tls/1"[..]));
+    assert!(w.client_close_notify, "a close_notify after the handshake");
+    // The client closes its side as a validator does; the machine is done.
+    w.client_fin = true;
+    w.settle();
+    assert_eq!(w.outcome().end, End::AcmeChallenge);
+    assert!(w.connected.is_none(), "never connected to a backend");
+    assert!(w.backend_got.is_empty());
 }
 
 #[test]

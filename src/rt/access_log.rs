@@ -291,6 +291,7 @@ pub fn end_reason(out: &Outcome) -> (&'static str, Option<String>) {
         End::Io(Side::Backend, k) => ("backend_io_error", Some(io::Error::from(*k).to_string())),
         End::IdleTimeout => ("idle_timeout", None),
         End::DrainCut => ("drain_cut", None),
+        End::AcmeChallenge => ("acme_challenge", None),
     }
 }
 

@@ -165,6 +165,7 @@ fn route(
             hist::render_prometheus(&mut out, &hrefs, filter);
             if filter == WorkerFilter::All {
                 crate::metrics::process::global().render(&mut out);
+                crate::acme::metrics().render(&mut out);
             }
             Ok(out)
         }

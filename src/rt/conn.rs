@@ -814,6 +814,7 @@ fn count(ctx: &WorkerCtx, out: &Outcome, accepted_at: Instant) {
         End::Tls(_) | End::Io(..) => c.connection_errors.inc(),
         End::IdleTimeout => c.idle_timeouts.inc(),
         End::DrainCut => c.drain_cut.inc(),
+        End::AcmeChallenge => {}
     }
     if out.end != End::Closed {
         tracing::debug!(worker = ctx.id, end = ?out.end, "connection ended");

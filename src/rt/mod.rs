@@ -21,6 +21,7 @@
 //! - `upgrade`: taking over on start, handing over, `SIGUSR2`.
 
 pub mod access_log;
+pub mod acme;
 pub mod admin;
 pub mod bufring;
 pub mod conn;
@@ -404,6 +405,7 @@ pub fn start_inherited(
                 .as_ref()
                 .map(|l| l.for_worker(id, counters[id].clone())),
             health: health.clone(),
+            acme: config.acme.as_ref().map(|_| acme::challenges()),
             buffer_size: config.buffer_size,
             ring_entries: config.ring_entries,
             read_buffers: config.read_buffers,

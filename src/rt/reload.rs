@@ -288,15 +288,23 @@ impl TlsReloader {
     /// `ringterm_reloads_total{result}`. (The server's SIGHUP reloads
     /// everything through [`super::live::ConfigReloader`].)
     pub fn reload(&self) -> Result<ReloadReport, String> {
-        let result = self.try_reload();
+        let result = self.try_reload(true);
         process::global().reload_done(result.is_ok(), now_unix());
         result
     }
 
-    fn try_reload(&self) -> Result<ReloadReport, String> {
+    /// Loads the certificates again with the configuration in force (not
+    /// re-read) and swaps the result in, as a reload does: the ACME thread
+    /// calls it once a new certificate is in the state folder. Not counted
+    /// as a reload.
+    pub fn reload_certificates(&self) -> Result<ReloadReport, String> {
+        self.try_reload(false)
+    }
+
+    fn try_reload(&self, reread_config: bool) -> Result<ReloadReport, String> {
         let config = match &self.config_source {
-            Some(source) => source()?,
-            None => self.lock().config.clone(),
+            Some(source) if reread_config => source()?,
+            _ => self.lock().config.clone(),
         };
         let prepared = self.prepare(&config)?;
         Ok(self.commit(prepared))
@@ -441,16 +449,26 @@ pub fn check(config: &Config) -> Result<String, CheckError> {
     for f in &config.frontends {
         super::resolve_routes(&f.routes).map_err(|e| CheckError::Other(e.to_string()))?;
     }
-    if config.frontends.len() == 1 && config.frontends[0].name == "default" {
-        return Ok(summaries.remove(0));
-    }
-    // Frontend tables: each one's summary under its name.
-    let mut out = format!("frontends: {}\n", config.frontends.len());
-    for (f, summary) in config.frontends.iter().zip(summaries) {
-        out.push_str(&format!("frontend {}:\n", f.name));
-        for line in summary.lines() {
-            out.push_str(&format!("  {line}\n"));
+    let mut out = if config.frontends.len() == 1 && config.frontends[0].name == "default" {
+        summaries.remove(0)
+    } else {
+        // Frontend tables: each one's summary under its name.
+        let mut out = format!("frontends: {}\n", config.frontends.len());
+        for (f, summary) in config.frontends.iter().zip(summaries) {
+            out.push_str(&format!("frontend {}:\n", f.name));
+            for line in summary.lines() {
+                out.push_str(&format!("  {line}\n"));
+            }
         }
+        out
+    };
+    if let Some(acme) = &config.acme {
+        super::acme::check_ca_file(acme).map_err(CheckError::Other)?;
+        out.push_str(&crate::acme::summary(
+            acme,
+            &loader::acme_state(acme, &files),
+            now,
+        ));
     }
     Ok(out)
 }

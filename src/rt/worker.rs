@@ -90,6 +90,8 @@ pub struct WorkerSpec {
     pub access_log: Option<super::access_log::WorkerLog>,
     /// Active health checks' verdicts, when they are on.
     pub health: Option<Arc<super::health::HealthHub>>,
+    /// Pending ACME TLS-ALPN-01 challenges, when ACME is on.
+    pub acme: Option<&'static crate::tls::acme::AcmeChallenges>,
 }
 
 /// A worker's session cache settings.
@@ -251,6 +253,7 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String
         runtime_buffers: true,
         session_lookup: spec.store.is_some(),
         frontend: 0,
+        acme: spec.acme,
     };
     let ctx = WorkerCtx {
         access_log: spec.access_log.map(RefCell::new),

@@ -36,11 +36,15 @@ pub struct HelloFacts {
     pub psk_identities: Vec<Vec<u8>>,
     /// The `supported_versions` extension lists TLS 1.3 (RFC 8446 §4.2.1).
     pub offers_tls13: bool,
+    /// The ALPN extension offers `acme-tls/1`: an ACME TLS-ALPN-01
+    /// validation (RFC 8737 §3).
+    pub offers_acme_tls1: bool,
 }
 
 const HANDSHAKE: u8 = 22;
 const CLIENT_HELLO: u8 = 1;
 const EXT_SERVER_NAME: u16 = 0;
+const EXT_ALPN: u16 = 16;
 const EXT_SESSION_TICKET: u16 = 35;
 const EXT_PRE_SHARED_KEY: u16 = 41;
 const EXT_SUPPORTED_VERSIONS: u16 = 43;
@@ -149,6 +153,7 @@ fn parse_body(body: &[u8]) -> Option<HelloFacts> {
             EXT_SESSION_TICKET => facts.ticket_len = Some(data.len()),
             EXT_PRE_SHARED_KEY => facts.psk_identities = psk_identities(data)?,
             EXT_SUPPORTED_VERSIONS => facts.offers_tls13 = offers_tls13(data),
+            EXT_ALPN => facts.offers_acme_tls1 = offers_protocol(data, ACME_TLS_1),
             _ => {}
         }
     }
@@ -167,6 +172,24 @@ fn server_name(data: &[u8]) -> Option<String> {
         }
     }
     None
+}
+
+/// The ALPN protocol of an ACME TLS-ALPN-01 validation (RFC 8737 §6.2).
+pub const ACME_TLS_1: &[u8] = b"acme-tls/1";
+
+/// Whether an ALPN extension's `ProtocolNameList` (RFC 7301 §3.1) holds
+/// `protocol`.
+fn offers_protocol(data: &[u8], protocol: &[u8]) -> bool {
+    let Some(list) = Reader(data).vec16() else {
+        return false;
+    };
+    let mut list = Reader(list);
+    while let Some(name) = list.vec8() {
+        if name == protocol {
+            return true;
+        }
+    }
+    false
 }
 
 fn offers_tls13(data: &[u8]) -> bool {
@@ -223,6 +246,23 @@ mod tests {
         assert!(facts.offers_tls13);
         // rustls's client asks for TLS 1.2 tickets when it may resume.
         assert!(facts.ticket_len.is_some());
+    }
+
+    #[test]
+    fn sees_acme_tls1_in_alpn() {
+        let mut c = config();
+        c.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let Peek::Hello(facts) = peek(&hello("a.test", c)) else {
+            panic!("not parsed")
+        };
+        assert!(!facts.offers_acme_tls1);
+        let mut c = config();
+        c.alpn_protocols = vec![ACME_TLS_1.to_vec()];
+        let Peek::Hello(facts) = peek(&hello("a.test", c)) else {
+            panic!("not parsed")
+        };
+        assert!(facts.offers_acme_tls1);
+        assert!(!offers_protocol(&[0, 5, 4, b'a'], ACME_TLS_1));
     }
 
     #[test]

@@ -172,6 +172,9 @@ pub fn load(
             }
         }
     }
+    if let Some(acme) = &config.acme {
+        load_acme(acme, files, &mut out)?;
+    }
     if out.certs.is_empty() {
         let dir = config.cert_dirs.join(", ");
         return Err(LoadError::new(
@@ -202,6 +205,115 @@ pub fn load(
         cert.ocsp = ocsp_state(cert, files, now, mode)?;
     }
     Ok(out)
+}
+
+/// The ACME certificates of the state folder, after the static ones
+/// (`--cert`, `--cert-dir`), each served for those of its names that ACME
+/// is configured for and no static certificate serves (a static one wins
+/// for the same name). A state file not there yet is skipped silently (the
+/// ACME thread obtains it); a bad one is listed in [`Loaded::skipped`],
+/// never an error (the ACME thread replaces it). With no certificate at
+/// all, a self-signed placeholder for the ACME names serves until the
+/// first one is obtained.
+fn load_acme(
+    acme: &crate::acme::AcmeConfig,
+    files: &dyn FileSource,
+    out: &mut Loaded,
+) -> Result<(), LoadError> {
+    let statics: std::collections::HashSet<String> = out
+        .certs
+        .iter()
+        .flat_map(|c| c.served_names.iter().cloned())
+        .collect();
+    for names in &acme.certs {
+        let path = acme.cert_file(names);
+        match files.read(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            _ => {}
+        }
+        let spec = CertFiles {
+            cert: path.clone(),
+            key: None,
+            names: Vec::new(),
+            ocsp: None,
+        };
+        match load_one(&spec, "--acme-state-dir", files) {
+            Ok(mut cert) => {
+                let served: Vec<String> = cert
+                    .served_names
+                    .iter()
+                    .filter(|n| names.contains(n) && !statics.contains(*n))
+                    .cloned()
+                    .collect();
+                if served.is_empty() {
+                    continue;
+                }
+                cert.names = served.clone();
+                cert.served_names = served;
+                out.certs.push(cert);
+            }
+            Err(e) => out.skipped.push(format!("{path}: {}", e.message)),
+        }
+    }
+    if out.certs.is_empty() {
+        let names: Vec<&str> = acme.certs.iter().flatten().map(String::as_str).collect();
+        let (cert, key) = super::generate_self_signed(&names)
+            .map_err(|e| LoadError::new("--acme-domain", "", e))?;
+        let mem = Placeholder(format!("{cert}{key}").into_bytes());
+        let spec = CertFiles {
+            cert: PLACEHOLDER.to_owned(),
+            key: None,
+            names: Vec::new(),
+            ocsp: None,
+        };
+        out.certs.push(load_one(&spec, "--acme-domain", &mem)?);
+    }
+    Ok(())
+}
+
+/// The file name of the ACME placeholder certificate.
+pub const PLACEHOLDER: &str = "(acme placeholder)";
+
+/// The placeholder's PEM, as a file.
+struct Placeholder(Vec<u8>);
+
+impl FileSource for Placeholder {
+    fn read(&self, _: &str) -> std::io::Result<Vec<u8>> {
+        Ok(self.0.clone())
+    }
+    fn pem_files(&self, _: &str) -> std::io::Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+}
+
+/// What the ACME state folder holds for each configured certificate: the
+/// DNS names and `notAfter` of its state file's certificate, or why there
+/// is none usable.
+pub fn acme_state(
+    acme: &crate::acme::AcmeConfig,
+    files: &dyn FileSource,
+) -> Vec<Result<(Vec<String>, u64), String>> {
+    acme.certs
+        .iter()
+        .map(|names| {
+            let path = acme.cert_file(names);
+            match files.read(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err("no certificate yet".to_owned())
+                }
+                _ => {}
+            }
+            let spec = CertFiles {
+                cert: path,
+                key: None,
+                names: Vec::new(),
+                ocsp: None,
+            };
+            load_one(&spec, "--acme-state-dir", files)
+                .map(|c| (c.served_names, c.not_after))
+                .map_err(|e| e.message)
+        })
+        .collect()
 }
 
 /// Re-reads and re-checks every certificate's OCSP response at `now`
@@ -550,6 +662,61 @@ mod tests {
         }
         .validate(&[0])
         .unwrap()
+    }
+
+    fn combined_for(names: &[&str]) -> Vec<u8> {
+        let (cert, key) = crate::tls::generate_self_signed(names).unwrap();
+        format!("{key}{cert}").into_bytes()
+    }
+
+    #[test]
+    fn acme_placeholder_state_files_and_static_precedence() {
+        let acme = |cert_dirs: Option<Vec<String>>| {
+            config(crate::config::Settings {
+                cert_dirs,
+                acme: Some(crate::acme::AcmeSetting::One(crate::acme::AcmeTable {
+                    domains: vec!["a.test".into(), "b.test".into()],
+                    state_dir: Some("/acme".into()),
+                    accept_tos: Some(true),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            })
+        };
+        // Nothing obtained yet, no static certificate: the placeholder.
+        let mut mem = Mem::default();
+        let c = acme(None);
+        let l = load(&c, &mem, 0, LoadMode::Start, None).unwrap();
+        assert_eq!(l.certs.len(), 1);
+        assert_eq!(l.certs[0].file, PLACEHOLDER);
+        assert_eq!(l.certs[0].served_names, ["a.test", "b.test"]);
+        assert!(acme_state(c.acme.as_ref().unwrap(), &mem)[0].is_err());
+        // The state file serves its names.
+        mem.0.insert(
+            "/acme/certs/a.test.pem".into(),
+            combined_for(&["a.test", "b.test"]),
+        );
+        let l = load(&c, &mem, 0, LoadMode::Start, None).unwrap();
+        assert_eq!(l.certs.len(), 1);
+        assert_eq!(l.certs[0].file, "/acme/certs/a.test.pem");
+        assert_eq!(l.certs[0].names, ["a.test", "b.test"]);
+        let (names, _) = acme_state(c.acme.as_ref().unwrap(), &mem)[0]
+            .clone()
+            .unwrap();
+        assert_eq!(names, ["a.test", "b.test"]);
+        // A static certificate for b.test wins for b.test.
+        mem.0.insert("/static/b.pem".into(), combined("b.test"));
+        let c = acme(Some(vec!["/static".into()]));
+        let l = load(&c, &mem, 0, LoadMode::Start, None).unwrap();
+        assert_eq!(l.certs.len(), 2);
+        assert_eq!(l.certs[0].file, "/static/b.pem");
+        assert_eq!(l.certs[1].served_names, ["a.test"]);
+        // A broken state file is skipped, never an error.
+        mem.0
+            .insert("/acme/certs/a.test.pem".into(), b"garbage".to_vec());
+        let l = load(&c, &mem, 0, LoadMode::Start, None).unwrap();
+        assert_eq!(l.certs.len(), 1);
+        assert_eq!(l.skipped.len(), 1);
     }
 
     #[test]

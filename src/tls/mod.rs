@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod acme;
 mod alert;
 mod certs;
 pub mod hello;
@@ -86,4 +87,8 @@ pub enum TlsError {
     /// Generating a certificate failed.
     #[error("generating a certificate failed: {0}")]
     Generate(String),
+    /// The ClientHello offered `acme-tls/1` (an ACME TLS-ALPN-01
+    /// validation) for a name with no pending challenge.
+    #[error("tls: acme-tls/1 for a name with no pending ACME challenge")]
+    AcmeNoChallenge,
 }

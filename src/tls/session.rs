@@ -52,6 +52,7 @@ use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{ConnectionState, EncodeError, EncryptError, UnbufferedStatus};
 use rustls::{HandshakeKind, ProtocolVersion, ServerConfig};
 
+use super::acme::AcmeChallenges;
 use super::hello::{self, HelloFacts, Peek};
 use super::TlsError;
 use crate::record::{RecordError, RecordLayer, Version};
@@ -206,6 +207,14 @@ pub struct TlsSession {
     /// [`TlsSession::feed_limit`]): true until a record left rustls holding
     /// part of a handshake message.
     record_at_a_time: bool,
+    /// Pending ACME TLS-ALPN-01 challenges, when ACME is on (see
+    /// [`super::acme`]).
+    acme: Option<&'static AcmeChallenges>,
+    /// This handshake answers an ACME challenge: close after it.
+    acme_challenge: bool,
+    /// rustls consumed client bytes already (a configuration swap for an
+    /// ACME challenge is then too late).
+    discarded_any: bool,
 }
 
 impl std::fmt::Debug for TlsSession {
@@ -243,7 +252,25 @@ impl TlsSession {
             stateless_tickets,
             first_handshake_type: None,
             record_at_a_time: own_wanted,
+            acme: None,
+            acme_challenge: false,
+            discarded_any: false,
         })
+    }
+
+    /// Answers ACME TLS-ALPN-01 challenges from `challenges`: a
+    /// ClientHello offering `acme-tls/1` gets the challenge configuration
+    /// of its SNI (then [`TlsSession::is_acme_challenge`]), or is refused
+    /// when no challenge for that name is pending. Call before the first
+    /// read.
+    pub fn set_acme(&mut self, challenges: &'static AcmeChallenges) {
+        self.acme = Some(challenges);
+    }
+
+    /// Whether this handshake answers an ACME TLS-ALPN-01 challenge: once
+    /// it completes, close the connection; never relay it.
+    pub fn is_acme_challenge(&self) -> bool {
+        self.acme_challenge
     }
 
     /// Whether the handshake has completed.
@@ -379,6 +406,7 @@ impl TlsSession {
     /// `incoming`.
     fn discard(&mut self, n: usize) {
         let n = n.min(self.incoming.len());
+        self.discarded_any |= n > 0;
         self.incoming.drain(..n);
         self.walked = self.walked.saturating_sub(n);
     }
@@ -794,7 +822,13 @@ impl TlsSession {
             match hello::peek(&self.incoming) {
                 Peek::NeedMore => {}
                 Peek::Invalid => self.hello = Some(HelloFacts::default()),
-                Peek::Hello(facts) => self.hello = Some(facts),
+                Peek::Hello(facts) => {
+                    let acme = facts.offers_acme_tls1 && self.acme.is_some();
+                    self.hello = Some(facts);
+                    if acme {
+                        self.answer_acme(to_client)?;
+                    }
+                }
             }
         }
         let before = to_client.len();
@@ -810,6 +844,32 @@ impl TlsSession {
             }
         }
         result
+    }
+
+    /// The ClientHello offers `acme-tls/1`: swap in the challenge's
+    /// configuration for its SNI, before rustls has consumed anything, or
+    /// refuse the handshake with `unrecognized_name` when no challenge for
+    /// the name is pending (RFC 8737 §3: only the challenge certificate
+    /// may answer `acme-tls/1`).
+    fn answer_acme(&mut self, to_client: &mut Vec<u8>) -> Result<(), TlsError> {
+        let sni = self.hello.as_ref().and_then(|h| h.sni.as_deref());
+        let config = match (sni, self.acme) {
+            (Some(name), Some(acme)) => acme.lookup(name),
+            _ => None,
+        };
+        let Some(config) = config.filter(|_| !self.discarded_any && !self.wrote_any) else {
+            self.failed = true;
+            let at = to_client.len();
+            to_client.extend_from_slice(&PLAINTEXT_DECODE_ERROR_ALERT);
+            rewrite_plaintext_alert(&mut to_client[at..], UNRECOGNIZED_NAME);
+            return Err(TlsError::AcmeNoChallenge);
+        };
+        let conn = UnbufferedServerConnection::new(config).map_err(TlsError::Rustls)?;
+        self.conn = Some(Box::new(conn));
+        self.own_wanted = false;
+        self.stateless_tickets = false;
+        self.acme_challenge = true;
+        Ok(())
     }
 
     /// The core loop: drive rustls's state machine until it needs input.

@@ -1,0 +1,657 @@
+//! Built-in ACME (RFC 8555) with the TLS-ALPN-01 challenge (RFC 8737): its
+//! settings (flags and the `[acme]`/`[[acme]]` TOML tables, in one place),
+//! their validation, the state folder's layout and the renewal schedule.
+//!
+//! Sans-IO: nothing here reads a file, opens a socket or reads the clock.
+//! The ACME client itself runs on a thread of its own (`rt::acme`); the
+//! workers answer challenges through [`crate::tls::acme`].
+
+#![forbid(unsafe_code)]
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+
+use crate::config::ConfigError;
+
+/// Let's Encrypt's production directory (the default).
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// Let's Encrypt's staging directory (untrusted certificates, high rate
+/// limits): try a setup against it first.
+pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+/// Default state folder.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/ringterm/acme";
+/// Default: renew this many days before expiry.
+pub const DEFAULT_RENEW_BEFORE_DAYS: f64 = 30.0;
+/// Default first retry delay after a failed order, seconds; it doubles
+/// with each failure in a row up to [`MAX_RETRY_S`]. Five minutes keeps a
+/// failing name under Let's Encrypt's five failed validations per hour.
+pub const DEFAULT_RETRY_MIN_S: u64 = 300;
+/// Longest retry delay, seconds.
+pub const MAX_RETRY_S: u64 = 4 * 3600;
+/// Renewal jitter: up to a tenth of the renew-before period, at most an
+/// hour, so a fleet does not renew in lockstep.
+pub const MAX_JITTER_S: u64 = 3600;
+
+/// The ACME flags, flattened into the command line.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AcmeArgs {
+    /// Obtain and renew a certificate for NAME with ACME (TLS-ALPN-01 on
+    /// the TLS port); repeatable: one certificate for all the names.
+    #[arg(long, value_name = "NAME", global = true)]
+    pub acme_domain: Vec<String>,
+    /// ACME directory URL (default: Let's Encrypt production; staging is
+    /// https://acme-staging-v02.api.letsencrypt.org/directory).
+    #[arg(long, value_name = "URL", global = true)]
+    pub acme_directory: Option<String>,
+    /// Contact e-mail for the ACME account.
+    #[arg(long, value_name = "EMAIL", global = true)]
+    pub acme_email: Option<String>,
+    /// Folder for the ACME account key, certificates and keys (created
+    /// 0700; default /var/lib/ringterm/acme).
+    #[arg(long, value_name = "DIR", global = true)]
+    pub acme_state_dir: Option<String>,
+    /// PEM CA certificate to trust for the ACME directory's HTTPS (a
+    /// private or test CA).
+    #[arg(long, value_name = "PEM", global = true)]
+    pub acme_ca_file: Option<String>,
+    /// Renew this many days before expiry (default 30; fractions allowed).
+    #[arg(long, value_name = "DAYS", global = true)]
+    pub acme_renew_before: Option<f64>,
+    /// First retry delay after a failed order, seconds (default 300;
+    /// doubles with each failure in a row, up to 4 hours).
+    #[arg(long, value_name = "SECS", global = true)]
+    pub acme_retry_min: Option<u64>,
+    /// Accept the ACME CA's terms of service (required with ACME).
+    #[arg(long, global = true)]
+    pub acme_accept_tos: bool,
+}
+
+impl AcmeArgs {
+    /// The flags as one settings table, when any ACME flag is set.
+    pub fn settings(&self) -> Option<AcmeSetting> {
+        let t = AcmeTable {
+            domains: self.acme_domain.clone(),
+            directory: self.acme_directory.clone(),
+            email: self.acme_email.clone(),
+            state_dir: self.acme_state_dir.clone(),
+            ca_file: self.acme_ca_file.clone(),
+            renew_before: self.acme_renew_before,
+            retry_min: self.acme_retry_min,
+            accept_tos: self.acme_accept_tos.then_some(true),
+        };
+        (t != AcmeTable::default()).then_some(AcmeSetting::One(t))
+    }
+}
+
+/// `[acme]` (one table) or `[[acme]]` (one table per certificate).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum AcmeSetting {
+    /// `[acme]`.
+    One(AcmeTable),
+    /// `[[acme]]`.
+    Many(Vec<AcmeTable>),
+}
+
+impl Eq for AcmeSetting {}
+
+/// One ACME table: a certificate's names, and the account settings
+/// (shared: every table that sets one must set the same value).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AcmeTable {
+    /// The certificate's names (`--acme-domain`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub domains: Vec<String>,
+    /// `--acme-directory`.
+    pub directory: Option<String>,
+    /// `--acme-email`.
+    pub email: Option<String>,
+    /// `--acme-state-dir`.
+    pub state_dir: Option<String>,
+    /// `--acme-ca-file`.
+    pub ca_file: Option<String>,
+    /// `--acme-renew-before`, days.
+    pub renew_before: Option<f64>,
+    /// `--acme-retry-min`, seconds.
+    pub retry_min: Option<u64>,
+    /// `--acme-accept-tos`.
+    pub accept_tos: Option<bool>,
+}
+
+impl AcmeSetting {
+    fn into_vec(self) -> Vec<AcmeTable> {
+        match self {
+            Self::One(t) => vec![t],
+            Self::Many(v) => v,
+        }
+    }
+
+    /// Makes relative paths absolute against `dir` (the config file's
+    /// folder).
+    pub fn relative_to(&mut self, dir: &std::path::Path) {
+        let tables: &mut [AcmeTable] = match self {
+            Self::One(t) => std::slice::from_mut(t),
+            Self::Many(v) => v,
+        };
+        for t in tables {
+            for p in [&mut t.state_dir, &mut t.ca_file].into_iter().flatten() {
+                if !p.is_empty() && std::path::Path::new(p.as_str()).is_relative() {
+                    *p = dir.join(p.as_str()).display().to_string();
+                }
+            }
+        }
+    }
+}
+
+/// `over` (the flags) on top of `base` (the file): flag names replace the
+/// file's certificates (one certificate for all of them); each account
+/// setting a flag sets replaces the file's.
+pub fn merge(base: Option<AcmeSetting>, over: Option<AcmeSetting>) -> Option<AcmeSetting> {
+    let (base, over) = match (base, over) {
+        (b, None) => return b,
+        (None, o) => return o,
+        (Some(b), Some(o)) => (b.into_vec(), o.into_vec()),
+    };
+    let mut tables = base;
+    for o in over {
+        if !o.domains.is_empty() {
+            tables = vec![AcmeTable {
+                domains: o.domains.clone(),
+                ..tables.into_iter().next().unwrap_or_default()
+            }];
+        }
+        for t in &mut tables {
+            t.directory = o.directory.clone().or(t.directory.take());
+            t.email = o.email.clone().or(t.email.take());
+            t.state_dir = o.state_dir.clone().or(t.state_dir.take());
+            t.ca_file = o.ca_file.clone().or(t.ca_file.take());
+            t.renew_before = o.renew_before.or(t.renew_before);
+            t.retry_min = o.retry_min.or(t.retry_min);
+            t.accept_tos = o.accept_tos.or(t.accept_tos);
+        }
+    }
+    Some(AcmeSetting::Many(tables))
+}
+
+/// The validated ACME configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeConfig {
+    /// One entry per certificate: its names (lowercase, the first names
+    /// its state file).
+    pub certs: Vec<Vec<String>>,
+    /// The directory URL.
+    pub directory: String,
+    /// Contact e-mail, if any.
+    pub email: Option<String>,
+    /// The state folder.
+    pub state_dir: String,
+    /// A CA certificate file to trust for the directory, if any.
+    pub ca_file: Option<String>,
+    /// Renew this many seconds before expiry.
+    pub renew_before_s: u64,
+    /// First retry delay after a failure, seconds.
+    pub retry_min_s: u64,
+}
+
+fn invalid(flag: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Acme {
+        flag,
+        message: message.into(),
+    }
+}
+
+/// One account setting from every table: the tables that set it must
+/// agree.
+fn shared<T: Clone + PartialEq>(
+    tables: &[AcmeTable],
+    flag: &'static str,
+    get: impl Fn(&AcmeTable) -> Option<T>,
+) -> Result<Option<T>, ConfigError> {
+    let mut out: Option<T> = None;
+    for v in tables.iter().filter_map(get) {
+        match &out {
+            Some(o) if *o != v => {
+                return Err(invalid(
+                    flag,
+                    "set differently in two [[acme]] tables (it is shared)",
+                ))
+            }
+            _ => out = Some(v),
+        }
+    }
+    Ok(out)
+}
+
+/// Checks the ACME settings; `None` when ACME is off.
+pub fn validate(setting: Option<AcmeSetting>) -> Result<Option<AcmeConfig>, ConfigError> {
+    let Some(setting) = setting else {
+        return Ok(None);
+    };
+    let tables = setting.into_vec();
+    if tables.is_empty() {
+        return Ok(None);
+    }
+    let mut certs = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for t in &tables {
+        if t.domains.is_empty() {
+            return Err(invalid(
+                "--acme-domain",
+                "ACME settings without a name: give --acme-domain NAME (domains = [...] in [acme])",
+            ));
+        }
+        let mut names = Vec::new();
+        for d in &t.domains {
+            let name = d.trim().trim_end_matches('.').to_ascii_lowercase();
+            if name.starts_with("*.") {
+                return Err(invalid(
+                    "--acme-domain",
+                    format!("{d:?}: TLS-ALPN-01 cannot validate wildcard names"),
+                ));
+            }
+            if rustls::pki_types::DnsName::try_from(name.as_str()).is_err()
+                || name.parse::<std::net::IpAddr>().is_ok()
+                || !name.contains('.')
+            {
+                return Err(invalid(
+                    "--acme-domain",
+                    format!("{d:?} is not a fully qualified DNS name"),
+                ));
+            }
+            if !seen.insert(name.clone()) {
+                return Err(invalid(
+                    "--acme-domain",
+                    format!("{name} is listed twice (each name goes in one certificate)"),
+                ));
+            }
+            names.push(name);
+        }
+        certs.push(names);
+    }
+    let directory = shared(&tables, "--acme-directory", |t| t.directory.clone())?
+        .unwrap_or_else(|| LETS_ENCRYPT.to_owned());
+    if !directory.starts_with("https://") {
+        return Err(invalid(
+            "--acme-directory",
+            format!("{directory:?} must be an https:// URL"),
+        ));
+    }
+    let accept = shared(&tables, "--acme-accept-tos", |t| t.accept_tos)?;
+    if accept != Some(true) {
+        return Err(invalid(
+            "--acme-accept-tos",
+            format!(
+                "ACME needs the CA's terms of service accepted: read them (the termsOfService link of {directory}) and pass --acme-accept-tos (accept-tos = true in [acme])"
+            ),
+        ));
+    }
+    let email = shared(&tables, "--acme-email", |t| t.email.clone())?;
+    if let Some(e) = &email {
+        if !e.contains('@') || e.contains(char::is_whitespace) || e.contains(',') {
+            return Err(invalid(
+                "--acme-email",
+                format!("{e:?} is not an e-mail address"),
+            ));
+        }
+    }
+    let state_dir = shared(&tables, "--acme-state-dir", |t| t.state_dir.clone())?
+        .unwrap_or_else(|| DEFAULT_STATE_DIR.to_owned());
+    if state_dir.trim().is_empty() {
+        return Err(invalid("--acme-state-dir", "must be a folder"));
+    }
+    let ca_file = shared(&tables, "--acme-ca-file", |t| t.ca_file.clone())?;
+    let days = shared(&tables, "--acme-renew-before", |t| t.renew_before)?
+        .unwrap_or(DEFAULT_RENEW_BEFORE_DAYS);
+    if !days.is_finite() || days <= 0.0 || days > 365.0 {
+        return Err(invalid(
+            "--acme-renew-before",
+            format!("{days} must be more than 0 and at most 365 days"),
+        ));
+    }
+    let retry_min_s =
+        shared(&tables, "--acme-retry-min", |t| t.retry_min)?.unwrap_or(DEFAULT_RETRY_MIN_S);
+    if !(1..=MAX_RETRY_S).contains(&retry_min_s) {
+        return Err(invalid(
+            "--acme-retry-min",
+            format!("{retry_min_s} must be from 1 to {MAX_RETRY_S} seconds"),
+        ));
+    }
+    Ok(Some(AcmeConfig {
+        certs,
+        directory,
+        email,
+        state_dir,
+        ca_file,
+        renew_before_s: (days * 86_400.0).round().max(1.0) as u64,
+        retry_min_s,
+    }))
+}
+
+impl AcmeConfig {
+    /// The state file (combined PEM: key, then chain) of the certificate
+    /// for `names`: `STATE/certs/FIRST-NAME.pem`.
+    pub fn cert_file(&self, names: &[String]) -> String {
+        let first = names.first().map(String::as_str).unwrap_or("_");
+        std::path::Path::new(&self.state_dir)
+            .join("certs")
+            .join(format!("{first}.pem"))
+            .display()
+            .to_string()
+    }
+
+    /// The folder of the certificate state files.
+    pub fn certs_dir(&self) -> String {
+        std::path::Path::new(&self.state_dir)
+            .join("certs")
+            .display()
+            .to_string()
+    }
+
+    /// The account credentials file for this directory URL:
+    /// `STATE/account-HASH.json` (another directory gets another account).
+    pub fn account_file(&self) -> String {
+        let digest =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.directory.as_bytes());
+        let hash: String = digest.as_ref()[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        std::path::Path::new(&self.state_dir)
+            .join(format!("account-{hash}.json"))
+            .display()
+            .to_string()
+    }
+
+    /// When to renew a certificate valid until `not_after` (seconds since
+    /// the Unix epoch) for `names`: `renew_before` ahead of it, minus a
+    /// jitter of up to a tenth of that (at most an hour) that is fixed for
+    /// one certificate (a hash of its names and expiry), so that the
+    /// schedule does not move between looks.
+    pub fn renew_at(&self, names: &[String], not_after: u64) -> u64 {
+        let max_jitter = (self.renew_before_s / 10).min(MAX_JITTER_S);
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in names
+            .iter()
+            .flat_map(|n| n.bytes().chain([0]))
+            .chain(not_after.to_le_bytes())
+        {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        let jitter = if max_jitter == 0 {
+            0
+        } else {
+            h % (max_jitter + 1)
+        };
+        not_after.saturating_sub(self.renew_before_s + jitter)
+    }
+
+    /// The delay before retrying after `failures` failures in a row:
+    /// `retry_min`, doubling, at most [`MAX_RETRY_S`].
+    pub fn retry_delay(&self, failures: u32) -> u64 {
+        let shift = failures.saturating_sub(1).min(20);
+        self.retry_min_s
+            .saturating_mul(1u64 << shift)
+            .min(MAX_RETRY_S.max(self.retry_min_s))
+    }
+}
+
+/// `ringterm check`'s ACME lines: the settings, and for each certificate
+/// what the state folder holds (`state`: the names and `notAfter` of the
+/// state file's certificate, or why there is none).
+pub fn summary(
+    acme: &AcmeConfig,
+    state: &[Result<(Vec<String>, u64), String>],
+    now: u64,
+) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "acme: directory {}, state dir {}, renew {} days before expiry{}",
+        acme.directory,
+        acme.state_dir,
+        acme.renew_before_s as f64 / 86_400.0,
+        acme.email
+            .as_ref()
+            .map(|e| format!(", contact {e}"))
+            .unwrap_or_default()
+    );
+    for (names, st) in acme.certs.iter().zip(state) {
+        let what = match st {
+            Ok((_, not_after)) => {
+                let renew = acme.renew_at(names, *not_after);
+                format!(
+                    "expires {}, renewal from {}{}",
+                    crate::tls::loader::format_utc(*not_after),
+                    crate::tls::loader::format_utc(renew),
+                    if renew <= now { " (due now)" } else { "" }
+                )
+            }
+            Err(why) => format!("not obtained yet ({why})"),
+        };
+        let _ = writeln!(
+            out,
+            "  acme {}: {what} [{}]",
+            names.join(", "),
+            acme.cert_file(names)
+        );
+    }
+    out
+}
+
+/// The ACME figures: orders by result and the next renewal time, per
+/// certificate. Written by the ACME thread, read by the admin thread.
+#[derive(Debug, Default)]
+pub struct AcmeMetrics {
+    orders_ok: AtomicU64,
+    orders_failed: AtomicU64,
+    /// Per certificate (its first name): when the next order is due,
+    /// seconds since the Unix epoch.
+    next: ArcSwap<Vec<(String, u64)>>,
+}
+
+/// The one instance (all zero while ACME is off: nothing is rendered).
+pub fn metrics() -> &'static AcmeMetrics {
+    static GLOBAL: OnceLock<AcmeMetrics> = OnceLock::new();
+    GLOBAL.get_or_init(AcmeMetrics::default)
+}
+
+impl AcmeMetrics {
+    /// Counts a finished order (a certificate obtained) or a failed one.
+    pub fn order_done(&self, ok: bool) {
+        if ok {
+            self.orders_ok.fetch_add(1, Relaxed);
+        } else {
+            self.orders_failed.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Orders so far: (succeeded, failed).
+    pub fn orders(&self) -> (u64, u64) {
+        (
+            self.orders_ok.load(Relaxed),
+            self.orders_failed.load(Relaxed),
+        )
+    }
+
+    /// Sets when each certificate's next order is due.
+    pub fn set_next(&self, next: Vec<(String, u64)>) {
+        self.next.store(Arc::new(next));
+    }
+
+    /// Appends the Prometheus text (nothing until ACME published a
+    /// schedule).
+    pub fn render(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let next = self.next.load();
+        if next.is_empty() {
+            return;
+        }
+        let (ok, failed) = self.orders();
+        let _ = writeln!(
+            out,
+            "# HELP ringterm_acme_orders_total ACME orders, by result.\n# TYPE ringterm_acme_orders_total counter\nringterm_acme_orders_total{{result=\"success\"}} {ok}\nringterm_acme_orders_total{{result=\"failure\"}} {failed}"
+        );
+        out.push_str("# HELP ringterm_acme_next_renewal_timestamp_seconds When the next ACME order (renewal, or retry after a failure) is due, by certificate (its first name).\n# TYPE ringterm_acme_next_renewal_timestamp_seconds gauge\n");
+        for (name, at) in next.iter() {
+            let _ = writeln!(
+                out,
+                "ringterm_acme_next_renewal_timestamp_seconds{{name=\"{name}\"}} {at}"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(domains: &[&str]) -> AcmeTable {
+        AcmeTable {
+            domains: domains.iter().map(|s| s.to_string()).collect(),
+            accept_tos: Some(true),
+            ..AcmeTable::default()
+        }
+    }
+
+    #[test]
+    fn defaults_and_names() {
+        let c = validate(Some(AcmeSetting::One(table(&[
+            "A.example.com",
+            "b.example.com.",
+        ]))))
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.certs, [vec!["a.example.com", "b.example.com"]]);
+        assert_eq!(c.directory, LETS_ENCRYPT);
+        assert_eq!(c.state_dir, DEFAULT_STATE_DIR);
+        assert_eq!(c.renew_before_s, 30 * 86_400);
+        assert_eq!(
+            c.cert_file(&c.certs[0]),
+            "/var/lib/ringterm/acme/certs/a.example.com.pem"
+        );
+        assert!(c
+            .account_file()
+            .starts_with("/var/lib/ringterm/acme/account-"));
+    }
+
+    #[test]
+    fn terms_must_be_accepted() {
+        let mut t = table(&["a.example.com"]);
+        t.accept_tos = None;
+        let e = validate(Some(AcmeSetting::One(t))).unwrap_err();
+        assert_eq!(e.flag(), Some("--acme-accept-tos"));
+        assert!(
+            e.to_string().starts_with("--acme-accept-tos: ACME needs"),
+            "{e}"
+        );
+        assert!(!e.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        let flag = |t: AcmeTable| validate(Some(AcmeSetting::One(t))).unwrap_err().flag();
+        assert_eq!(flag(table(&[])), Some("--acme-domain"));
+        assert_eq!(flag(table(&["*.example.com"])), Some("--acme-domain"));
+        assert_eq!(flag(table(&["localhost"])), Some("--acme-domain"));
+        assert_eq!(flag(table(&["a.test", "A.test"])), Some("--acme-domain"));
+        let mut t = table(&["a.test"]);
+        t.directory = Some("http://x/".into());
+        assert_eq!(flag(t), Some("--acme-directory"));
+        let mut t = table(&["a.test"]);
+        t.renew_before = Some(0.0);
+        assert_eq!(flag(t), Some("--acme-renew-before"));
+        let two = AcmeSetting::Many(vec![
+            AcmeTable {
+                email: Some("a@x.test".into()),
+                ..table(&["a.test"])
+            },
+            AcmeTable {
+                email: Some("b@x.test".into()),
+                ..table(&["b.test"])
+            },
+        ]);
+        assert_eq!(
+            validate(Some(two)).unwrap_err().flag(),
+            Some("--acme-email")
+        );
+    }
+
+    #[test]
+    fn flags_replace_the_files_names_and_settings() {
+        let file = AcmeSetting::Many(vec![
+            AcmeTable {
+                email: Some("a@x.test".into()),
+                ..table(&["a.test"])
+            },
+            table(&["b.test"]),
+        ]);
+        let flags = AcmeSetting::One(AcmeTable {
+            renew_before: Some(10.0),
+            ..AcmeTable::default()
+        });
+        let c = validate(merge(Some(file.clone()), Some(flags)))
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.certs.len(), 2);
+        assert_eq!(c.renew_before_s, 10 * 86_400);
+        assert_eq!(c.email.as_deref(), Some("a@x.test"));
+        let flags = AcmeSetting::One(AcmeTable {
+            domains: vec!["c.test".into()],
+            ..AcmeTable::default()
+        });
+        let c = validate(merge(Some(file), Some(flags))).unwrap().unwrap();
+        assert_eq!(c.certs, [vec!["c.test"]]);
+    }
+
+    #[test]
+    fn toml_tables_relative_paths_and_blame() {
+        use crate::config::{Layered, Settings};
+        let base = "listen = [\"127.0.0.1:1\"]\nbackend = \"127.0.0.1:2\"\n";
+        let one = Settings::from_toml(
+            "/etc/r/r.toml",
+            &format!("{base}[acme]\ndomains = [\"a.test\"]\nstate-dir = \"acme\"\naccept-tos = true\nrenew-before = 10\n"),
+        )
+        .unwrap();
+        let c = one.validate(&[0]).unwrap().acme.unwrap();
+        assert_eq!(c.certs, [vec!["a.test"]]);
+        assert_eq!(c.state_dir, "/etc/r/acme");
+        assert_eq!(c.renew_before_s, 10 * 86_400);
+        let many = Settings::from_toml(
+            "r.toml",
+            &format!("{base}[[acme]]\ndomains = [\"a.test\"]\naccept-tos = true\n[[acme]]\ndomains = [\"b.test\", \"c.test\"]\n"),
+        )
+        .unwrap();
+        let c = many.validate(&[0]).unwrap().acme.unwrap();
+        assert_eq!(c.certs.len(), 2);
+        // An error about a value the file set names the file and key.
+        let file =
+            Settings::from_toml("r.toml", &format!("{base}[acme]\ndomains = [\"a.test\"]\n"))
+                .unwrap();
+        let layered = Layered::new(Some(("r.toml".into(), file)), Settings::default());
+        let e = layered.validate(&[0]).unwrap_err();
+        assert!(e.starts_with("r.toml: acme: ACME needs"), "{e}");
+        let bad = Settings::from_toml("r.toml", &format!("{base}[acme]\ndomain = [\"a\"]\n"));
+        assert!(bad.is_err());
+    }
+
+    #[test]
+    fn renewal_schedule_and_backoff() {
+        let c = validate(Some(AcmeSetting::One(table(&["a.test"]))))
+            .unwrap()
+            .unwrap();
+        let names = &c.certs[0];
+        let not_after = 1_900_000_000;
+        let at = c.renew_at(names, not_after);
+        let earliest = not_after - 30 * 86_400 - 3600;
+        assert!((earliest..=not_after - 30 * 86_400).contains(&at), "{at}");
+        assert_eq!(at, c.renew_at(names, not_after));
+        assert_eq!(c.retry_delay(1), 300);
+        assert_eq!(c.retry_delay(2), 600);
+        assert_eq!(c.retry_delay(30), MAX_RETRY_S);
+    }
+}

@@ -263,32 +263,33 @@ pub struct Bytes {
     pub to_backend: u64,
 }
 
-impl Outcome {
-    fn empty() -> Self {
-        Self {
-            end: End::Closed,
-            handshake: None,
-            established_at: None,
-            alert: None,
-            backend: None,
-            backend_tried: None,
-            client: None,
-            sni: None,
-            bytes: Bytes::default(),
-            first_close: None,
-            connect: None,
-            connect_failures: 0,
-            connect_timeouts: 0,
-            retries: 0,
-            ttfb: None,
-            cancel_failures: 0,
-            reset_client: false,
-            reset_backend: false,
-        }
-    }
+/// What the machine records toward its [`Outcome`] while the connection
+/// lives: the outcome's fields that are not known only at the end (the end
+/// itself, and the handshake's facts, which stay in the TLS session until
+/// then), so that a live connection holds one compact record and no copy of
+/// the handshake's strings.
+#[derive(Debug, Default)]
+struct Tally {
+    established_at: Option<Instant>,
+    connect: Option<(Instant, Instant)>,
+    ttfb: Option<Duration>,
+    /// The backend of the last connect attempt (connected or not).
+    backend_tried: Option<BackendAddr>,
+    client: Option<SocketAddr>,
+    bytes: Bytes,
+    connect_failures: u32,
+    connect_timeouts: u32,
+    retries: u32,
+    cancel_failures: u32,
+    alert: Option<AlertKind>,
+    first_close: Option<Side>,
+    /// `backend_tried` connected.
+    connected: bool,
+    reset_client: bool,
+    reset_backend: bool,
 }
 
-/// Per-connection settings (the worker's, copied).
+/// Per-connection settings (the worker's, shared).
 #[derive(Debug, Clone)]
 pub struct ConnConfig {
     /// Expect a PROXY protocol header before the ClientHello.
@@ -388,7 +389,7 @@ impl Sock {
 
 /// One connection. See the module documentation.
 pub struct Conn {
-    cfg: ConnConfig,
+    cfg: Arc<ConnConfig>,
     state: State,
     tls: TlsSession,
     client: Sock,
@@ -405,17 +406,19 @@ pub struct Conn {
     backend_room: usize,
     /// PROXY header bytes read so far.
     proxy_buf: Vec<u8>,
-    /// The addresses a PROXY header toward the backend carries.
-    addresses: Option<(SocketAddr, SocketAddr)>,
+    /// The addresses a PROXY header toward the backend carries (boxed:
+    /// only with `--proxy-protocol`, until the header is encoded).
+    addresses: Option<Box<(SocketAddr, SocketAddr)>>,
     /// Client bytes already read and not yet given to the TLS session (the
     /// ClientHello's start behind a PROXY header).
     unread: bool,
-    /// A connect is in flight.
-    connecting: Option<BackendAddr>,
+    /// A connect to `out.backend_tried` is in flight.
+    connecting: bool,
     /// The backend pool and the attempts made.
     pool: Option<PoolId>,
     attempts: usize,
-    skip: Option<BackendAddr>,
+    /// The next pick skips `out.backend_tried` (it just failed).
+    skip_tried: bool,
     /// A connect attempt was cancelled by its deadline (else by the drain).
     connect_timed_out: bool,
     /// When the current deadline's period began.
@@ -431,7 +434,7 @@ pub struct Conn {
     /// The backend's first byte was seen; when plaintext first went to it.
     ttfb_done: bool,
     ttfb_from: Option<Instant>,
-    out: Outcome,
+    out: Tally,
     /// The outcome was handed out.
     reported: bool,
     /// The ClientHello was looked at for a session lookup (once).
@@ -457,19 +460,20 @@ impl std::fmt::Debug for Conn {
 impl Conn {
     /// A connection accepted at `now` from `peer` on `local`.
     pub fn new(
-        cfg: ConnConfig,
+        cfg: impl Into<Arc<ConnConfig>>,
         tls: Arc<ServerConfig>,
         peer: SocketAddr,
         local: Option<SocketAddr>,
         now: Instant,
     ) -> Result<Self, TlsError> {
+        let cfg = cfg.into();
         let state = if cfg.accept_proxy {
             State::ExpectProxyHeader
         } else {
             State::Handshaking
         };
         let addresses = match (cfg.proxy_out, local) {
-            (Some(_), Some(local)) => Some((peer, local)),
+            (Some(_), Some(local)) => Some(Box::new((peer, local))),
             _ => None,
         };
         let read_size = FIRST_READ.min(cfg.buffer_size.max(1));
@@ -498,10 +502,10 @@ impl Conn {
             proxy_buf: Vec::new(),
             addresses,
             unread: false,
-            connecting: None,
+            connecting: false,
             pool: None,
             attempts: 0,
-            skip: None,
+            skip_tried: false,
             connect_timed_out: false,
             accepted_at: now,
             phase_at: now,
@@ -511,10 +515,10 @@ impl Conn {
             end: None,
             ttfb_done: false,
             ttfb_from: None,
-            out: Outcome {
+            out: Tally {
                 // Port 0: the runtime did not look the peer up.
                 client: (peer.port() != 0).then_some(peer),
-                ..Outcome::empty()
+                ..Tally::default()
             },
             reported: false,
             looked_up: false,
@@ -535,7 +539,7 @@ impl Conn {
 
     /// Whether an op is in flight.
     pub fn in_flight(&self) -> bool {
-        self.client.busy() || self.backend.busy() || self.connecting.is_some()
+        self.client.busy() || self.backend.busy() || self.connecting
     }
 
     // ------------------------------------------------------------------
@@ -551,7 +555,7 @@ impl Conn {
         }
         // Cancels first: they target what is in flight now.
         for side in [Side::Client, Side::Backend] {
-            let connecting = side == Side::Backend && self.connecting.is_some();
+            let connecting = side == Side::Backend && self.connecting;
             let s = self.sock_mut(side);
             if std::mem::take(&mut s.force_shut) {
                 return Some(Op::ShutdownBoth { side });
@@ -600,11 +604,32 @@ impl Conn {
             _ => return None,
         }
         self.reported = true;
-        self.out.end = self.end.take().unwrap_or(End::Closed);
-        if self.out.handshake.is_none() {
-            self.out.sni = self.tls.sni().map(str::to_owned);
-        }
-        Some(std::mem::replace(&mut self.out, Outcome::empty()))
+        let t = std::mem::take(&mut self.out);
+        let handshake = t.established_at.and_then(|_| self.tls.handshake_info());
+        let sni = match handshake {
+            None => self.tls.sni().map(str::to_owned),
+            Some(_) => None,
+        };
+        Some(Outcome {
+            end: self.end.take().unwrap_or(End::Closed),
+            handshake,
+            established_at: t.established_at,
+            alert: t.alert,
+            backend: t.backend_tried.clone().filter(|_| t.connected),
+            backend_tried: t.backend_tried,
+            client: t.client,
+            sni,
+            bytes: t.bytes,
+            first_close: t.first_close,
+            connect: t.connect,
+            connect_failures: t.connect_failures,
+            connect_timeouts: t.connect_timeouts,
+            retries: t.retries,
+            ttfb: t.ttfb,
+            cancel_failures: t.cancel_failures,
+            reset_client: t.reset_client,
+            reset_backend: t.reset_backend,
+        })
     }
 
     /// When [`Conn::handle_timeout`] should be called next, if ever.
@@ -613,7 +638,7 @@ impl Conn {
             State::ExpectProxyHeader | State::Handshaking | State::ExpectSessionLookup => {
                 Some(self.accepted_at + self.cfg.handshake_timeout)
             }
-            State::ExpectBackend if self.connecting.is_some() && !self.connect_timed_out => {
+            State::ExpectBackend if self.connecting && !self.connect_timed_out => {
                 Some(self.phase_at + self.cfg.connect_timeout)
             }
             State::Relaying => self.cfg.idle_timeout.map(|t| self.last_activity + t),
@@ -794,7 +819,10 @@ impl Conn {
 
     /// The backend connect completed.
     pub fn handle_connect(&mut self, res: IoResult, now: Instant, pools: &mut Pools) {
-        let Some(addr) = self.connecting.take() else {
+        if !std::mem::take(&mut self.connecting) {
+            return;
+        }
+        let Some(addr) = self.out.backend_tried.clone() else {
             return;
         };
         let pool = self.pool.unwrap_or(0);
@@ -808,7 +836,7 @@ impl Conn {
         match res {
             IoResult::Done(_) => {
                 pools.succeeded(pool, &addr);
-                self.out.backend = Some(addr);
+                self.out.connected = true;
                 let from = self.out.connect.map_or(self.phase_at, |(s, _)| s);
                 self.out.connect = Some((from, now));
                 if self.cut {
@@ -836,7 +864,7 @@ impl Conn {
                 let tries = pools.len(pool).min(2);
                 if self.attempts < tries && !self.cut {
                     self.out.retries += 1;
-                    self.skip = Some(addr);
+                    self.skip_tried = true;
                 } else {
                     self.fail(end);
                 }
@@ -916,7 +944,7 @@ impl Conn {
                 self.fail(End::DrainCut)
             }
             State::ExpectBackend => {
-                if self.connecting.is_some() {
+                if self.connecting {
                     self.backend.cancel_wanted = true;
                 } else {
                     self.fail(End::DrainCut);
@@ -982,7 +1010,7 @@ impl Conn {
             return;
         }
         if let (Some(src), Some(dst)) = (header.source, header.destination) {
-            self.addresses = Some((src, dst));
+            self.addresses = Some(Box::new((src, dst)));
         } else if header.local {
             self.addresses = None;
         }
@@ -1087,7 +1115,7 @@ impl Conn {
     }
 
     fn established(&mut self, status: Status, now: Instant) {
-        self.out.handshake = self.tls.handshake_info();
+        // The handshake's facts stay in the session until the outcome.
         self.out.established_at = Some(now);
         if matches!(status, Status::PeerClosed | Status::Closed) {
             // A close_notify came with the client's Finished.
@@ -1106,7 +1134,12 @@ impl Conn {
         if let Some(version) = self.cfg.proxy_out {
             // The PROXY header goes first, before any plaintext.
             let mut header = Vec::with_capacity(256 + self.to_backend.len());
-            if let Err(e) = encode_proxy_header(version, self.addresses, &self.tls, &mut header) {
+            if let Err(e) = encode_proxy_header(
+                version,
+                self.addresses.take().map(|a| *a),
+                &self.tls,
+                &mut header,
+            ) {
                 self.fail(End::Io(Side::Backend, io::Error::other(e).kind()));
                 return;
             }
@@ -1122,19 +1155,20 @@ impl Conn {
     }
 
     fn poll_connect(&mut self, now: Instant, pools: &mut Pools) -> Option<Op> {
-        if self.connecting.is_some() || self.backend.busy() {
+        if self.connecting || self.backend.busy() {
             return None;
         }
         let pool = *self
             .pool
             .get_or_insert_with(|| pools.pool_for(self.tls.sni()));
-        let Some(addr) = pools.pick(pool, self.ms(now), self.skip.as_ref()) else {
+        let skip = self.out.backend_tried.as_ref().filter(|_| self.skip_tried);
+        let Some(addr) = pools.pick(pool, self.ms(now), skip) else {
             self.out.connect_failures += 1;
             self.fail(End::ConnectFailed(io::ErrorKind::NotFound));
             return None;
         };
         self.attempts += 1;
-        self.connecting = Some(addr.clone());
+        self.connecting = true;
         self.out.backend_tried = Some(addr.clone());
         self.phase_at = now;
         if self.out.connect.is_none() {

@@ -27,8 +27,8 @@ pub struct WorkerCtx {
     pub(super) local_tls: RefCell<Option<(Arc<ServerConfig>, Arc<ServerConfig>)>>,
     /// This worker's backend pools (round-robin, ejection).
     pub pools: RefCell<Pools>,
-    /// Per-connection settings.
-    pub conn: ConnConfig,
+    /// Per-connection settings, shared by the worker's connections.
+    pub conn: Arc<ConnConfig>,
     /// Connections above which new ones are closed at once; 0 = unlimited.
     pub max_connections: u64,
     /// This worker's counters.

@@ -202,7 +202,7 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String
         tls: spec.tls,
         local_tls: RefCell::new(None),
         pools: RefCell::new(pools),
-        conn: ConnConfig {
+        conn: Arc::new(ConnConfig {
             accept_proxy: spec.accept_proxy,
             proxy_out: spec.proxy_out,
             handshake_timeout: Duration::from_millis(spec.handshake_timeout_ms),
@@ -214,7 +214,7 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String
             epoch,
             runtime_buffers: true,
             session_lookup: spec.store.is_some(),
-        },
+        }),
         max_connections: spec.max_connections,
         counters: spec.counters,
         hist: RefCell::new(Histograms::new()),

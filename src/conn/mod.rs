@@ -86,6 +86,11 @@ pub const HANDSHAKE_READ: usize = 2048;
 /// client (and its close_notify or alert) by default.
 pub const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 
+/// A relaying connection with no byte moving for this long lets the own
+/// record layer drop its AEAD contexts ([`TlsSession::hibernate`], about
+/// 1.2 KB); the next record builds them again.
+pub const HIBERNATE_AFTER: Duration = Duration::from_secs(1);
+
 /// One of the connection's two sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Side {
@@ -430,7 +435,8 @@ pub struct Conn {
     /// Linger once the alert being flushed is out.
     linger: bool,
     /// Why the connection stops or failed, once decided.
-    end: Option<End>,
+    /// (Boxed: decided once, at the end.)
+    end: Option<Box<End>>,
     /// The backend's first byte was seen; when plaintext first went to it.
     ttfb_done: bool,
     ttfb_from: Option<Instant>,
@@ -598,7 +604,7 @@ impl Conn {
             // closed and flushed.
             State::Relaying => {
                 debug_assert!(self.relay_finished(), "relay stalled: {self:?}");
-                self.end.get_or_insert(End::Closed);
+                self.end.get_or_insert(Box::new(End::Closed));
                 self.state = State::Done;
             }
             _ => return None,
@@ -611,7 +617,7 @@ impl Conn {
             Some(_) => None,
         };
         Some(Outcome {
-            end: self.end.take().unwrap_or(End::Closed),
+            end: self.end.take().map_or(End::Closed, |e| *e),
             handshake,
             established_at: t.established_at,
             alert: t.alert,
@@ -641,7 +647,17 @@ impl Conn {
             State::ExpectBackend if self.connecting && !self.connect_timed_out => {
                 Some(self.phase_at + self.cfg.connect_timeout)
             }
-            State::Relaying => self.cfg.idle_timeout.map(|t| self.last_activity + t),
+            State::Relaying => {
+                let idle = self.cfg.idle_timeout.map(|t| self.last_activity + t);
+                let hibernate = self
+                    .tls
+                    .can_hibernate()
+                    .then(|| self.last_activity + HIBERNATE_AFTER);
+                match (idle, hibernate) {
+                    (Some(i), Some(h)) => Some(i.min(h)),
+                    (i, h) => i.or(h),
+                }
+            }
             State::Flushing => Some(self.phase_at + self.cfg.close_flush),
             State::Lingering if !self.client.eof => Some(self.phase_at + self.cfg.close_flush),
             _ => None,
@@ -881,7 +897,8 @@ impl Conn {
             self.out.cancel_failures += 1;
             let end = self
                 .end
-                .clone()
+                .as_deref()
+                .cloned()
                 .unwrap_or(End::Io(side, io::ErrorKind::Other));
             self.fail(end);
             self.sock_mut(side).force_shut = true;
@@ -903,7 +920,17 @@ impl Conn {
                 self.connect_timed_out = true;
                 self.backend.cancel_wanted = true;
             }
-            State::Relaying => self.stop(End::IdleTimeout),
+            State::Relaying => {
+                if self
+                    .cfg
+                    .idle_timeout
+                    .is_some_and(|t| now >= self.last_activity + t)
+                {
+                    self.stop(End::IdleTimeout);
+                } else {
+                    self.tls.hibernate();
+                }
+            }
             State::Flushing => {
                 // The client did not take what it was owed in time.
                 self.drop_owed(Side::Client);
@@ -1419,7 +1446,7 @@ impl Conn {
         self.drop_owed(Side::Backend);
         self.backend.cancel_wanted = true;
         self.client.cancel_wanted = self.client.read.is_some();
-        self.end = Some(end);
+        self.end = Some(Box::new(end));
         self.state = State::Flushing;
         self.phase_at = now;
         self.linger = !self.client.eof;
@@ -1464,7 +1491,7 @@ impl Conn {
     /// A stop (idle timeout, drain cut): cancel what is in flight; once it
     /// has all completed, flush what the client is owed and a close_notify.
     fn stop(&mut self, end: End) {
-        self.end = Some(end);
+        self.end = Some(Box::new(end));
         self.state = State::Stopping;
         self.client.cancel_wanted = true;
         self.backend.cancel_wanted = true;
@@ -1495,7 +1522,7 @@ impl Conn {
         // Whatever either side was still owed is dropped.
         self.drop_owed(Side::Client);
         self.drop_owed(Side::Backend);
-        self.end = Some(end);
+        self.end = Some(Box::new(end));
         self.state = State::Failing;
         self.client.cancel_wanted = true;
         self.backend.cancel_wanted = true;

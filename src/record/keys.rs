@@ -172,10 +172,10 @@ fn chacha_key(key: &[u8]) -> Result<LessSafeKey, RecordError> {
 }
 
 /// The key in `slot`, built with `build` when the slot is empty.
-fn built<'a, K>(
-    slot: &'a mut Option<K>,
+fn built<K>(
+    slot: &mut Option<K>,
     build: impl FnOnce() -> Result<K, RecordError>,
-) -> Result<&'a mut K, RecordError> {
+) -> Result<&mut K, RecordError> {
     if slot.is_none() {
         *slot = Some(build()?);
     }

@@ -86,6 +86,11 @@ pub const HANDSHAKE_READ: usize = 2048;
 /// client (and its close_notify or alert) by default.
 pub const CLOSE_FLUSH: Duration = Duration::from_secs(1);
 
+/// A relaying connection with no byte moving for this long lets the own
+/// record layer drop its AEAD contexts ([`TlsSession::hibernate`], about
+/// 1.2 KB); the next record builds them again.
+pub const HIBERNATE_AFTER: Duration = Duration::from_secs(1);
+
 /// One of the connection's two sockets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Side {
@@ -266,32 +271,33 @@ pub struct Bytes {
     pub to_backend: u64,
 }
 
-impl Outcome {
-    fn empty() -> Self {
-        Self {
-            end: End::Closed,
-            handshake: None,
-            established_at: None,
-            alert: None,
-            backend: None,
-            backend_tried: None,
-            client: None,
-            sni: None,
-            bytes: Bytes::default(),
-            first_close: None,
-            connect: None,
-            connect_failures: 0,
-            connect_timeouts: 0,
-            retries: 0,
-            ttfb: None,
-            cancel_failures: 0,
-            reset_client: false,
-            reset_backend: false,
-        }
-    }
+/// What the machine records toward its [`Outcome`] while the connection
+/// lives: the outcome's fields that are not known only at the end (the end
+/// itself, and the handshake's facts, which stay in the TLS session until
+/// then), so that a live connection holds one compact record and no copy of
+/// the handshake's strings.
+#[derive(Debug, Default)]
+struct Tally {
+    established_at: Option<Instant>,
+    connect: Option<(Instant, Instant)>,
+    ttfb: Option<Duration>,
+    /// The backend of the last connect attempt (connected or not).
+    backend_tried: Option<BackendAddr>,
+    client: Option<SocketAddr>,
+    bytes: Bytes,
+    connect_failures: u32,
+    connect_timeouts: u32,
+    retries: u32,
+    cancel_failures: u32,
+    alert: Option<AlertKind>,
+    first_close: Option<Side>,
+    /// `backend_tried` connected.
+    connected: bool,
+    reset_client: bool,
+    reset_backend: bool,
 }
 
-/// Per-connection settings (the worker's, copied).
+/// Per-connection settings (the worker's, shared).
 #[derive(Debug, Clone)]
 pub struct ConnConfig {
     /// Expect a PROXY protocol header before the ClientHello.
@@ -398,7 +404,7 @@ impl Sock {
 
 /// One connection. See the module documentation.
 pub struct Conn {
-    cfg: ConnConfig,
+    cfg: Arc<ConnConfig>,
     state: State,
     tls: TlsSession,
     client: Sock,
@@ -415,17 +421,19 @@ pub struct Conn {
     backend_room: usize,
     /// PROXY header bytes read so far.
     proxy_buf: Vec<u8>,
-    /// The addresses a PROXY header toward the backend carries.
-    addresses: Option<(SocketAddr, SocketAddr)>,
+    /// The addresses a PROXY header toward the backend carries (boxed:
+    /// only with `--proxy-protocol`, until the header is encoded).
+    addresses: Option<Box<(SocketAddr, SocketAddr)>>,
     /// Client bytes already read and not yet given to the TLS session (the
     /// ClientHello's start behind a PROXY header).
     unread: bool,
-    /// A connect is in flight.
-    connecting: Option<BackendAddr>,
+    /// A connect to `out.backend_tried` is in flight.
+    connecting: bool,
     /// The backend pool and the attempts made.
     pool: Option<PoolId>,
     attempts: usize,
-    skip: Option<BackendAddr>,
+    /// The next pick skips `out.backend_tried` (it just failed).
+    skip_tried: bool,
     /// A connect attempt was cancelled by its deadline (else by the drain).
     connect_timed_out: bool,
     /// When the current deadline's period began.
@@ -437,11 +445,12 @@ pub struct Conn {
     /// Linger once the alert being flushed is out.
     linger: bool,
     /// Why the connection stops or failed, once decided.
-    end: Option<End>,
+    /// (Boxed: decided once, at the end.)
+    end: Option<Box<End>>,
     /// The backend's first byte was seen; when plaintext first went to it.
     ttfb_done: bool,
     ttfb_from: Option<Instant>,
-    out: Outcome,
+    out: Tally,
     /// The outcome was handed out.
     reported: bool,
     /// The ClientHello was looked at for a session lookup (once).
@@ -467,19 +476,20 @@ impl std::fmt::Debug for Conn {
 impl Conn {
     /// A connection accepted at `now` from `peer` on `local`.
     pub fn new(
-        cfg: ConnConfig,
+        cfg: impl Into<Arc<ConnConfig>>,
         tls: Arc<ServerConfig>,
         peer: SocketAddr,
         local: Option<SocketAddr>,
         now: Instant,
     ) -> Result<Self, TlsError> {
+        let cfg = cfg.into();
         let state = if cfg.accept_proxy {
             State::ExpectProxyHeader
         } else {
             State::Handshaking
         };
         let addresses = match (cfg.proxy_out, local) {
-            (Some(_), Some(local)) => Some((peer, local)),
+            (Some(_), Some(local)) => Some(Box::new((peer, local))),
             _ => None,
         };
         let read_size = FIRST_READ.min(cfg.buffer_size.max(1));
@@ -512,10 +522,10 @@ impl Conn {
             proxy_buf: Vec::new(),
             addresses,
             unread: false,
-            connecting: None,
+            connecting: false,
             pool: None,
             attempts: 0,
-            skip: None,
+            skip_tried: false,
             connect_timed_out: false,
             accepted_at: now,
             phase_at: now,
@@ -525,10 +535,10 @@ impl Conn {
             end: None,
             ttfb_done: false,
             ttfb_from: None,
-            out: Outcome {
+            out: Tally {
                 // Port 0: the runtime did not look the peer up.
                 client: (peer.port() != 0).then_some(peer),
-                ..Outcome::empty()
+                ..Tally::default()
             },
             reported: false,
             looked_up: false,
@@ -549,7 +559,7 @@ impl Conn {
 
     /// Whether an op is in flight.
     pub fn in_flight(&self) -> bool {
-        self.client.busy() || self.backend.busy() || self.connecting.is_some()
+        self.client.busy() || self.backend.busy() || self.connecting
     }
 
     /// Whether the completion of the write in flight on `side` would let
@@ -590,7 +600,7 @@ impl Conn {
         }
         // Cancels first: they target what is in flight now.
         for side in [Side::Client, Side::Backend] {
-            let connecting = side == Side::Backend && self.connecting.is_some();
+            let connecting = side == Side::Backend && self.connecting;
             let s = self.sock_mut(side);
             if std::mem::take(&mut s.force_shut) {
                 return Some(Op::ShutdownBoth { side });
@@ -633,17 +643,38 @@ impl Conn {
             // closed and flushed.
             State::Relaying => {
                 debug_assert!(self.relay_finished(), "relay stalled: {self:?}");
-                self.end.get_or_insert(End::Closed);
+                self.end.get_or_insert(Box::new(End::Closed));
                 self.state = State::Done;
             }
             _ => return None,
         }
         self.reported = true;
-        self.out.end = self.end.take().unwrap_or(End::Closed);
-        if self.out.handshake.is_none() {
-            self.out.sni = self.tls.sni().map(str::to_owned);
-        }
-        Some(std::mem::replace(&mut self.out, Outcome::empty()))
+        let t = std::mem::take(&mut self.out);
+        let handshake = t.established_at.and_then(|_| self.tls.handshake_info());
+        let sni = match handshake {
+            None => self.tls.sni().map(str::to_owned),
+            Some(_) => None,
+        };
+        Some(Outcome {
+            end: self.end.take().map_or(End::Closed, |e| *e),
+            handshake,
+            established_at: t.established_at,
+            alert: t.alert,
+            backend: t.backend_tried.clone().filter(|_| t.connected),
+            backend_tried: t.backend_tried,
+            client: t.client,
+            sni,
+            bytes: t.bytes,
+            first_close: t.first_close,
+            connect: t.connect,
+            connect_failures: t.connect_failures,
+            connect_timeouts: t.connect_timeouts,
+            retries: t.retries,
+            ttfb: t.ttfb,
+            cancel_failures: t.cancel_failures,
+            reset_client: t.reset_client,
+            reset_backend: t.reset_backend,
+        })
     }
 
     /// When [`Conn::handle_timeout`] should be called next, if ever.
@@ -652,10 +683,20 @@ impl Conn {
             State::ExpectProxyHeader | State::Handshaking | State::ExpectSessionLookup => {
                 Some(self.accepted_at + self.cfg.handshake_timeout)
             }
-            State::ExpectBackend if self.connecting.is_some() && !self.connect_timed_out => {
+            State::ExpectBackend if self.connecting && !self.connect_timed_out => {
                 Some(self.phase_at + self.cfg.connect_timeout)
             }
-            State::Relaying => self.cfg.idle_timeout.map(|t| self.last_activity + t),
+            State::Relaying => {
+                let idle = self.cfg.idle_timeout.map(|t| self.last_activity + t);
+                let hibernate = self
+                    .tls
+                    .can_hibernate()
+                    .then(|| self.last_activity + HIBERNATE_AFTER);
+                match (idle, hibernate) {
+                    (Some(i), Some(h)) => Some(i.min(h)),
+                    (i, h) => i.or(h),
+                }
+            }
             State::Flushing => Some(self.phase_at + self.cfg.close_flush),
             State::Lingering if !self.client.eof => Some(self.phase_at + self.cfg.close_flush),
             _ => None,
@@ -833,7 +874,10 @@ impl Conn {
 
     /// The backend connect completed.
     pub fn handle_connect(&mut self, res: IoResult, now: Instant, pools: &mut Pools) {
-        let Some(addr) = self.connecting.take() else {
+        if !std::mem::take(&mut self.connecting) {
+            return;
+        }
+        let Some(addr) = self.out.backend_tried.clone() else {
             return;
         };
         let pool = self.pool.unwrap_or(0);
@@ -847,7 +891,7 @@ impl Conn {
         match res {
             IoResult::Done(_) => {
                 pools.succeeded(pool, &addr);
-                self.out.backend = Some(addr);
+                self.out.connected = true;
                 let from = self.out.connect.map_or(self.phase_at, |(s, _)| s);
                 self.out.connect = Some((from, now));
                 if self.cut {
@@ -875,7 +919,7 @@ impl Conn {
                 let tries = pools.len(pool).min(2);
                 if self.attempts < tries && !self.cut {
                     self.out.retries += 1;
-                    self.skip = Some(addr);
+                    self.skip_tried = true;
                 } else {
                     self.fail(end);
                 }
@@ -892,7 +936,8 @@ impl Conn {
             self.out.cancel_failures += 1;
             let end = self
                 .end
-                .clone()
+                .as_deref()
+                .cloned()
                 .unwrap_or(End::Io(side, io::ErrorKind::Other));
             self.fail(end);
             self.sock_mut(side).force_shut = true;
@@ -914,7 +959,17 @@ impl Conn {
                 self.connect_timed_out = true;
                 self.backend.cancel_wanted = true;
             }
-            State::Relaying => self.stop(End::IdleTimeout),
+            State::Relaying => {
+                if self
+                    .cfg
+                    .idle_timeout
+                    .is_some_and(|t| now >= self.last_activity + t)
+                {
+                    self.stop(End::IdleTimeout);
+                } else {
+                    self.tls.hibernate();
+                }
+            }
             State::Flushing => {
                 // The client did not take what it was owed in time.
                 self.drop_owed(Side::Client);
@@ -955,7 +1010,7 @@ impl Conn {
                 self.fail(End::DrainCut)
             }
             State::ExpectBackend => {
-                if self.connecting.is_some() {
+                if self.connecting {
                     self.backend.cancel_wanted = true;
                 } else {
                     self.fail(End::DrainCut);
@@ -1021,7 +1076,7 @@ impl Conn {
             return;
         }
         if let (Some(src), Some(dst)) = (header.source, header.destination) {
-            self.addresses = Some((src, dst));
+            self.addresses = Some(Box::new((src, dst)));
         } else if header.local {
             self.addresses = None;
         }
@@ -1126,14 +1181,14 @@ impl Conn {
     }
 
     fn established(&mut self, status: Status, now: Instant) {
-        self.out.handshake = self.tls.handshake_info();
+        // The handshake's facts stay in the session until the outcome.
         self.out.established_at = Some(now);
         if self.tls.is_acme_challenge() {
             // RFC 8737 §3: the validation only looks at the handshake.
             // A close_notify, then the lingering close; nothing is relayed.
             self.to_backend.clear();
             let _ = self.tls.close(&mut self.to_client);
-            self.end = Some(End::AcmeChallenge);
+            self.end = Some(Box::new(End::AcmeChallenge));
             self.state = State::Flushing;
             self.phase_at = now;
             self.linger = !self.client.eof;
@@ -1156,7 +1211,12 @@ impl Conn {
         if let Some(version) = self.cfg.proxy_out {
             // The PROXY header goes first, before any plaintext.
             let mut header = Vec::with_capacity(256 + self.to_backend.len());
-            if let Err(e) = encode_proxy_header(version, self.addresses, &self.tls, &mut header) {
+            if let Err(e) = encode_proxy_header(
+                version,
+                self.addresses.take().map(|a| *a),
+                &self.tls,
+                &mut header,
+            ) {
                 self.fail(End::Io(Side::Backend, io::Error::other(e).kind()));
                 return;
             }
@@ -1172,19 +1232,20 @@ impl Conn {
     }
 
     fn poll_connect(&mut self, now: Instant, pools: &mut Pools) -> Option<Op> {
-        if self.connecting.is_some() || self.backend.busy() {
+        if self.connecting || self.backend.busy() {
             return None;
         }
         let pool = *self
             .pool
             .get_or_insert_with(|| pools.pool_for_frontend(self.cfg.frontend, self.tls.sni()));
-        let Some(addr) = pools.pick(pool, self.ms(now), self.skip.as_ref()) else {
+        let skip = self.out.backend_tried.as_ref().filter(|_| self.skip_tried);
+        let Some(addr) = pools.pick(pool, self.ms(now), skip) else {
             self.out.connect_failures += 1;
             self.fail(End::ConnectFailed(io::ErrorKind::NotFound));
             return None;
         };
         self.attempts += 1;
-        self.connecting = Some(addr.clone());
+        self.connecting = true;
         self.out.backend_tried = Some(addr.clone());
         self.phase_at = now;
         if self.out.connect.is_none() {
@@ -1435,7 +1496,7 @@ impl Conn {
         self.drop_owed(Side::Backend);
         self.backend.cancel_wanted = true;
         self.client.cancel_wanted = self.client.read.is_some();
-        self.end = Some(end);
+        self.end = Some(Box::new(end));
         self.state = State::Flushing;
         self.phase_at = now;
         self.linger = !self.client.eof;
@@ -1480,7 +1541,7 @@ impl Conn {
     /// A stop (idle timeout, drain cut): cancel what is in flight; once it
     /// has all completed, flush what the client is owed and a close_notify.
     fn stop(&mut self, end: End) {
-        self.end = Some(end);
+        self.end = Some(Box::new(end));
         self.state = State::Stopping;
         self.client.cancel_wanted = true;
         self.backend.cancel_wanted = true;
@@ -1511,7 +1572,7 @@ impl Conn {
         // Whatever either side was still owed is dropped.
         self.drop_owed(Side::Client);
         self.drop_owed(Side::Backend);
-        self.end = Some(end);
+        self.end = Some(Box::new(end));
         self.state = State::Failing;
         self.client.cancel_wanted = true;
         self.backend.cancel_wanted = true;

@@ -3,6 +3,12 @@
 //! aws-lc-rs's TLS record keys (`TlsRecordSealingKey`/`TlsRecordOpeningKey`,
 //! which check the nonce sequence), ChaCha20-Poly1305 through its generic
 //! AEAD. This file only builds nonces from sequence numbers.
+//!
+//! An aws-lc AEAD context is about 600 bytes of C heap (`EVP_AEAD_CTX`:
+//! the expanded key and the GHASH table), more than the rest of an idle
+//! connection's record layer. [`Sealer::hibernate`] and
+//! [`Opener::hibernate`] drop it and keep the raw key (wiped on drop); the
+//! next seal or open builds it again.
 
 use aws_lc_rs::aead::{
     self, Aad, LessSafeKey, Nonce, Tag, TlsProtocolId, TlsRecordOpeningKey, TlsRecordSealingKey,
@@ -18,10 +24,11 @@ pub const TAG_LEN: usize = 16;
 /// TLS 1.2 AES-GCM's explicit nonce (RFC 5288 §3).
 pub const EXPLICIT_NONCE_LEN: usize = 8;
 
-/// Raw key bytes, wiped on drop, kept only where a key must be rebuilt.
+/// Raw key bytes, wiped on drop, kept to build the key again (after a
+/// hibernation, or a GCM sealing key's nonce run).
 pub struct RawKey {
     bytes: [u8; 32],
-    len: usize,
+    len: u8,
 }
 
 impl RawKey {
@@ -29,11 +36,14 @@ impl RawKey {
         let mut bytes = [0; 32];
         let len = key.len().min(32);
         bytes[..len].copy_from_slice(&key[..len]);
-        Self { bytes, len }
+        Self {
+            bytes,
+            len: len as u8,
+        }
     }
 
     fn get(&self) -> &[u8] {
-        &self.bytes[..self.len]
+        &self.bytes[..usize::from(self.len)]
     }
 }
 
@@ -105,7 +115,8 @@ pub enum Sealer {
     /// `from + 2^trailing_zeros(from)`. That is O(log n) rebuilds over n
     /// records, and the check stays on for every record between them.
     Gcm {
-        key: TlsRecordSealingKey,
+        /// `None` while hibernating.
+        key: Option<TlsRecordSealingKey>,
         raw: RawKey,
         aead: Aead,
         iv: [u8; NONCE_LEN],
@@ -116,7 +127,9 @@ pub enum Sealer {
     },
     /// ChaCha20-Poly1305, both versions: nonce `iv XOR seq`.
     Chacha {
-        key: LessSafeKey,
+        /// `None` while hibernating.
+        key: Option<LessSafeKey>,
+        raw: RawKey,
         iv: [u8; NONCE_LEN],
     },
 }
@@ -144,6 +157,31 @@ fn gcm_sealing_key(aead: Aead, key: &[u8]) -> Result<TlsRecordSealingKey, Record
         .map_err(|_| RecordError::Key)
 }
 
+fn gcm_opening_key(
+    aead: Aead,
+    protocol: TlsProtocolId,
+    key: &[u8],
+) -> Result<TlsRecordOpeningKey, RecordError> {
+    TlsRecordOpeningKey::new(aead.algorithm(), protocol, key).map_err(|_| RecordError::Key)
+}
+
+fn chacha_key(key: &[u8]) -> Result<LessSafeKey, RecordError> {
+    Ok(LessSafeKey::new(
+        UnboundKey::new(&aead::CHACHA20_POLY1305, key).map_err(|_| RecordError::Key)?,
+    ))
+}
+
+/// The key in `slot`, built with `build` when the slot is empty.
+fn built<K>(
+    slot: &mut Option<K>,
+    build: impl FnOnce() -> Result<K, RecordError>,
+) -> Result<&mut K, RecordError> {
+    if slot.is_none() {
+        *slot = Some(build()?);
+    }
+    slot.as_mut().ok_or(RecordError::Key)
+}
+
 impl Sealer {
     /// A sealer for `secrets` whose first record has sequence number
     /// `seq`.
@@ -155,13 +193,12 @@ impl Sealer {
         let (aead, key, iv) = parts(secrets)?;
         Ok(match aead {
             Aead::Chacha20Poly1305 => Sealer::Chacha {
-                key: LessSafeKey::new(
-                    UnboundKey::new(aead.algorithm(), key).map_err(|_| RecordError::Key)?,
-                ),
+                key: Some(chacha_key(key)?),
+                raw: RawKey::new(key),
                 iv,
             },
             _ => Sealer::Gcm {
-                key: gcm_sealing_key(aead, key)?,
+                key: Some(gcm_sealing_key(aead, key)?),
                 raw: RawKey::new(key),
                 aead,
                 iv,
@@ -202,24 +239,44 @@ impl Sealer {
                 until,
                 ..
             } => {
-                if seq >= *until {
-                    *key = gcm_sealing_key(*aead, raw.get())?;
+                if seq >= *until || key.is_none() {
+                    // A fresh key learns its nonce mask from this record's
+                    // nonce (see above).
+                    *key = Some(gcm_sealing_key(*aead, raw.get())?);
                     *until = gcm_until(seq);
                 }
-                key.seal_in_place_separate_tag(
-                    Nonce::assume_unique_for_key(xor_nonce(iv, seq)),
-                    Aad::from(aad),
-                    in_out,
-                )
-                .map_err(|_| RecordError::Key)
+                key.as_mut()
+                    .ok_or(RecordError::Key)?
+                    .seal_in_place_separate_tag(
+                        Nonce::assume_unique_for_key(xor_nonce(iv, seq)),
+                        Aad::from(aad),
+                        in_out,
+                    )
+                    .map_err(|_| RecordError::Key)
             }
-            Sealer::Chacha { key, iv } => key
+            Sealer::Chacha { key, raw, iv } => built(key, || chacha_key(raw.get()))?
                 .seal_in_place_separate_tag(
                     Nonce::assume_unique_for_key(xor_nonce(iv, seq)),
                     Aad::from(aad),
                     in_out,
                 )
                 .map_err(|_| RecordError::Key),
+        }
+    }
+
+    /// Drops the AEAD context (the next seal builds it again).
+    pub fn hibernate(&mut self) {
+        match self {
+            Sealer::Gcm { key, .. } => *key = None,
+            Sealer::Chacha { key, .. } => *key = None,
+        }
+    }
+
+    /// Whether the AEAD context is built.
+    pub fn is_awake(&self) -> bool {
+        match self {
+            Sealer::Gcm { key, .. } => key.is_some(),
+            Sealer::Chacha { key, .. } => key.is_some(),
         }
     }
 }
@@ -230,17 +287,25 @@ pub enum Opener {
     /// nonce (any value: the peer chooses it). aws-lc-rs's opening keys keep
     /// no nonce state.
     Gcm12 {
-        key: TlsRecordOpeningKey,
+        /// `None` while hibernating.
+        key: Option<TlsRecordOpeningKey>,
+        raw: RawKey,
+        aead: Aead,
         salt: [u8; 4],
     },
     /// TLS 1.3 AES-GCM: nonce `iv XOR seq`.
     Gcm13 {
-        key: TlsRecordOpeningKey,
+        /// `None` while hibernating.
+        key: Option<TlsRecordOpeningKey>,
+        raw: RawKey,
+        aead: Aead,
         iv: [u8; NONCE_LEN],
     },
     /// ChaCha20-Poly1305, both versions: nonce `iv XOR seq`.
     Chacha {
-        key: LessSafeKey,
+        /// `None` while hibernating.
+        key: Option<LessSafeKey>,
+        raw: RawKey,
         iv: [u8; NONCE_LEN],
     },
 }
@@ -261,19 +326,20 @@ impl Opener {
         let (aead, key, iv) = parts(secrets)?;
         Ok(match (aead, version) {
             (Aead::Chacha20Poly1305, _) => Opener::Chacha {
-                key: LessSafeKey::new(
-                    UnboundKey::new(aead.algorithm(), key).map_err(|_| RecordError::Key)?,
-                ),
+                key: Some(chacha_key(key)?),
+                raw: RawKey::new(key),
                 iv,
             },
             (_, Version::Tls12) => Opener::Gcm12 {
-                key: TlsRecordOpeningKey::new(aead.algorithm(), TlsProtocolId::TLS12, key)
-                    .map_err(|_| RecordError::Key)?,
+                key: Some(gcm_opening_key(aead, TlsProtocolId::TLS12, key)?),
+                raw: RawKey::new(key),
+                aead,
                 salt: [iv[0], iv[1], iv[2], iv[3]],
             },
             (_, Version::Tls13) => Opener::Gcm13 {
-                key: TlsRecordOpeningKey::new(aead.algorithm(), TlsProtocolId::TLS13, key)
-                    .map_err(|_| RecordError::Key)?,
+                key: Some(gcm_opening_key(aead, TlsProtocolId::TLS13, key)?),
+                raw: RawKey::new(key),
+                aead,
                 iv,
             },
         })
@@ -290,28 +356,39 @@ impl Opener {
     /// Opens `payload` (explicit nonce, ciphertext and tag) in place for
     /// sequence number `seq`; returns the plaintext's length, which starts
     /// at [`Opener::explicit_len`].
-    pub fn open(&self, seq: u64, aad: &[u8], payload: &mut [u8]) -> Result<usize, RecordError> {
+    pub fn open(&mut self, seq: u64, aad: &[u8], payload: &mut [u8]) -> Result<usize, RecordError> {
         let explicit = self.explicit_len();
         if payload.len() < explicit + TAG_LEN {
             return Err(RecordError::BadRecordMac);
         }
         let opened = match self {
-            Opener::Gcm12 { key, salt } => {
+            Opener::Gcm12 {
+                key,
+                raw,
+                aead,
+                salt,
+            } => {
                 let mut nonce = [0; NONCE_LEN];
                 nonce[..4].copy_from_slice(salt);
                 nonce[4..].copy_from_slice(&payload[..EXPLICIT_NONCE_LEN]);
-                key.open_in_place(
+                built(key, || {
+                    gcm_opening_key(*aead, TlsProtocolId::TLS12, raw.get())
+                })?
+                .open_in_place(
                     Nonce::assume_unique_for_key(nonce),
                     Aad::from(aad),
                     &mut payload[EXPLICIT_NONCE_LEN..],
                 )
             }
-            Opener::Gcm13 { key, iv } => key.open_in_place(
+            Opener::Gcm13 { key, raw, aead, iv } => built(key, || {
+                gcm_opening_key(*aead, TlsProtocolId::TLS13, raw.get())
+            })?
+            .open_in_place(
                 Nonce::assume_unique_for_key(xor_nonce(iv, seq)),
                 Aad::from(aad),
                 payload,
             ),
-            Opener::Chacha { key, iv } => key.open_in_place(
+            Opener::Chacha { key, raw, iv } => built(key, || chacha_key(raw.get()))?.open_in_place(
                 Nonce::assume_unique_for_key(xor_nonce(iv, seq)),
                 Aad::from(aad),
                 payload,
@@ -320,6 +397,22 @@ impl Opener {
         opened
             .map(|p| p.len())
             .map_err(|_| RecordError::BadRecordMac)
+    }
+
+    /// Drops the AEAD context (the next open builds it again).
+    pub fn hibernate(&mut self) {
+        match self {
+            Opener::Gcm12 { key, .. } | Opener::Gcm13 { key, .. } => *key = None,
+            Opener::Chacha { key, .. } => *key = None,
+        }
+    }
+
+    /// Whether the AEAD context is built.
+    pub fn is_awake(&self) -> bool {
+        match self {
+            Opener::Gcm12 { key, .. } | Opener::Gcm13 { key, .. } => key.is_some(),
+            Opener::Chacha { key, .. } => key.is_some(),
+        }
     }
 }
 
@@ -360,6 +453,55 @@ mod tests {
         assert_eq!(n[10..], [1 ^ 1, 1 ^ 2]);
     }
 
+    /// Hibernating drops the AEAD contexts; sealing and opening go on with
+    /// the same nonces, for every AEAD and version.
+    #[test]
+    fn hibernated_keys_wake_on_use() {
+        use rustls::crypto::cipher::{AeadKey, Iv};
+        for (version, chacha) in [
+            (Version::Tls13, false),
+            (Version::Tls12, false),
+            (Version::Tls13, true),
+            (Version::Tls12, true),
+        ] {
+            let secrets = || match chacha {
+                false => ConnectionTrafficSecrets::Aes256Gcm {
+                    key: AeadKey::from([7u8; 32]),
+                    iv: Iv::new([9; 12]),
+                },
+                true => ConnectionTrafficSecrets::Chacha20Poly1305 {
+                    key: AeadKey::from([7u8; 32]),
+                    iv: Iv::new([9; 12]),
+                },
+            };
+            let mut sealer = Sealer::new(version, &secrets(), 3).unwrap();
+            let mut opener = Opener::new(version, &secrets()).unwrap();
+            for seq in 3..40u64 {
+                if seq % 3 == 0 {
+                    sealer.hibernate();
+                    assert!(!sealer.is_awake());
+                }
+                if seq % 4 == 0 {
+                    opener.hibernate();
+                    assert!(!opener.is_awake());
+                }
+                let mut data = sealer.explicit_nonce(seq)[..sealer.explicit_len()].to_vec();
+                let explicit = data.len();
+                data.extend_from_slice(&seq.to_be_bytes());
+                let tag = sealer.seal(seq, b"aad", &mut data[explicit..]).unwrap();
+                data.extend_from_slice(tag.as_ref());
+                let n = opener.open(seq, b"aad", &mut data).unwrap();
+                assert!(sealer.is_awake() && opener.is_awake());
+                let start = opener.explicit_len();
+                assert_eq!(
+                    data[start..start + n],
+                    seq.to_be_bytes(),
+                    "{version:?} {seq}"
+                );
+            }
+        }
+    }
+
     /// A TLS 1.3 GCM sealer taken over at sequence 2 keeps sealing (the
     /// key rebuilds) and its records open with the same nonces.
     #[test]
@@ -370,7 +512,7 @@ mod tests {
             iv: Iv::new([9; 12]),
         };
         let mut sealer = Sealer::new(Version::Tls13, &secrets(), 2).unwrap();
-        let opener = Opener::new(Version::Tls13, &secrets()).unwrap();
+        let mut opener = Opener::new(Version::Tls13, &secrets()).unwrap();
         for seq in 2..200u64 {
             let mut data = seq.to_be_bytes().to_vec();
             let tag = sealer.seal(seq, b"aad", &mut data).unwrap();

@@ -31,7 +31,7 @@ pub struct WorkerCtx {
     /// This worker's backend pools (round-robin, ejection).
     pub pools: RefCell<Pools>,
     /// Per-connection settings, by frontend (see [`WorkerCtx::conn_config`]).
-    pub conns: Vec<ConnConfig>,
+    pub conns: Vec<Arc<ConnConfig>>,
     /// Connections above which new ones are closed at once; 0 = unlimited.
     pub max_connections: u64,
     /// This worker's counters.
@@ -82,7 +82,7 @@ impl WorkerCtx {
     }
 
     /// The connection settings of frontend `frontend`.
-    pub fn conn_config(&self, frontend: usize) -> &ConnConfig {
+    pub fn conn_config(&self, frontend: usize) -> &Arc<ConnConfig> {
         self.conns
             .get(frontend)
             .or(self.conns.first())

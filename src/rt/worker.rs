@@ -778,7 +778,7 @@ impl Worker {
         }
         let live = hub.load();
         self.ctx.pools.borrow_mut().update_multi(&live.tables);
-        let base = self.ctx.conns[0].clone();
+        let base = ConnConfig::clone(&self.ctx.conns[0]);
         self.ctx.conns = conn_configs(&live, &base);
         self.ctx.max_connections = live.max_connections;
         // Listeners: retire those whose address went, add the new ones.
@@ -864,24 +864,26 @@ impl Worker {
 
 /// Each frontend's connection settings: `base` (what every frontend
 /// shares) with the frontend's PROXY settings and the timeouts of `live`.
-fn conn_configs(live: &super::live::Live, base: &ConnConfig) -> Vec<ConnConfig> {
+fn conn_configs(live: &super::live::Live, base: &ConnConfig) -> Vec<Arc<ConnConfig>> {
     let ms = Duration::from_millis;
-    let mut out: Vec<ConnConfig> = live
+    let mut out: Vec<Arc<ConnConfig>> = live
         .frontends
         .iter()
         .enumerate()
-        .map(|(i, f)| ConnConfig {
-            accept_proxy: f.accept_proxy,
-            proxy_out: f.proxy_out,
-            handshake_timeout: ms(live.handshake_timeout_ms),
-            connect_timeout: ms(live.connect_timeout_ms),
-            idle_timeout: (live.idle_timeout_ms > 0).then(|| ms(live.idle_timeout_ms)),
-            frontend: i,
-            ..base.clone()
+        .map(|(i, f)| {
+            Arc::new(ConnConfig {
+                accept_proxy: f.accept_proxy,
+                proxy_out: f.proxy_out,
+                handshake_timeout: ms(live.handshake_timeout_ms),
+                connect_timeout: ms(live.connect_timeout_ms),
+                idle_timeout: (live.idle_timeout_ms > 0).then(|| ms(live.idle_timeout_ms)),
+                frontend: i,
+                ..base.clone()
+            })
         })
         .collect();
     if out.is_empty() {
-        out.push(base.clone());
+        out.push(Arc::new(base.clone()));
     }
     out
 }

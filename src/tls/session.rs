@@ -193,8 +193,9 @@ pub struct TlsSession {
     /// the record layer is plaintext.
     wrote_any: bool,
     /// What the ClientHello said, once it arrived whole (see
-    /// [`super::hello`]); `Some(default)` when it did not parse.
-    hello: Option<HelloFacts>,
+    /// [`super::hello`]); `Some(default)` when it did not parse. Dropped
+    /// when the own record layer takes over (the SNI is then `info`'s).
+    hello: Option<Box<HelloFacts>>,
     /// Whether the configuration resumes with stateless tickets: with it,
     /// rustls resumes TLS 1.3 only by ticket, and TLS 1.2 by ticket first.
     /// False for ringterm's stateful ticketer
@@ -329,6 +330,21 @@ impl TlsSession {
     /// Bytes a record adds after its payload with the own record layer.
     pub fn seal_tail_room(&self) -> Option<usize> {
         self.own.as_ref().map(|o| o.tail_room())
+    }
+
+    /// Whether [`TlsSession::hibernate`] would free something: the own
+    /// record layer carries the connection and its keys are built.
+    pub fn can_hibernate(&self) -> bool {
+        self.own.as_ref().is_some_and(|o| o.is_awake())
+    }
+
+    /// For a connection that went quiet: the own record layer drops its
+    /// AEAD contexts (see [`RecordLayer::hibernate`]); the next record
+    /// builds them again. Nothing else changes. No-op with rustls's layer.
+    pub fn hibernate(&mut self) {
+        if let Some(own) = self.own.as_deref_mut() {
+            own.hibernate();
+        }
     }
 
     /// Facts about the handshake, once it is complete.
@@ -601,12 +617,15 @@ impl TlsSession {
                     own.mark_peer_closed();
                 }
                 self.own = Some(Box::new(own));
-                self.info = info.map(|i| Box::new((i, certs)));
-                // Only the SNI is still asked for (routing, logs).
-                if let Some(h) = &mut self.hello {
+                // Only the SNI is still asked for (routing, logs): the
+                // handshake's facts have it.
+                if info.is_some() {
+                    self.hello = None;
+                } else if let Some(h) = &mut self.hello {
                     h.session_id = Vec::new();
                     h.psk_identities = Vec::new();
                 }
+                self.info = info.map(|i| Box::new((i, certs)));
                 Ok(status)
             }
             Err(e) => {
@@ -764,12 +783,17 @@ impl TlsSession {
     /// The SNI the client sent (lowercased), once the ClientHello has
     /// arrived whole; `None` before that or when the client sent none.
     pub fn sni(&self) -> Option<&str> {
-        self.hello.as_ref()?.sni.as_deref()
+        match (&self.hello, &self.info) {
+            (Some(h), _) => h.sni.as_deref(),
+            (None, Some(info)) => info.0.sni.as_deref(),
+            (None, None) => None,
+        }
     }
 
-    /// What the client offered in its ClientHello, once it arrived whole.
+    /// What the client offered in its ClientHello, once it arrived whole;
+    /// `None` again once the own record layer took over.
     pub fn hello(&self) -> Option<&HelloFacts> {
-        self.hello.as_ref()
+        self.hello.as_deref()
     }
 
     /// Whether the configuration resumes with stateless tickets (not
@@ -786,7 +810,7 @@ impl TlsSession {
     /// session ID resumes is counted as a ticket resumption: rustls says no
     /// more than "resumed".
     fn resumption(&self, version: ProtocolVersion) -> Resumption {
-        let hello = self.hello.as_ref();
+        let hello = self.hello.as_deref();
         if version == ProtocolVersion::TLSv1_3 {
             if self.stateless_tickets {
                 Resumption::Tls13Ticket
@@ -818,13 +842,13 @@ impl TlsSession {
         to_client: &mut Vec<u8>,
         to_backend: &mut Vec<u8>,
     ) -> Result<Status, TlsError> {
-        if self.hello.is_none() {
+        if self.hello.is_none() && self.own.is_none() {
             match hello::peek(&self.incoming) {
                 Peek::NeedMore => {}
-                Peek::Invalid => self.hello = Some(HelloFacts::default()),
+                Peek::Invalid => self.hello = Some(Box::default()),
                 Peek::Hello(facts) => {
                     let acme = facts.offers_acme_tls1 && self.acme.is_some();
-                    self.hello = Some(facts);
+                    self.hello = Some(Box::new(facts));
                     if acme {
                         self.answer_acme(to_client)?;
                     }

@@ -18,9 +18,11 @@ pub const DEFAULT_READ_BUFFERS: u32 = 64;
 /// Default listen backlog. The kernel caps it at `net.core.somaxconn`.
 pub const DEFAULT_BACKLOG: u32 = 4096;
 /// Default size of each direction's relay buffer, in bytes.
-/// (16 KiB: one TLS record; with the own record layer the bulk CPU per GB
-/// measured lower than with 64 KiB, and the read-buffer ring stays 1 MiB.)
-pub const DEFAULT_BUFFER_SIZE: usize = 16 * 1024;
+/// (64 KiB: four TLS records a read. On the io_uring driver a bulk
+/// transfer with 16 KiB reads cost 1.10 s of server CPU per GB and with
+/// 64 KiB 0.60, the per-operation kernel work being most of it; the
+/// read-buffer ring is 64 x 64 KiB = 4 MiB per worker, touched as used.)
+pub const DEFAULT_BUFFER_SIZE: usize = 64 * 1024;
 /// Default handshake timeout, in milliseconds.
 pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 /// Default backend connect timeout, in milliseconds.

@@ -35,8 +35,9 @@ pub const MAX_RETRY_S: u64 = 4 * 3600;
 /// hour, so a fleet does not renew in lockstep.
 pub const MAX_JITTER_S: u64 = 3600;
 
-/// The ACME flags, flattened into the command line.
-#[derive(Debug, Clone, Default, clap::Args)]
+/// The ACME flags, flattened into the command line (through
+/// [`crate::config::Settings`]).
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
 pub struct AcmeArgs {
     /// Obtain and renew a certificate for NAME with ACME (TLS-ALPN-01 on
     /// the TLS port); repeatable: one certificate for all the names.
@@ -68,6 +69,8 @@ pub struct AcmeArgs {
     #[arg(long, global = true)]
     pub acme_accept_tos: bool,
 }
+
+impl Eq for AcmeArgs {}
 
 impl AcmeArgs {
     /// The flags as one settings table, when any ACME flag is set.

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{CertFiles, CertSetting, ConfigError, Files, RouteSetting, Settings};
+use crate::config::{CertEntry, CertFiles, ConfigError, RouteSetting, Settings};
 
 /// One `[[frontend]]` table.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -25,13 +25,16 @@ pub struct FrontendSetting {
     /// Addresses to accept TLS on (required).
     pub listen: Option<Vec<String>>,
     /// Default backend(s).
-    pub backend: Option<Files>,
+    #[serde(default, deserialize_with = "crate::config::one_or_many")]
+    pub backend: Option<Vec<String>>,
     /// Per-SNI routes (`[[frontend.route]]`).
     pub route: Option<Vec<RouteSetting>>,
     /// Certificate file(s) or `[[frontend.cert]]` tables.
-    pub cert: Option<CertSetting>,
+    #[serde(default, deserialize_with = "crate::config::one_or_many")]
+    pub cert: Option<Vec<CertEntry>>,
     /// Key file(s), paired with `cert`.
-    pub key: Option<Files>,
+    #[serde(default, deserialize_with = "crate::config::one_or_many")]
+    pub key: Option<Vec<String>>,
     /// Folders of combined PEM files.
     pub cert_dirs: Option<Vec<String>>,
     /// ALPN protocols.
@@ -210,10 +213,9 @@ fn frontend_error(i: usize, name: &str, e: ConfigError) -> ConfigError {
 
 /// The TOML key of a flag (`--cert-dir` is `cert-dirs`).
 pub fn key_of(flag: &str) -> String {
-    match flag.trim_start_matches("--") {
-        "cert-dir" => "cert-dirs".to_owned(),
-        "cert/--key" => "cert".to_owned(),
-        k => k.to_owned(),
+    match flag {
+        "--cert/--key" => "cert".to_owned(),
+        _ => Settings::key_of(flag),
     }
 }
 

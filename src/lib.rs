@@ -33,6 +33,7 @@ pub mod frontend;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod metrics;
+pub mod options;
 pub mod proxy;
 pub mod record;
 pub mod reload_plan;

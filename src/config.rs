@@ -112,7 +112,8 @@ crate::settings! {
         route: Vec<RouteSetting> => "route";
         /// How long a backend that failed to connect is skipped, ms.
         #[arg(value_name = "MS")]
-        backend_eject: u64 => "backend-eject";
+        backend_eject: u64 => "backend-eject",
+            default DEFAULT_BACKEND_EJECT_MS;
         /// PEM certificate chain (repeatable: one per certificate, chosen by SNI;
         /// the first is the default).
         #[arg(value_name = "PEM")]
@@ -133,92 +134,135 @@ crate::settings! {
         ocsp_dir: String => "ocsp-dir";
         /// OCSP re-check period, seconds (default 3600).
         #[arg(value_name = "SECS")]
-        ocsp_refresh: u64 => "ocsp-refresh";
+        ocsp_refresh: u64 => "ocsp-refresh",
+            default DEFAULT_OCSP_REFRESH_S,
+            check |v| (1..=86_400).contains(v) => "must be from 1 to 86400 seconds";
         /// Fetch OCSP responses from each certificate's responder (its AIA
         /// OCSP URL), on a thread of its own, refreshed before nextUpdate.
         #[arg(num_args = 0, default_missing_value = "true")]
-        ocsp_fetch: bool => "ocsp-fetch";
+        ocsp_fetch: bool => "ocsp-fetch",
+            default false;
         /// Number of workers (default: one per CPU this process may run on).
         #[arg(value_name = "N")]
-        workers: usize => "workers";
+        workers: usize => "workers",
+            check |v| (1..=4096).contains(v) => "must be from 1 to 4096";
         /// CPUs to pin workers to, e.g. `0-3,8`.
         #[arg(value_name = "LIST")]
         cpus: String => "cpus";
         /// io_uring submission queue entries per worker (power of two).
         #[arg(value_name = "N")]
-        ring_entries: u32 => "ring-entries";
+        ring_entries: u32 => "ring-entries",
+            default DEFAULT_RING_ENTRIES,
+            check |v| (8..=32768).contains(v) && v.is_power_of_two()
+                => "must be a power of two from 8 to 32768";
         /// Provided read buffers per worker (power of two), each --buffer-size
         /// bytes: reads take one when data arrives and give it back at once.
         #[arg(value_name = "N")]
-        read_buffers: u32 => "read-buffers";
+        read_buffers: u32 => "read-buffers",
+            default DEFAULT_READ_BUFFERS,
+            check |v| (1..=32768).contains(v) && v.is_power_of_two()
+                => "must be a power of two from 1 to 32768";
         /// Enable SQPOLL, with the kernel thread's idle time in ms (default 1000).
         #[arg(value_name = "IDLE_MS", num_args = 0..=1, default_missing_value = "1000")]
         sqpoll: u32 => "sqpoll";
         /// Listen backlog (capped by net.core.somaxconn).
         #[arg(value_name = "N")]
-        backlog: u32 => "backlog";
+        backlog: u32 => "backlog",
+            default DEFAULT_BACKLOG,
+            check |v| (1..=1 << 20).contains(v) => "must be 1..=1048576";
         /// Relay buffer size per direction, bytes.
         #[arg(value_name = "BYTES")]
-        buffer_size: usize => "buffer-size";
+        buffer_size: usize => "buffer-size",
+            default DEFAULT_BUFFER_SIZE,
+            check |v| (1024..=16 << 20).contains(v) => "must be from 1024 to 16777216 bytes";
         /// Admin/metrics listener (off by default; use loopback).
         #[arg(value_name = "ADDR")]
         admin: String => "admin";
         /// Handshake timeout, ms.
         #[arg(value_name = "MS")]
-        handshake_timeout: u64 => "handshake-timeout";
+        handshake_timeout: u64 => "handshake-timeout",
+            default DEFAULT_HANDSHAKE_TIMEOUT_MS,
+            check |v| *v > 0 => "must be at least 1 ms";
         /// Backend connect timeout, ms.
         #[arg(value_name = "MS")]
-        connect_timeout: u64 => "connect-timeout";
+        connect_timeout: u64 => "connect-timeout",
+            default DEFAULT_CONNECT_TIMEOUT_MS,
+            check |v| *v > 0 => "must be at least 1 ms";
         /// Refuse TLS 1.2 (TLS 1.3 only). In TOML: `tls12 = false`.
         #[arg(num_args = 0, default_missing_value = "false")]
         tls12: bool => "no-tls12";
         /// Log level: error, warn, info, debug, trace, off.
         #[arg(value_name = "LEVEL")]
-        log_level: String => "log-level";
+        log_level: String => "log-level",
+            default "info",
+            check |v| ["error", "warn", "info", "debug", "trace", "off"].contains(&v.as_str())
+                => "must be one of error, warn, info, debug, trace, off";
         /// Log line format: text (default) or json (one object a line).
         #[arg(value_name = "FORMAT")]
-        log_format: String => "log-format";
+        log_format: String => "log-format",
+            default "text",
+            check |v| ["text", "json"].contains(&v.as_str()) => "must be text or json";
         /// UNIX socket for zero-downtime upgrades: a new process started with
         /// the same socket takes the listening sockets over, and this one drains.
         #[arg(value_name = "PATH")]
         upgrade_socket: String => "upgrade-socket";
         /// Session resumption: cache, tickets, both or off.
         #[arg(value_name = "MODE")]
-        resumption: String => "resumption";
+        resumption: String => "resumption",
+            default "cache",
+            check |v| ["cache", "tickets", "both", "off"].contains(&v.as_str())
+                => "must be one of cache, tickets, both, off";
         /// Session lifetime, seconds.
         #[arg(value_name = "SECS")]
-        session_timeout: u64 => "session-timeout";
+        session_timeout: u64 => "session-timeout",
+            default DEFAULT_SESSION_TIMEOUT_S,
+            check |v| (1..=86_400 * 7).contains(v) => "must be from 1 to 604800 seconds";
         /// Session cache entries per worker.
         #[arg(value_name = "N")]
-        session_cache_size: usize => "session-cache-size";
+        session_cache_size: usize => "session-cache-size",
+            default DEFAULT_SESSION_CACHE_SIZE,
+            check |v| *v <= 10_000_000 => "must be at most 10000000 entries per worker";
         /// Cross-core session sync interval, ms.
         #[arg(value_name = "MS")]
-        session_sync_interval: u64 => "session-sync-interval";
+        session_sync_interval: u64 => "session-sync-interval",
+            default DEFAULT_SESSION_SYNC_INTERVAL_MS,
+            check |v| (1..=60_000).contains(v) => "must be from 1 to 60000 ms";
         /// L2 session store shared by a fleet: redis://HOST:PORT[/DB] or
         /// unix:///path (Redis or Valkey; keep it on a private network).
         #[arg(value_name = "URL")]
         session_store: String => "session-store";
         /// Prefix of the session store's keys.
         #[arg(value_name = "PREFIX")]
-        session_store_prefix: String => "session-store-prefix";
+        session_store_prefix: String => "session-store-prefix",
+            default DEFAULT_STORE_PREFIX,
+            check |v| v.len() <= 256 && !v.chars().any(|c| c.is_control() || c == ' ')
+                => "must be at most 256 characters, without spaces or control characters";
         /// File holding the session store's AUTH password.
         #[arg(value_name = "FILE")]
         session_store_password_file: String => "session-store-password-file";
         /// Session store connect timeout, ms.
         #[arg(value_name = "MS")]
-        session_store_connect_timeout: u64 => "session-store-connect-timeout";
+        session_store_connect_timeout: u64 => "session-store-connect-timeout",
+            default DEFAULT_STORE_CONNECT_TIMEOUT_MS,
+            check |v| (1..=60_000).contains(v) => "must be from 1 to 60000 ms";
         /// How long a handshake waits for a session store lookup, ms (default 5).
         #[arg(value_name = "MS")]
-        session_store_timeout: u64 => "session-store-timeout";
+        session_store_timeout: u64 => "session-store-timeout",
+            default DEFAULT_STORE_TIMEOUT_MS,
+            check |v| (1..=10_000).contains(v) => "must be from 1 to 10000 ms";
         /// Ticket key rotation period, seconds (random keys only).
         #[arg(value_name = "SECS")]
-        ticket_rotation: u64 => "ticket-rotation";
+        ticket_rotation: u64 => "ticket-rotation",
+            default DEFAULT_TICKET_ROTATION_S,
+            check |v| *v > 0 => "must be at least 1 second";
         /// Ticket key file, 80 bytes (repeatable; the first encrypts). Re-read on SIGHUP.
         #[arg(value_name = "FILE")]
         ticket_key_file: Vec<String> => "ticket-key-file";
         /// TLS 1.3 tickets sent after a full handshake.
         #[arg(value_name = "N")]
-        tls13_tickets: usize => "tls13-tickets";
+        tls13_tickets: usize => "tls13-tickets",
+            default DEFAULT_TLS13_TICKETS,
+            check |v| *v <= 8 => "must be from 0 to 8";
         /// Lowest TLS version: 1.2 or 1.3.
         #[arg(value_name = "VERSION")]
         min_tls: String => "min-tls";
@@ -236,7 +280,8 @@ crate::settings! {
         /// the client's: on or off (a bare flag means on).
         #[arg(value_name = "on|off", num_args = 0..=1, require_equals = true,
               default_missing_value = "on", value_parser = clap::builder::BoolishValueParser::new())]
-        prefer_server_ciphers: bool => "prefer-server-ciphers";
+        prefer_server_ciphers: bool => "prefer-server-ciphers",
+            default DEFAULT_PREFER_SERVER_CIPHERS;
         /// ALPN protocols, comma-separated, e.g. h2,http/1.1.
         #[arg(value_name = "LIST", value_delimiter = ',')]
         alpn: Vec<String> => "alpn";
@@ -256,13 +301,19 @@ crate::settings! {
         record_layer: String => "record-layer";
         /// Close established connections idle this long, ms (0 = off; default 300000).
         #[arg(value_name = "MS")]
-        idle_timeout: u64 => "idle-timeout";
+        idle_timeout: u64 => "idle-timeout",
+            default DEFAULT_IDLE_TIMEOUT_MS,
+            check |v| *v <= 86_400_000 => "must be from 0 (off) to 86400000 ms";
         /// Connections per worker above which new ones are closed at once (0 = unlimited).
         #[arg(value_name = "N")]
-        max_connections: u64 => "max-connections";
+        max_connections: u64 => "max-connections",
+            default 0u64,
+            check |v| *v <= 10_000_000 => "must be from 0 (unlimited) to 10000000 per worker";
         /// On SIGTERM/SIGINT, how long open connections may finish, ms (default 30000).
         #[arg(value_name = "MS")]
-        drain_timeout: u64 => "drain-timeout";
+        drain_timeout: u64 => "drain-timeout",
+            default DEFAULT_DRAIN_TIMEOUT_MS,
+            check |v| *v <= 3_600_000 => "must be from 0 to 3600000 ms";
         /// Switch to this user after binding (needs root).
         #[arg(value_name = "NAME")]
         user: String => "user";
@@ -275,19 +326,24 @@ crate::settings! {
         proxy_protocol: String => "proxy-protocol";
         /// Expect a PROXY protocol v1/v2 header from a fronting L4 balancer.
         #[arg(num_args = 0, default_missing_value = "true")]
-        accept_proxy: bool => "accept-proxy";
+        accept_proxy: bool => "accept-proxy",
+            default false;
         /// Access log, one line per connection: stderr, a file (reopened on
         /// SIGHUP and SIGUSR1, for logrotate) or off (default).
         #[arg(value_name = "stderr|FILE|off")]
         access_log: String => "access-log";
         /// Access log line format: json (default) or text (key=value).
         #[arg(value_name = "FORMAT")]
-        access_log_format: String => "access-log-format";
+        access_log_format: String => "access-log-format",
+            default "json",
+            check |v| ["json", "text"].contains(&v.as_str()) => "must be json or text";
         /// Active backend health checks: a TCP (or UNIX) connect to every
         /// backend each MS; down after 3 failures, up after 2 successes.
         /// 0 = off (default).
         #[arg(value_name = "MS")]
-        health_check_interval: u64 => "health-check-interval";
+        health_check_interval: u64 => "health-check-interval",
+            default 0u64,
+            check |v| *v <= 3_600_000 => "must be at most 3600000 ms (0 = off)";
         /// `[[frontend]]` tables (TOML only): listeners with their own
         /// certificates, backends and TLS settings (see [`crate::frontend`]).
         #[arg(skip)]
@@ -558,7 +614,7 @@ impl Settings {
         let routes = crate::route::RouteTable {
             routes,
             default: backends,
-            eject_ms: self.backend_eject.unwrap_or(DEFAULT_BACKEND_EJECT_MS),
+            eject_ms: self.backend_eject(),
         };
         let cert_dirs = self.cert_dirs.clone().unwrap_or_default();
         if let Some(bad) = cert_dirs.iter().find(|d| d.trim().is_empty()) {
@@ -569,19 +625,7 @@ impl Settings {
             self.key.clone(),
             !cert_dirs.is_empty() || self.acme.is_some(),
         )?;
-        let tls = tls_policy(&TlsSettings {
-            tls12: self.tls12,
-            min_tls: self.min_tls.clone(),
-            max_tls: self.max_tls.clone(),
-            ciphers: self.ciphers.clone(),
-            groups: self.groups.clone(),
-            prefer_server_ciphers: self.prefer_server_ciphers,
-            alpn: self.alpn.clone(),
-            client_ca: self.client_ca.clone(),
-            client_auth: self.client_auth.clone(),
-            unknown_sni: self.unknown_sni.clone(),
-            record_layer: self.record_layer.clone(),
-        })?;
+        let tls = tls_policy(self)?;
         let proxy_protocol = match self.proxy_protocol.as_deref() {
             None | Some("off") => None,
             Some("v1") => Some(crate::proxy::Version::V1),
@@ -596,7 +640,7 @@ impl Settings {
             cert_dirs,
             tls,
             proxy_protocol,
-            accept_proxy: self.accept_proxy.unwrap_or(false),
+            accept_proxy: self.accept_proxy(),
         })
     }
 
@@ -605,6 +649,7 @@ impl Settings {
     pub fn validate(self, allowed_cpus: &[usize]) -> Result<Config, ConfigError> {
         let acme = crate::acme::validate(self.acme.clone())?;
         let frontends = crate::frontend::validate(&self, |s, name| s.frontend_part(name))?;
+        self.check_values()?;
         let first = frontends[0].clone();
         let listen = frontends.iter().flat_map(|f| f.listen.clone()).collect();
         let backend = first
@@ -613,14 +658,7 @@ impl Settings {
             .first()
             .cloned()
             .ok_or(ConfigError::Missing("--backend"))?;
-        let ocsp_refresh_s = self.ocsp_refresh.unwrap_or(DEFAULT_OCSP_REFRESH_S);
-        if !(1..=86_400).contains(&ocsp_refresh_s) {
-            return Err(range(
-                "--ocsp-refresh",
-                &ocsp_refresh_s.to_string(),
-                "must be from 1 to 86400 seconds",
-            ));
-        }
+        let ocsp_refresh_s = self.ocsp_refresh();
         let crate::frontend::Frontend {
             routes,
             certs,
@@ -649,116 +687,26 @@ impl Settings {
         if cpus.is_empty() {
             return Err(ConfigError::NoCpus);
         }
-        let workers = match self.workers {
-            Some(0) => return Err(range("--workers", "0", "must be at least 1")),
-            Some(n) if n > 4096 => return Err(range("--workers", &n.to_string(), "at most 4096")),
-            Some(n) => n,
-            None => cpus.len(),
-        };
+        let workers = self.workers.unwrap_or(cpus.len());
         // Worker i is pinned to cpus[i % cpus.len()]: more workers than CPUs
         // share CPUs round-robin, fewer use the first ones.
         let pins = (0..workers).map(|i| cpus[i % cpus.len()]).collect();
 
-        let ring_entries = self.ring_entries.unwrap_or(DEFAULT_RING_ENTRIES);
-        if !(8..=32768).contains(&ring_entries) || !ring_entries.is_power_of_two() {
-            return Err(range(
-                "--ring-entries",
-                &ring_entries.to_string(),
-                "must be a power of two from 8 to 32768",
-            ));
-        }
-        let read_buffers = self.read_buffers.unwrap_or(DEFAULT_READ_BUFFERS);
-        if !(1..=32768).contains(&read_buffers) || !read_buffers.is_power_of_two() {
-            return Err(range(
-                "--read-buffers",
-                &read_buffers.to_string(),
-                "must be a power of two from 1 to 32768",
-            ));
-        }
-        let backlog = self.backlog.unwrap_or(DEFAULT_BACKLOG);
-        if backlog == 0 || backlog > 1 << 20 {
-            return Err(range(
-                "--backlog",
-                &backlog.to_string(),
-                "must be 1..=1048576",
-            ));
-        }
-        let buffer_size = self.buffer_size.unwrap_or(DEFAULT_BUFFER_SIZE);
-        if !(1024..=16 << 20).contains(&buffer_size) {
-            return Err(range(
-                "--buffer-size",
-                &buffer_size.to_string(),
-                "must be from 1024 to 16777216 bytes",
-            ));
-        }
-        let handshake_timeout_ms = self
-            .handshake_timeout
-            .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT_MS);
-        if handshake_timeout_ms == 0 {
-            return Err(range("--handshake-timeout", "0", "must be at least 1 ms"));
-        }
-        let connect_timeout_ms = self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS);
-        if connect_timeout_ms == 0 {
-            return Err(range("--connect-timeout", "0", "must be at least 1 ms"));
-        }
-        let log_level = self.log_level.unwrap_or_else(|| "info".to_owned());
-        if !["error", "warn", "info", "debug", "trace", "off"].contains(&log_level.as_str()) {
-            return Err(range(
-                "--log-level",
-                &log_level,
-                "must be one of error, warn, info, debug, trace, off",
-            ));
-        }
-        let resumption = Resumption::parse(self.resumption.as_deref().unwrap_or("cache"))?;
-        let session_timeout_s = self.session_timeout.unwrap_or(DEFAULT_SESSION_TIMEOUT_S);
-        if !(1..=86_400 * 7).contains(&session_timeout_s) {
-            return Err(range(
-                "--session-timeout",
-                &session_timeout_s.to_string(),
-                "must be from 1 to 604800 seconds",
-            ));
-        }
-        let session_cache_size = self
-            .session_cache_size
-            .unwrap_or(DEFAULT_SESSION_CACHE_SIZE);
-        if session_cache_size > 10_000_000 {
-            return Err(range(
-                "--session-cache-size",
-                &session_cache_size.to_string(),
-                "must be at most 10000000 entries per worker",
-            ));
-        }
-        let session_sync_interval_ms = self
-            .session_sync_interval
-            .unwrap_or(DEFAULT_SESSION_SYNC_INTERVAL_MS);
-        if !(1..=60_000).contains(&session_sync_interval_ms) {
-            return Err(range(
-                "--session-sync-interval",
-                &session_sync_interval_ms.to_string(),
-                "must be from 1 to 60000 ms",
-            ));
-        }
-        let session_store = validate_store(
-            self.session_store,
-            self.session_store_prefix,
-            self.session_store_password_file,
-            self.session_store_connect_timeout,
-            self.session_store_timeout,
-            &resumption,
-        )?;
-        let ticket_rotation_s = self.ticket_rotation.unwrap_or(DEFAULT_TICKET_ROTATION_S);
-        if ticket_rotation_s == 0 {
-            return Err(range("--ticket-rotation", "0", "must be at least 1 second"));
-        }
-        let tls13_tickets = self.tls13_tickets.unwrap_or(DEFAULT_TLS13_TICKETS);
-        if tls13_tickets > 8 {
-            return Err(range(
-                "--tls13-tickets",
-                &tls13_tickets.to_string(),
-                "must be from 0 to 8",
-            ));
-        }
-        let ticket_key_files = self.ticket_key_file.unwrap_or_default();
+        let ring_entries = self.ring_entries();
+        let read_buffers = self.read_buffers();
+        let backlog = self.backlog();
+        let buffer_size = self.buffer_size();
+        let handshake_timeout_ms = self.handshake_timeout();
+        let connect_timeout_ms = self.connect_timeout();
+        let log_level = self.log_level();
+        let resumption = Resumption::parse(&self.resumption())?;
+        let session_timeout_s = self.session_timeout();
+        let session_cache_size = self.session_cache_size();
+        let session_sync_interval_ms = self.session_sync_interval();
+        let session_store = validate_store(&self, &resumption)?;
+        let ticket_rotation_s = self.ticket_rotation();
+        let tls13_tickets = self.tls13_tickets();
+        let ticket_key_files = self.ticket_key_file.clone().unwrap_or_default();
         if !ticket_key_files.is_empty() && !resumption.uses_tickets() {
             return Err(range(
                 "--ticket-key-file",
@@ -766,31 +714,24 @@ impl Settings {
                 "needs --resumption tickets or both",
             ));
         }
-        let edge = validate_edge(
-            self.idle_timeout,
-            self.max_connections,
-            self.drain_timeout,
-            self.user,
-            self.group,
-        )?;
+        for (flag, name) in [("--user", &self.user), ("--group", &self.group)] {
+            if let Some(name) = name {
+                if name.trim().is_empty() || name.contains('\0') {
+                    return Err(range(
+                        flag,
+                        &format!("{name:?}"),
+                        "must be a user or group name",
+                    ));
+                }
+            }
+        }
         let access_log = match self.access_log.as_deref().map(str::trim) {
             None | Some("off") => None,
             Some("") => return Err(range("--access-log", "", "must be stderr, a file or off")),
             Some(v) => Some(v.to_owned()),
         };
-        let access_log_json = match self.access_log_format.as_deref() {
-            None | Some("json") => true,
-            Some("text") => false,
-            Some(other) => return Err(range("--access-log-format", other, "must be json or text")),
-        };
-        let health_check_interval_ms = self.health_check_interval.unwrap_or(0);
-        if health_check_interval_ms > 3_600_000 {
-            return Err(range(
-                "--health-check-interval",
-                &health_check_interval_ms.to_string(),
-                "must be at most 3600000 ms (0 = off)",
-            ));
-        }
+        let access_log_json = self.access_log_format() == "json";
+        let health_check_interval_ms = self.health_check_interval();
         Ok(Config {
             acme,
             access_log,
@@ -799,11 +740,9 @@ impl Settings {
             proxy_protocol,
             accept_proxy,
             frontends,
-            idle_timeout_ms: edge.idle_timeout_ms,
-            max_connections: edge.max_connections,
-            drain_timeout_ms: edge.drain_timeout_ms,
-            user: edge.user,
-            group: edge.group,
+            idle_timeout_ms: self.idle_timeout(),
+            max_connections: self.max_connections(),
+            drain_timeout_ms: self.drain_timeout(),
             resumption,
             session_timeout_s,
             session_cache_size,
@@ -817,9 +756,8 @@ impl Settings {
             routes,
             certs,
             cert_dirs,
-            ocsp_dir: self.ocsp_dir,
             ocsp_refresh_s,
-            ocsp_fetch: self.ocsp_fetch.unwrap_or(false),
+            ocsp_fetch: self.ocsp_fetch(),
             tls,
             pins,
             ring_entries,
@@ -831,8 +769,11 @@ impl Settings {
             handshake_timeout_ms,
             connect_timeout_ms,
             log_level,
-            log_format: self.log_format.unwrap_or_else(|| "text".to_owned()),
+            log_format: self.log_format(),
+            ocsp_dir: self.ocsp_dir,
             upgrade_socket: self.upgrade_socket,
+            user: self.user,
+            group: self.group,
         })
     }
 }
@@ -1159,22 +1100,6 @@ pub struct CertFiles {
     pub ocsp: Option<String>,
 }
 
-/// The TLS policy settings, before checking.
-#[derive(Debug, Default, Clone)]
-struct TlsSettings {
-    tls12: Option<bool>,
-    min_tls: Option<String>,
-    max_tls: Option<String>,
-    ciphers: Option<Vec<String>>,
-    groups: Option<Vec<String>>,
-    prefer_server_ciphers: Option<bool>,
-    alpn: Option<Vec<String>>,
-    client_ca: Option<String>,
-    client_auth: Option<String>,
-    unknown_sni: Option<String>,
-    record_layer: Option<String>,
-}
-
 /// The checked TLS policy settings. Names of suites and groups are checked
 /// against the crypto provider when the TLS configuration is built.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1292,7 +1217,7 @@ fn tls_version(flag: &'static str, v: &str) -> Result<u8, ConfigError> {
     }
 }
 
-fn tls_policy(t: &TlsSettings) -> Result<TlsSettingsValid, ConfigError> {
+fn tls_policy(t: &Settings) -> Result<TlsSettingsValid, ConfigError> {
     let min = match t.min_tls.as_deref() {
         Some(v) => tls_version("--min-tls", v)?,
         None if t.tls12 == Some(false) => 3,
@@ -1349,75 +1274,12 @@ fn tls_policy(t: &TlsSettings) -> Result<TlsSettingsValid, ConfigError> {
         tls13: max >= 3,
         ciphers: list("--ciphers", &t.ciphers)?,
         groups: list("--groups", &t.groups)?,
-        prefer_server_ciphers: t
-            .prefer_server_ciphers
-            .unwrap_or(DEFAULT_PREFER_SERVER_CIPHERS),
+        prefer_server_ciphers: t.prefer_server_ciphers(),
         alpn,
         client_ca: t.client_ca.clone(),
         client_auth_required,
         reject_unknown_sni,
         record_layer,
-    })
-}
-
-/// The validated runtime-edge settings (idle timeout, connection limit,
-/// drain, privilege drop).
-struct Edge {
-    idle_timeout_ms: u64,
-    max_connections: u64,
-    drain_timeout_ms: u64,
-    user: Option<String>,
-    group: Option<String>,
-}
-
-fn validate_edge(
-    idle_timeout: Option<u64>,
-    max_connections: Option<u64>,
-    drain_timeout: Option<u64>,
-    user: Option<String>,
-    group: Option<String>,
-) -> Result<Edge, ConfigError> {
-    let idle_timeout_ms = idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS);
-    if idle_timeout_ms > 86_400_000 {
-        return Err(range(
-            "--idle-timeout",
-            &idle_timeout_ms.to_string(),
-            "must be from 0 (off) to 86400000 ms",
-        ));
-    }
-    let max_connections = max_connections.unwrap_or(0);
-    if max_connections > 10_000_000 {
-        return Err(range(
-            "--max-connections",
-            &max_connections.to_string(),
-            "must be from 0 (unlimited) to 10000000 per worker",
-        ));
-    }
-    let drain_timeout_ms = drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT_MS);
-    if drain_timeout_ms > 3_600_000 {
-        return Err(range(
-            "--drain-timeout",
-            &drain_timeout_ms.to_string(),
-            "must be from 0 to 3600000 ms",
-        ));
-    }
-    for (flag, name) in [("--user", &user), ("--group", &group)] {
-        if let Some(name) = name {
-            if name.trim().is_empty() || name.contains('\0') {
-                return Err(range(
-                    flag,
-                    &format!("{name:?}"),
-                    "must be a user or group name",
-                ));
-            }
-        }
-    }
-    Ok(Edge {
-        idle_timeout_ms,
-        max_connections,
-        drain_timeout_ms,
-        user,
-        group,
     })
 }
 
@@ -1488,19 +1350,12 @@ pub fn parse_store_url(url: &str) -> Result<(StoreAddr, u32), ConfigError> {
     Ok((StoreAddr::Tcp(host.to_owned(), port), db))
 }
 
-fn validate_store(
-    url: Option<String>,
-    prefix: Option<String>,
-    password_file: Option<String>,
-    connect_timeout: Option<u64>,
-    timeout: Option<u64>,
-    resumption: &Resumption,
-) -> Result<Option<StoreSpec>, ConfigError> {
-    let Some(url) = url else {
-        if let Some(p) = password_file {
+fn validate_store(s: &Settings, resumption: &Resumption) -> Result<Option<StoreSpec>, ConfigError> {
+    let Some(url) = s.session_store.clone() else {
+        if let Some(p) = &s.session_store_password_file {
             return Err(range(
                 "--session-store-password-file",
-                &p,
+                p,
                 "needs --session-store",
             ));
         }
@@ -1514,37 +1369,13 @@ fn validate_store(
         ));
     }
     let (addr, db) = parse_store_url(&url)?;
-    let timeout_ms = timeout.unwrap_or(DEFAULT_STORE_TIMEOUT_MS);
-    if !(1..=10_000).contains(&timeout_ms) {
-        return Err(range(
-            "--session-store-timeout",
-            &timeout_ms.to_string(),
-            "must be from 1 to 10000 ms",
-        ));
-    }
-    let connect_timeout_ms = connect_timeout.unwrap_or(DEFAULT_STORE_CONNECT_TIMEOUT_MS);
-    if !(1..=60_000).contains(&connect_timeout_ms) {
-        return Err(range(
-            "--session-store-connect-timeout",
-            &connect_timeout_ms.to_string(),
-            "must be from 1 to 60000 ms",
-        ));
-    }
-    let prefix = prefix.unwrap_or_else(|| DEFAULT_STORE_PREFIX.to_owned());
-    if prefix.len() > 256 || prefix.chars().any(|c| c.is_control() || c == ' ') {
-        return Err(range(
-            "--session-store-prefix",
-            &prefix,
-            "must be at most 256 characters, without spaces or control characters",
-        ));
-    }
     Ok(Some(StoreSpec {
         addr,
         db,
-        prefix,
-        password_file,
-        connect_timeout_ms,
-        timeout_ms,
+        prefix: s.session_store_prefix(),
+        password_file: s.session_store_password_file.clone(),
+        connect_timeout_ms: s.session_store_connect_timeout(),
+        timeout_ms: s.session_store_timeout(),
     }))
 }
 
@@ -1927,11 +1758,31 @@ mod tests {
         // The flag overrides the file: the flag is named.
         let over = Settings {
             backend: Some(vec!["nope2".into()]),
-            ..flags
+            ..flags.clone()
         };
         let l = Layered::new(Some(("r.toml".into(), file)), over);
         let err = l.validate(&[0]).unwrap_err();
         assert!(err.starts_with("--backend: invalid address"), "{err}");
+        // A declared check: the file and key, or the flag.
+        let ok = Settings {
+            backend: Some(vec!["127.0.0.1:2".into()]),
+            ..flags.clone()
+        };
+        let file = Settings::from_toml("r.toml", "ring-entries = 100\n").unwrap();
+        let l = Layered::new(Some(("r.toml".into(), file)), ok.clone());
+        assert_eq!(
+            l.validate(&[0]).unwrap_err(),
+            "r.toml: ring-entries: 100 must be a power of two from 8 to 32768"
+        );
+        let over = Settings {
+            ring_entries: Some(100),
+            ..ok
+        };
+        let l = Layered::new(None, over);
+        assert_eq!(
+            l.validate(&[0]).unwrap_err(),
+            "--ring-entries: 100 must be a power of two from 8 to 32768"
+        );
     }
 
     #[test]

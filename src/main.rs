@@ -101,10 +101,7 @@ fn run(cli: Cli) -> Result<(), String> {
     };
     let mut layered = load_layered(&cli)?;
     let settings = &mut layered.settings;
-    init_logging(
-        settings.log_level.as_deref().unwrap_or("info"),
-        settings.log_format.as_deref().unwrap_or("text"),
-    )?;
+    init_logging(&settings.log_level(), &settings.log_format())?;
 
     if mode == Mode::Backend {
         let addr = settings

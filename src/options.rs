@@ -7,6 +7,9 @@
 //! /// io_uring submission queue entries per worker (power of two).   <- --help text and docs
 //! #[arg(value_name = "N")]                                            <- clap details
 //! ring_entries: u32 => "ring-entries",                                <- field, type, flag
+//!     default DEFAULT_RING_ENTRIES,                                   <- value when unset
+//!     check |v| (8..=32768).contains(v) && v.is_power_of_two()        <- its own check
+//!         => "must be a power of two from 8 to 32768";                   and the message
 //! ```
 //!
 //! The field is `Option<TYPE>` (unset = not given); its TOML key is the
@@ -14,8 +17,11 @@
 //! (`--ring-entries`), without it the option is TOML-only (`#[arg(skip)]`).
 //! Any `#[arg(...)]` and `#[serde(...)]` attributes pass through to clap
 //! and serde. From the block the macro derives the struct (clap::Args,
-//! serde Deserialize/Serialize), the table of [`OptionInfo`]s and the
-//! layering (`merge`).
+//! serde Deserialize/Serialize), the table of [`OptionInfo`]s, the
+//! layering (`merge`), `with_defaults`, an accessor per option with a
+//! default (`settings.ring_entries()`: the value or the default) and
+//! `check_values` (each option's own check; the checks between options
+//! stay in `Settings::validate`).
 //!
 //! Sans-IO: declarations and pure functions only.
 
@@ -34,6 +40,34 @@ impl OptionInfo {
     /// The TOML key: the field name in kebab-case (`ring-entries`).
     pub fn key(&self) -> String {
         self.field.replace('_', "-")
+    }
+}
+
+/// A declared default, converted to the option's type (`"info"` to a
+/// `String`).
+#[doc(hidden)]
+pub fn default_of<T, U: Into<T>>(u: U) -> T {
+    u.into()
+}
+
+/// Whether `v` passes the declared check `pred`.
+#[doc(hidden)]
+pub fn holds<T: ?Sized>(v: &T, pred: impl Fn(&T) -> bool) -> bool {
+    pred(v)
+}
+
+/// The error of a failed declared check: `--flag: VALUE REASON`, the
+/// value escaped onto one line.
+#[doc(hidden)]
+pub fn check_failed(
+    flag: &'static str,
+    value: &dyn std::fmt::Display,
+    reason: &str,
+) -> crate::config::ConfigError {
+    crate::config::ConfigError::OutOfRange {
+        flag,
+        value: value.to_string().escape_debug().to_string(),
+        reason: reason.to_owned(),
     }
 }
 
@@ -59,6 +93,8 @@ macro_rules! settings {
             $(
                 $(#[$($attr:tt)*])*
                 $name:ident: $ty:ty $(=> $flag:literal)?
+                $(, default $default:expr)?
+                $(, check $pred:expr => $reason:literal)?
                 ;
             )*
         }
@@ -93,6 +129,45 @@ macro_rules! settings {
                 )*
             ];
 
+            /// The declared flag of `field` (`ring_entries`: `--ring-entries`);
+            /// `""` for a TOML-only option.
+            pub fn flag_of(field: &str) -> &'static str {
+                Self::OPTIONS
+                    .iter()
+                    .find(|o| o.field == field)
+                    .map_or("", |o| o.flag)
+            }
+
+            /// Every unset option that has a default, set to it: the values
+            /// in force.
+            pub fn with_defaults(mut self) -> Self {
+                $($(
+                    if self.$name.is_none() {
+                        self.$name = Some($crate::options::default_of::<$ty, _>($default));
+                    }
+                )?)*
+                self
+            }
+
+            /// Runs each option's own check (declared with `check`) on
+            /// its value, if set; the error names the flag
+            /// ([`Layered`](crate::config::Layered) turns it into the file
+            /// and key when the file set it).
+            pub fn check_values(&self) -> Result<(), $crate::config::ConfigError> {
+                $($(
+                    if let Some(v) = &self.$name {
+                        if !$crate::options::holds(v, $pred) {
+                            return Err($crate::options::check_failed(
+                                Self::flag_of(stringify!($name)),
+                                v,
+                                $reason,
+                            ));
+                        }
+                    }
+                )?)*
+                Ok(())
+            }
+
             /// `over` on top of `self`: every option `over` sets wins,
             /// the others keep `self`'s value (`extra` fields: `over`'s).
             fn merge_options(self, over: $Settings) -> $Settings {
@@ -101,6 +176,20 @@ macro_rules! settings {
                     $( $xname: over.$xname, )*
                 }
             }
+        }
+
+        /// The value in force of each option with a default: its value,
+        /// or the default.
+        #[allow(dead_code)]
+        impl $Settings {
+            $($(
+                #[doc = concat!("`", stringify!($name), "`, or its default.")]
+                pub fn $name(&self) -> $ty {
+                    self.$name
+                        .clone()
+                        .unwrap_or_else(|| $crate::options::default_of::<$ty, _>($default))
+                }
+            )?)*
         }
     };
 }

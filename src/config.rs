@@ -100,258 +100,258 @@ crate::settings! {
     pub struct Settings {
         /// Address to accept TLS on (repeatable).
         #[arg(value_name = "ADDR")]
-        listen: Vec<String> => "listen";
+        listen: Vec<String> => "listen", live;
         /// Plaintext backend address (repeatable: round-robin, a backend that
         /// fails to connect is skipped for --backend-eject ms).
         #[arg(value_name = "ADDR")]
         #[serde(default, deserialize_with = "one_or_many")]
-        backend: Vec<String> => "backend";
+        backend: Vec<String> => "backend", live;
         /// Per-SNI backends: NAME[,NAME...]=ADDR[,ADDR...] (repeatable; names
         /// may be *.wildcards). Other connections go to --backend.
         #[arg(value_name = "ROUTE", value_parser = RouteSetting::parse_flag)]
-        route: Vec<RouteSetting> => "route";
+        route: Vec<RouteSetting> => "route", live;
         /// How long a backend that failed to connect is skipped, ms.
         #[arg(value_name = "MS")]
-        backend_eject: u64 => "backend-eject",
+        backend_eject: u64 => "backend-eject", live,
             default DEFAULT_BACKEND_EJECT_MS;
         /// PEM certificate chain (repeatable: one per certificate, chosen by SNI;
         /// the first is the default).
         #[arg(value_name = "PEM")]
         #[serde(default, deserialize_with = "one_or_many")]
-        cert: Vec<CertEntry> => "cert";
+        cert: Vec<CertEntry> => "cert", live;
         /// PEM private key (repeatable, paired with --cert by position;
         /// without it, each --cert file holds its key too).
         #[arg(value_name = "PEM")]
         #[serde(default, deserialize_with = "one_or_many")]
-        key: Vec<String> => "key";
+        key: Vec<String> => "key", live;
         /// Folder of combined PEM files (key + chain, names from the SANs),
         /// repeatable.
         #[arg(value_name = "DIR")]
-        cert_dirs: Vec<String> => "cert-dir";
+        cert_dirs: Vec<String> => "cert-dir", live;
         /// Folder of DER OCSP responses to staple: CERTFILE.ocsp for each
         /// certificate file (re-read on SIGHUP and every --ocsp-refresh s).
         #[arg(value_name = "DIR")]
-        ocsp_dir: String => "ocsp-dir";
+        ocsp_dir: String => "ocsp-dir", live;
         /// OCSP re-check period, seconds (default 3600).
         #[arg(value_name = "SECS")]
-        ocsp_refresh: u64 => "ocsp-refresh",
+        ocsp_refresh: u64 => "ocsp-refresh", live,
             default DEFAULT_OCSP_REFRESH_S,
             check |v| (1..=86_400).contains(v) => "must be from 1 to 86400 seconds";
         /// Fetch OCSP responses from each certificate's responder (its AIA
         /// OCSP URL), on a thread of its own, refreshed before nextUpdate.
         #[arg(num_args = 0, default_missing_value = "true")]
-        ocsp_fetch: bool => "ocsp-fetch",
+        ocsp_fetch: bool => "ocsp-fetch", restart,
             default false;
         /// Number of workers (default: one per CPU this process may run on).
         #[arg(value_name = "N")]
-        workers: usize => "workers",
+        workers: usize => "workers", restart,
             check |v| (1..=4096).contains(v) => "must be from 1 to 4096";
         /// CPUs to pin workers to, e.g. `0-3,8`.
         #[arg(value_name = "LIST")]
-        cpus: String => "cpus";
+        cpus: String => "cpus", restart;
         /// io_uring submission queue entries per worker (power of two).
         #[arg(value_name = "N")]
-        ring_entries: u32 => "ring-entries",
+        ring_entries: u32 => "ring-entries", restart,
             default DEFAULT_RING_ENTRIES,
             check |v| (8..=32768).contains(v) && v.is_power_of_two()
                 => "must be a power of two from 8 to 32768";
         /// Provided read buffers per worker (power of two), each --buffer-size
         /// bytes: reads take one when data arrives and give it back at once.
         #[arg(value_name = "N")]
-        read_buffers: u32 => "read-buffers",
+        read_buffers: u32 => "read-buffers", restart,
             default DEFAULT_READ_BUFFERS,
             check |v| (1..=32768).contains(v) && v.is_power_of_two()
                 => "must be a power of two from 1 to 32768";
         /// Enable SQPOLL, with the kernel thread's idle time in ms (default 1000).
         #[arg(value_name = "IDLE_MS", num_args = 0..=1, default_missing_value = "1000")]
-        sqpoll: u32 => "sqpoll";
+        sqpoll: u32 => "sqpoll", restart;
         /// Listen backlog (capped by net.core.somaxconn).
         #[arg(value_name = "N")]
-        backlog: u32 => "backlog",
+        backlog: u32 => "backlog", restart,
             default DEFAULT_BACKLOG,
             check |v| (1..=1 << 20).contains(v) => "must be 1..=1048576";
         /// Relay buffer size per direction, bytes.
         #[arg(value_name = "BYTES")]
-        buffer_size: usize => "buffer-size",
+        buffer_size: usize => "buffer-size", restart,
             default DEFAULT_BUFFER_SIZE,
             check |v| (1024..=16 << 20).contains(v) => "must be from 1024 to 16777216 bytes";
         /// Admin/metrics listener (off by default; use loopback).
         #[arg(value_name = "ADDR")]
-        admin: String => "admin";
+        admin: String => "admin", restart;
         /// Handshake timeout, ms.
         #[arg(value_name = "MS")]
-        handshake_timeout: u64 => "handshake-timeout",
+        handshake_timeout: u64 => "handshake-timeout", live,
             default DEFAULT_HANDSHAKE_TIMEOUT_MS,
             check |v| *v > 0 => "must be at least 1 ms";
         /// Backend connect timeout, ms.
         #[arg(value_name = "MS")]
-        connect_timeout: u64 => "connect-timeout",
+        connect_timeout: u64 => "connect-timeout", live,
             default DEFAULT_CONNECT_TIMEOUT_MS,
             check |v| *v > 0 => "must be at least 1 ms";
         /// Refuse TLS 1.2 (TLS 1.3 only). In TOML: `tls12 = false`.
         #[arg(num_args = 0, default_missing_value = "false")]
-        tls12: bool => "no-tls12";
+        tls12: bool => "no-tls12", live;
         /// Log level: error, warn, info, debug, trace, off.
         #[arg(value_name = "LEVEL")]
-        log_level: String => "log-level",
+        log_level: String => "log-level", live,
             default "info",
             check |v| ["error", "warn", "info", "debug", "trace", "off"].contains(&v.as_str())
                 => "must be one of error, warn, info, debug, trace, off";
         /// Log line format: text (default) or json (one object a line).
         #[arg(value_name = "FORMAT")]
-        log_format: String => "log-format",
+        log_format: String => "log-format", restart,
             default "text",
             check |v| ["text", "json"].contains(&v.as_str()) => "must be text or json";
         /// UNIX socket for zero-downtime upgrades: a new process started with
         /// the same socket takes the listening sockets over, and this one drains.
         #[arg(value_name = "PATH")]
-        upgrade_socket: String => "upgrade-socket";
+        upgrade_socket: String => "upgrade-socket", restart;
         /// Session resumption: cache, tickets, both or off.
         #[arg(value_name = "MODE")]
-        resumption: String => "resumption",
+        resumption: String => "resumption", restart,
             default "cache",
             check |v| ["cache", "tickets", "both", "off"].contains(&v.as_str())
                 => "must be one of cache, tickets, both, off";
         /// Session lifetime, seconds.
         #[arg(value_name = "SECS")]
-        session_timeout: u64 => "session-timeout",
+        session_timeout: u64 => "session-timeout", restart,
             default DEFAULT_SESSION_TIMEOUT_S,
             check |v| (1..=86_400 * 7).contains(v) => "must be from 1 to 604800 seconds";
         /// Session cache entries per worker.
         #[arg(value_name = "N")]
-        session_cache_size: usize => "session-cache-size",
+        session_cache_size: usize => "session-cache-size", restart,
             default DEFAULT_SESSION_CACHE_SIZE,
             check |v| *v <= 10_000_000 => "must be at most 10000000 entries per worker";
         /// Cross-core session sync interval, ms.
         #[arg(value_name = "MS")]
-        session_sync_interval: u64 => "session-sync-interval",
+        session_sync_interval: u64 => "session-sync-interval", restart,
             default DEFAULT_SESSION_SYNC_INTERVAL_MS,
             check |v| (1..=60_000).contains(v) => "must be from 1 to 60000 ms";
         /// L2 session store shared by a fleet: redis://HOST:PORT[/DB] or
         /// unix:///path (Redis or Valkey; keep it on a private network).
         #[arg(value_name = "URL")]
-        session_store: String => "session-store";
+        session_store: String => "session-store", restart;
         /// Prefix of the session store's keys.
         #[arg(value_name = "PREFIX")]
-        session_store_prefix: String => "session-store-prefix",
+        session_store_prefix: String => "session-store-prefix", restart,
             default DEFAULT_STORE_PREFIX,
             check |v| v.len() <= 256 && !v.chars().any(|c| c.is_control() || c == ' ')
                 => "must be at most 256 characters, without spaces or control characters";
         /// File holding the session store's AUTH password.
         #[arg(value_name = "FILE")]
-        session_store_password_file: String => "session-store-password-file";
+        session_store_password_file: String => "session-store-password-file", restart;
         /// Session store connect timeout, ms.
         #[arg(value_name = "MS")]
-        session_store_connect_timeout: u64 => "session-store-connect-timeout",
+        session_store_connect_timeout: u64 => "session-store-connect-timeout", restart,
             default DEFAULT_STORE_CONNECT_TIMEOUT_MS,
             check |v| (1..=60_000).contains(v) => "must be from 1 to 60000 ms";
         /// How long a handshake waits for a session store lookup, ms (default 5).
         #[arg(value_name = "MS")]
-        session_store_timeout: u64 => "session-store-timeout",
+        session_store_timeout: u64 => "session-store-timeout", restart,
             default DEFAULT_STORE_TIMEOUT_MS,
             check |v| (1..=10_000).contains(v) => "must be from 1 to 10000 ms";
         /// Ticket key rotation period, seconds (random keys only).
         #[arg(value_name = "SECS")]
-        ticket_rotation: u64 => "ticket-rotation",
+        ticket_rotation: u64 => "ticket-rotation", restart,
             default DEFAULT_TICKET_ROTATION_S,
             check |v| *v > 0 => "must be at least 1 second";
         /// Ticket key file, 80 bytes (repeatable; the first encrypts). Re-read on SIGHUP.
         #[arg(value_name = "FILE")]
-        ticket_key_file: Vec<String> => "ticket-key-file";
+        ticket_key_file: Vec<String> => "ticket-key-file", restart;
         /// TLS 1.3 tickets sent after a full handshake.
         #[arg(value_name = "N")]
-        tls13_tickets: usize => "tls13-tickets",
+        tls13_tickets: usize => "tls13-tickets", restart,
             default DEFAULT_TLS13_TICKETS,
             check |v| *v <= 8 => "must be from 0 to 8";
         /// Lowest TLS version: 1.2 or 1.3.
         #[arg(value_name = "VERSION")]
-        min_tls: String => "min-tls";
+        min_tls: String => "min-tls", live;
         /// Highest TLS version: 1.2 or 1.3.
         #[arg(value_name = "VERSION")]
-        max_tls: String => "max-tls";
+        max_tls: String => "max-tls", live;
         /// Cipher suites by rustls name, comma-separated, in preference order.
         #[arg(value_name = "LIST", value_delimiter = ',')]
-        ciphers: Vec<String> => "ciphers";
+        ciphers: Vec<String> => "ciphers", live;
         /// Key exchange groups, comma-separated (default
         /// X25519MLKEM768,X25519,secp256r1,secp384r1).
         #[arg(value_name = "LIST", value_delimiter = ',')]
-        groups: Vec<String> => "groups";
+        groups: Vec<String> => "groups", live;
         /// Pick the cipher suite in the server's order (AES-128-GCM first), not
         /// the client's: on or off (a bare flag means on).
         #[arg(value_name = "on|off", num_args = 0..=1, require_equals = true,
               default_missing_value = "on", value_parser = clap::builder::BoolishValueParser::new())]
-        prefer_server_ciphers: bool => "prefer-server-ciphers",
+        prefer_server_ciphers: bool => "prefer-server-ciphers", live,
             default DEFAULT_PREFER_SERVER_CIPHERS;
         /// ALPN protocols, comma-separated, e.g. h2,http/1.1.
         #[arg(value_name = "LIST", value_delimiter = ',')]
-        alpn: Vec<String> => "alpn";
+        alpn: Vec<String> => "alpn", live;
         /// CA certificates (PEM) for client certificates: turns on mutual TLS.
         #[arg(value_name = "PEM")]
-        client_ca: String => "client-ca";
+        client_ca: String => "client-ca", live;
         /// With --client-ca: required (default) or optional.
         #[arg(value_name = "MODE")]
-        client_auth: String => "client-auth";
+        client_auth: String => "client-auth", live;
         /// Unknown or missing SNI: default (serve the first certificate) or
         /// reject (unrecognized_name alert).
         #[arg(value_name = "MODE")]
-        unknown_sni: String => "unknown-sni";
+        unknown_sni: String => "unknown-sni", live;
         /// Record layer after the handshake: own (ringterm's, default) or
         /// rustls (A/B comparison, fallback).
         #[arg(value_name = "LAYER")]
-        record_layer: String => "record-layer";
+        record_layer: String => "record-layer", live;
         /// Close established connections idle this long, ms (0 = off; default 300000).
         #[arg(value_name = "MS")]
-        idle_timeout: u64 => "idle-timeout",
+        idle_timeout: u64 => "idle-timeout", live,
             default DEFAULT_IDLE_TIMEOUT_MS,
             check |v| *v <= 86_400_000 => "must be from 0 (off) to 86400000 ms";
         /// Connections per worker above which new ones are closed at once (0 = unlimited).
         #[arg(value_name = "N")]
-        max_connections: u64 => "max-connections",
+        max_connections: u64 => "max-connections", live,
             default 0u64,
             check |v| *v <= 10_000_000 => "must be from 0 (unlimited) to 10000000 per worker";
         /// On SIGTERM/SIGINT, how long open connections may finish, ms (default 30000).
         #[arg(value_name = "MS")]
-        drain_timeout: u64 => "drain-timeout",
+        drain_timeout: u64 => "drain-timeout", live,
             default DEFAULT_DRAIN_TIMEOUT_MS,
             check |v| *v <= 3_600_000 => "must be from 0 to 3600000 ms";
         /// Switch to this user after binding (needs root).
         #[arg(value_name = "NAME")]
-        user: String => "user";
+        user: String => "user", restart;
         /// Switch to this group after binding (default: the user's primary group).
         #[arg(value_name = "NAME")]
-        group: String => "group";
+        group: String => "group", restart;
         /// Send a PROXY protocol header to the backend: off, v1 or v2 (v2
         /// carries ALPN, SNI and TLS facts as TLVs).
         #[arg(value_name = "VERSION")]
-        proxy_protocol: String => "proxy-protocol";
+        proxy_protocol: String => "proxy-protocol", live;
         /// Expect a PROXY protocol v1/v2 header from a fronting L4 balancer.
         #[arg(num_args = 0, default_missing_value = "true")]
-        accept_proxy: bool => "accept-proxy",
+        accept_proxy: bool => "accept-proxy", live,
             default false;
         /// Access log, one line per connection: stderr, a file (reopened on
         /// SIGHUP and SIGUSR1, for logrotate) or off (default).
         #[arg(value_name = "stderr|FILE|off")]
-        access_log: String => "access-log";
+        access_log: String => "access-log", restart;
         /// Access log line format: json (default) or text (key=value).
         #[arg(value_name = "FORMAT")]
-        access_log_format: String => "access-log-format",
+        access_log_format: String => "access-log-format", restart,
             default "json",
             check |v| ["json", "text"].contains(&v.as_str()) => "must be json or text";
         /// Active backend health checks: a TCP (or UNIX) connect to every
         /// backend each MS; down after 3 failures, up after 2 successes.
         /// 0 = off (default).
         #[arg(value_name = "MS")]
-        health_check_interval: u64 => "health-check-interval",
+        health_check_interval: u64 => "health-check-interval", restart,
             default 0u64,
             check |v| *v <= 3_600_000 => "must be at most 3600000 ms (0 = off)";
         /// `[[frontend]]` tables (TOML only): listeners with their own
         /// certificates, backends and TLS settings (see [`crate::frontend`]).
         #[arg(skip)]
-        frontend: Vec<crate::frontend::FrontendSetting>;
+        frontend: Vec<crate::frontend::FrontendSetting>, live;
         /// ACME: `[acme]`/`[[acme]]` tables, or the `--acme-*` flags (see
         /// [`crate::acme`]).
         #[arg(skip)]
-        acme: crate::acme::AcmeSetting;
+        acme: crate::acme::AcmeSetting, restart;
     }
     extra {
         /// The `--acme-*` flags; [`Layered::new`] turns them into `acme`.
@@ -647,6 +647,7 @@ impl Settings {
     /// Checks every value and fills defaults. `allowed_cpus` is the set of
     /// CPUs this process may run on, as the runtime found it.
     pub fn validate(self, allowed_cpus: &[usize]) -> Result<Config, ConfigError> {
+        let settings = self.clone();
         let acme = crate::acme::validate(self.acme.clone())?;
         let frontends = crate::frontend::validate(&self, |s, name| s.frontend_part(name))?;
         self.check_values()?;
@@ -733,6 +734,7 @@ impl Settings {
         let access_log_json = self.access_log_format() == "json";
         let health_check_interval_ms = self.health_check_interval();
         Ok(Config {
+            settings,
             acme,
             access_log,
             access_log_json,
@@ -964,6 +966,9 @@ pub struct Config {
     pub frontends: Vec<crate::frontend::Frontend>,
     /// Certificates obtained and renewed with ACME, when on.
     pub acme: Option<crate::acme::AcmeConfig>,
+    /// The settings this was validated from (a reload compares them by
+    /// key: [`crate::reload_plan`]).
+    pub settings: Settings,
 }
 
 impl Config {

@@ -6,7 +6,7 @@
 //! ```text
 //! /// io_uring submission queue entries per worker (power of two).   <- --help text and docs
 //! #[arg(value_name = "N")]                                            <- clap details
-//! ring_entries: u32 => "ring-entries",                                <- field, type, flag
+//! ring_entries: u32 => "ring-entries", restart,                       <- field, type, flag, reload class
 //!     default DEFAULT_RING_ENTRIES,                                   <- value when unset
 //!     check |v| (8..=32768).contains(v) && v.is_power_of_two()        <- its own check
 //!         => "must be a power of two from 8 to 32768";                   and the message
@@ -15,6 +15,10 @@
 //! The field is `Option<TYPE>` (unset = not given); its TOML key is the
 //! field name in kebab-case (serde); `=> "flag"` gives the long flag
 //! (`--ring-entries`), without it the option is TOML-only (`#[arg(skip)]`).
+//! `live` or `restart` says what a reload does with a change: applies it,
+//! or keeps the running value and names the option in one warning line
+//! ([`crate::reload_plan`]; a unit test there fails for an option that
+//! is neither).
 //! Any `#[arg(...)]` and `#[serde(...)]` attributes pass through to clap
 //! and serde. From the block the macro derives the struct (clap::Args,
 //! serde Deserialize/Serialize), the table of [`OptionInfo`]s, the
@@ -34,12 +38,36 @@ pub struct OptionInfo {
     pub field: &'static str,
     /// The long flag (`--ring-entries`); empty for a TOML-only option.
     pub flag: &'static str,
+    /// What a reload (SIGHUP) does with a change to it.
+    pub reload: Reload,
+}
+
+/// What a reload does with a changed option (`live` or `restart` in its
+/// declaration).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reload {
+    /// Applied to new connections at once.
+    Live,
+    /// Fixed when the process starts (sizes rings and buffers, pins
+    /// threads, binds the admin endpoint, drops privileges, starts
+    /// threads): a change is named in one warning line and the running
+    /// value stays ([`crate::reload_plan`]).
+    Restart,
 }
 
 impl OptionInfo {
     /// The TOML key: the field name in kebab-case (`ring-entries`).
     pub fn key(&self) -> String {
         self.field.replace('_', "-")
+    }
+
+    /// How messages name it: its flag, or its TOML key when it has none.
+    pub fn name(&self) -> String {
+        if self.flag.is_empty() {
+            self.key()
+        } else {
+            self.flag.to_owned()
+        }
     }
 }
 
@@ -71,6 +99,18 @@ pub fn check_failed(
     }
 }
 
+/// The [`Reload`] class of a declaration's `live` or `restart`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! option_reload {
+    (live) => {
+        $crate::options::Reload::Live
+    };
+    (restart) => {
+        $crate::options::Reload::Restart
+    };
+}
+
 /// `--FLAG` for a declared flag, `""` without one.
 #[doc(hidden)]
 #[macro_export]
@@ -92,7 +132,7 @@ macro_rules! settings {
         pub struct $Settings:ident {
             $(
                 $(#[$($attr:tt)*])*
-                $name:ident: $ty:ty $(=> $flag:literal)?
+                $name:ident: $ty:ty $(=> $flag:literal)?, $reload:ident
                 $(, default $default:expr)?
                 $(, check $pred:expr => $reason:literal)?
                 ;
@@ -125,6 +165,7 @@ macro_rules! settings {
                     $crate::options::OptionInfo {
                         field: stringify!($name),
                         flag: $crate::option_flag!($($flag)?),
+                        reload: $crate::option_reload!($reload),
                     },
                 )*
             ];

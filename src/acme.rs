@@ -132,20 +132,17 @@ impl AcmeSetting {
             Self::Many(v) => v,
         }
     }
+}
 
-    /// Makes relative paths absolute against `dir` (the config file's
-    /// folder).
-    pub fn relative_to(&mut self, dir: &std::path::Path) {
+impl crate::options::Paths for AcmeSetting {
+    fn each_path(&mut self, f: &mut dyn FnMut(&mut String)) {
         let tables: &mut [AcmeTable] = match self {
             Self::One(t) => std::slice::from_mut(t),
             Self::Many(v) => v,
         };
         for t in tables {
-            for p in [&mut t.state_dir, &mut t.ca_file].into_iter().flatten() {
-                if !p.is_empty() && std::path::Path::new(p.as_str()).is_relative() {
-                    *p = dir.join(p.as_str()).display().to_string();
-                }
-            }
+            t.state_dir.each_path(f);
+            t.ca_file.each_path(f);
         }
     }
 }

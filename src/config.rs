@@ -118,20 +118,20 @@ crate::settings! {
         /// the first is the default).
         #[arg(value_name = "PEM")]
         #[serde(default, deserialize_with = "one_or_many")]
-        cert: Vec<CertEntry> => "cert", live;
+        cert: Vec<CertEntry> => "cert", live path;
         /// PEM private key (repeatable, paired with --cert by position;
         /// without it, each --cert file holds its key too).
         #[arg(value_name = "PEM")]
         #[serde(default, deserialize_with = "one_or_many")]
-        key: Vec<String> => "key", live;
+        key: Vec<String> => "key", live path;
         /// Folder of combined PEM files (key + chain, names from the SANs),
         /// repeatable.
         #[arg(value_name = "DIR")]
-        cert_dirs: Vec<String> => "cert-dir", live;
+        cert_dirs: Vec<String> => "cert-dir", live path;
         /// Folder of DER OCSP responses to staple: CERTFILE.ocsp for each
         /// certificate file (re-read on SIGHUP and every --ocsp-refresh s).
         #[arg(value_name = "DIR")]
-        ocsp_dir: String => "ocsp-dir", live;
+        ocsp_dir: String => "ocsp-dir", live path;
         /// OCSP re-check period, seconds (default 3600).
         #[arg(value_name = "SECS")]
         ocsp_refresh: u64 => "ocsp-refresh", live,
@@ -239,7 +239,7 @@ crate::settings! {
                 => "must be at most 256 characters, without spaces or control characters";
         /// File holding the session store's AUTH password.
         #[arg(value_name = "FILE")]
-        session_store_password_file: String => "session-store-password-file", restart;
+        session_store_password_file: String => "session-store-password-file", restart path;
         /// Session store connect timeout, ms.
         #[arg(value_name = "MS")]
         session_store_connect_timeout: u64 => "session-store-connect-timeout", restart,
@@ -257,7 +257,7 @@ crate::settings! {
             check |v| *v > 0 => "must be at least 1 second";
         /// Ticket key file, 80 bytes (repeatable; the first encrypts). Re-read on SIGHUP.
         #[arg(value_name = "FILE")]
-        ticket_key_file: Vec<String> => "ticket-key-file", restart;
+        ticket_key_file: Vec<String> => "ticket-key-file", restart path;
         /// TLS 1.3 tickets sent after a full handshake.
         #[arg(value_name = "N")]
         tls13_tickets: usize => "tls13-tickets", restart,
@@ -287,7 +287,7 @@ crate::settings! {
         alpn: Vec<String> => "alpn", live;
         /// CA certificates (PEM) for client certificates: turns on mutual TLS.
         #[arg(value_name = "PEM")]
-        client_ca: String => "client-ca", live;
+        client_ca: String => "client-ca", live path;
         /// With --client-ca: required (default) or optional.
         #[arg(value_name = "MODE")]
         client_auth: String => "client-auth", live;
@@ -347,11 +347,11 @@ crate::settings! {
         /// `[[frontend]]` tables (TOML only): listeners with their own
         /// certificates, backends and TLS settings (see [`crate::frontend`]).
         #[arg(skip)]
-        frontend: Vec<crate::frontend::FrontendSetting>, live;
+        frontend: Vec<crate::frontend::FrontendSetting>, live path;
         /// ACME: `[acme]`/`[[acme]]` tables, or the `--acme-*` flags (see
         /// [`crate::acme`]).
         #[arg(skip)]
-        acme: crate::acme::AcmeSetting, restart;
+        acme: crate::acme::AcmeSetting, restart path;
     }
     extra {
         /// The `--acme-*` flags; [`Layered::new`] turns them into `acme`.
@@ -436,6 +436,19 @@ impl From<&str> for CertEntry {
     }
 }
 
+impl crate::options::Paths for CertEntry {
+    fn each_path(&mut self, f: &mut dyn FnMut(&mut String)) {
+        match self {
+            Self::File(file) => f(file),
+            Self::Table(t) => {
+                f(&mut t.cert);
+                t.key.each_path(f);
+                t.ocsp.each_path(f);
+            }
+        }
+    }
+}
+
 impl std::str::FromStr for CertEntry {
     type Err = std::convert::Infallible;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -495,36 +508,15 @@ impl Settings {
         })
     }
 
-    /// Makes every relative file or folder path absolute against `dir`
-    /// (the config file's folder). Pure path joining: nothing is read.
+    /// Makes every relative file or folder path (the options declared
+    /// `path`) absolute against `dir` (the config file's folder). Pure
+    /// path joining: nothing is read.
     pub fn relative_to(mut self, dir: &std::path::Path) -> Self {
-        let join = |p: &mut String| {
+        self.each_path(&mut |p: &mut String| {
             if !p.is_empty() && std::path::Path::new(p.as_str()).is_relative() {
                 *p = dir.join(p.as_str()).display().to_string();
             }
-        };
-        for entry in self.cert.iter_mut().flatten() {
-            match entry {
-                CertEntry::File(f) => join(f),
-                CertEntry::Table(t) => {
-                    join(&mut t.cert);
-                    t.key.iter_mut().for_each(join);
-                    t.ocsp.iter_mut().for_each(join);
-                }
-            }
-        }
-        self.key.iter_mut().flatten().for_each(join);
-        self.cert_dirs.iter_mut().flatten().for_each(join);
-        self.ocsp_dir.iter_mut().for_each(join);
-        self.client_ca.iter_mut().for_each(join);
-        self.ticket_key_file.iter_mut().flatten().for_each(join);
-        self.session_store_password_file.iter_mut().for_each(join);
-        if let Some(tables) = self.frontend.take() {
-            self.frontend = Some(tables.into_iter().map(|t| t.relative_to(dir)).collect());
-        }
-        if let Some(acme) = &mut self.acme {
-            acme.relative_to(dir);
-        }
+        });
         self
     }
 

@@ -51,28 +51,16 @@ pub struct FrontendSetting {
     pub accept_proxy: Option<bool>,
 }
 
-impl FrontendSetting {
-    /// Makes relative paths absolute against `dir` (see
-    /// [`Settings::relative_to`]).
-    pub fn relative_to(self, dir: &std::path::Path) -> Self {
-        // Reuse the top-level rules: the same keys, the same joining.
-        let s = Settings {
-            cert: self.cert.clone(),
-            key: self.key.clone(),
-            cert_dirs: self.cert_dirs.clone(),
-            client_ca: self.client_ca.clone(),
-            ..Settings::default()
-        }
-        .relative_to(dir);
-        Self {
-            cert: s.cert,
-            key: s.key,
-            cert_dirs: s.cert_dirs,
-            client_ca: s.client_ca,
-            ..self
-        }
+impl crate::options::Paths for FrontendSetting {
+    fn each_path(&mut self, f: &mut dyn FnMut(&mut String)) {
+        self.cert.each_path(f);
+        self.key.each_path(f);
+        self.cert_dirs.each_path(f);
+        self.client_ca.each_path(f);
     }
+}
 
+impl FrontendSetting {
     /// The settings this frontend runs with: `top`'s, with this table's
     /// keys over them.
     fn over(&self, top: &Settings) -> Settings {

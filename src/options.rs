@@ -18,7 +18,9 @@
 //! `live` or `restart` says what a reload does with a change: applies it,
 //! or keeps the running value and names the option in one warning line
 //! ([`crate::reload_plan`]; a unit test there fails for an option that
-//! is neither).
+//! is neither). `path` after it marks a file or folder option (its
+//! value's type implements [`Paths`]): relative paths in the config file
+//! are taken from the file's folder.
 //! Any `#[arg(...)]` and `#[serde(...)]` attributes pass through to clap
 //! and serde. From the block the macro derives the struct (clap::Args,
 //! serde Deserialize/Serialize), the table of [`OptionInfo`]s, the
@@ -71,6 +73,35 @@ impl OptionInfo {
     }
 }
 
+/// The file and folder paths in an option's value (options declared
+/// `path`).
+pub trait Paths {
+    /// Calls `f` on each path.
+    fn each_path(&mut self, f: &mut dyn FnMut(&mut String));
+}
+
+impl Paths for String {
+    fn each_path(&mut self, f: &mut dyn FnMut(&mut String)) {
+        f(self)
+    }
+}
+
+impl<T: Paths> Paths for Option<T> {
+    fn each_path(&mut self, f: &mut dyn FnMut(&mut String)) {
+        if let Some(v) = self {
+            v.each_path(f)
+        }
+    }
+}
+
+impl<T: Paths> Paths for Vec<T> {
+    fn each_path(&mut self, f: &mut dyn FnMut(&mut String)) {
+        for v in self {
+            v.each_path(f)
+        }
+    }
+}
+
 /// A declared default, converted to the option's type (`"info"` to a
 /// `String`).
 #[doc(hidden)]
@@ -97,6 +128,13 @@ pub fn check_failed(
         value: value.to_string().escape_debug().to_string(),
         reason: reason.to_owned(),
     }
+}
+
+/// The only marker after the reload class: `path`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! option_path {
+    (path) => {};
 }
 
 /// The [`Reload`] class of a declaration's `live` or `restart`.
@@ -132,7 +170,7 @@ macro_rules! settings {
         pub struct $Settings:ident {
             $(
                 $(#[$($attr:tt)*])*
-                $name:ident: $ty:ty $(=> $flag:literal)?, $reload:ident
+                $name:ident: $ty:ty $(=> $flag:literal)?, $reload:ident $($path:ident)?
                 $(, default $default:expr)?
                 $(, check $pred:expr => $reason:literal)?
                 ;
@@ -207,6 +245,18 @@ macro_rules! settings {
                     }
                 )?)*
                 Ok(())
+            }
+
+            /// Calls `f` on every file or folder path in the options
+            /// declared `path` (relative paths in the config file are
+            /// taken from its folder).
+            pub fn each_path(&mut self, f: &mut dyn FnMut(&mut String)) {
+                $($(
+                    $crate::option_path!($path);
+                    if let Some(v) = &mut self.$name {
+                        $crate::options::Paths::each_path(v, f);
+                    }
+                )?)*
             }
 
             /// `over` on top of `self`: every option `over` sets wins,

@@ -4,11 +4,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use ringterm::config::{CertEntry, Config, Layered, Settings};
+use ringterm::config::{CertEntry, Config, Settings};
 use ringterm::rt::reload::{DiskFiles, TlsReloader};
-use ringterm::rt::{notify, upgrade};
+use ringterm::rt::{config_file, notify, upgrade};
 use ringterm::tls;
-use ringterm::tls::loader::LoadError;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -75,22 +74,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn read_file(flag: &str, path: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("{flag} {path}: {e}"))
-}
-
-fn allowed_cpus() -> Vec<usize> {
-    let mut cpus: Vec<usize> = core_affinity::get_core_ids()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
-    if cpus.is_empty() {
-        cpus.push(0);
-    }
-    cpus
-}
-
 fn run(cli: Cli) -> Result<(), String> {
     let mode = match cli.cmd {
         Some(Cmd::Demo) => Mode::Demo,
@@ -99,7 +82,7 @@ fn run(cli: Cli) -> Result<(), String> {
         None if cli.demo => Mode::Demo,
         None => Mode::Serve,
     };
-    let mut layered = load_layered(&cli)?;
+    let mut layered = config_file::load_layered(cli.config.as_deref(), cli.settings.clone())?;
     let settings = &mut layered.settings;
     init_logging(&settings.log_level(), &settings.log_format())?;
 
@@ -151,7 +134,7 @@ fn run(cli: Cli) -> Result<(), String> {
             format!("{cert}{key}").into_bytes(),
         );
     }
-    let config = layered.validate(&allowed_cpus())?;
+    let config = layered.validate(&config_file::allowed_cpus())?;
     let ticketer = if config.resumption.uses_tickets() {
         let lifetime = config.session_timeout_s.min(u32::MAX as u64) as u32;
         Some(ringterm::rt::ticket_keys::ticketer(
@@ -194,7 +177,7 @@ fn run(cli: Cli) -> Result<(), String> {
     } else {
         let cli = cli.clone();
         Some(Box::new(move || {
-            load_layered(&cli).and_then(|l| l.validate(&allowed_cpus()))
+            config_file::load(cli.config.as_deref(), cli.settings.clone())
         }))
     };
     if let Some(acme) = &config.acme {
@@ -208,7 +191,8 @@ fn run(cli: Cli) -> Result<(), String> {
     }
     let fetched = files.fetched.clone();
     let reloader = Arc::new(
-        TlsReloader::new(&config, files, resumption, None).map_err(|e| load_error(&layered, e))?,
+        TlsReloader::new(&config, files, resumption, None)
+            .map_err(|e| config_file::load_error(&layered, e))?,
     );
     if config.ocsp_fetch {
         ringterm::rt::ocsp_fetch::spawn(reloader.clone(), fetched)
@@ -521,40 +505,10 @@ fn wait_for_signal(signals: Option<signal_hook::iterator::Signals>, mut handlers
     }
 }
 
-/// The config file (if any) with the flags on top.
-fn load_layered(cli: &Cli) -> Result<Layered, String> {
-    let file = match &cli.config {
-        Some(path) => Some((
-            path.clone(),
-            Settings::from_toml_bytes(path, &read_file("--config", path)?)
-                .map_err(|e| e.to_string())?,
-        )),
-        None => None,
-    };
-    Ok(Layered::new(file, cli.settings.clone()))
-}
-
-/// A loading error on one line, naming the config file and key when the
-/// file set the value, else the flag.
-fn load_error(layered: &Layered, e: LoadError) -> String {
-    match layered.source_of(e.flag) {
-        Some((file, key)) if e.path.is_empty() => format!("{file}: {key}: {}", e.message),
-        Some((file, key)) => format!("{file}: {key}: {}: {}", e.path, e.message),
-        None => e.to_string(),
-    }
-}
-
 /// `ringterm check`: everything `run` would load and bind, without
 /// serving; a summary on stdout.
 fn check(cli: &Cli) -> Result<(), String> {
-    use ringterm::rt::reload::CheckError;
-    let layered = load_layered(cli)?;
-    let config = layered.validate(&allowed_cpus())?;
-    let summary = ringterm::rt::reload::check(&config).map_err(|e| match e {
-        CheckError::Load(e) => load_error(&layered, e),
-        CheckError::Other(msg) => msg,
-    })?;
-    let source = layered.file.as_deref().unwrap_or("(flags)");
-    print!("configuration {source}: OK\n{summary}");
+    let text = config_file::check(cli.config.as_deref(), cli.settings.clone())?;
+    print!("{text}");
     Ok(())
 }

@@ -691,13 +691,11 @@ impl Settings {
         let buffer_size = self.buffer_size();
         let handshake_timeout_ms = self.handshake_timeout();
         let connect_timeout_ms = self.connect_timeout();
-        let log_level = self.log_level();
         let resumption = Resumption::parse(&self.resumption())?;
         let session_timeout_s = self.session_timeout();
         let session_cache_size = self.session_cache_size();
         let session_sync_interval_ms = self.session_sync_interval();
         let session_store = validate_store(&self, &resumption)?;
-        let ticket_rotation_s = self.ticket_rotation();
         let tls13_tickets = self.tls13_tickets();
         let ticket_key_files = self.ticket_key_file.clone().unwrap_or_default();
         if !ticket_key_files.is_empty() && !resumption.uses_tickets() {
@@ -736,13 +734,11 @@ impl Settings {
             frontends,
             idle_timeout_ms: self.idle_timeout(),
             max_connections: self.max_connections(),
-            drain_timeout_ms: self.drain_timeout(),
             resumption,
             session_timeout_s,
             session_cache_size,
             session_sync_interval_ms,
             session_store,
-            ticket_rotation_s,
             ticket_key_files,
             tls13_tickets,
             listen,
@@ -751,7 +747,6 @@ impl Settings {
             certs,
             cert_dirs,
             ocsp_refresh_s,
-            ocsp_fetch: self.ocsp_fetch(),
             tls,
             pins,
             ring_entries,
@@ -762,10 +757,7 @@ impl Settings {
             admin,
             handshake_timeout_ms,
             connect_timeout_ms,
-            log_level,
-            log_format: self.log_format(),
             ocsp_dir: self.ocsp_dir,
-            upgrade_socket: self.upgrade_socket,
             user: self.user,
             group: self.group,
         })
@@ -889,8 +881,6 @@ pub struct Config {
     pub ocsp_dir: Option<String>,
     /// Period of the OCSP re-check, seconds.
     pub ocsp_refresh_s: u64,
-    /// Fetch OCSP responses from the certificates' responders.
-    pub ocsp_fetch: bool,
     /// The TLS policy.
     pub tls: TlsSettingsValid,
     /// The CPU each worker is pinned to; its length is the worker count.
@@ -911,12 +901,6 @@ pub struct Config {
     pub handshake_timeout_ms: u64,
     /// Backend connect timeout in ms.
     pub connect_timeout_ms: u64,
-    /// Log level.
-    pub log_level: String,
-    /// Log line format (`text` or `json`; checked when logging starts).
-    pub log_format: String,
-    /// The upgrade socket, if any.
-    pub upgrade_socket: Option<String>,
     /// How sessions are resumed.
     pub resumption: Resumption,
     /// Session lifetime, seconds.
@@ -927,8 +911,6 @@ pub struct Config {
     pub session_sync_interval_ms: u64,
     /// The L2 session store, if any.
     pub session_store: Option<StoreSpec>,
-    /// Ticket key rotation period, seconds (random keys only).
-    pub ticket_rotation_s: u64,
     /// Ticket key files; empty means random keys, rotated.
     pub ticket_key_files: Vec<String>,
     /// TLS 1.3 tickets per full handshake.
@@ -937,8 +919,6 @@ pub struct Config {
     pub idle_timeout_ms: u64,
     /// Connections per worker above which new ones are closed; 0 = unlimited.
     pub max_connections: u64,
-    /// How long established connections may finish after SIGTERM/SIGINT, ms.
-    pub drain_timeout_ms: u64,
     /// User to switch to after binding.
     pub user: Option<String>,
     /// Group to switch to after binding.
@@ -958,8 +938,11 @@ pub struct Config {
     pub frontends: Vec<crate::frontend::Frontend>,
     /// Certificates obtained and renewed with ACME, when on.
     pub acme: Option<crate::acme::AcmeConfig>,
-    /// The settings this was validated from (a reload compares them by
-    /// key: [`crate::reload_plan`]).
+    /// The settings this was validated from: a reload compares them by
+    /// key ([`crate::reload_plan`]), and an option that needs no
+    /// derived value is read from them where it is used, through its
+    /// accessor (`config.settings.drain_timeout()`: the value or the
+    /// default), not copied into a field here.
     pub settings: Settings,
 }
 
@@ -1645,7 +1628,7 @@ mod tests {
         let c = base().validate(&[0]).unwrap();
         assert_eq!(c.idle_timeout_ms, DEFAULT_IDLE_TIMEOUT_MS);
         assert_eq!(c.max_connections, 0);
-        assert_eq!(c.drain_timeout_ms, DEFAULT_DRAIN_TIMEOUT_MS);
+        assert_eq!(c.settings.drain_timeout(), DEFAULT_DRAIN_TIMEOUT_MS);
         assert_eq!(c.user, None);
         for (field, flag) in [
             ("idle", "--idle-timeout"),
@@ -1676,7 +1659,7 @@ mod tests {
         let c = base().merge(file).validate(&[0]).unwrap();
         assert_eq!(c.idle_timeout_ms, 0);
         assert_eq!(c.max_connections, 10);
-        assert_eq!(c.drain_timeout_ms, 500);
+        assert_eq!(c.settings.drain_timeout(), 500);
         assert_eq!(c.user.as_deref(), Some("nobody"));
         assert_eq!(c.group.as_deref(), Some("nogroup"));
     }

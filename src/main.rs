@@ -194,7 +194,7 @@ fn run(cli: Cli) -> Result<(), String> {
         TlsReloader::new(&config, files, resumption, None)
             .map_err(|e| config_file::load_error(&layered, e))?,
     );
-    if config.ocsp_fetch {
+    if config.settings.ocsp_fetch() {
         ringterm::rt::ocsp_fetch::spawn(reloader.clone(), fetched)
             .map_err(|e| format!("--ocsp-fetch: fetch thread: {e}"))?;
     }
@@ -207,7 +207,7 @@ fn run(cli: Cli) -> Result<(), String> {
         if config.ticket_key_files.is_empty() {
             ringterm::rt::ticket_keys::start_rotation(
                 t.clone(),
-                std::time::Duration::from_secs(config.ticket_rotation_s),
+                std::time::Duration::from_secs(config.settings.ticket_rotation()),
             )
             .map_err(|e| format!("--ticket-rotation: {e}"))?;
         }
@@ -232,7 +232,7 @@ fn run(cli: Cli) -> Result<(), String> {
         ),
         took_over,
     );
-    let drain_timeout = std::time::Duration::from_millis(config.drain_timeout_ms);
+    let drain_timeout = std::time::Duration::from_millis(config.settings.drain_timeout());
     let alog_hup = server.access_log.clone();
     let live_hub = server.live.clone();
     let config_reloader = config_source.map(|source| {
@@ -254,7 +254,7 @@ fn run(cli: Cli) -> Result<(), String> {
         match &config_reloader {
             Some(r) => match r.reload() {
                 Ok(o) => {
-                    set_log_level(&r.current().log_level);
+                    set_log_level(&r.current().settings.log_level());
                     for w in &o.restart_needed {
                         tracing::warn!("{w}");
                     }
@@ -328,7 +328,7 @@ fn run(cli: Cli) -> Result<(), String> {
     upgrade.before_drain();
     // The drain timeout in force (a reload may have changed it).
     let drain_timeout = running
-        .map(|r| std::time::Duration::from_millis(r.current().drain_timeout_ms))
+        .map(|r| std::time::Duration::from_millis(r.current().settings.drain_timeout()))
         .unwrap_or(drain_timeout);
     drain(&server, drain_timeout);
     if let Some(l) = &server.access_log {

@@ -100,16 +100,16 @@ crate::settings! {
     pub struct Settings {
         /// Address to accept TLS on (repeatable).
         #[arg(value_name = "ADDR")]
-        listen: Vec<String> => "listen", live;
+        listen: Vec<String> => "listen", live + frontend;
         /// Plaintext backend address (repeatable: round-robin, a backend that
         /// fails to connect is skipped for --backend-eject ms).
         #[arg(value_name = "ADDR")]
         #[serde(default, deserialize_with = "one_or_many")]
-        backend: Vec<String> => "backend", live;
+        backend: Vec<String> => "backend", live + frontend;
         /// Per-SNI backends: NAME[,NAME...]=ADDR[,ADDR...] (repeatable; names
         /// may be *.wildcards). Other connections go to --backend.
         #[arg(value_name = "ROUTE", value_parser = RouteSetting::parse_flag)]
-        route: Vec<RouteSetting> => "route", live;
+        route: Vec<RouteSetting> => "route", live + frontend;
         /// How long a backend that failed to connect is skipped, ms.
         #[arg(value_name = "MS")]
         backend_eject: u64 => "backend-eject", live,
@@ -118,20 +118,20 @@ crate::settings! {
         /// the first is the default).
         #[arg(value_name = "PEM")]
         #[serde(default, deserialize_with = "one_or_many")]
-        cert: Vec<CertEntry> => "cert", live path;
+        cert: Vec<CertEntry> => "cert", live + path + frontend;
         /// PEM private key (repeatable, paired with --cert by position;
         /// without it, each --cert file holds its key too).
         #[arg(value_name = "PEM")]
         #[serde(default, deserialize_with = "one_or_many")]
-        key: Vec<String> => "key", live path;
+        key: Vec<String> => "key", live + path + frontend;
         /// Folder of combined PEM files (key + chain, names from the SANs),
         /// repeatable.
         #[arg(value_name = "DIR")]
-        cert_dirs: Vec<String> => "cert-dir", live path;
+        cert_dirs: Vec<String> => "cert-dir", live + path + frontend;
         /// Folder of DER OCSP responses to staple: CERTFILE.ocsp for each
         /// certificate file (re-read on SIGHUP and every --ocsp-refresh s).
         #[arg(value_name = "DIR")]
-        ocsp_dir: String => "ocsp-dir", live path;
+        ocsp_dir: String => "ocsp-dir", live + path;
         /// OCSP re-check period, seconds (default 3600).
         #[arg(value_name = "SECS")]
         ocsp_refresh: u64 => "ocsp-refresh", live,
@@ -239,7 +239,7 @@ crate::settings! {
                 => "must be at most 256 characters, without spaces or control characters";
         /// File holding the session store's AUTH password.
         #[arg(value_name = "FILE")]
-        session_store_password_file: String => "session-store-password-file", restart path;
+        session_store_password_file: String => "session-store-password-file", restart + path;
         /// Session store connect timeout, ms.
         #[arg(value_name = "MS")]
         session_store_connect_timeout: u64 => "session-store-connect-timeout", restart,
@@ -257,7 +257,7 @@ crate::settings! {
             check |v| *v > 0 => "must be at least 1 second";
         /// Ticket key file, 80 bytes (repeatable; the first encrypts). Re-read on SIGHUP.
         #[arg(value_name = "FILE")]
-        ticket_key_file: Vec<String> => "ticket-key-file", restart path;
+        ticket_key_file: Vec<String> => "ticket-key-file", restart + path;
         /// TLS 1.3 tickets sent after a full handshake.
         #[arg(value_name = "N")]
         tls13_tickets: usize => "tls13-tickets", restart,
@@ -284,17 +284,17 @@ crate::settings! {
             default DEFAULT_PREFER_SERVER_CIPHERS;
         /// ALPN protocols, comma-separated, e.g. h2,http/1.1.
         #[arg(value_name = "LIST", value_delimiter = ',')]
-        alpn: Vec<String> => "alpn", live;
+        alpn: Vec<String> => "alpn", live + frontend;
         /// CA certificates (PEM) for client certificates: turns on mutual TLS.
         #[arg(value_name = "PEM")]
-        client_ca: String => "client-ca", live path;
+        client_ca: String => "client-ca", live + path + frontend;
         /// With --client-ca: required (default) or optional.
         #[arg(value_name = "MODE")]
-        client_auth: String => "client-auth", live;
+        client_auth: String => "client-auth", live + frontend;
         /// Unknown or missing SNI: default (serve the first certificate) or
         /// reject (unrecognized_name alert).
         #[arg(value_name = "MODE")]
-        unknown_sni: String => "unknown-sni", live;
+        unknown_sni: String => "unknown-sni", live + frontend;
         /// Record layer after the handshake: own (ringterm's, default) or
         /// rustls (A/B comparison, fallback).
         #[arg(value_name = "LAYER")]
@@ -323,10 +323,10 @@ crate::settings! {
         /// Send a PROXY protocol header to the backend: off, v1 or v2 (v2
         /// carries ALPN, SNI and TLS facts as TLVs).
         #[arg(value_name = "VERSION")]
-        proxy_protocol: String => "proxy-protocol", live;
+        proxy_protocol: String => "proxy-protocol", live + frontend;
         /// Expect a PROXY protocol v1/v2 header from a fronting L4 balancer.
         #[arg(num_args = 0, default_missing_value = "true")]
-        accept_proxy: bool => "accept-proxy", live,
+        accept_proxy: bool => "accept-proxy", live + frontend,
             default false;
         /// Access log, one line per connection: stderr, a file (reopened on
         /// SIGHUP and SIGUSR1, for logrotate) or off (default).
@@ -347,11 +347,11 @@ crate::settings! {
         /// `[[frontend]]` tables (TOML only): listeners with their own
         /// certificates, backends and TLS settings (see [`crate::frontend`]).
         #[arg(skip)]
-        frontend: Vec<crate::frontend::FrontendSetting>, live path;
+        frontend: Vec<FrontendSetting>, live + path;
         /// ACME: `[acme]`/`[[acme]]` tables, or the `--acme-*` flags (see
         /// [`crate::acme`]).
         #[arg(skip)]
-        acme: crate::acme::AcmeSetting, restart path;
+        acme: crate::acme::AcmeSetting, restart + path;
     }
     extra {
         /// The `--acme-*` flags; [`Layered::new`] turns them into `acme`.

@@ -12,53 +12,9 @@
 
 use std::net::SocketAddr;
 
-use serde::{Deserialize, Serialize};
+use crate::config::{CertFiles, ConfigError, Settings};
 
-use crate::config::{CertEntry, CertFiles, ConfigError, RouteSetting, Settings};
-
-/// One `[[frontend]]` table.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct FrontendSetting {
-    /// A name for logs and `ringterm check` (default: `frontend N`).
-    pub name: Option<String>,
-    /// Addresses to accept TLS on (required).
-    pub listen: Option<Vec<String>>,
-    /// Default backend(s).
-    #[serde(default, deserialize_with = "crate::config::one_or_many")]
-    pub backend: Option<Vec<String>>,
-    /// Per-SNI routes (`[[frontend.route]]`).
-    pub route: Option<Vec<RouteSetting>>,
-    /// Certificate file(s) or `[[frontend.cert]]` tables.
-    #[serde(default, deserialize_with = "crate::config::one_or_many")]
-    pub cert: Option<Vec<CertEntry>>,
-    /// Key file(s), paired with `cert`.
-    #[serde(default, deserialize_with = "crate::config::one_or_many")]
-    pub key: Option<Vec<String>>,
-    /// Folders of combined PEM files.
-    pub cert_dirs: Option<Vec<String>>,
-    /// ALPN protocols.
-    pub alpn: Option<Vec<String>>,
-    /// CA for client certificates (mutual TLS).
-    pub client_ca: Option<String>,
-    /// `required` or `optional`.
-    pub client_auth: Option<String>,
-    /// `default` or `reject`.
-    pub unknown_sni: Option<String>,
-    /// PROXY header toward the backends: `off`, `v1`, `v2`.
-    pub proxy_protocol: Option<String>,
-    /// Expect a PROXY header from a fronting balancer.
-    pub accept_proxy: Option<bool>,
-}
-
-impl crate::options::Paths for FrontendSetting {
-    fn each_path(&mut self, f: &mut dyn FnMut(&mut String)) {
-        self.cert.each_path(f);
-        self.key.each_path(f);
-        self.cert_dirs.each_path(f);
-        self.client_ca.each_path(f);
-    }
-}
+pub use crate::config::FrontendSetting;
 
 impl FrontendSetting {
     /// The settings this frontend runs with: `top`'s, with this table's
@@ -72,23 +28,7 @@ impl FrontendSetting {
             s.key = self.key.clone();
             s.cert_dirs = self.cert_dirs.clone();
         }
-        macro_rules! over {
-            ($($f:ident),*) => {$(
-                if self.$f.is_some() {
-                    s.$f = self.$f.clone();
-                }
-            )*};
-        }
-        over!(
-            backend,
-            route,
-            alpn,
-            client_ca,
-            client_auth,
-            unknown_sni,
-            proxy_protocol,
-            accept_proxy
-        );
+        self.set_over(&mut s);
         s
     }
 }

@@ -130,11 +130,66 @@ pub fn check_failed(
     }
 }
 
-/// The only marker after the reload class: `path`.
+/// `CODE` when `MARK` is among the declaration's marks (`+ path`,
+/// `+ frontend`), else nothing: `option_if!([MARKS] MARK { CODE })`.
 #[doc(hidden)]
 #[macro_export]
-macro_rules! option_path {
-    (path) => {};
+macro_rules! option_if {
+    ([] $want:ident $code:tt) => {};
+    ([$first:ident $($rest:ident)*] $want:ident $code:tt) => {
+        $crate::option_if_eq!($first $want [$($rest)*] $code);
+    };
+}
+
+/// [`option_if!`]'s comparison of one mark (the known marks only: an
+/// unknown one is a compile error).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! option_if_eq {
+    (path path $rest:tt { $($code:tt)* }) => { $($code)* };
+    (frontend frontend $rest:tt { $($code:tt)* }) => { $($code)* };
+    (path $want:ident $rest:tt $code:tt) => { $crate::option_if!($rest $want $code); };
+    (frontend $want:ident $rest:tt $code:tt) => { $crate::option_if!($rest $want $code); };
+}
+
+/// The `[[frontend]]` table: the options declared `+ frontend`, with
+/// their docs and serde attributes (clap's dropped), and a `name`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! frontend_setting {
+    (@fields [$($out:tt)*]) => {
+        /// One `[[frontend]]` table: the options declared `+ frontend` in
+        /// [`Settings`](crate::config::Settings), each over the top-level
+        /// value when set (see [`crate::frontend`]).
+        #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, Serialize)]
+        #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+        pub struct FrontendSetting {
+            /// A name for logs and `ringterm check` (default: `frontend N`).
+            pub name: Option<String>,
+            $($out)*
+        }
+    };
+    (@fields $out:tt { [$($attrs:tt)*] $name:ident [$ty:ty] [$($marks:ident)*] } $($rest:tt)*) => {
+        $crate::frontend_setting!(@attrs $out [] [$($attrs)*] { $name [$ty] [$($marks)*] } $($rest)*);
+    };
+    (@attrs $out:tt $kept:tt [# [arg $($a:tt)*] $($more:tt)*] $field:tt $($rest:tt)*) => {
+        $crate::frontend_setting!(@attrs $out $kept [$($more)*] $field $($rest)*);
+    };
+    (@attrs $out:tt [$($kept:tt)*] [# [$($a:tt)*] $($more:tt)*] $field:tt $($rest:tt)*) => {
+        $crate::frontend_setting!(@attrs $out [$($kept)* # [$($a)*]] [$($more)*] $field $($rest)*);
+    };
+    (@attrs $out:tt $kept:tt [] { $name:ident [$ty:ty] $marks:tt } $($rest:tt)*) => {
+        $crate::frontend_setting!(@marks $out $kept { $name [$ty] } $marks $($rest)*);
+    };
+    (@marks [$($out:tt)*] [$($kept:tt)*] { $name:ident [$ty:ty] } [frontend $($m:ident)*] $($rest:tt)*) => {
+        $crate::frontend_setting!(@fields [$($out)* $($kept)* pub $name: Option<$ty>,] $($rest)*);
+    };
+    (@marks $out:tt $kept:tt $field:tt [$m0:ident $($m:ident)*] $($rest:tt)*) => {
+        $crate::frontend_setting!(@marks $out $kept $field [$($m)*] $($rest)*);
+    };
+    (@marks $out:tt $kept:tt $field:tt [] $($rest:tt)*) => {
+        $crate::frontend_setting!(@fields $out $($rest)*);
+    };
 }
 
 /// The [`Reload`] class of a declaration's `live` or `restart`.
@@ -170,7 +225,7 @@ macro_rules! settings {
         pub struct $Settings:ident {
             $(
                 $(#[$($attr:tt)*])*
-                $name:ident: $ty:ty $(=> $flag:literal)?, $reload:ident $($path:ident)?
+                $name:ident: $ty:ty $(=> $flag:literal)?, $reload:ident $(+ $marks:ident)*
                 $(, default $default:expr)?
                 $(, check $pred:expr => $reason:literal)?
                 ;
@@ -251,12 +306,13 @@ macro_rules! settings {
             /// declared `path` (relative paths in the config file are
             /// taken from its folder).
             pub fn each_path(&mut self, f: &mut dyn FnMut(&mut String)) {
-                $($(
-                    $crate::option_path!($path);
-                    if let Some(v) = &mut self.$name {
-                        $crate::options::Paths::each_path(v, f);
-                    }
-                )?)*
+                $(
+                    $crate::option_if!([$($marks)*] path {
+                        if let Some(v) = &mut self.$name {
+                            $crate::options::Paths::each_path(v, f);
+                        }
+                    });
+                )*
             }
 
             /// `over` on top of `self`: every option `over` sets wins,
@@ -266,6 +322,36 @@ macro_rules! settings {
                     $( $name: over.$name.or(self.$name), )*
                     $( $xname: over.$xname, )*
                 }
+            }
+        }
+
+        $crate::frontend_setting!(@fields []
+            $( { [$(#[$($attr)*])*] $name [$ty] [$($marks)*] } )*
+        );
+
+        impl $crate::options::Paths for FrontendSetting {
+            fn each_path(&mut self, f: &mut dyn FnMut(&mut String)) {
+                $(
+                    $crate::option_if!([$($marks)*] frontend {
+                        $crate::option_if!([$($marks)*] path {
+                            $crate::options::Paths::each_path(&mut self.$name, f);
+                        });
+                    });
+                )*
+            }
+        }
+
+        impl FrontendSetting {
+            /// Every option this table sets, over `s` (the top-level
+            /// settings).
+            pub(crate) fn set_over(&self, s: &mut $Settings) {
+                $(
+                    $crate::option_if!([$($marks)*] frontend {
+                        if self.$name.is_some() {
+                            s.$name = self.$name.clone();
+                        }
+                    });
+                )*
             }
         }
 

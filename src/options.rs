@@ -18,16 +18,20 @@
 //! `live` or `restart` says what a reload does with a change: applies it,
 //! or keeps the running value and names the option in one warning line
 //! ([`crate::reload_plan`]; a unit test there fails for an option that
-//! is neither). `path` after it marks a file or folder option (its
-//! value's type implements [`Paths`]): relative paths in the config file
-//! are taken from the file's folder.
+//! is neither). Marks may follow it: `+ path` for a file or folder
+//! option (its value's type implements [`Paths`]: relative paths in the
+//! config file are taken from the file's folder), `+ frontend` for an
+//! option a `[[frontend]]` table may set too.
 //! Any `#[arg(...)]` and `#[serde(...)]` attributes pass through to clap
 //! and serde. From the block the macro derives the struct (clap::Args,
 //! serde Deserialize/Serialize), the table of [`OptionInfo`]s, the
 //! layering (`merge`), `with_defaults`, an accessor per option with a
-//! default (`settings.ring_entries()`: the value or the default) and
+//! default (`settings.ring_entries()`: the value or the default),
 //! `check_values` (each option's own check; the checks between options
-//! stay in `Settings::validate`).
+//! stay in `Settings::validate`), `each_path`, and `FrontendSetting` (the
+//! options marked `frontend`, with their docs and serde attributes) with
+//! its layering over the top-level settings. `docs/options-plan.md` says
+//! how to add an option.
 //!
 //! Sans-IO: declarations and pure functions only.
 

@@ -35,8 +35,9 @@ pub const MAX_RETRY_S: u64 = 4 * 3600;
 /// hour, so a fleet does not renew in lockstep.
 pub const MAX_JITTER_S: u64 = 3600;
 
-/// The ACME flags, flattened into the command line.
-#[derive(Debug, Clone, Default, clap::Args)]
+/// The ACME flags, flattened into the command line (through
+/// [`crate::config::Settings`]).
+#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
 pub struct AcmeArgs {
     /// Obtain and renew a certificate for NAME with ACME (TLS-ALPN-01 on
     /// the TLS port); repeatable: one certificate for all the names.
@@ -68,6 +69,8 @@ pub struct AcmeArgs {
     #[arg(long, global = true)]
     pub acme_accept_tos: bool,
 }
+
+impl Eq for AcmeArgs {}
 
 impl AcmeArgs {
     /// The flags as one settings table, when any ACME flag is set.
@@ -129,20 +132,17 @@ impl AcmeSetting {
             Self::Many(v) => v,
         }
     }
+}
 
-    /// Makes relative paths absolute against `dir` (the config file's
-    /// folder).
-    pub fn relative_to(&mut self, dir: &std::path::Path) {
+impl crate::options::Paths for AcmeSetting {
+    fn each_path(&mut self, f: &mut dyn FnMut(&mut String)) {
         let tables: &mut [AcmeTable] = match self {
             Self::One(t) => std::slice::from_mut(t),
             Self::Many(v) => v,
         };
         for t in tables {
-            for p in [&mut t.state_dir, &mut t.ca_file].into_iter().flatten() {
-                if !p.is_empty() && std::path::Path::new(p.as_str()).is_relative() {
-                    *p = dir.join(p.as_str()).display().to_string();
-                }
-            }
+            t.state_dir.each_path(f);
+            t.ca_file.each_path(f);
         }
     }
 }

@@ -93,151 +93,299 @@ impl Resumption {
     }
 }
 
-/// Everything that can be set, from the TOML file or from flags. Every field
-/// is optional: a flag overrides the file, and `validate` fills defaults.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct Settings {
-    /// Addresses to accept TLS on (`--listen`, repeatable).
-    pub listen: Option<Vec<String>>,
-    /// The plaintext backend(s) (`--backend`, repeatable: round-robin).
-    pub backend: Option<Files>,
-    /// Per-SNI routes (`[[route]]` tables, or `--route NAMES=ADDRS`).
-    pub route: Option<Vec<RouteSetting>>,
-    /// How long a backend that failed to connect is skipped, ms
-    /// (`--backend-eject`).
-    pub backend_eject: Option<u64>,
-    /// PEM certificate chain file(s) (`--cert`, repeatable), or `[[cert]]`
-    /// tables in the TOML file.
-    pub cert: Option<CertSetting>,
-    /// PEM private key file(s) (`--key`, repeatable, paired with `--cert`
-    /// by position). Without it, each `--cert` file holds its key too.
-    pub key: Option<Files>,
-    /// Folders of combined PEM files (`--cert-dir`, repeatable): each
-    /// `*.pem` holds a key and its chain; names come from the SANs.
-    pub cert_dirs: Option<Vec<String>>,
-    /// Folder of DER OCSP responses to staple (`--ocsp-dir`): the response
-    /// for `cert.pem` is `cert.pem.ocsp`.
-    pub ocsp_dir: Option<String>,
-    /// Period of the OCSP re-check, seconds (`--ocsp-refresh`).
-    pub ocsp_refresh: Option<u64>,
-    /// Fetch OCSP responses from each certificate's responder
-    /// (`--ocsp-fetch`).
-    pub ocsp_fetch: Option<bool>,
-    /// Number of workers (`--workers`); default: one per allowed CPU.
-    pub workers: Option<usize>,
-    /// CPUs to pin workers to (`--cpus`, e.g. `0-3,8`).
-    pub cpus: Option<String>,
-    /// io_uring submission queue entries per worker (`--ring-entries`).
-    pub ring_entries: Option<u32>,
-    /// Provided read buffers per worker (power of two).
-    pub read_buffers: Option<u32>,
-    /// SQPOLL idle time in ms; absent means no SQPOLL (`--sqpoll`).
-    pub sqpoll: Option<u32>,
-    /// Listen backlog (`--backlog`).
-    pub backlog: Option<u32>,
-    /// Relay buffer size per direction (`--buffer-size`).
-    pub buffer_size: Option<usize>,
-    /// Admin/metrics listener (`--admin`), off by default.
-    pub admin: Option<String>,
-    /// Handshake timeout in ms (`--handshake-timeout`).
-    pub handshake_timeout: Option<u64>,
-    /// Backend connect timeout in ms (`--connect-timeout`).
-    pub connect_timeout: Option<u64>,
-    /// Accept TLS 1.2 as well as 1.3 (`--tls12`), default true.
-    pub tls12: Option<bool>,
-    /// Log level (`--log-level`), default `info`.
-    pub log_level: Option<String>,
-    /// Log line format (`--log-format`): `text` (default) or `json`.
-    pub log_format: Option<String>,
-    /// UNIX socket that hands the listening sockets over to a new process
-    /// (`--upgrade-socket`), for restarts and upgrades that drop nothing.
-    pub upgrade_socket: Option<String>,
-    /// `cache`, `tickets`, `both` or `off` (`--resumption`), default `cache`.
-    pub resumption: Option<String>,
-    /// Session lifetime in seconds (`--session-timeout`).
-    pub session_timeout: Option<u64>,
-    /// Session cache entries per worker (`--session-cache-size`).
-    pub session_cache_size: Option<usize>,
-    /// Cross-core sync interval in ms (`--session-sync-interval`).
-    pub session_sync_interval: Option<u64>,
-    /// L2 session store (`--session-store`): `redis://HOST:PORT[/DB]` or
-    /// `unix:///path[?db=N]`.
-    pub session_store: Option<String>,
-    /// Prefix of the store's keys (`--session-store-prefix`).
-    pub session_store_prefix: Option<String>,
-    /// File holding the store's AUTH password (`--session-store-password-file`).
-    pub session_store_password_file: Option<String>,
-    /// Store connect timeout in ms (`--session-store-connect-timeout`).
-    pub session_store_connect_timeout: Option<u64>,
-    /// How long a handshake waits for a store lookup, ms
-    /// (`--session-store-timeout`).
-    pub session_store_timeout: Option<u64>,
-    /// Ticket key rotation period in seconds (`--ticket-rotation`).
-    pub ticket_rotation: Option<u64>,
-    /// Ticket key files (`--ticket-key-file`, repeatable): the first
-    /// encrypts, all decrypt.
-    pub ticket_key_file: Option<Vec<String>>,
-    /// TLS 1.3 tickets sent after a full handshake (`--tls13-tickets`).
-    pub tls13_tickets: Option<usize>,
-    /// Lowest TLS version accepted, `1.2` or `1.3` (`--min-tls`).
-    pub min_tls: Option<String>,
-    /// Highest TLS version accepted, `1.2` or `1.3` (`--max-tls`).
-    pub max_tls: Option<String>,
-    /// Cipher suites by rustls name, in preference order (`--ciphers`).
-    pub ciphers: Option<Vec<String>>,
-    /// Key exchange groups, in preference order (`--groups`).
-    pub groups: Option<Vec<String>>,
-    /// Choose the cipher suite by the server's order, not the client's
-    /// (`--prefer-server-ciphers`, hitch's `prefer-server-ciphers`).
-    pub prefer_server_ciphers: Option<bool>,
-    /// ALPN protocols, in preference order (`--alpn h2,http/1.1`).
-    pub alpn: Option<Vec<String>>,
-    /// CA file for client certificates (`--client-ca`): turns on mTLS.
-    pub client_ca: Option<String>,
-    /// `required` (default) or `optional` (`--client-auth`).
-    pub client_auth: Option<String>,
-    /// `default` (serve the first certificate) or `reject` (alert
-    /// `unrecognized_name`) for an unknown or missing SNI (`--unknown-sni`).
-    pub unknown_sni: Option<String>,
-    /// `own` (default) or `rustls`: which record layer carries established
-    /// connections (`--record-layer`).
-    pub record_layer: Option<String>,
-    /// Idle timeout of established connections in ms, 0 = off
-    /// (`--idle-timeout`).
-    pub idle_timeout: Option<u64>,
-    /// Connections per worker above which new ones are closed at once,
-    /// 0 = unlimited (`--max-connections`).
-    pub max_connections: Option<u64>,
-    /// How long established connections may finish after SIGTERM/SIGINT,
-    /// in ms (`--drain-timeout`).
-    pub drain_timeout: Option<u64>,
-    /// User to switch to after binding (`--user`).
-    pub user: Option<String>,
-    /// Group to switch to after binding (`--group`).
-    pub group: Option<String>,
-    /// PROXY protocol header toward the backend: `off`, `v1` or `v2`
-    /// (`--proxy-protocol`).
-    pub proxy_protocol: Option<String>,
-    /// Expect a PROXY protocol v1 or v2 header from a fronting balancer
-    /// before the TLS ClientHello (`--accept-proxy`).
-    pub accept_proxy: Option<bool>,
-    /// Access log: `stderr`, a file path, or `off` (`--access-log`).
-    pub access_log: Option<String>,
-    /// Access log line format: `json` (default) or `text`
-    /// (`--access-log-format`).
-    pub access_log_format: Option<String>,
-    /// Active backend health checks every this many ms, 0 = off
-    /// (`--health-check-interval`).
-    pub health_check_interval: Option<u64>,
-    /// `[[frontend]]` tables (TOML only): listeners with their own
-    /// certificates, backends and TLS settings (see [`crate::frontend`]).
-    pub frontend: Option<Vec<crate::frontend::FrontendSetting>>,
-    /// ACME: `[acme]`/`[[acme]]` tables or the `--acme-*` flags (see
-    /// [`crate::acme`]).
-    pub acme: Option<crate::acme::AcmeSetting>,
+crate::settings! {
+    /// Everything that can be set, from the TOML file or from flags: each
+    /// option declared once (see [`crate::options`]). Every field is
+    /// optional: a flag overrides the file, and `validate` fills defaults.
+    #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, Serialize, clap::Args)]
+    #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+    pub struct Settings {
+        /// Address to accept TLS on (repeatable).
+        #[arg(value_name = "ADDR")]
+        listen: Vec<String> => "listen", live + frontend;
+        /// Plaintext backend address (repeatable: round-robin, a backend that
+        /// fails to connect is skipped for --backend-eject ms).
+        #[arg(value_name = "ADDR")]
+        #[serde(default, deserialize_with = "one_or_many")]
+        backend: Vec<String> => "backend", live + frontend;
+        /// Per-SNI backends: NAME[,NAME...]=ADDR[,ADDR...] (repeatable; names
+        /// may be *.wildcards). Other connections go to --backend.
+        #[arg(value_name = "ROUTE", value_parser = RouteSetting::parse_flag)]
+        route: Vec<RouteSetting> => "route", live + frontend;
+        /// How long a backend that failed to connect is skipped, ms.
+        #[arg(value_name = "MS")]
+        backend_eject: u64 => "backend-eject", live,
+            default DEFAULT_BACKEND_EJECT_MS;
+        /// PEM certificate chain (repeatable: one per certificate, chosen by SNI;
+        /// the first is the default).
+        #[arg(value_name = "PEM")]
+        #[serde(default, deserialize_with = "one_or_many")]
+        cert: Vec<CertEntry> => "cert", live + path + frontend;
+        /// PEM private key (repeatable, paired with --cert by position;
+        /// without it, each --cert file holds its key too).
+        #[arg(value_name = "PEM")]
+        #[serde(default, deserialize_with = "one_or_many")]
+        key: Vec<String> => "key", live + path + frontend;
+        /// Folder of combined PEM files (key + chain, names from the SANs),
+        /// repeatable.
+        #[arg(value_name = "DIR")]
+        cert_dirs: Vec<String> => "cert-dir", live + path + frontend;
+        /// Folder of DER OCSP responses to staple: CERTFILE.ocsp for each
+        /// certificate file (re-read on SIGHUP and every --ocsp-refresh s).
+        #[arg(value_name = "DIR")]
+        ocsp_dir: String => "ocsp-dir", live + path;
+        /// OCSP re-check period, seconds (default 3600).
+        #[arg(value_name = "SECS")]
+        ocsp_refresh: u64 => "ocsp-refresh", live,
+            default DEFAULT_OCSP_REFRESH_S,
+            check |v| (1..=86_400).contains(v) => "must be from 1 to 86400 seconds";
+        /// Fetch OCSP responses from each certificate's responder (its AIA
+        /// OCSP URL), on a thread of its own, refreshed before nextUpdate.
+        #[arg(num_args = 0, default_missing_value = "true")]
+        ocsp_fetch: bool => "ocsp-fetch", restart,
+            default false;
+        /// Number of workers (default: one per CPU this process may run on).
+        #[arg(value_name = "N")]
+        workers: usize => "workers", restart,
+            check |v| (1..=4096).contains(v) => "must be from 1 to 4096";
+        /// CPUs to pin workers to, e.g. `0-3,8`.
+        #[arg(value_name = "LIST")]
+        cpus: String => "cpus", restart;
+        /// io_uring submission queue entries per worker (power of two).
+        #[arg(value_name = "N")]
+        ring_entries: u32 => "ring-entries", restart,
+            default DEFAULT_RING_ENTRIES,
+            check |v| (8..=32768).contains(v) && v.is_power_of_two()
+                => "must be a power of two from 8 to 32768";
+        /// Provided read buffers per worker (power of two), each --buffer-size
+        /// bytes: reads take one when data arrives and give it back at once.
+        #[arg(value_name = "N")]
+        read_buffers: u32 => "read-buffers", restart,
+            default DEFAULT_READ_BUFFERS,
+            check |v| (1..=32768).contains(v) && v.is_power_of_two()
+                => "must be a power of two from 1 to 32768";
+        /// Enable SQPOLL, with the kernel thread's idle time in ms (default 1000).
+        #[arg(value_name = "IDLE_MS", num_args = 0..=1, default_missing_value = "1000")]
+        sqpoll: u32 => "sqpoll", restart;
+        /// Listen backlog (capped by net.core.somaxconn).
+        #[arg(value_name = "N")]
+        backlog: u32 => "backlog", restart,
+            default DEFAULT_BACKLOG,
+            check |v| (1..=1 << 20).contains(v) => "must be 1..=1048576";
+        /// Relay buffer size per direction, bytes.
+        #[arg(value_name = "BYTES")]
+        buffer_size: usize => "buffer-size", restart,
+            default DEFAULT_BUFFER_SIZE,
+            check |v| (1024..=16 << 20).contains(v) => "must be from 1024 to 16777216 bytes";
+        /// Admin/metrics listener (off by default; use loopback).
+        #[arg(value_name = "ADDR")]
+        admin: String => "admin", restart;
+        /// Handshake timeout, ms.
+        #[arg(value_name = "MS")]
+        handshake_timeout: u64 => "handshake-timeout", live,
+            default DEFAULT_HANDSHAKE_TIMEOUT_MS,
+            check |v| *v > 0 => "must be at least 1 ms";
+        /// Backend connect timeout, ms.
+        #[arg(value_name = "MS")]
+        connect_timeout: u64 => "connect-timeout", live,
+            default DEFAULT_CONNECT_TIMEOUT_MS,
+            check |v| *v > 0 => "must be at least 1 ms";
+        /// Refuse TLS 1.2 (TLS 1.3 only). In TOML: `tls12 = false`.
+        #[arg(num_args = 0, default_missing_value = "false")]
+        tls12: bool => "no-tls12", live;
+        /// Log level: error, warn, info, debug, trace, off.
+        #[arg(value_name = "LEVEL")]
+        log_level: String => "log-level", live,
+            default "info",
+            check |v| ["error", "warn", "info", "debug", "trace", "off"].contains(&v.as_str())
+                => "must be one of error, warn, info, debug, trace, off";
+        /// Log line format: text (default) or json (one object a line).
+        #[arg(value_name = "FORMAT")]
+        log_format: String => "log-format", restart,
+            default "text",
+            check |v| ["text", "json"].contains(&v.as_str()) => "must be text or json";
+        /// UNIX socket for zero-downtime upgrades: a new process started with
+        /// the same socket takes the listening sockets over, and this one drains.
+        #[arg(value_name = "PATH")]
+        upgrade_socket: String => "upgrade-socket", restart;
+        /// Session resumption: cache, tickets, both or off.
+        #[arg(value_name = "MODE")]
+        resumption: String => "resumption", restart,
+            default "cache",
+            check |v| ["cache", "tickets", "both", "off"].contains(&v.as_str())
+                => "must be one of cache, tickets, both, off";
+        /// Session lifetime, seconds.
+        #[arg(value_name = "SECS")]
+        session_timeout: u64 => "session-timeout", restart,
+            default DEFAULT_SESSION_TIMEOUT_S,
+            check |v| (1..=86_400 * 7).contains(v) => "must be from 1 to 604800 seconds";
+        /// Session cache entries per worker.
+        #[arg(value_name = "N")]
+        session_cache_size: usize => "session-cache-size", restart,
+            default DEFAULT_SESSION_CACHE_SIZE,
+            check |v| *v <= 10_000_000 => "must be at most 10000000 entries per worker";
+        /// Cross-core session sync interval, ms.
+        #[arg(value_name = "MS")]
+        session_sync_interval: u64 => "session-sync-interval", restart,
+            default DEFAULT_SESSION_SYNC_INTERVAL_MS,
+            check |v| (1..=60_000).contains(v) => "must be from 1 to 60000 ms";
+        /// L2 session store shared by a fleet: redis://HOST:PORT[/DB] or
+        /// unix:///path (Redis or Valkey; keep it on a private network).
+        #[arg(value_name = "URL")]
+        session_store: String => "session-store", restart;
+        /// Prefix of the session store's keys.
+        #[arg(value_name = "PREFIX")]
+        session_store_prefix: String => "session-store-prefix", restart,
+            default DEFAULT_STORE_PREFIX,
+            check |v| v.len() <= 256 && !v.chars().any(|c| c.is_control() || c == ' ')
+                => "must be at most 256 characters, without spaces or control characters";
+        /// File holding the session store's AUTH password.
+        #[arg(value_name = "FILE")]
+        session_store_password_file: String => "session-store-password-file", restart + path;
+        /// Session store connect timeout, ms.
+        #[arg(value_name = "MS")]
+        session_store_connect_timeout: u64 => "session-store-connect-timeout", restart,
+            default DEFAULT_STORE_CONNECT_TIMEOUT_MS,
+            check |v| (1..=60_000).contains(v) => "must be from 1 to 60000 ms";
+        /// How long a handshake waits for a session store lookup, ms (default 5).
+        #[arg(value_name = "MS")]
+        session_store_timeout: u64 => "session-store-timeout", restart,
+            default DEFAULT_STORE_TIMEOUT_MS,
+            check |v| (1..=10_000).contains(v) => "must be from 1 to 10000 ms";
+        /// Ticket key rotation period, seconds (random keys only).
+        #[arg(value_name = "SECS")]
+        ticket_rotation: u64 => "ticket-rotation", restart,
+            default DEFAULT_TICKET_ROTATION_S,
+            check |v| *v > 0 => "must be at least 1 second";
+        /// Ticket key file, 80 bytes (repeatable; the first encrypts). Re-read on SIGHUP.
+        #[arg(value_name = "FILE")]
+        ticket_key_file: Vec<String> => "ticket-key-file", restart + path;
+        /// TLS 1.3 tickets sent after a full handshake.
+        #[arg(value_name = "N")]
+        tls13_tickets: usize => "tls13-tickets", restart,
+            default DEFAULT_TLS13_TICKETS,
+            check |v| *v <= 8 => "must be from 0 to 8";
+        /// Lowest TLS version: 1.2 or 1.3.
+        #[arg(value_name = "VERSION")]
+        min_tls: String => "min-tls", live;
+        /// Highest TLS version: 1.2 or 1.3.
+        #[arg(value_name = "VERSION")]
+        max_tls: String => "max-tls", live;
+        /// Cipher suites by rustls name, comma-separated, in preference order.
+        #[arg(value_name = "LIST", value_delimiter = ',')]
+        ciphers: Vec<String> => "ciphers", live;
+        /// Key exchange groups, comma-separated (default
+        /// X25519MLKEM768,X25519,secp256r1,secp384r1).
+        #[arg(value_name = "LIST", value_delimiter = ',')]
+        groups: Vec<String> => "groups", live;
+        /// Pick the cipher suite in the server's order (AES-128-GCM first), not
+        /// the client's: on or off (a bare flag means on).
+        #[arg(value_name = "on|off", num_args = 0..=1, require_equals = true,
+              default_missing_value = "on", value_parser = clap::builder::BoolishValueParser::new())]
+        prefer_server_ciphers: bool => "prefer-server-ciphers", live,
+            default DEFAULT_PREFER_SERVER_CIPHERS;
+        /// ALPN protocols, comma-separated, e.g. h2,http/1.1.
+        #[arg(value_name = "LIST", value_delimiter = ',')]
+        alpn: Vec<String> => "alpn", live + frontend;
+        /// CA certificates (PEM) for client certificates: turns on mutual TLS.
+        #[arg(value_name = "PEM")]
+        client_ca: String => "client-ca", live + path + frontend;
+        /// With --client-ca: required (default) or optional.
+        #[arg(value_name = "MODE")]
+        client_auth: String => "client-auth", live + frontend;
+        /// Unknown or missing SNI: default (serve the first certificate) or
+        /// reject (unrecognized_name alert).
+        #[arg(value_name = "MODE")]
+        unknown_sni: String => "unknown-sni", live + frontend;
+        /// Record layer after the handshake: own (ringterm's, default) or
+        /// rustls (A/B comparison, fallback).
+        #[arg(value_name = "LAYER")]
+        record_layer: String => "record-layer", live;
+        /// Close established connections idle this long, ms (0 = off; default 300000).
+        #[arg(value_name = "MS")]
+        idle_timeout: u64 => "idle-timeout", live,
+            default DEFAULT_IDLE_TIMEOUT_MS,
+            check |v| *v <= 86_400_000 => "must be from 0 (off) to 86400000 ms";
+        /// Connections per worker above which new ones are closed at once (0 = unlimited).
+        #[arg(value_name = "N")]
+        max_connections: u64 => "max-connections", live,
+            default 0u64,
+            check |v| *v <= 10_000_000 => "must be from 0 (unlimited) to 10000000 per worker";
+        /// On SIGTERM/SIGINT, how long open connections may finish, ms (default 30000).
+        #[arg(value_name = "MS")]
+        drain_timeout: u64 => "drain-timeout", live,
+            default DEFAULT_DRAIN_TIMEOUT_MS,
+            check |v| *v <= 3_600_000 => "must be from 0 to 3600000 ms";
+        /// Switch to this user after binding (needs root).
+        #[arg(value_name = "NAME")]
+        user: String => "user", restart;
+        /// Switch to this group after binding (default: the user's primary group).
+        #[arg(value_name = "NAME")]
+        group: String => "group", restart;
+        /// Send a PROXY protocol header to the backend: off, v1 or v2 (v2
+        /// carries ALPN, SNI and TLS facts as TLVs).
+        #[arg(value_name = "VERSION")]
+        proxy_protocol: String => "proxy-protocol", live + frontend;
+        /// Expect a PROXY protocol v1/v2 header from a fronting L4 balancer.
+        #[arg(num_args = 0, default_missing_value = "true")]
+        accept_proxy: bool => "accept-proxy", live + frontend,
+            default false;
+        /// Access log, one line per connection: stderr, a file (reopened on
+        /// SIGHUP and SIGUSR1, for logrotate) or off (default).
+        #[arg(value_name = "stderr|FILE|off")]
+        access_log: String => "access-log", restart;
+        /// Access log line format: json (default) or text (key=value).
+        #[arg(value_name = "FORMAT")]
+        access_log_format: String => "access-log-format", restart,
+            default "json",
+            check |v| ["json", "text"].contains(&v.as_str()) => "must be json or text";
+        /// Active backend health checks: a TCP (or UNIX) connect to every
+        /// backend each MS; down after 3 failures, up after 2 successes.
+        /// 0 = off (default).
+        #[arg(value_name = "MS")]
+        health_check_interval: u64 => "health-check-interval", restart,
+            default 0u64,
+            check |v| *v <= 3_600_000 => "must be at most 3600000 ms (0 = off)";
+        /// `[[frontend]]` tables (TOML only): listeners with their own
+        /// certificates, backends and TLS settings (see [`crate::frontend`]).
+        #[arg(skip)]
+        frontend: Vec<FrontendSetting>, live + path;
+        /// ACME: `[acme]`/`[[acme]]` tables, or the `--acme-*` flags (see
+        /// [`crate::acme`]).
+        #[arg(skip)]
+        acme: crate::acme::AcmeSetting, restart + path;
+    }
+    extra {
+        /// The `--acme-*` flags; [`Layered::new`] turns them into `acme`.
+        #[command(flatten)]
+        #[serde(skip)]
+        acme_flags: crate::acme::AcmeArgs;
+    }
 }
 
+/// `key = "x"` or `key = ["x", "y"]` (and `[[cert]]` tables for `cert`):
+/// one value or a list, as a list.
+pub(crate) fn one_or_many<'de, D, T>(d: D) -> Result<Option<Vec<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany<T> {
+        One(T),
+        Many(Vec<T>),
+    }
+    Ok(
+        match Option::<OneOrMany<T>>::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected a value or a list of values"))?
+        {
+            None => None,
+            Some(OneOrMany::One(t)) => Some(vec![t]),
+            Some(OneOrMany::Many(v)) => Some(v),
+        },
+    )
+}
 /// One `[[route]]` table.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -249,11 +397,12 @@ pub struct RouteSetting {
 }
 
 impl RouteSetting {
-    /// Parses `--route NAME[,NAME...]=ADDR[,ADDR...]`.
-    pub fn parse_flag(s: &str) -> Result<Self, ConfigError> {
+    /// Parses `--route NAME[,NAME...]=ADDR[,ADDR...]` (clap names the flag
+    /// and the value in the error).
+    pub fn parse_flag(s: &str) -> Result<Self, String> {
         let (names, backends) = s
             .split_once('=')
-            .ok_or_else(|| range("--route", s, "must be NAME[,NAME...]=ADDR[,ADDR...]"))?;
+            .ok_or_else(|| "must be NAME[,NAME...]=ADDR[,ADDR...]".to_owned())?;
         let split = |v: &str| -> Vec<String> {
             v.split(',')
                 .map(str::trim)
@@ -271,45 +420,42 @@ impl RouteSetting {
 /// Default time a backend that failed to connect stays out, ms.
 pub const DEFAULT_BACKEND_EJECT_MS: u64 = 10_000;
 
-/// One path or several (a flag given once or repeated).
+/// One `cert` entry: a file (`--cert c.pem`, `cert = "c.pem"`, paired
+/// with `key`) or a `[[cert]]` table (its own key, OCSP file and names).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(untagged)]
-pub enum Files {
-    /// `key = "k.pem"`.
-    One(String),
-    /// `key = ["a.pem", "b.pem"]`.
-    Many(Vec<String>),
+pub enum CertEntry {
+    /// A certificate file, paired with `key` by position (or holding its
+    /// key).
+    File(String),
+    /// A `[[cert]]` table.
+    Table(CertTable),
 }
 
-impl From<&str> for Files {
+impl From<&str> for CertEntry {
     fn from(f: &str) -> Self {
-        Self::One(f.to_owned())
+        Self::File(f.to_owned())
     }
 }
 
-impl From<&str> for CertSetting {
-    fn from(f: &str) -> Self {
-        Self::Files(Files::One(f.to_owned()))
-    }
-}
-
-impl Files {
-    pub(crate) fn into_vec(self) -> Vec<String> {
+impl crate::options::Paths for CertEntry {
+    fn each_path(&mut self, f: &mut dyn FnMut(&mut String)) {
         match self {
-            Self::One(f) => vec![f],
-            Self::Many(v) => v,
+            Self::File(file) => f(file),
+            Self::Table(t) => {
+                f(&mut t.cert);
+                t.key.each_path(f);
+                t.ocsp.each_path(f);
+            }
         }
     }
 }
 
-/// `cert = "c.pem"`, `cert = [...]`, or `[[cert]]` tables.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(untagged)]
-pub enum CertSetting {
-    /// Certificate file(s), paired with `key`.
-    Files(Files),
-    /// `[[cert]]` tables, each with its own key and optional names.
-    Tables(Vec<CertTable>),
+impl std::str::FromStr for CertEntry {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self::File(s.to_owned()))
+    }
 }
 
 /// One `[[cert]]` table.
@@ -364,42 +510,26 @@ impl Settings {
         })
     }
 
-    /// Makes every relative file or folder path absolute against `dir`
-    /// (the config file's folder). Pure path joining: nothing is read.
+    /// Makes every relative file or folder path (the options declared
+    /// `path`) absolute against `dir` (the config file's folder). Pure
+    /// path joining: nothing is read.
     pub fn relative_to(mut self, dir: &std::path::Path) -> Self {
-        let join = |p: &mut String| {
+        self.each_path(&mut |p: &mut String| {
             if !p.is_empty() && std::path::Path::new(p.as_str()).is_relative() {
                 *p = dir.join(p.as_str()).display().to_string();
             }
-        };
-        let join_files = |f: &mut Files| match f {
-            Files::One(p) => join(p),
-            Files::Many(v) => v.iter_mut().for_each(join),
-        };
-        match &mut self.cert {
-            Some(CertSetting::Files(f)) => join_files(f),
-            Some(CertSetting::Tables(tables)) => {
-                for t in tables {
-                    join(&mut t.cert);
-                    t.key.iter_mut().for_each(join);
-                    t.ocsp.iter_mut().for_each(join);
-                }
-            }
-            None => {}
-        }
-        self.key.iter_mut().for_each(join_files);
-        self.cert_dirs.iter_mut().flatten().for_each(join);
-        self.ocsp_dir.iter_mut().for_each(join);
-        self.client_ca.iter_mut().for_each(join);
-        self.ticket_key_file.iter_mut().flatten().for_each(join);
-        self.session_store_password_file.iter_mut().for_each(join);
-        if let Some(tables) = self.frontend.take() {
-            self.frontend = Some(tables.into_iter().map(|t| t.relative_to(dir)).collect());
-        }
-        if let Some(acme) = &mut self.acme {
-            acme.relative_to(dir);
-        }
+        });
         self
+    }
+
+    /// The TOML key of a flag (`--cert-dir` is `cert-dirs`, `--no-tls12`
+    /// is `tls12`), from the declarations; a name that is no flag comes
+    /// back without its dashes.
+    pub fn key_of(flag: &str) -> String {
+        match Self::OPTIONS.iter().find(|o| o.flag == flag) {
+            Some(o) => o.key(),
+            None => flag.trim_start_matches("--").to_owned(),
+        }
     }
 
     /// The TOML keys this layer sets.
@@ -424,71 +554,15 @@ impl Settings {
         Self::from_toml(file, text)
     }
 
-    /// Applies `over` on top of `self`: every field set in `over` wins.
+    /// Applies `over` on top of `self`: every option set in `over` wins
+    /// (generic, from the declarations), and the ACME tables merge
+    /// ([`crate::acme::merge`]: flag names replace the file's certificates,
+    /// each account setting a flag sets replaces the file's).
     pub fn merge(self, over: Settings) -> Settings {
+        let acme = crate::acme::merge(self.acme.clone(), over.acme.clone());
         Settings {
-            listen: over.listen.or(self.listen),
-            backend: over.backend.or(self.backend),
-            route: over.route.or(self.route),
-            backend_eject: over.backend_eject.or(self.backend_eject),
-            cert: over.cert.or(self.cert),
-            key: over.key.or(self.key),
-            cert_dirs: over.cert_dirs.or(self.cert_dirs),
-            ocsp_dir: over.ocsp_dir.or(self.ocsp_dir),
-            ocsp_refresh: over.ocsp_refresh.or(self.ocsp_refresh),
-            ocsp_fetch: over.ocsp_fetch.or(self.ocsp_fetch),
-            workers: over.workers.or(self.workers),
-            cpus: over.cpus.or(self.cpus),
-            ring_entries: over.ring_entries.or(self.ring_entries),
-            read_buffers: over.read_buffers.or(self.read_buffers),
-            sqpoll: over.sqpoll.or(self.sqpoll),
-            backlog: over.backlog.or(self.backlog),
-            buffer_size: over.buffer_size.or(self.buffer_size),
-            admin: over.admin.or(self.admin),
-            handshake_timeout: over.handshake_timeout.or(self.handshake_timeout),
-            connect_timeout: over.connect_timeout.or(self.connect_timeout),
-            tls12: over.tls12.or(self.tls12),
-            log_level: over.log_level.or(self.log_level),
-            log_format: over.log_format.or(self.log_format),
-            upgrade_socket: over.upgrade_socket.or(self.upgrade_socket),
-            resumption: over.resumption.or(self.resumption),
-            session_timeout: over.session_timeout.or(self.session_timeout),
-            session_cache_size: over.session_cache_size.or(self.session_cache_size),
-            session_sync_interval: over.session_sync_interval.or(self.session_sync_interval),
-            session_store: over.session_store.or(self.session_store),
-            session_store_prefix: over.session_store_prefix.or(self.session_store_prefix),
-            session_store_password_file: over
-                .session_store_password_file
-                .or(self.session_store_password_file),
-            session_store_connect_timeout: over
-                .session_store_connect_timeout
-                .or(self.session_store_connect_timeout),
-            session_store_timeout: over.session_store_timeout.or(self.session_store_timeout),
-            ticket_rotation: over.ticket_rotation.or(self.ticket_rotation),
-            ticket_key_file: over.ticket_key_file.or(self.ticket_key_file),
-            tls13_tickets: over.tls13_tickets.or(self.tls13_tickets),
-            min_tls: over.min_tls.or(self.min_tls),
-            max_tls: over.max_tls.or(self.max_tls),
-            ciphers: over.ciphers.or(self.ciphers),
-            groups: over.groups.or(self.groups),
-            prefer_server_ciphers: over.prefer_server_ciphers.or(self.prefer_server_ciphers),
-            alpn: over.alpn.or(self.alpn),
-            client_ca: over.client_ca.or(self.client_ca),
-            client_auth: over.client_auth.or(self.client_auth),
-            unknown_sni: over.unknown_sni.or(self.unknown_sni),
-            record_layer: over.record_layer.or(self.record_layer),
-            idle_timeout: over.idle_timeout.or(self.idle_timeout),
-            max_connections: over.max_connections.or(self.max_connections),
-            drain_timeout: over.drain_timeout.or(self.drain_timeout),
-            user: over.user.or(self.user),
-            group: over.group.or(self.group),
-            proxy_protocol: over.proxy_protocol.or(self.proxy_protocol),
-            accept_proxy: over.accept_proxy.or(self.accept_proxy),
-            access_log: over.access_log.or(self.access_log),
-            access_log_format: over.access_log_format.or(self.access_log_format),
-            health_check_interval: over.health_check_interval.or(self.health_check_interval),
-            frontend: over.frontend.or(self.frontend),
-            acme: crate::acme::merge(self.acme, over.acme),
+            acme,
+            ..self.merge_options(over)
         }
     }
 
@@ -507,7 +581,6 @@ impl Settings {
             .backend
             .clone()
             .ok_or(ConfigError::Missing("--backend"))?
-            .into_vec()
             .iter()
             .map(|s| parse_backend("--backend", s))
             .collect::<Result<Vec<_>, _>>()?;
@@ -535,7 +608,7 @@ impl Settings {
         let routes = crate::route::RouteTable {
             routes,
             default: backends,
-            eject_ms: self.backend_eject.unwrap_or(DEFAULT_BACKEND_EJECT_MS),
+            eject_ms: self.backend_eject(),
         };
         let cert_dirs = self.cert_dirs.clone().unwrap_or_default();
         if let Some(bad) = cert_dirs.iter().find(|d| d.trim().is_empty()) {
@@ -546,19 +619,7 @@ impl Settings {
             self.key.clone(),
             !cert_dirs.is_empty() || self.acme.is_some(),
         )?;
-        let tls = tls_policy(&TlsSettings {
-            tls12: self.tls12,
-            min_tls: self.min_tls.clone(),
-            max_tls: self.max_tls.clone(),
-            ciphers: self.ciphers.clone(),
-            groups: self.groups.clone(),
-            prefer_server_ciphers: self.prefer_server_ciphers,
-            alpn: self.alpn.clone(),
-            client_ca: self.client_ca.clone(),
-            client_auth: self.client_auth.clone(),
-            unknown_sni: self.unknown_sni.clone(),
-            record_layer: self.record_layer.clone(),
-        })?;
+        let tls = tls_policy(self)?;
         let proxy_protocol = match self.proxy_protocol.as_deref() {
             None | Some("off") => None,
             Some("v1") => Some(crate::proxy::Version::V1),
@@ -573,15 +634,17 @@ impl Settings {
             cert_dirs,
             tls,
             proxy_protocol,
-            accept_proxy: self.accept_proxy.unwrap_or(false),
+            accept_proxy: self.accept_proxy(),
         })
     }
 
     /// Checks every value and fills defaults. `allowed_cpus` is the set of
     /// CPUs this process may run on, as the runtime found it.
     pub fn validate(self, allowed_cpus: &[usize]) -> Result<Config, ConfigError> {
+        let settings = self.clone();
         let acme = crate::acme::validate(self.acme.clone())?;
         let frontends = crate::frontend::validate(&self, |s, name| s.frontend_part(name))?;
+        self.check_values()?;
         let first = frontends[0].clone();
         let listen = frontends.iter().flat_map(|f| f.listen.clone()).collect();
         let backend = first
@@ -590,14 +653,7 @@ impl Settings {
             .first()
             .cloned()
             .ok_or(ConfigError::Missing("--backend"))?;
-        let ocsp_refresh_s = self.ocsp_refresh.unwrap_or(DEFAULT_OCSP_REFRESH_S);
-        if !(1..=86_400).contains(&ocsp_refresh_s) {
-            return Err(range(
-                "--ocsp-refresh",
-                &ocsp_refresh_s.to_string(),
-                "must be from 1 to 86400 seconds",
-            ));
-        }
+        let ocsp_refresh_s = self.ocsp_refresh();
         let crate::frontend::Frontend {
             routes,
             certs,
@@ -626,116 +682,24 @@ impl Settings {
         if cpus.is_empty() {
             return Err(ConfigError::NoCpus);
         }
-        let workers = match self.workers {
-            Some(0) => return Err(range("--workers", "0", "must be at least 1")),
-            Some(n) if n > 4096 => return Err(range("--workers", &n.to_string(), "at most 4096")),
-            Some(n) => n,
-            None => cpus.len(),
-        };
+        let workers = self.workers.unwrap_or(cpus.len());
         // Worker i is pinned to cpus[i % cpus.len()]: more workers than CPUs
         // share CPUs round-robin, fewer use the first ones.
         let pins = (0..workers).map(|i| cpus[i % cpus.len()]).collect();
 
-        let ring_entries = self.ring_entries.unwrap_or(DEFAULT_RING_ENTRIES);
-        if !(8..=32768).contains(&ring_entries) || !ring_entries.is_power_of_two() {
-            return Err(range(
-                "--ring-entries",
-                &ring_entries.to_string(),
-                "must be a power of two from 8 to 32768",
-            ));
-        }
-        let read_buffers = self.read_buffers.unwrap_or(DEFAULT_READ_BUFFERS);
-        if !(1..=32768).contains(&read_buffers) || !read_buffers.is_power_of_two() {
-            return Err(range(
-                "--read-buffers",
-                &read_buffers.to_string(),
-                "must be a power of two from 1 to 32768",
-            ));
-        }
-        let backlog = self.backlog.unwrap_or(DEFAULT_BACKLOG);
-        if backlog == 0 || backlog > 1 << 20 {
-            return Err(range(
-                "--backlog",
-                &backlog.to_string(),
-                "must be 1..=1048576",
-            ));
-        }
-        let buffer_size = self.buffer_size.unwrap_or(DEFAULT_BUFFER_SIZE);
-        if !(1024..=16 << 20).contains(&buffer_size) {
-            return Err(range(
-                "--buffer-size",
-                &buffer_size.to_string(),
-                "must be from 1024 to 16777216 bytes",
-            ));
-        }
-        let handshake_timeout_ms = self
-            .handshake_timeout
-            .unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT_MS);
-        if handshake_timeout_ms == 0 {
-            return Err(range("--handshake-timeout", "0", "must be at least 1 ms"));
-        }
-        let connect_timeout_ms = self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT_MS);
-        if connect_timeout_ms == 0 {
-            return Err(range("--connect-timeout", "0", "must be at least 1 ms"));
-        }
-        let log_level = self.log_level.unwrap_or_else(|| "info".to_owned());
-        if !["error", "warn", "info", "debug", "trace", "off"].contains(&log_level.as_str()) {
-            return Err(range(
-                "--log-level",
-                &log_level,
-                "must be one of error, warn, info, debug, trace, off",
-            ));
-        }
-        let resumption = Resumption::parse(self.resumption.as_deref().unwrap_or("cache"))?;
-        let session_timeout_s = self.session_timeout.unwrap_or(DEFAULT_SESSION_TIMEOUT_S);
-        if !(1..=86_400 * 7).contains(&session_timeout_s) {
-            return Err(range(
-                "--session-timeout",
-                &session_timeout_s.to_string(),
-                "must be from 1 to 604800 seconds",
-            ));
-        }
-        let session_cache_size = self
-            .session_cache_size
-            .unwrap_or(DEFAULT_SESSION_CACHE_SIZE);
-        if session_cache_size > 10_000_000 {
-            return Err(range(
-                "--session-cache-size",
-                &session_cache_size.to_string(),
-                "must be at most 10000000 entries per worker",
-            ));
-        }
-        let session_sync_interval_ms = self
-            .session_sync_interval
-            .unwrap_or(DEFAULT_SESSION_SYNC_INTERVAL_MS);
-        if !(1..=60_000).contains(&session_sync_interval_ms) {
-            return Err(range(
-                "--session-sync-interval",
-                &session_sync_interval_ms.to_string(),
-                "must be from 1 to 60000 ms",
-            ));
-        }
-        let session_store = validate_store(
-            self.session_store,
-            self.session_store_prefix,
-            self.session_store_password_file,
-            self.session_store_connect_timeout,
-            self.session_store_timeout,
-            &resumption,
-        )?;
-        let ticket_rotation_s = self.ticket_rotation.unwrap_or(DEFAULT_TICKET_ROTATION_S);
-        if ticket_rotation_s == 0 {
-            return Err(range("--ticket-rotation", "0", "must be at least 1 second"));
-        }
-        let tls13_tickets = self.tls13_tickets.unwrap_or(DEFAULT_TLS13_TICKETS);
-        if tls13_tickets > 8 {
-            return Err(range(
-                "--tls13-tickets",
-                &tls13_tickets.to_string(),
-                "must be from 0 to 8",
-            ));
-        }
-        let ticket_key_files = self.ticket_key_file.unwrap_or_default();
+        let ring_entries = self.ring_entries();
+        let read_buffers = self.read_buffers();
+        let backlog = self.backlog();
+        let buffer_size = self.buffer_size();
+        let handshake_timeout_ms = self.handshake_timeout();
+        let connect_timeout_ms = self.connect_timeout();
+        let resumption = Resumption::parse(&self.resumption())?;
+        let session_timeout_s = self.session_timeout();
+        let session_cache_size = self.session_cache_size();
+        let session_sync_interval_ms = self.session_sync_interval();
+        let session_store = validate_store(&self, &resumption)?;
+        let tls13_tickets = self.tls13_tickets();
+        let ticket_key_files = self.ticket_key_file.clone().unwrap_or_default();
         if !ticket_key_files.is_empty() && !resumption.uses_tickets() {
             return Err(range(
                 "--ticket-key-file",
@@ -743,32 +707,26 @@ impl Settings {
                 "needs --resumption tickets or both",
             ));
         }
-        let edge = validate_edge(
-            self.idle_timeout,
-            self.max_connections,
-            self.drain_timeout,
-            self.user,
-            self.group,
-        )?;
+        for (flag, name) in [("--user", &self.user), ("--group", &self.group)] {
+            if let Some(name) = name {
+                if name.trim().is_empty() || name.contains('\0') {
+                    return Err(range(
+                        flag,
+                        &format!("{name:?}"),
+                        "must be a user or group name",
+                    ));
+                }
+            }
+        }
         let access_log = match self.access_log.as_deref().map(str::trim) {
             None | Some("off") => None,
             Some("") => return Err(range("--access-log", "", "must be stderr, a file or off")),
             Some(v) => Some(v.to_owned()),
         };
-        let access_log_json = match self.access_log_format.as_deref() {
-            None | Some("json") => true,
-            Some("text") => false,
-            Some(other) => return Err(range("--access-log-format", other, "must be json or text")),
-        };
-        let health_check_interval_ms = self.health_check_interval.unwrap_or(0);
-        if health_check_interval_ms > 3_600_000 {
-            return Err(range(
-                "--health-check-interval",
-                &health_check_interval_ms.to_string(),
-                "must be at most 3600000 ms (0 = off)",
-            ));
-        }
+        let access_log_json = self.access_log_format() == "json";
+        let health_check_interval_ms = self.health_check_interval();
         Ok(Config {
+            settings,
             acme,
             access_log,
             access_log_json,
@@ -776,17 +734,13 @@ impl Settings {
             proxy_protocol,
             accept_proxy,
             frontends,
-            idle_timeout_ms: edge.idle_timeout_ms,
-            max_connections: edge.max_connections,
-            drain_timeout_ms: edge.drain_timeout_ms,
-            user: edge.user,
-            group: edge.group,
+            idle_timeout_ms: self.idle_timeout(),
+            max_connections: self.max_connections(),
             resumption,
             session_timeout_s,
             session_cache_size,
             session_sync_interval_ms,
             session_store,
-            ticket_rotation_s,
             ticket_key_files,
             tls13_tickets,
             listen,
@@ -794,9 +748,7 @@ impl Settings {
             routes,
             certs,
             cert_dirs,
-            ocsp_dir: self.ocsp_dir,
             ocsp_refresh_s,
-            ocsp_fetch: self.ocsp_fetch.unwrap_or(false),
             tls,
             pins,
             ring_entries,
@@ -807,9 +759,9 @@ impl Settings {
             admin,
             handshake_timeout_ms,
             connect_timeout_ms,
-            log_level,
-            log_format: self.log_format.unwrap_or_else(|| "text".to_owned()),
-            upgrade_socket: self.upgrade_socket,
+            ocsp_dir: self.ocsp_dir,
+            user: self.user,
+            group: self.group,
         })
     }
 }
@@ -841,7 +793,10 @@ pub struct Layered {
 
 impl Layered {
     /// Merges `flags` over `file` (its name and settings).
-    pub fn new(file: Option<(String, Settings)>, flags: Settings) -> Self {
+    pub fn new(file: Option<(String, Settings)>, mut flags: Settings) -> Self {
+        if flags.acme.is_none() {
+            flags.acme = flags.acme_flags.settings();
+        }
         let flag_keys = flags.keys_set();
         match file {
             Some((name, settings)) => {
@@ -891,14 +846,12 @@ impl Layered {
     /// looked up as `cert`.
     pub fn source_of(&self, flag: &str) -> Option<(&str, &str)> {
         let key = match flag.trim_start_matches("--") {
-            "cert-dir" => "cert-dirs",
-            "no-tls12" => "tls12",
-            "ocsp" | "cert/--key" => "cert",
-            k if k.starts_with("acme-") => "acme",
-            k => k,
+            "ocsp" | "cert/--key" => "cert".to_owned(),
+            k if k.starts_with("acme-") => "acme".to_owned(),
+            _ => Settings::key_of(flag),
         };
         let file = self.file.as_deref()?;
-        let key = self.from_file.iter().find(|k| *k == key)?;
+        let key = self.from_file.iter().find(|k| **k == key)?;
         Some((file, key))
     }
 
@@ -930,8 +883,6 @@ pub struct Config {
     pub ocsp_dir: Option<String>,
     /// Period of the OCSP re-check, seconds.
     pub ocsp_refresh_s: u64,
-    /// Fetch OCSP responses from the certificates' responders.
-    pub ocsp_fetch: bool,
     /// The TLS policy.
     pub tls: TlsSettingsValid,
     /// The CPU each worker is pinned to; its length is the worker count.
@@ -952,12 +903,6 @@ pub struct Config {
     pub handshake_timeout_ms: u64,
     /// Backend connect timeout in ms.
     pub connect_timeout_ms: u64,
-    /// Log level.
-    pub log_level: String,
-    /// Log line format (`text` or `json`; checked when logging starts).
-    pub log_format: String,
-    /// The upgrade socket, if any.
-    pub upgrade_socket: Option<String>,
     /// How sessions are resumed.
     pub resumption: Resumption,
     /// Session lifetime, seconds.
@@ -968,8 +913,6 @@ pub struct Config {
     pub session_sync_interval_ms: u64,
     /// The L2 session store, if any.
     pub session_store: Option<StoreSpec>,
-    /// Ticket key rotation period, seconds (random keys only).
-    pub ticket_rotation_s: u64,
     /// Ticket key files; empty means random keys, rotated.
     pub ticket_key_files: Vec<String>,
     /// TLS 1.3 tickets per full handshake.
@@ -978,8 +921,6 @@ pub struct Config {
     pub idle_timeout_ms: u64,
     /// Connections per worker above which new ones are closed; 0 = unlimited.
     pub max_connections: u64,
-    /// How long established connections may finish after SIGTERM/SIGINT, ms.
-    pub drain_timeout_ms: u64,
     /// User to switch to after binding.
     pub user: Option<String>,
     /// Group to switch to after binding.
@@ -999,6 +940,12 @@ pub struct Config {
     pub frontends: Vec<crate::frontend::Frontend>,
     /// Certificates obtained and renewed with ACME, when on.
     pub acme: Option<crate::acme::AcmeConfig>,
+    /// The settings this was validated from: a reload compares them by
+    /// key ([`crate::reload_plan`]), and an option that needs no
+    /// derived value is read from them where it is used, through its
+    /// accessor (`config.settings.drain_timeout()`: the value or the
+    /// default), not copied into a field here.
+    pub settings: Settings,
 }
 
 impl Config {
@@ -1135,22 +1082,6 @@ pub struct CertFiles {
     pub ocsp: Option<String>,
 }
 
-/// The TLS policy settings, before checking.
-#[derive(Debug, Default, Clone)]
-struct TlsSettings {
-    tls12: Option<bool>,
-    min_tls: Option<String>,
-    max_tls: Option<String>,
-    ciphers: Option<Vec<String>>,
-    groups: Option<Vec<String>>,
-    prefer_server_ciphers: Option<bool>,
-    alpn: Option<Vec<String>>,
-    client_ca: Option<String>,
-    client_auth: Option<String>,
-    unknown_sni: Option<String>,
-    record_layer: Option<String>,
-}
-
 /// The checked TLS policy settings. Names of suites and groups are checked
 /// against the crypto provider when the TLS configuration is built.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1179,11 +1110,11 @@ pub struct TlsSettingsValid {
 }
 
 fn certs(
-    cert: Option<CertSetting>,
-    key: Option<Files>,
+    cert: Option<Vec<CertEntry>>,
+    key: Option<Vec<String>>,
     have_dirs: bool,
 ) -> Result<Vec<CertFiles>, ConfigError> {
-    let cert = match cert {
+    let certs = match cert {
         Some(c) => c,
         None if have_dirs => {
             if key.is_some() {
@@ -1193,67 +1124,71 @@ fn certs(
         }
         None => return Err(ConfigError::Missing("--cert or --cert-dir")),
     };
-    match cert {
-        CertSetting::Tables(tables) => {
-            if key.is_some() {
-                return Err(range(
-                    "--key",
-                    "",
-                    "cannot be combined with [[cert]] tables (each table has its own key)",
-                ));
-            }
-            if tables.is_empty() {
-                return Err(ConfigError::Missing("--cert"));
-            }
-            Ok(tables
-                .into_iter()
-                .map(|t| CertFiles {
+    if certs.is_empty() {
+        return Err(ConfigError::Missing("--cert"));
+    }
+    if certs.iter().any(|c| matches!(c, CertEntry::Table(_))) {
+        if key.is_some() {
+            return Err(range(
+                "--key",
+                "",
+                "cannot be combined with [[cert]] tables (each table has its own key)",
+            ));
+        }
+        return Ok(certs
+            .into_iter()
+            .map(|c| match c {
+                CertEntry::Table(t) => CertFiles {
                     cert: t.cert,
                     key: t.key,
                     names: t.names,
                     ocsp: t.ocsp,
-                })
-                .collect())
-        }
-        CertSetting::Files(files) => {
-            let certs = files.into_vec();
-            if certs.is_empty() {
-                return Err(ConfigError::Missing("--cert"));
-            }
-            let Some(keys) = key.map(Files::into_vec) else {
-                // Combined PEM files: each holds its key.
-                return Ok(certs
-                    .into_iter()
-                    .map(|cert| CertFiles {
-                        cert,
-                        key: None,
-                        names: Vec::new(),
-                        ocsp: None,
-                    })
-                    .collect());
-            };
-            if certs.len() != keys.len() {
-                return Err(range(
-                    "--key",
-                    &keys.len().to_string(),
-                    &format!(
-                        "keys given for {} certificates: give one --key per --cert",
-                        certs.len()
-                    ),
-                ));
-            }
-            Ok(certs
-                .into_iter()
-                .zip(keys)
-                .map(|(cert, key)| CertFiles {
+                },
+                CertEntry::File(cert) => CertFiles {
                     cert,
-                    key: Some(key),
+                    key: None,
                     names: Vec::new(),
                     ocsp: None,
-                })
-                .collect())
-        }
+                },
+            })
+            .collect());
     }
+    let files = certs.into_iter().map(|c| match c {
+        CertEntry::File(f) => f,
+        CertEntry::Table(t) => t.cert,
+    });
+    let Some(keys) = key else {
+        // Combined PEM files: each holds its key.
+        return Ok(files
+            .map(|cert| CertFiles {
+                cert,
+                key: None,
+                names: Vec::new(),
+                ocsp: None,
+            })
+            .collect());
+    };
+    let files: Vec<String> = files.collect();
+    if files.len() != keys.len() {
+        return Err(range(
+            "--key",
+            &keys.len().to_string(),
+            &format!(
+                "keys given for {} certificates: give one --key per --cert",
+                files.len()
+            ),
+        ));
+    }
+    Ok(files
+        .into_iter()
+        .zip(keys)
+        .map(|(cert, key)| CertFiles {
+            cert,
+            key: Some(key),
+            names: Vec::new(),
+            ocsp: None,
+        })
+        .collect())
 }
 
 fn tls_version(flag: &'static str, v: &str) -> Result<u8, ConfigError> {
@@ -1264,7 +1199,7 @@ fn tls_version(flag: &'static str, v: &str) -> Result<u8, ConfigError> {
     }
 }
 
-fn tls_policy(t: &TlsSettings) -> Result<TlsSettingsValid, ConfigError> {
+fn tls_policy(t: &Settings) -> Result<TlsSettingsValid, ConfigError> {
     let min = match t.min_tls.as_deref() {
         Some(v) => tls_version("--min-tls", v)?,
         None if t.tls12 == Some(false) => 3,
@@ -1321,75 +1256,12 @@ fn tls_policy(t: &TlsSettings) -> Result<TlsSettingsValid, ConfigError> {
         tls13: max >= 3,
         ciphers: list("--ciphers", &t.ciphers)?,
         groups: list("--groups", &t.groups)?,
-        prefer_server_ciphers: t
-            .prefer_server_ciphers
-            .unwrap_or(DEFAULT_PREFER_SERVER_CIPHERS),
+        prefer_server_ciphers: t.prefer_server_ciphers(),
         alpn,
         client_ca: t.client_ca.clone(),
         client_auth_required,
         reject_unknown_sni,
         record_layer,
-    })
-}
-
-/// The validated runtime-edge settings (idle timeout, connection limit,
-/// drain, privilege drop).
-struct Edge {
-    idle_timeout_ms: u64,
-    max_connections: u64,
-    drain_timeout_ms: u64,
-    user: Option<String>,
-    group: Option<String>,
-}
-
-fn validate_edge(
-    idle_timeout: Option<u64>,
-    max_connections: Option<u64>,
-    drain_timeout: Option<u64>,
-    user: Option<String>,
-    group: Option<String>,
-) -> Result<Edge, ConfigError> {
-    let idle_timeout_ms = idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT_MS);
-    if idle_timeout_ms > 86_400_000 {
-        return Err(range(
-            "--idle-timeout",
-            &idle_timeout_ms.to_string(),
-            "must be from 0 (off) to 86400000 ms",
-        ));
-    }
-    let max_connections = max_connections.unwrap_or(0);
-    if max_connections > 10_000_000 {
-        return Err(range(
-            "--max-connections",
-            &max_connections.to_string(),
-            "must be from 0 (unlimited) to 10000000 per worker",
-        ));
-    }
-    let drain_timeout_ms = drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT_MS);
-    if drain_timeout_ms > 3_600_000 {
-        return Err(range(
-            "--drain-timeout",
-            &drain_timeout_ms.to_string(),
-            "must be from 0 to 3600000 ms",
-        ));
-    }
-    for (flag, name) in [("--user", &user), ("--group", &group)] {
-        if let Some(name) = name {
-            if name.trim().is_empty() || name.contains('\0') {
-                return Err(range(
-                    flag,
-                    &format!("{name:?}"),
-                    "must be a user or group name",
-                ));
-            }
-        }
-    }
-    Ok(Edge {
-        idle_timeout_ms,
-        max_connections,
-        drain_timeout_ms,
-        user,
-        group,
     })
 }
 
@@ -1460,19 +1332,12 @@ pub fn parse_store_url(url: &str) -> Result<(StoreAddr, u32), ConfigError> {
     Ok((StoreAddr::Tcp(host.to_owned(), port), db))
 }
 
-fn validate_store(
-    url: Option<String>,
-    prefix: Option<String>,
-    password_file: Option<String>,
-    connect_timeout: Option<u64>,
-    timeout: Option<u64>,
-    resumption: &Resumption,
-) -> Result<Option<StoreSpec>, ConfigError> {
-    let Some(url) = url else {
-        if let Some(p) = password_file {
+fn validate_store(s: &Settings, resumption: &Resumption) -> Result<Option<StoreSpec>, ConfigError> {
+    let Some(url) = s.session_store.clone() else {
+        if let Some(p) = &s.session_store_password_file {
             return Err(range(
                 "--session-store-password-file",
-                &p,
+                p,
                 "needs --session-store",
             ));
         }
@@ -1486,37 +1351,13 @@ fn validate_store(
         ));
     }
     let (addr, db) = parse_store_url(&url)?;
-    let timeout_ms = timeout.unwrap_or(DEFAULT_STORE_TIMEOUT_MS);
-    if !(1..=10_000).contains(&timeout_ms) {
-        return Err(range(
-            "--session-store-timeout",
-            &timeout_ms.to_string(),
-            "must be from 1 to 10000 ms",
-        ));
-    }
-    let connect_timeout_ms = connect_timeout.unwrap_or(DEFAULT_STORE_CONNECT_TIMEOUT_MS);
-    if !(1..=60_000).contains(&connect_timeout_ms) {
-        return Err(range(
-            "--session-store-connect-timeout",
-            &connect_timeout_ms.to_string(),
-            "must be from 1 to 60000 ms",
-        ));
-    }
-    let prefix = prefix.unwrap_or_else(|| DEFAULT_STORE_PREFIX.to_owned());
-    if prefix.len() > 256 || prefix.chars().any(|c| c.is_control() || c == ' ') {
-        return Err(range(
-            "--session-store-prefix",
-            &prefix,
-            "must be at most 256 characters, without spaces or control characters",
-        ));
-    }
     Ok(Some(StoreSpec {
         addr,
         db,
-        prefix,
-        password_file,
-        connect_timeout_ms,
-        timeout_ms,
+        prefix: s.session_store_prefix(),
+        password_file: s.session_store_password_file.clone(),
+        connect_timeout_ms: s.session_store_connect_timeout(),
+        timeout_ms: s.session_store_timeout(),
     }))
 }
 
@@ -1591,11 +1432,82 @@ mod tests {
     fn base() -> Settings {
         Settings {
             listen: Some(vec!["127.0.0.1:8443".into()]),
-            backend: Some("127.0.0.1:8080".into()),
-            cert: Some("c.pem".into()),
-            key: Some("k.pem".into()),
+            backend: Some(vec!["127.0.0.1:8080".into()]),
+            cert: Some(vec!["c.pem".into()]),
+            key: Some(vec!["k.pem".into()]),
             ..Settings::default()
         }
+    }
+
+    /// The flags come from the declarations: every form parses into the
+    /// same `Settings` the TOML file gives.
+    #[test]
+    fn flags_parse_into_settings() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        let p = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("ringterm").chain(args.iter().copied()))
+                .map(|c| c.settings)
+        };
+        assert_eq!(p(&[]).unwrap(), Settings::default());
+        let s = p(&[
+            "--no-tls12",
+            "--accept-proxy",
+            "--ocsp-fetch",
+            "--sqpoll",
+            "--prefer-server-ciphers",
+            "--cert-dir",
+            "d",
+            "--backend",
+            "a:1",
+            "--backend",
+            "b:2",
+            "--cert",
+            "c.pem",
+            "--route",
+            "x.test=a:1",
+            "--alpn",
+            "h2,http/1.1",
+            "--ring-entries",
+            "64",
+            "--acme-domain",
+            "a.test",
+        ])
+        .unwrap();
+        assert_eq!(s.tls12, Some(false));
+        assert_eq!(s.accept_proxy, Some(true));
+        assert_eq!(s.ocsp_fetch, Some(true));
+        assert_eq!(s.sqpoll, Some(1000));
+        assert_eq!(s.prefer_server_ciphers, Some(true));
+        assert_eq!(s.cert_dirs, Some(vec!["d".to_owned()]));
+        assert_eq!(s.backend, Some(vec!["a:1".to_owned(), "b:2".to_owned()]));
+        assert_eq!(s.cert, Some(vec![CertEntry::from("c.pem")]));
+        assert_eq!(s.route.as_ref().unwrap()[0].names, vec!["x.test"]);
+        assert_eq!(s.alpn, Some(vec!["h2".to_owned(), "http/1.1".to_owned()]));
+        assert_eq!(s.ring_entries, Some(64));
+        assert_eq!(s.acme_flags.acme_domain, vec!["a.test".to_owned()]);
+        assert_eq!(p(&["--sqpoll=5"]).unwrap().sqpoll, Some(5));
+        let off = p(&["--prefer-server-ciphers=off"]).unwrap();
+        assert_eq!(off.prefer_server_ciphers, Some(false));
+        let e = p(&["--route", "nope"]).unwrap_err().to_string();
+        assert!(e.contains("--route") && e.contains("NAME[,NAME...]"), "{e}");
+        assert!(p(&["--no-tls12=true"]).is_err());
+        // Every declared flag is a flag of the command line.
+        let cmd = <Cli as clap::CommandFactory>::command();
+        for o in Settings::OPTIONS.iter().filter(|o| !o.flag.is_empty()) {
+            let long = o.flag.trim_start_matches("--");
+            assert!(
+                cmd.get_arguments().any(|a| a.get_long() == Some(long)),
+                "{}",
+                o.flag
+            );
+        }
+        assert_eq!(Settings::key_of("--cert-dir"), "cert-dirs");
+        assert_eq!(Settings::key_of("--no-tls12"), "tls12");
     }
 
     #[test]
@@ -1641,7 +1553,7 @@ mod tests {
     #[test]
     fn errors_name_the_flag() {
         let mut s = base();
-        s.backend = Some("nope".into());
+        s.backend = Some(vec!["nope".into()]);
         assert!(s
             .validate(&[0])
             .unwrap_err()
@@ -1676,7 +1588,7 @@ mod tests {
         let merged = file.merge(cli);
         assert_eq!(merged.workers, Some(2));
         assert_eq!(merged.ring_entries, Some(256));
-        assert_eq!(merged.backend, Some(Files::One("127.0.0.1:80".into())));
+        assert_eq!(merged.backend, Some(vec!["127.0.0.1:80".into()]));
     }
 
     #[test]
@@ -1718,7 +1630,7 @@ mod tests {
         let c = base().validate(&[0]).unwrap();
         assert_eq!(c.idle_timeout_ms, DEFAULT_IDLE_TIMEOUT_MS);
         assert_eq!(c.max_connections, 0);
-        assert_eq!(c.drain_timeout_ms, DEFAULT_DRAIN_TIMEOUT_MS);
+        assert_eq!(c.settings.drain_timeout(), DEFAULT_DRAIN_TIMEOUT_MS);
         assert_eq!(c.user, None);
         for (field, flag) in [
             ("idle", "--idle-timeout"),
@@ -1749,7 +1661,7 @@ mod tests {
         let c = base().merge(file).validate(&[0]).unwrap();
         assert_eq!(c.idle_timeout_ms, 0);
         assert_eq!(c.max_connections, 10);
-        assert_eq!(c.drain_timeout_ms, 500);
+        assert_eq!(c.settings.drain_timeout(), 500);
         assert_eq!(c.user.as_deref(), Some("nobody"));
         assert_eq!(c.group.as_deref(), Some("nogroup"));
     }
@@ -1790,8 +1702,8 @@ mod tests {
             "cert = \"c.pem\"\nkey = \"/abs/k.pem\"\ncert-dirs = [\"d\"]\nocsp-dir = \"o\"\nclient-ca = \"ca.pem\"\nticket-key-file = [\"t.key\"]\n",
         )
         .unwrap();
-        assert_eq!(s.cert, Some(CertSetting::from("/etc/rt/c.pem")));
-        assert_eq!(s.key, Some(Files::from("/abs/k.pem")));
+        assert_eq!(s.cert, Some(vec![CertEntry::from("/etc/rt/c.pem")]));
+        assert_eq!(s.key, Some(vec!["/abs/k.pem".into()]));
         assert_eq!(s.cert_dirs, Some(vec!["/etc/rt/d".to_owned()]));
         assert_eq!(s.ocsp_dir.as_deref(), Some("/etc/rt/o"));
         assert_eq!(s.client_ca.as_deref(), Some("/etc/rt/ca.pem"));
@@ -1801,15 +1713,15 @@ mod tests {
             "[[cert]]\ncert = \"a.pem\"\nocsp = \"a.ocsp\"\n",
         )
         .unwrap();
-        let Some(CertSetting::Tables(tables)) = t.cert else {
+        let Some([CertEntry::Table(table)]) = t.cert.as_deref() else {
             panic!()
         };
-        assert_eq!(tables[0].cert, "conf/a.pem");
-        assert_eq!(tables[0].ocsp.as_deref(), Some("conf/a.ocsp"));
-        assert_eq!(tables[0].key, None);
+        assert_eq!(table.cert, "conf/a.pem");
+        assert_eq!(table.ocsp.as_deref(), Some("conf/a.ocsp"));
+        assert_eq!(table.key, None);
         // Flags are not touched (they are relative to the working folder).
         let s = Settings::from_toml("r.toml", "cert = \"c.pem\"\n").unwrap();
-        assert_eq!(s.cert, Some(CertSetting::from("c.pem")));
+        assert_eq!(s.cert, Some(vec![CertEntry::from("c.pem")]));
     }
 
     #[test]
@@ -1817,7 +1729,7 @@ mod tests {
         let file = Settings::from_toml("r.toml", "backend = \"nope\"\nworkers = 0\n").unwrap();
         let flags = Settings {
             listen: Some(vec!["127.0.0.1:1".into()]),
-            cert: Some("c.pem".into()),
+            cert: Some(vec!["c.pem".into()]),
             ..Settings::default()
         };
         let l = Layered::new(Some(("r.toml".into(), file.clone())), flags.clone());
@@ -1827,12 +1739,32 @@ mod tests {
         assert_eq!(l.source_of("--listen"), None);
         // The flag overrides the file: the flag is named.
         let over = Settings {
-            backend: Some("nope2".into()),
-            ..flags
+            backend: Some(vec!["nope2".into()]),
+            ..flags.clone()
         };
         let l = Layered::new(Some(("r.toml".into(), file)), over);
         let err = l.validate(&[0]).unwrap_err();
         assert!(err.starts_with("--backend: invalid address"), "{err}");
+        // A declared check: the file and key, or the flag.
+        let ok = Settings {
+            backend: Some(vec!["127.0.0.1:2".into()]),
+            ..flags.clone()
+        };
+        let file = Settings::from_toml("r.toml", "ring-entries = 100\n").unwrap();
+        let l = Layered::new(Some(("r.toml".into(), file)), ok.clone());
+        assert_eq!(
+            l.validate(&[0]).unwrap_err(),
+            "r.toml: ring-entries: 100 must be a power of two from 8 to 32768"
+        );
+        let over = Settings {
+            ring_entries: Some(100),
+            ..ok
+        };
+        let l = Layered::new(None, over);
+        assert_eq!(
+            l.validate(&[0]).unwrap_err(),
+            "--ring-entries: 100 must be a power of two from 8 to 32768"
+        );
     }
 
     #[test]
@@ -1888,11 +1820,8 @@ names = ["*.example.com"]
         assert_eq!(c.certs[1].names, vec!["*.example.com".to_owned()]);
 
         let flags = Settings {
-            cert: Some(CertSetting::Files(Files::Many(vec![
-                "a".into(),
-                "b".into(),
-            ]))),
-            key: Some(Files::Many(vec!["ak".into()])),
+            cert: Some(vec!["a".into(), "b".into()]),
+            key: Some(vec!["ak".into()]),
             ..base()
         };
         let err = flags.validate(&[0]).unwrap_err().to_string();
@@ -1972,10 +1901,7 @@ names = ["*.example.com"]
         assert_eq!(r.backends.len(), 2);
         assert!(RouteSetting::parse_flag("a.test").is_err());
         let s = Settings {
-            backend: Some(Files::Many(vec![
-                "127.0.0.1:1".into(),
-                "127.0.0.1:2".into(),
-            ])),
+            backend: Some(vec!["127.0.0.1:1".into(), "127.0.0.1:2".into()]),
             route: Some(vec![r]),
             ..base()
         };

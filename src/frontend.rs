@@ -12,64 +12,11 @@
 
 use std::net::SocketAddr;
 
-use serde::{Deserialize, Serialize};
+use crate::config::{CertFiles, ConfigError, Settings};
 
-use crate::config::{CertFiles, CertSetting, ConfigError, Files, RouteSetting, Settings};
-
-/// One `[[frontend]]` table.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct FrontendSetting {
-    /// A name for logs and `ringterm check` (default: `frontend N`).
-    pub name: Option<String>,
-    /// Addresses to accept TLS on (required).
-    pub listen: Option<Vec<String>>,
-    /// Default backend(s).
-    pub backend: Option<Files>,
-    /// Per-SNI routes (`[[frontend.route]]`).
-    pub route: Option<Vec<RouteSetting>>,
-    /// Certificate file(s) or `[[frontend.cert]]` tables.
-    pub cert: Option<CertSetting>,
-    /// Key file(s), paired with `cert`.
-    pub key: Option<Files>,
-    /// Folders of combined PEM files.
-    pub cert_dirs: Option<Vec<String>>,
-    /// ALPN protocols.
-    pub alpn: Option<Vec<String>>,
-    /// CA for client certificates (mutual TLS).
-    pub client_ca: Option<String>,
-    /// `required` or `optional`.
-    pub client_auth: Option<String>,
-    /// `default` or `reject`.
-    pub unknown_sni: Option<String>,
-    /// PROXY header toward the backends: `off`, `v1`, `v2`.
-    pub proxy_protocol: Option<String>,
-    /// Expect a PROXY header from a fronting balancer.
-    pub accept_proxy: Option<bool>,
-}
+pub use crate::config::FrontendSetting;
 
 impl FrontendSetting {
-    /// Makes relative paths absolute against `dir` (see
-    /// [`Settings::relative_to`]).
-    pub fn relative_to(self, dir: &std::path::Path) -> Self {
-        // Reuse the top-level rules: the same keys, the same joining.
-        let s = Settings {
-            cert: self.cert.clone(),
-            key: self.key.clone(),
-            cert_dirs: self.cert_dirs.clone(),
-            client_ca: self.client_ca.clone(),
-            ..Settings::default()
-        }
-        .relative_to(dir);
-        Self {
-            cert: s.cert,
-            key: s.key,
-            cert_dirs: s.cert_dirs,
-            client_ca: s.client_ca,
-            ..self
-        }
-    }
-
     /// The settings this frontend runs with: `top`'s, with this table's
     /// keys over them.
     fn over(&self, top: &Settings) -> Settings {
@@ -81,23 +28,7 @@ impl FrontendSetting {
             s.key = self.key.clone();
             s.cert_dirs = self.cert_dirs.clone();
         }
-        macro_rules! over {
-            ($($f:ident),*) => {$(
-                if self.$f.is_some() {
-                    s.$f = self.$f.clone();
-                }
-            )*};
-        }
-        over!(
-            backend,
-            route,
-            alpn,
-            client_ca,
-            client_auth,
-            unknown_sni,
-            proxy_protocol,
-            accept_proxy
-        );
+        self.set_over(&mut s);
         s
     }
 }
@@ -210,10 +141,9 @@ fn frontend_error(i: usize, name: &str, e: ConfigError) -> ConfigError {
 
 /// The TOML key of a flag (`--cert-dir` is `cert-dirs`).
 pub fn key_of(flag: &str) -> String {
-    match flag.trim_start_matches("--") {
-        "cert-dir" => "cert-dirs".to_owned(),
-        "cert/--key" => "cert".to_owned(),
-        k => k.to_owned(),
+    match flag {
+        "--cert/--key" => "cert".to_owned(),
+        _ => Settings::key_of(flag),
     }
 }
 

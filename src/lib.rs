@@ -25,6 +25,8 @@
 //! of its ops have completed; cancellation and timeouts are io_uring ops of
 //! their own.
 
+#![recursion_limit = "512"] // the settings! declaration block (src/options.rs)
+
 pub mod acme;
 pub mod config;
 pub mod conn;
@@ -33,6 +35,7 @@ pub mod frontend;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod metrics;
+pub mod options;
 pub mod proxy;
 pub mod record;
 pub mod reload_plan;

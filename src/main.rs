@@ -4,11 +4,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use ringterm::config::{CertSetting, Config, Files, Layered, Settings};
+use ringterm::config::{CertEntry, Config, Settings};
 use ringterm::rt::reload::{DiskFiles, TlsReloader};
-use ringterm::rt::{notify, upgrade};
+use ringterm::rt::{config_file, notify, upgrade};
 use ringterm::tls;
-use ringterm::tls::loader::LoadError;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -28,200 +27,13 @@ struct Cli {
     /// Same as the `demo` subcommand.
     #[arg(long, global = true)]
     demo: bool,
-    /// Address to accept TLS on (repeatable).
-    #[arg(long, value_name = "ADDR", global = true)]
-    listen: Vec<String>,
-    /// Plaintext backend address (repeatable: round-robin, a backend that
-    /// fails to connect is skipped for --backend-eject ms).
-    #[arg(long, value_name = "ADDR", global = true)]
-    backend: Vec<String>,
-    /// Per-SNI backends: NAME[,NAME...]=ADDR[,ADDR...] (repeatable; names
-    /// may be *.wildcards). Other connections go to --backend.
-    #[arg(long, value_name = "ROUTE", global = true)]
-    route: Vec<String>,
-    /// How long a backend that failed to connect is skipped, ms.
-    #[arg(long, value_name = "MS", global = true)]
-    backend_eject: Option<u64>,
-    /// PEM certificate chain (repeatable: one per certificate, chosen by SNI;
-    /// the first is the default).
-    #[arg(long, value_name = "PEM", global = true)]
-    cert: Vec<String>,
-    /// PEM private key (repeatable, paired with --cert by position;
-    /// without it, each --cert file holds its key too).
-    #[arg(long, value_name = "PEM", global = true)]
-    key: Vec<String>,
-    /// Folder of combined PEM files (key + chain, names from the SANs),
-    /// repeatable.
-    #[arg(long, value_name = "DIR", global = true)]
-    cert_dir: Vec<String>,
-    /// Folder of DER OCSP responses to staple: CERTFILE.ocsp for each
-    /// certificate file (re-read on SIGHUP and every --ocsp-refresh s).
-    #[arg(long, value_name = "DIR", global = true)]
-    ocsp_dir: Option<String>,
-    /// OCSP re-check period, seconds (default 3600).
-    #[arg(long, value_name = "SECS", global = true)]
-    ocsp_refresh: Option<u64>,
-    /// Fetch OCSP responses from each certificate's responder (its AIA
-    /// OCSP URL), on a thread of its own, refreshed before nextUpdate.
-    #[arg(long, global = true)]
-    ocsp_fetch: bool,
-    /// Number of workers (default: one per CPU this process may run on).
-    #[arg(long, value_name = "N", global = true)]
-    workers: Option<usize>,
-    /// CPUs to pin workers to, e.g. `0-3,8`.
-    #[arg(long, value_name = "LIST", global = true)]
-    cpus: Option<String>,
-    /// io_uring submission queue entries per worker (power of two).
-    #[arg(long, value_name = "N", global = true)]
-    ring_entries: Option<u32>,
-    /// Provided read buffers per worker (power of two), each --buffer-size
-    /// bytes: reads take one when data arrives and give it back at once.
-    #[arg(long, value_name = "N", global = true)]
-    read_buffers: Option<u32>,
-    /// Enable SQPOLL, with the kernel thread's idle time in ms (default 1000).
-    #[arg(long, value_name = "IDLE_MS", num_args = 0..=1, default_missing_value = "1000", global = true)]
-    sqpoll: Option<u32>,
-    /// Listen backlog (capped by net.core.somaxconn).
-    #[arg(long, value_name = "N", global = true)]
-    backlog: Option<u32>,
-    /// Relay buffer size per direction, bytes.
-    #[arg(long, value_name = "BYTES", global = true)]
-    buffer_size: Option<usize>,
     /// TOML configuration file; flags override it.
     #[arg(long, value_name = "FILE", global = true)]
     config: Option<String>,
-    /// Admin/metrics listener (off by default; use loopback).
-    #[arg(long, value_name = "ADDR", global = true)]
-    admin: Option<String>,
-    /// Handshake timeout, ms.
-    #[arg(long, value_name = "MS", global = true)]
-    handshake_timeout: Option<u64>,
-    /// Backend connect timeout, ms.
-    #[arg(long, value_name = "MS", global = true)]
-    connect_timeout: Option<u64>,
-    /// Refuse TLS 1.2 (TLS 1.3 only).
-    #[arg(long, global = true)]
-    no_tls12: bool,
-    /// Log level: error, warn, info, debug, trace, off.
-    #[arg(long, value_name = "LEVEL", global = true)]
-    log_level: Option<String>,
-    /// Log line format: text (default) or json (one object a line).
-    #[arg(long, value_name = "FORMAT", global = true)]
-    log_format: Option<String>,
-    /// Access log, one line per connection: stderr, a file (reopened on
-    /// SIGHUP and SIGUSR1, for logrotate) or off (default).
-    #[arg(long, value_name = "stderr|FILE|off", global = true)]
-    access_log: Option<String>,
-    /// Access log line format: json (default) or text (key=value).
-    #[arg(long, value_name = "FORMAT", global = true)]
-    access_log_format: Option<String>,
-    /// Active backend health checks: a TCP (or UNIX) connect to every
-    /// backend each MS; down after 3 failures, up after 2 successes.
-    /// 0 = off (default).
-    #[arg(long, value_name = "MS", global = true)]
-    health_check_interval: Option<u64>,
-    /// UNIX socket for zero-downtime upgrades: a new process started with
-    /// the same socket takes the listening sockets over, and this one drains.
-    #[arg(long, value_name = "PATH", global = true)]
-    upgrade_socket: Option<String>,
-    /// Session resumption: cache, tickets, both or off.
-    #[arg(long, value_name = "MODE", global = true)]
-    resumption: Option<String>,
-    /// Session lifetime, seconds.
-    #[arg(long, value_name = "SECS", global = true)]
-    session_timeout: Option<u64>,
-    /// Session cache entries per worker.
-    #[arg(long, value_name = "N", global = true)]
-    session_cache_size: Option<usize>,
-    /// Cross-core session sync interval, ms.
-    #[arg(long, value_name = "MS", global = true)]
-    session_sync_interval: Option<u64>,
-    /// L2 session store shared by a fleet: redis://HOST:PORT[/DB] or
-    /// unix:///path (Redis or Valkey; keep it on a private network).
-    #[arg(long, value_name = "URL", global = true)]
-    session_store: Option<String>,
-    /// Prefix of the session store's keys.
-    #[arg(long, value_name = "PREFIX", global = true)]
-    session_store_prefix: Option<String>,
-    /// File holding the session store's AUTH password.
-    #[arg(long, value_name = "FILE", global = true)]
-    session_store_password_file: Option<String>,
-    /// Session store connect timeout, ms.
-    #[arg(long, value_name = "MS", global = true)]
-    session_store_connect_timeout: Option<u64>,
-    /// How long a handshake waits for a session store lookup, ms (default 5).
-    #[arg(long, value_name = "MS", global = true)]
-    session_store_timeout: Option<u64>,
-    /// Ticket key rotation period, seconds (random keys only).
-    #[arg(long, value_name = "SECS", global = true)]
-    ticket_rotation: Option<u64>,
-    /// Ticket key file, 80 bytes (repeatable; the first encrypts). Re-read on SIGHUP.
-    #[arg(long, value_name = "FILE", global = true)]
-    ticket_key_file: Vec<String>,
-    /// TLS 1.3 tickets sent after a full handshake.
-    #[arg(long, value_name = "N", global = true)]
-    tls13_tickets: Option<usize>,
-    /// Lowest TLS version: 1.2 or 1.3.
-    #[arg(long, value_name = "VERSION", global = true)]
-    min_tls: Option<String>,
-    /// Highest TLS version: 1.2 or 1.3.
-    #[arg(long, value_name = "VERSION", global = true)]
-    max_tls: Option<String>,
-    /// Cipher suites by rustls name, comma-separated, in preference order.
-    #[arg(long, value_name = "LIST", value_delimiter = ',', global = true)]
-    ciphers: Vec<String>,
-    /// Key exchange groups, comma-separated (default
-    /// X25519MLKEM768,X25519,secp256r1,secp384r1).
-    #[arg(long, value_name = "LIST", value_delimiter = ',', global = true)]
-    groups: Vec<String>,
-    /// Pick the cipher suite in the server's order (AES-128-GCM first), not
-    /// the client's: on or off (a bare flag means on).
-    #[arg(long, value_name = "on|off", num_args = 0..=1, require_equals = true,
-          default_missing_value = "on", value_parser = clap::builder::BoolishValueParser::new(),
-          global = true)]
-    prefer_server_ciphers: Option<bool>,
-    /// ALPN protocols, comma-separated, e.g. h2,http/1.1.
-    #[arg(long, value_name = "LIST", value_delimiter = ',', global = true)]
-    alpn: Vec<String>,
-    /// CA certificates (PEM) for client certificates: turns on mutual TLS.
-    #[arg(long, value_name = "PEM", global = true)]
-    client_ca: Option<String>,
-    /// With --client-ca: required (default) or optional.
-    #[arg(long, value_name = "MODE", global = true)]
-    client_auth: Option<String>,
-    /// Unknown or missing SNI: default (serve the first certificate) or
-    /// reject (unrecognized_name alert).
-    #[arg(long, value_name = "MODE", global = true)]
-    unknown_sni: Option<String>,
-    /// Record layer after the handshake: own (ringterm's, default) or
-    /// rustls (A/B comparison, fallback).
-    #[arg(long, value_name = "LAYER", global = true)]
-    record_layer: Option<String>,
-    /// Close established connections idle this long, ms (0 = off; default 300000).
-    #[arg(long, value_name = "MS", global = true)]
-    idle_timeout: Option<u64>,
-    /// Connections per worker above which new ones are closed at once (0 = unlimited).
-    #[arg(long, value_name = "N", global = true)]
-    max_connections: Option<u64>,
-    /// On SIGTERM/SIGINT, how long open connections may finish, ms (default 30000).
-    #[arg(long, value_name = "MS", global = true)]
-    drain_timeout: Option<u64>,
-    /// Switch to this user after binding (needs root).
-    #[arg(long, value_name = "NAME", global = true)]
-    user: Option<String>,
-    /// Switch to this group after binding (default: the user's primary group).
-    #[arg(long, value_name = "NAME", global = true)]
-    group: Option<String>,
-    /// Send a PROXY protocol header to the backend: off, v1 or v2 (v2
-    /// carries ALPN, SNI and TLS facts as TLVs).
-    #[arg(long, value_name = "VERSION", global = true)]
-    proxy_protocol: Option<String>,
-    /// Expect a PROXY protocol v1/v2 header from a fronting L4 balancer.
-    #[arg(long, global = true)]
-    accept_proxy: bool,
-    /// ACME (`--acme-*`).
+    /// Every option (`ringterm::config::Settings`, declared once: flag,
+    /// TOML key, help).
     #[command(flatten)]
-    acme: ringterm::acme::AcmeArgs,
+    settings: Settings,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -236,73 +48,6 @@ enum Cmd {
     /// and CA, check the listen addresses can be bound, print a summary.
     /// Exit 0, or 64 with one line.
     Check,
-}
-
-impl Cli {
-    fn settings(&self) -> Settings {
-        Settings {
-            listen: (!self.listen.is_empty()).then(|| self.listen.clone()),
-            backend: (!self.backend.is_empty()).then(|| Files::Many(self.backend.clone())),
-            route: None,
-            backend_eject: self.backend_eject,
-            cert: (!self.cert.is_empty())
-                .then(|| CertSetting::Files(Files::Many(self.cert.clone()))),
-            key: (!self.key.is_empty()).then(|| Files::Many(self.key.clone())),
-            cert_dirs: (!self.cert_dir.is_empty()).then(|| self.cert_dir.clone()),
-            ocsp_dir: self.ocsp_dir.clone(),
-            ocsp_refresh: self.ocsp_refresh,
-            ocsp_fetch: self.ocsp_fetch.then_some(true),
-            workers: self.workers,
-            cpus: self.cpus.clone(),
-            ring_entries: self.ring_entries,
-            read_buffers: self.read_buffers,
-            sqpoll: self.sqpoll,
-            backlog: self.backlog,
-            buffer_size: self.buffer_size,
-            admin: self.admin.clone(),
-            handshake_timeout: self.handshake_timeout,
-            connect_timeout: self.connect_timeout,
-            tls12: self.no_tls12.then_some(false),
-            log_level: self.log_level.clone(),
-            log_format: self.log_format.clone(),
-            upgrade_socket: self.upgrade_socket.clone(),
-            resumption: self.resumption.clone(),
-            session_timeout: self.session_timeout,
-            session_cache_size: self.session_cache_size,
-            session_sync_interval: self.session_sync_interval,
-            session_store: self.session_store.clone(),
-            session_store_prefix: self.session_store_prefix.clone(),
-            session_store_password_file: self.session_store_password_file.clone(),
-            session_store_connect_timeout: self.session_store_connect_timeout,
-            session_store_timeout: self.session_store_timeout,
-            ticket_rotation: self.ticket_rotation,
-            ticket_key_file: (!self.ticket_key_file.is_empty())
-                .then(|| self.ticket_key_file.clone()),
-            tls13_tickets: self.tls13_tickets,
-            min_tls: self.min_tls.clone(),
-            max_tls: self.max_tls.clone(),
-            ciphers: (!self.ciphers.is_empty()).then(|| self.ciphers.clone()),
-            groups: (!self.groups.is_empty()).then(|| self.groups.clone()),
-            prefer_server_ciphers: self.prefer_server_ciphers,
-            alpn: (!self.alpn.is_empty()).then(|| self.alpn.clone()),
-            client_ca: self.client_ca.clone(),
-            client_auth: self.client_auth.clone(),
-            unknown_sni: self.unknown_sni.clone(),
-            record_layer: self.record_layer.clone(),
-            idle_timeout: self.idle_timeout,
-            max_connections: self.max_connections,
-            drain_timeout: self.drain_timeout,
-            user: self.user.clone(),
-            group: self.group.clone(),
-            proxy_protocol: self.proxy_protocol.clone(),
-            accept_proxy: self.accept_proxy.then_some(true),
-            access_log: self.access_log.clone(),
-            access_log_format: self.access_log_format.clone(),
-            health_check_interval: self.health_check_interval,
-            frontend: None,
-            acme: self.acme.settings(),
-        }
-    }
 }
 
 fn main() -> ExitCode {
@@ -329,22 +74,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn read_file(flag: &str, path: &str) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("{flag} {path}: {e}"))
-}
-
-fn allowed_cpus() -> Vec<usize> {
-    let mut cpus: Vec<usize> = core_affinity::get_core_ids()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|c| c.id)
-        .collect();
-    if cpus.is_empty() {
-        cpus.push(0);
-    }
-    cpus
-}
-
 fn run(cli: Cli) -> Result<(), String> {
     let mode = match cli.cmd {
         Some(Cmd::Demo) => Mode::Demo,
@@ -353,12 +82,9 @@ fn run(cli: Cli) -> Result<(), String> {
         None if cli.demo => Mode::Demo,
         None => Mode::Serve,
     };
-    let mut layered = load_layered(&cli)?;
+    let mut layered = config_file::load_layered(cli.config.as_deref(), cli.settings.clone())?;
     let settings = &mut layered.settings;
-    init_logging(
-        settings.log_level.as_deref().unwrap_or("info"),
-        settings.log_format.as_deref().unwrap_or("text"),
-    )?;
+    init_logging(&settings.log_level(), &settings.log_format())?;
 
     if mode == Mode::Backend {
         let addr = settings
@@ -385,16 +111,16 @@ fn run(cli: Cli) -> Result<(), String> {
     let generated = if mode == Mode::Demo {
         let backend = ringterm::rt::demo::start(([127, 0, 0, 1], 0).into())
             .map_err(|e| format!("demo backend: {e}"))?;
-        settings.backend = Some(Files::One(backend.to_string()));
+        settings.backend = Some(vec![backend.to_string()]);
         if settings.listen.is_none() {
             settings.listen = Some(vec!["127.0.0.1:8443".to_owned()]);
         }
         settings
             .cert
-            .get_or_insert_with(|| CertSetting::Files(Files::One("(generated)".to_owned())));
+            .get_or_insert_with(|| vec![CertEntry::from("(generated)")]);
         settings
             .key
-            .get_or_insert_with(|| Files::One("(generated)".to_owned()));
+            .get_or_insert_with(|| vec!["(generated)".to_owned()]);
         Some(tls::generate_self_signed(&["localhost", "127.0.0.1"]).map_err(|e| e.to_string())?)
     } else {
         None
@@ -408,7 +134,7 @@ fn run(cli: Cli) -> Result<(), String> {
             format!("{cert}{key}").into_bytes(),
         );
     }
-    let config = layered.validate(&allowed_cpus())?;
+    let config = layered.validate(&config_file::allowed_cpus())?;
     let ticketer = if config.resumption.uses_tickets() {
         let lifetime = config.session_timeout_s.min(u32::MAX as u64) as u32;
         Some(ringterm::rt::ticket_keys::ticketer(
@@ -451,7 +177,7 @@ fn run(cli: Cli) -> Result<(), String> {
     } else {
         let cli = cli.clone();
         Some(Box::new(move || {
-            load_layered(&cli).and_then(|l| l.validate(&allowed_cpus()))
+            config_file::load(cli.config.as_deref(), cli.settings.clone())
         }))
     };
     if let Some(acme) = &config.acme {
@@ -465,9 +191,10 @@ fn run(cli: Cli) -> Result<(), String> {
     }
     let fetched = files.fetched.clone();
     let reloader = Arc::new(
-        TlsReloader::new(&config, files, resumption, None).map_err(|e| load_error(&layered, e))?,
+        TlsReloader::new(&config, files, resumption, None)
+            .map_err(|e| config_file::load_error(&layered, e))?,
     );
-    if config.ocsp_fetch {
+    if config.settings.ocsp_fetch() {
         ringterm::rt::ocsp_fetch::spawn(reloader.clone(), fetched)
             .map_err(|e| format!("--ocsp-fetch: fetch thread: {e}"))?;
     }
@@ -480,7 +207,7 @@ fn run(cli: Cli) -> Result<(), String> {
         if config.ticket_key_files.is_empty() {
             ringterm::rt::ticket_keys::start_rotation(
                 t.clone(),
-                std::time::Duration::from_secs(config.ticket_rotation_s),
+                std::time::Duration::from_secs(config.settings.ticket_rotation()),
             )
             .map_err(|e| format!("--ticket-rotation: {e}"))?;
         }
@@ -505,7 +232,7 @@ fn run(cli: Cli) -> Result<(), String> {
         ),
         took_over,
     );
-    let drain_timeout = std::time::Duration::from_millis(config.drain_timeout_ms);
+    let drain_timeout = std::time::Duration::from_millis(config.settings.drain_timeout());
     let alog_hup = server.access_log.clone();
     let live_hub = server.live.clone();
     let config_reloader = config_source.map(|source| {
@@ -527,7 +254,7 @@ fn run(cli: Cli) -> Result<(), String> {
         match &config_reloader {
             Some(r) => match r.reload() {
                 Ok(o) => {
-                    set_log_level(&r.current().log_level);
+                    set_log_level(&r.current().settings.log_level());
                     for w in &o.restart_needed {
                         tracing::warn!("{w}");
                     }
@@ -601,7 +328,7 @@ fn run(cli: Cli) -> Result<(), String> {
     upgrade.before_drain();
     // The drain timeout in force (a reload may have changed it).
     let drain_timeout = running
-        .map(|r| std::time::Duration::from_millis(r.current().drain_timeout_ms))
+        .map(|r| std::time::Duration::from_millis(r.current().settings.drain_timeout()))
         .unwrap_or(drain_timeout);
     drain(&server, drain_timeout);
     if let Some(l) = &server.access_log {
@@ -778,50 +505,10 @@ fn wait_for_signal(signals: Option<signal_hook::iterator::Signals>, mut handlers
     }
 }
 
-/// The config file (if any) with the flags on top.
-fn load_layered(cli: &Cli) -> Result<Layered, String> {
-    let file = match &cli.config {
-        Some(path) => Some((
-            path.clone(),
-            Settings::from_toml_bytes(path, &read_file("--config", path)?)
-                .map_err(|e| e.to_string())?,
-        )),
-        None => None,
-    };
-    let mut flags = cli.settings();
-    if !cli.route.is_empty() {
-        flags.route = Some(
-            cli.route
-                .iter()
-                .map(|r| ringterm::config::RouteSetting::parse_flag(r))
-                .collect::<Result<_, _>>()
-                .map_err(|e| e.to_string())?,
-        );
-    }
-    Ok(Layered::new(file, flags))
-}
-
-/// A loading error on one line, naming the config file and key when the
-/// file set the value, else the flag.
-fn load_error(layered: &Layered, e: LoadError) -> String {
-    match layered.source_of(e.flag) {
-        Some((file, key)) if e.path.is_empty() => format!("{file}: {key}: {}", e.message),
-        Some((file, key)) => format!("{file}: {key}: {}: {}", e.path, e.message),
-        None => e.to_string(),
-    }
-}
-
 /// `ringterm check`: everything `run` would load and bind, without
 /// serving; a summary on stdout.
 fn check(cli: &Cli) -> Result<(), String> {
-    use ringterm::rt::reload::CheckError;
-    let layered = load_layered(cli)?;
-    let config = layered.validate(&allowed_cpus())?;
-    let summary = ringterm::rt::reload::check(&config).map_err(|e| match e {
-        CheckError::Load(e) => load_error(&layered, e),
-        CheckError::Other(msg) => msg,
-    })?;
-    let source = layered.file.as_deref().unwrap_or("(flags)");
-    print!("configuration {source}: OK\n{summary}");
+    let text = config_file::check(cli.config.as_deref(), cli.settings.clone())?;
+    print!("{text}");
     Ok(())
 }

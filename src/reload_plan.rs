@@ -1,22 +1,29 @@
 //! What a reload applies and what needs a restart.
 //!
-//! A reload re-reads the whole configuration. Certificates, OCSP, the TLS
-//! policy, frontends, listen addresses, backends, routes, ejection,
-//! timeouts, the connection limit and PROXY settings apply to new
-//! connections at once. The settings below are fixed when the process
-//! starts (they size rings and buffers, pin threads, bind the admin
-//! endpoint, drop privileges, start threads): a change to one gives one
+//! A reload re-reads the whole configuration. Each option's declaration
+//! ([`crate::config::Settings`], [`crate::options`]) says whether a change
+//! to it applies at once (`live`: certificates, OCSP, the TLS policy,
+//! frontends, listen addresses, backends, routes, ejection, timeouts, the
+//! connection limit, PROXY settings) or needs a restart (`restart`: it
+//! sizes rings and buffers, pins threads, binds the admin endpoint, drops
+//! privileges, starts threads). A change to a `restart` option gives one
 //! warning naming it, and the running value stays.
+//!
+//! Generic: [`plan`] compares the two configurations' settings key by key
+//! (defaults filled in), puts each changed `restart` value back to the
+//! running one and validates the result; no option needs code here.
 //!
 //! Sans-IO: compares two validated configurations.
 
-use crate::config::Config;
+use crate::config::{Config, Settings};
+use crate::options::Reload;
 
 /// A setting that changed but needs a restart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestartNeeded {
-    /// The flag (`--workers`).
-    pub setting: &'static str,
+    /// The flag (`--workers`), or the TOML key of an option without one
+    /// (`acme`).
+    pub setting: String,
     /// The running value.
     pub old: String,
     /// The value in the new configuration.
@@ -33,177 +40,79 @@ impl std::fmt::Display for RestartNeeded {
     }
 }
 
-fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
+/// A setting's value for messages: `off` when unset (and without a
+/// default), lists comma-separated, tables as compact JSON.
+fn show(v: &serde_json::Value) -> String {
+    use serde_json::Value;
     match v {
-        Some(v) => v.to_string(),
-        None => "off".to_owned(),
+        Value::Null => "off".to_owned(),
+        Value::String(s) => s.clone(),
+        Value::Array(items) if items.is_empty() => "none".to_owned(),
+        Value::Array(items) => items.iter().map(show).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
     }
 }
 
-fn list<T: std::fmt::Display>(v: &[T]) -> String {
-    if v.is_empty() {
-        return "none".to_owned();
+/// The settings as a map from TOML key to value.
+fn keys(s: &Settings) -> serde_json::Map<String, serde_json::Value> {
+    match serde_json::to_value(s) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
     }
-    v.iter()
-        .map(|x| x.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
 }
-
-/// The settings (TOML keys) a reload applies.
-pub const LIVE: &[&str] = &[
-    "listen",
-    "backend",
-    "route",
-    "backend-eject",
-    "cert",
-    "key",
-    "cert-dirs",
-    "ocsp-dir",
-    "ocsp-refresh",
-    "handshake-timeout",
-    "connect-timeout",
-    "tls12",
-    "min-tls",
-    "max-tls",
-    "ciphers",
-    "groups",
-    "prefer-server-ciphers",
-    "alpn",
-    "client-ca",
-    "client-auth",
-    "unknown-sni",
-    "record-layer",
-    "idle-timeout",
-    "max-connections",
-    "proxy-protocol",
-    "accept-proxy",
-    "drain-timeout",
-    "log-level",
-    "frontend",
-];
-
-/// The settings (TOML keys) that need a restart: [`plan`] keeps each at
-/// its running value and names it when it changed.
-pub const RESTART: &[&str] = &[
-    "workers",
-    "cpus",
-    "ring-entries",
-    "read-buffers",
-    "sqpoll",
-    "backlog",
-    "buffer-size",
-    "admin",
-    "user",
-    "group",
-    "log-format",
-    "upgrade-socket",
-    "resumption",
-    "session-timeout",
-    "session-cache-size",
-    "session-sync-interval",
-    "session-store",
-    "session-store-prefix",
-    "session-store-password-file",
-    "session-store-connect-timeout",
-    "session-store-timeout",
-    "ticket-rotation",
-    "ticket-key-file",
-    "tls13-tickets",
-    "ocsp-fetch",
-    "access-log",
-    "access-log-format",
-    "health-check-interval",
-    "acme",
-];
 
 /// The configuration a reload runs with — `new`, with every setting that
 /// needs a restart kept at its running value in `old` — and one
-/// [`RestartNeeded`] per such setting that changed.
-pub fn plan(old: &Config, new: &Config) -> (Config, Vec<RestartNeeded>) {
-    let mut out = new.clone();
+/// [`RestartNeeded`] per such setting that changed. An error when `new`
+/// with the running values put back does not validate (a new value that
+/// applies live depends on one that needs a restart).
+pub fn plan(old: &Config, new: &Config) -> Result<(Config, Vec<RestartNeeded>), String> {
+    let was = keys(&old.settings.clone().with_defaults());
+    let now = keys(&new.settings.clone().with_defaults());
+    let running = keys(&old.settings);
+    let mut patched = keys(&new.settings);
     let mut warnings = Vec::new();
-    let mut check = |setting: &'static str, o: String, n: String| {
-        if o != n {
-            warnings.push(RestartNeeded {
-                setting,
-                old: o,
-                new: n,
-            });
-        }
-    };
-    // Worker count and pinning: one warning, the one that changed.
-    if old.workers() != new.workers() {
-        check(
-            "--workers",
-            old.workers().to_string(),
-            new.workers().to_string(),
+    let null = serde_json::Value::Null;
+    for o in Settings::OPTIONS
+        .iter()
+        .filter(|o| o.reload == Reload::Restart)
+    {
+        let key = o.key();
+        let (a, b) = (
+            was.get(&key).unwrap_or(&null),
+            now.get(&key).unwrap_or(&null),
         );
-    } else {
-        check("--cpus", list(&old.pins), list(&new.pins));
+        if a != b {
+            warnings.push(RestartNeeded {
+                setting: o.name(),
+                old: show(a),
+                new: show(b),
+            });
+            patched.insert(key.clone(), running.get(&key).unwrap_or(&null).clone());
+        }
     }
-    out.pins = old.pins.clone();
-    macro_rules! keep {
-        ($flag:literal, $field:ident, $fmt:expr) => {
-            check($flag, $fmt(&old.$field), $fmt(&new.$field));
-            out.$field = old.$field.clone();
-        };
-    }
-    let plain = |v: &dyn std::fmt::Display| v.to_string();
-    keep!("--ring-entries", ring_entries, |v: &u32| plain(v));
-    keep!("--read-buffers", read_buffers, |v: &u16| plain(v));
-    keep!("--sqpoll", sqpoll_idle_ms, opt);
-    keep!("--backlog", backlog, |v: &u32| plain(v));
-    keep!("--buffer-size", buffer_size, |v: &usize| plain(v));
-    keep!("--admin", admin, opt);
-    keep!("--user", user, opt);
-    keep!("--group", group, opt);
-    keep!("--log-format", log_format, |v: &String| v.clone());
-    keep!("--upgrade-socket", upgrade_socket, opt);
-    keep!(
-        "--resumption",
-        resumption,
-        |v: &crate::config::Resumption| { format!("{v:?}").to_ascii_lowercase() }
-    );
-    keep!("--session-timeout", session_timeout_s, |v: &u64| plain(v));
-    keep!("--session-cache-size", session_cache_size, |v: &usize| {
-        plain(v)
-    });
-    keep!(
-        "--session-sync-interval",
-        session_sync_interval_ms,
-        |v: &u64| plain(v)
-    );
-    keep!("--session-store", session_store, |v: &Option<
-        crate::config::StoreSpec,
-    >| match v {
-        Some(s) => format!("{s:?}"),
-        None => "off".to_owned(),
-    });
-    keep!("--ticket-rotation", ticket_rotation_s, |v: &u64| plain(v));
-    keep!("--ticket-key-file", ticket_key_files, |v: &Vec<String>| {
-        list(v)
-    });
-    keep!("--tls13-tickets", tls13_tickets, |v: &usize| plain(v));
-    keep!("--ocsp-fetch", ocsp_fetch, |v: &bool| plain(v));
-    keep!("--access-log", access_log, opt);
-    keep!("--access-log-format", access_log_json, |v: &bool| if *v {
-        "json".to_owned()
+    let mut run = if warnings.is_empty() {
+        new.clone()
     } else {
-        "text".to_owned()
-    });
-    keep!(
-        "--health-check-interval",
-        health_check_interval_ms,
-        |v: &u64| plain(v)
-    );
-    (out, warnings)
+        let mut settings: Settings = serde_json::from_value(serde_json::Value::Object(patched))
+            .map_err(|e| format!("reload: {e}"))?;
+        settings.acme_flags = new.settings.acme_flags.clone();
+        // The pins stay (below): any CPU either configuration uses will do
+        // for validating.
+        let mut cpus: Vec<usize> = old.pins.iter().chain(&new.pins).copied().collect();
+        cpus.sort_unstable();
+        cpus.dedup();
+        settings.validate(&cpus).map_err(|e| {
+            format!("reload: the new configuration with the running values of the settings that need a restart: {e}")
+        })?
+    };
+    run.pins = old.pins.clone();
+    Ok((run, warnings))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Settings;
 
     fn config(extra: &str) -> Config {
         let text = format!(
@@ -222,7 +131,7 @@ mod tests {
             "workers = 2\nbackend-eject = 5\nalpn = [\"h2\"]\nidle-timeout = 5\nmax-connections = 9\n\
              [[route]]\nnames = [\"a.example\"]\nbackends = [\"127.0.0.1:3\"]\n",
         );
-        let (run, warnings) = plan(&old, &new);
+        let (run, warnings) = plan(&old, &new).unwrap();
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(run, new);
     }
@@ -233,7 +142,7 @@ mod tests {
         let new = config(
             "workers = 8\nbuffer-size = 65536\nring-entries = 64\nadmin = \"127.0.0.1:9\"\nbackend-eject = 7",
         );
-        let (run, warnings) = plan(&old, &new);
+        let (run, warnings) = plan(&old, &new).unwrap();
         let lines: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
         assert_eq!(
             lines,
@@ -250,12 +159,39 @@ mod tests {
         assert_eq!(run.admin, None);
         // What applies live still does.
         assert_eq!(run.routes.eject_ms, 7);
+        // A default written out is no change.
+        let (_, w) = plan(
+            &config(""),
+            &config("ring-entries = 1024\nlog-format = \"text\""),
+        )
+        .unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        // Options without a flag are named by their key; lists read as lists.
+        let (run, w) = plan(
+            &config("ticket-key-file = [\"a\"]\nresumption = \"tickets\""),
+            &config(
+                "ticket-key-file = [\"a\", \"b\"]\nresumption = \"tickets\"\n\
+                 [acme]\ndomains = [\"a.test\"]\naccept-tos = true\n",
+            ),
+        )
+        .unwrap();
+        let lines: Vec<String> = w.iter().map(|w| w.to_string()).collect();
+        assert_eq!(
+            lines[0],
+            "reload: --ticket-key-file changed (a -> a,b): needs a restart, keeping a"
+        );
+        assert!(
+            lines[1].starts_with("reload: acme changed (off -> "),
+            "{lines:?}"
+        );
+        assert_eq!(run.ticket_key_files, vec!["a".to_owned()]);
+        assert_eq!(run.acme, None);
     }
 
-    /// Every setting is either applied by a reload or named when it needs
-    /// a restart: a new option must be put in one of the two lists (and,
-    /// when it needs a restart, kept in [`plan`]), so that no change is
-    /// ever ignored silently.
+    /// Every setting is declared either `live` (applied by a reload) or
+    /// `restart` (named when it changed), so that no change is ever
+    /// ignored silently: the declaration macro requires one of the two,
+    /// and every TOML key is a declared option.
     #[test]
     fn every_setting_is_live_or_needs_a_restart() {
         let serde_json::Value::Object(keys) = serde_json::to_value(Settings::default()).unwrap()
@@ -263,19 +199,23 @@ mod tests {
             panic!("settings serialize to a map");
         };
         for key in keys.keys() {
-            let live = LIVE.contains(&key.as_str());
-            let restart = RESTART.contains(&key.as_str());
             assert!(
-                live ^ restart,
-                "setting {key:?} must be in exactly one of reload_plan::LIVE and RESTART"
+                Settings::OPTIONS.iter().any(|o| o.key() == *key),
+                "setting {key:?} is not a declared option"
             );
         }
-        assert_eq!(LIVE.len() + RESTART.len(), keys.len());
+        assert_eq!(Settings::OPTIONS.len(), keys.len());
+        let restart = |k: &str| {
+            Settings::OPTIONS
+                .iter()
+                .any(|o| o.key() == k && o.reload == Reload::Restart)
+        };
+        assert!(restart("workers") && restart("acme") && !restart("cert"));
     }
 
     #[test]
     fn pinning_alone_names_cpus() {
-        let (_, w) = plan(&config("cpus = \"0,1\""), &config("cpus = \"2,3\""));
+        let (_, w) = plan(&config("cpus = \"0,1\""), &config("cpus = \"2,3\"")).unwrap();
         assert_eq!(w.len(), 1);
         assert_eq!(w[0].setting, "--cpus");
         assert_eq!(w[0].old, "0,1");

@@ -279,9 +279,9 @@ fn loader_rejects_stale_response_once() {
     pki.response("leaf.pem", "1001", "V", "ca", "ocsp/chain.pem.ocsp");
     let config = ringterm::config::Settings {
         listen: Some(vec!["127.0.0.1:0".into()]),
-        backend: Some("127.0.0.1:9".into()),
-        cert: Some(pki.path("chain.pem").to_str().unwrap().into()),
-        key: Some(pki.path("leaf.key").to_str().unwrap().into()),
+        backend: Some(vec!["127.0.0.1:9".into()]),
+        cert: Some(vec![pki.path("chain.pem").to_str().unwrap().into()]),
+        key: Some(vec![pki.path("leaf.key").to_str().unwrap().into()]),
         ocsp_dir: Some(ocsp_dir.display().to_string()),
         ..Default::default()
     }

@@ -426,7 +426,7 @@ impl ConfigReloader {
     fn try_reload(&self) -> Result<ReloadOutcome, String> {
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         let new = (self.source)()?;
-        let (run, restart_needed) = reload_plan::plan(&current, &new);
+        let (run, restart_needed) = reload_plan::plan(&current, &new)?;
         // Everything that can fail, before anything changes.
         let tables = run
             .frontends

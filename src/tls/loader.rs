@@ -657,7 +657,7 @@ mod tests {
     fn config(settings: crate::config::Settings) -> Config {
         crate::config::Settings {
             listen: Some(vec!["127.0.0.1:0".into()]),
-            backend: Some("127.0.0.1:9".into()),
+            backend: Some(vec!["127.0.0.1:9".into()]),
             ..settings
         }
         .validate(&[0])
@@ -761,9 +761,7 @@ mod tests {
         mem.0.insert("/b.key".into(), key_only.clone().into_bytes());
         mem.0.insert("/ca-is-key.pem".into(), key_only.into_bytes());
         let c = config(crate::config::Settings {
-            cert: Some(crate::config::CertSetting::Files(
-                crate::config::Files::Many(vec!["/c.pem".into(), "/b.pem".into()]),
-            )),
+            cert: Some(vec!["/c.pem".into(), "/b.pem".into()]),
             key: None,
             ..Default::default()
         });
@@ -772,7 +770,7 @@ mod tests {
         assert!(err.message.contains("no private key"), "{err}");
 
         let c = config(crate::config::Settings {
-            cert: Some("/c.pem".into()),
+            cert: Some(vec!["/c.pem".into()]),
             client_ca: Some("/ca-is-key.pem".into()),
             ..Default::default()
         });
@@ -816,7 +814,7 @@ mod tests {
         mem.0.insert("/c.pem".into(), combined("a.test"));
         mem.0.insert("/o/c.pem.ocsp".into(), b"not DER".to_vec());
         let c = config(crate::config::Settings {
-            cert: Some("/c.pem".into()),
+            cert: Some(vec!["/c.pem".into()]),
             ocsp_dir: Some("/elsewhere".into()),
             ..Default::default()
         });
@@ -827,7 +825,7 @@ mod tests {
             Some("/elsewhere/c.pem.ocsp")
         );
         let c = config(crate::config::Settings {
-            cert: Some("/c.pem".into()),
+            cert: Some(vec!["/c.pem".into()]),
             ocsp_dir: Some("/o".into()),
             ..Default::default()
         });

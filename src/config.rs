@@ -653,7 +653,6 @@ impl Settings {
             .first()
             .cloned()
             .ok_or(ConfigError::Missing("--backend"))?;
-        let ocsp_refresh_s = self.ocsp_refresh();
         let crate::frontend::Frontend {
             routes,
             certs,
@@ -687,18 +686,8 @@ impl Settings {
         // share CPUs round-robin, fewer use the first ones.
         let pins = (0..workers).map(|i| cpus[i % cpus.len()]).collect();
 
-        let ring_entries = self.ring_entries();
-        let read_buffers = self.read_buffers();
-        let backlog = self.backlog();
-        let buffer_size = self.buffer_size();
-        let handshake_timeout_ms = self.handshake_timeout();
-        let connect_timeout_ms = self.connect_timeout();
         let resumption = Resumption::parse(&self.resumption())?;
-        let session_timeout_s = self.session_timeout();
-        let session_cache_size = self.session_cache_size();
-        let session_sync_interval_ms = self.session_sync_interval();
         let session_store = validate_store(&self, &resumption)?;
-        let tls13_tickets = self.tls13_tickets();
         let ticket_key_files = self.ticket_key_file.clone().unwrap_or_default();
         if !ticket_key_files.is_empty() && !resumption.uses_tickets() {
             return Err(range(
@@ -724,41 +713,25 @@ impl Settings {
             Some(v) => Some(v.to_owned()),
         };
         let access_log_json = self.access_log_format() == "json";
-        let health_check_interval_ms = self.health_check_interval();
         Ok(Config {
             settings,
             acme,
             access_log,
             access_log_json,
-            health_check_interval_ms,
             proxy_protocol,
             accept_proxy,
             frontends,
-            idle_timeout_ms: self.idle_timeout(),
-            max_connections: self.max_connections(),
             resumption,
-            session_timeout_s,
-            session_cache_size,
-            session_sync_interval_ms,
             session_store,
             ticket_key_files,
-            tls13_tickets,
             listen,
             backend,
             routes,
             certs,
             cert_dirs,
-            ocsp_refresh_s,
             tls,
             pins,
-            ring_entries,
-            read_buffers: read_buffers as u16,
-            sqpoll_idle_ms: self.sqpoll,
-            backlog,
-            buffer_size,
             admin,
-            handshake_timeout_ms,
-            connect_timeout_ms,
             ocsp_dir: self.ocsp_dir,
             user: self.user,
             group: self.group,
@@ -881,46 +854,18 @@ pub struct Config {
     pub cert_dirs: Vec<String>,
     /// Folder of OCSP responses (`<cert file name>.ocsp`).
     pub ocsp_dir: Option<String>,
-    /// Period of the OCSP re-check, seconds.
-    pub ocsp_refresh_s: u64,
     /// The TLS policy.
     pub tls: TlsSettingsValid,
     /// The CPU each worker is pinned to; its length is the worker count.
     pub pins: Vec<usize>,
-    /// io_uring submission queue entries per worker.
-    pub ring_entries: u32,
-    /// Provided read buffers per worker.
-    pub read_buffers: u16,
-    /// SQPOLL idle time in ms, when SQPOLL is on.
-    pub sqpoll_idle_ms: Option<u32>,
-    /// Listen backlog.
-    pub backlog: u32,
-    /// Relay buffer size per direction.
-    pub buffer_size: usize,
     /// Admin listener.
     pub admin: Option<SocketAddr>,
-    /// Handshake timeout in ms.
-    pub handshake_timeout_ms: u64,
-    /// Backend connect timeout in ms.
-    pub connect_timeout_ms: u64,
     /// How sessions are resumed.
     pub resumption: Resumption,
-    /// Session lifetime, seconds.
-    pub session_timeout_s: u64,
-    /// Session cache entries per worker.
-    pub session_cache_size: usize,
-    /// Cross-core sync interval, ms.
-    pub session_sync_interval_ms: u64,
     /// The L2 session store, if any.
     pub session_store: Option<StoreSpec>,
     /// Ticket key files; empty means random keys, rotated.
     pub ticket_key_files: Vec<String>,
-    /// TLS 1.3 tickets per full handshake.
-    pub tls13_tickets: usize,
-    /// Idle timeout of established connections in ms; 0 = off.
-    pub idle_timeout_ms: u64,
-    /// Connections per worker above which new ones are closed; 0 = unlimited.
-    pub max_connections: u64,
     /// User to switch to after binding.
     pub user: Option<String>,
     /// Group to switch to after binding.
@@ -931,8 +876,6 @@ pub struct Config {
     pub access_log: Option<String>,
     /// Access log lines in JSON (else text).
     pub access_log_json: bool,
-    /// Active health check interval, ms; 0 = off.
-    pub health_check_interval_ms: u64,
     /// Expect a PROXY protocol header (v1 or v2) before the ClientHello.
     pub accept_proxy: bool,
     /// Every frontend (at least one). `listen` is all their addresses; the
@@ -1524,8 +1467,8 @@ mod tests {
     fn defaults_fill_in() {
         let c = base().validate(&[0, 1]).unwrap();
         assert_eq!(c.pins, vec![0, 1]);
-        assert_eq!(c.ring_entries, DEFAULT_RING_ENTRIES);
-        assert_eq!(c.buffer_size, DEFAULT_BUFFER_SIZE);
+        assert_eq!(c.settings.ring_entries(), DEFAULT_RING_ENTRIES);
+        assert_eq!(c.settings.buffer_size(), DEFAULT_BUFFER_SIZE);
         assert!(c.tls.tls12 && c.tls.tls13);
     }
 
@@ -1595,7 +1538,7 @@ mod tests {
     fn resumption_settings() {
         let c = base().validate(&[0]).unwrap();
         assert_eq!(c.resumption, Resumption::Cache);
-        assert_eq!(c.session_timeout_s, DEFAULT_SESSION_TIMEOUT_S);
+        assert_eq!(c.settings.session_timeout(), DEFAULT_SESSION_TIMEOUT_S);
         let mut s = base();
         s.resumption = Some("sometimes".into());
         assert!(s
@@ -1628,8 +1571,8 @@ mod tests {
     #[test]
     fn edge_settings() {
         let c = base().validate(&[0]).unwrap();
-        assert_eq!(c.idle_timeout_ms, DEFAULT_IDLE_TIMEOUT_MS);
-        assert_eq!(c.max_connections, 0);
+        assert_eq!(c.settings.idle_timeout(), DEFAULT_IDLE_TIMEOUT_MS);
+        assert_eq!(c.settings.max_connections(), 0);
         assert_eq!(c.settings.drain_timeout(), DEFAULT_DRAIN_TIMEOUT_MS);
         assert_eq!(c.user, None);
         for (field, flag) in [
@@ -1659,8 +1602,8 @@ mod tests {
         )
         .unwrap();
         let c = base().merge(file).validate(&[0]).unwrap();
-        assert_eq!(c.idle_timeout_ms, 0);
-        assert_eq!(c.max_connections, 10);
+        assert_eq!(c.settings.idle_timeout(), 0);
+        assert_eq!(c.settings.max_connections(), 10);
         assert_eq!(c.settings.drain_timeout(), 500);
         assert_eq!(c.user.as_deref(), Some("nobody"));
         assert_eq!(c.group.as_deref(), Some("nogroup"));

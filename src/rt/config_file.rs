@@ -92,7 +92,7 @@ mod tests {
             ..Settings::default()
         };
         let c = load(Some(p), flags).unwrap();
-        assert_eq!(c.ring_entries, 64);
+        assert_eq!(c.settings.ring_entries(), 64);
         // `check` reads the certificate: its error names the file and key,
         // and the path is taken from the file's folder.
         let cert = dir.path().join("c.pem");

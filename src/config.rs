@@ -1432,7 +1432,7 @@ mod tests {
         assert_eq!(s.route.as_ref().unwrap()[0].names, vec!["x.test"]);
         assert_eq!(s.alpn, Some(vec!["h2".to_owned(), "http/1.1".to_owned()]));
         assert_eq!(s.ring_entries, Some(64));
-        assert_eq!(s.acme_flags.acme_domain, vec!["a.test".to_owned()]);
+        assert_eq!(s.acme_flags.domains, Some(vec!["a.test".to_owned()]));
         assert_eq!(p(&["--sqpoll=5"]).unwrap().sqpoll, Some(5));
         let off = p(&["--prefer-server-ciphers=off"]).unwrap();
         assert_eq!(off.prefer_server_ciphers, Some(false));

@@ -739,6 +739,35 @@ impl Settings {
     }
 }
 
+/// The 1-based line and column of each top-level key's value in the
+/// TOML `text` (of a table's key, for `[table]` and `[[table]]`), for
+/// error lines that name them ([`Layered::with_positions`]). Empty when
+/// the text does not parse.
+pub fn toml_positions(text: &str) -> Vec<(String, usize, usize)> {
+    type Spanned<T> = toml::Spanned<T>;
+    let Ok(map) =
+        toml::from_str::<std::collections::BTreeMap<Spanned<String>, Spanned<toml::Value>>>(text)
+    else {
+        return Vec::new();
+    };
+    map.iter()
+        .map(|(k, v)| {
+            let at = if v.get_ref().is_table() || is_array_of_tables(v.get_ref()) {
+                k.span().start
+            } else {
+                v.span().start
+            };
+            let (line, col) = line_col(text, at);
+            (k.get_ref().clone(), line, col)
+        })
+        .collect()
+}
+
+fn is_array_of_tables(v: &toml::Value) -> bool {
+    v.as_array()
+        .is_some_and(|a| !a.is_empty() && a.iter().all(toml::Value::is_table))
+}
+
 /// 1-based line and column of byte `offset` in `text`.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
@@ -762,6 +791,8 @@ pub struct Layered {
     /// The config file, if any.
     pub file: Option<String>,
     from_file: Vec<String>,
+    /// Where each key's value is in the file ([`toml_positions`]).
+    positions: Vec<(String, usize, usize)>,
 }
 
 impl Layered {
@@ -782,14 +813,33 @@ impl Layered {
                     settings: settings.merge(flags),
                     file: Some(name),
                     from_file,
+                    positions: Vec::new(),
                 }
             }
             None => Self {
                 settings: flags,
                 file: None,
                 from_file: Vec::new(),
+                positions: Vec::new(),
             },
         }
+    }
+
+    /// The file's text, so that errors about a value it set name the
+    /// line and column too (`FILE:LINE:COL: key: ...`).
+    pub fn with_positions(mut self, text: &str) -> Self {
+        self.positions = toml_positions(text);
+        self
+    }
+
+    /// Where `flag`'s value was set, when the config file set it:
+    /// `FILE:LINE:COL: key` (`FILE: key` when its place is unknown).
+    pub fn place_of(&self, flag: &str) -> Option<String> {
+        let (file, key) = self.source_of(flag)?;
+        Some(match self.positions.iter().find(|(k, ..)| k == key) {
+            Some((_, line, col)) => format!("{file}:{line}:{col}: {key}"),
+            None => format!("{file}: {key}"),
+        })
     }
 
     /// Validates the merged settings; an error about a value the file set
@@ -828,11 +878,11 @@ impl Layered {
         Some((file, key))
     }
 
-    /// One error line about the setting of `flag`: `FILE: key: message`
-    /// when the config file set it, `--flag: message` otherwise.
+    /// One error line about the setting of `flag`: `FILE:LINE:COL: key:
+    /// message` when the config file set it, `--flag: message` otherwise.
     pub fn blame(&self, flag: &str, message: &str) -> String {
-        match self.source_of(flag) {
-            Some((file, key)) => format!("{file}: {key}: {message}"),
+        match self.place_of(flag) {
+            Some(place) => format!("{place}: {message}"),
             None => format!("{flag}: {message}"),
         }
     }
@@ -1618,6 +1668,23 @@ mod tests {
             err,
             "--log-level: info\\nERROR forged must be one of error, warn, info, debug, trace, off"
         );
+    }
+
+    #[test]
+    fn toml_positions_of_values_and_tables() {
+        let text = "workers = 2\nring-entries =  100\nlisten = [\"a\"]\n[acme]\ndomains = [\"x\"]\n[[frontend]]\nname = \"a\"\n";
+        let p = toml_positions(text);
+        let at = |k: &str| {
+            p.iter()
+                .find(|(key, ..)| key == k)
+                .map(|(_, l, c)| (*l, *c))
+        };
+        assert_eq!(at("workers"), Some((1, 11)));
+        assert_eq!(at("ring-entries"), Some((2, 17)));
+        assert_eq!(at("listen"), Some((3, 10)));
+        assert_eq!(at("acme"), Some((4, 2)));
+        assert_eq!(at("frontend"), Some((6, 3)));
+        assert!(toml_positions("x = ").is_empty());
     }
 
     #[test]

@@ -134,7 +134,7 @@ crate::settings! {
         /// certificate file (re-read on SIGHUP and every --ocsp-refresh s).
         #[arg(value_name = "DIR")]
         ocsp_dir: String => "ocsp-dir", live + path;
-        /// OCSP re-check period, seconds (default 3600).
+        /// OCSP re-check period, seconds.
         #[arg(value_name = "SECS")]
         ocsp_refresh: u64 => "ocsp-refresh", live,
             default DEFAULT_OCSP_REFRESH_S,
@@ -199,7 +199,7 @@ crate::settings! {
             default "info",
             check |v| ["error", "warn", "info", "debug", "trace", "off"].contains(&v.as_str())
                 => "must be one of error, warn, info, debug, trace, off";
-        /// Log line format: text (default) or json (one object a line).
+        /// Log line format: text or json (one object a line).
         #[arg(value_name = "FORMAT")]
         log_format: String => "log-format", restart,
             default "text",
@@ -247,7 +247,7 @@ crate::settings! {
         session_store_connect_timeout: u64 => "session-store-connect-timeout", restart,
             default DEFAULT_STORE_CONNECT_TIMEOUT_MS,
             check |v| (1..=60_000).contains(v) => "must be from 1 to 60000 ms";
-        /// How long a handshake waits for a session store lookup, ms (default 5).
+        /// How long a handshake waits for a session store lookup, ms.
         #[arg(value_name = "MS")]
         session_store_timeout: u64 => "session-store-timeout", restart,
             default DEFAULT_STORE_TIMEOUT_MS,
@@ -301,7 +301,7 @@ crate::settings! {
         /// rustls (A/B comparison, fallback).
         #[arg(value_name = "LAYER")]
         record_layer: String => "record-layer", live;
-        /// Close established connections idle this long, ms (0 = off; default 300000).
+        /// Close established connections idle this long, ms (0 = off).
         #[arg(value_name = "MS")]
         idle_timeout: u64 => "idle-timeout", live,
             default DEFAULT_IDLE_TIMEOUT_MS,
@@ -311,7 +311,7 @@ crate::settings! {
         max_connections: u64 => "max-connections", live,
             default 0u64,
             check |v| *v <= 10_000_000 => "must be from 0 (unlimited) to 10000000 per worker";
-        /// On SIGTERM/SIGINT, how long open connections may finish, ms (default 30000).
+        /// On SIGTERM/SIGINT, how long open connections may finish, ms.
         #[arg(value_name = "MS")]
         drain_timeout: u64 => "drain-timeout", live,
             default DEFAULT_DRAIN_TIMEOUT_MS,
@@ -334,14 +334,14 @@ crate::settings! {
         /// SIGHUP and SIGUSR1, for logrotate) or off (default).
         #[arg(value_name = "stderr|FILE|off")]
         access_log: String => "access-log", restart;
-        /// Access log line format: json (default) or text (key=value).
+        /// Access log line format: json or text (key=value).
         #[arg(value_name = "FORMAT")]
         access_log_format: String => "access-log-format", restart,
             default "json",
             check |v| ["json", "text"].contains(&v.as_str()) => "must be json or text";
         /// Active backend health checks: a TCP (or UNIX) connect to every
         /// backend each MS; down after 3 failures, up after 2 successes.
-        /// 0 = off (default).
+        /// 0 = off.
         #[arg(value_name = "MS")]
         health_check_interval: u64 => "health-check-interval", restart,
             default 0u64,
@@ -1667,6 +1667,32 @@ mod tests {
         assert_eq!(
             err,
             "--log-level: info\\nERROR forged must be one of error, warn, info, debug, trace, off"
+        );
+    }
+
+    #[test]
+    fn help_shows_declared_defaults_only() {
+        use clap::Args;
+        let mut cmd = Settings::show_defaults(Settings::augment_args(clap::Command::new("t")));
+        let help = cmd.render_long_help().to_string();
+        let after = |flag: &str| {
+            let at = help
+                .find(flag)
+                .unwrap_or_else(|| panic!("{flag} in {help}"));
+            help[at..].split("\n      --").next().unwrap().to_owned()
+        };
+        assert!(
+            after("--ring-entries ").contains("[default: 1024]"),
+            "{help}"
+        );
+        assert!(after("--log-level ").contains("[default: info]"));
+        assert!(!after("--workers ").contains("[default:"));
+        assert!(!after("--ocsp-fetch").contains("[default:"));
+        // Only the help: nothing looks set.
+        let m = cmd.try_get_matches_from(["t"]).unwrap();
+        assert_eq!(
+            <Settings as clap::FromArgMatches>::from_arg_matches(&m).unwrap(),
+            Settings::default()
         );
     }
 

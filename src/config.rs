@@ -750,7 +750,8 @@ pub fn toml_positions(text: &str) -> Vec<(String, usize, usize)> {
     else {
         return Vec::new();
     };
-    map.iter()
+    let mut out: Vec<(String, usize, usize)> = map
+        .iter()
         .map(|(k, v)| {
             let at = if v.get_ref().is_table() || is_array_of_tables(v.get_ref()) {
                 k.span().start
@@ -760,7 +761,22 @@ pub fn toml_positions(text: &str) -> Vec<(String, usize, usize)> {
             let (line, col) = line_col(text, at);
             (k.get_ref().clone(), line, col)
         })
-        .collect()
+        .collect();
+    // The keys of each `[[frontend]]` table: `frontend.N.key` (1-based).
+    #[derive(Deserialize)]
+    struct Frontends {
+        #[serde(default)]
+        frontend: Vec<std::collections::BTreeMap<Spanned<String>, Spanned<toml::Value>>>,
+    }
+    if let Ok(f) = toml::from_str::<Frontends>(text) {
+        for (i, table) in f.frontend.iter().enumerate() {
+            for (k, v) in table {
+                let (line, col) = line_col(text, v.span().start);
+                out.push((format!("frontend.{}.{}", i + 1, k.get_ref()), line, col));
+            }
+        }
+    }
+    out
 }
 
 fn is_array_of_tables(v: &toml::Value) -> bool {
@@ -858,7 +874,13 @@ impl Layered {
                     self.blame(flag, rest)
                 }
                 None => match (&e, &self.file) {
-                    (ConfigError::Frontend { .. }, Some(file)) => format!("{file}: {e}"),
+                    (ConfigError::Frontend { index, key, .. }, Some(file)) => {
+                        let at = format!("frontend.{index}.{key}");
+                        match self.positions.iter().find(|(k, ..)| *k == at) {
+                            Some((_, line, col)) => format!("{file}:{line}:{col}: {e}"),
+                            None => format!("{file}: {e}"),
+                        }
+                    }
                     _ => e.to_string(),
                 },
             })
@@ -1710,6 +1732,7 @@ mod tests {
         assert_eq!(at("listen"), Some((3, 10)));
         assert_eq!(at("acme"), Some((4, 2)));
         assert_eq!(at("frontend"), Some((6, 3)));
+        assert_eq!(at("frontend.1.name"), Some((7, 8)));
         assert!(toml_positions("x = ").is_empty());
     }
 

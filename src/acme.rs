@@ -35,59 +35,109 @@ pub const MAX_RETRY_S: u64 = 4 * 3600;
 /// hour, so a fleet does not renew in lockstep.
 pub const MAX_JITTER_S: u64 = 3600;
 
-/// The ACME flags, flattened into the command line (through
-/// [`crate::config::Settings`]).
-#[derive(Debug, Clone, Default, PartialEq, clap::Args)]
-pub struct AcmeArgs {
+/// Declares the ACME options once each: the `--acme-*` flag
+/// ([`AcmeArgs`]) and the key of the `[acme]`/`[[acme]]` tables
+/// ([`AcmeTable`]) come from the same line, with its type, help and
+/// marks (`+ path`: a file or folder, taken from the config file's folder
+/// when relative). The checks are in [`validate`].
+macro_rules! acme_options {
+    ($(
+        $(#[doc = $doc:literal])*
+        $(#[arg($($arg:tt)*)])*
+        $name:ident: $ty:ty => $flag:literal $(+ $marks:ident)*;
+    )*) => {
+        /// The ACME flags, flattened into the command line (through
+        /// [`crate::config::Settings`]): one per [`AcmeTable`] key.
+        #[derive(Debug, Clone, Default, PartialEq, clap::Args)]
+        pub struct AcmeArgs {
+            $(
+                $(#[doc = $doc])*
+                $(#[arg($($arg)*)])*
+                #[arg(id = $flag, long = $flag, global = true)]
+                pub $name: Option<$ty>,
+            )*
+        }
+
+        /// One ACME table: a certificate's names, and the account settings
+        /// (shared: every table that sets one must set the same value). Its
+        /// keys are the [`AcmeArgs`] flags without `--acme-` (`domains` for
+        /// `--acme-domain`).
+        #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+        #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+        pub struct AcmeTable {
+            $(
+                $(#[doc = $doc])*
+                #[doc = concat!("\n\nFlag: `--", $flag, "`.")]
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub $name: Option<$ty>,
+            )*
+        }
+
+        impl AcmeArgs {
+            /// The flags as one settings table, when any ACME flag is set.
+            pub fn settings(&self) -> Option<AcmeSetting> {
+                let t = AcmeTable {
+                    $( $name: self.$name.clone(), )*
+                };
+                (t != AcmeTable::default()).then_some(AcmeSetting::One(t))
+            }
+        }
+
+        impl AcmeTable {
+            /// Every value `over` sets replaces this table's.
+            fn set_over(&mut self, over: &AcmeTable) {
+                $(
+                    if over.$name.is_some() {
+                        self.$name = over.$name.clone();
+                    }
+                )*
+            }
+
+            /// Calls `f` on the paths of the options marked `+ path`.
+            fn each_path(&mut self, f: &mut dyn FnMut(&mut String)) {
+                $(
+                    $crate::option_if!([$($marks)*] path {
+                        $crate::options::Paths::each_path(&mut self.$name, f);
+                    });
+                )*
+            }
+        }
+    };
+}
+
+acme_options! {
     /// Obtain and renew a certificate for NAME with ACME (TLS-ALPN-01 on
     /// the TLS port); repeatable: one certificate for all the names.
-    #[arg(long, value_name = "NAME", global = true)]
-    pub acme_domain: Vec<String>,
+    #[arg(value_name = "NAME")]
+    domains: Vec<String> => "acme-domain";
     /// ACME directory URL (default: Let's Encrypt production; staging is
     /// https://acme-staging-v02.api.letsencrypt.org/directory).
-    #[arg(long, value_name = "URL", global = true)]
-    pub acme_directory: Option<String>,
+    #[arg(value_name = "URL")]
+    directory: String => "acme-directory";
     /// Contact e-mail for the ACME account.
-    #[arg(long, value_name = "EMAIL", global = true)]
-    pub acme_email: Option<String>,
+    #[arg(value_name = "EMAIL")]
+    email: String => "acme-email";
     /// Folder for the ACME account key, certificates and keys (created
     /// 0700; default /var/lib/ringterm/acme).
-    #[arg(long, value_name = "DIR", global = true)]
-    pub acme_state_dir: Option<String>,
+    #[arg(value_name = "DIR")]
+    state_dir: String => "acme-state-dir" + path;
     /// PEM CA certificate to trust for the ACME directory's HTTPS (a
     /// private or test CA).
-    #[arg(long, value_name = "PEM", global = true)]
-    pub acme_ca_file: Option<String>,
+    #[arg(value_name = "PEM")]
+    ca_file: String => "acme-ca-file" + path;
     /// Renew this many days before expiry (default 30; fractions allowed).
-    #[arg(long, value_name = "DAYS", global = true)]
-    pub acme_renew_before: Option<f64>,
+    #[arg(value_name = "DAYS")]
+    renew_before: f64 => "acme-renew-before";
     /// First retry delay after a failed order, seconds (default 300;
     /// doubles with each failure in a row, up to 4 hours).
-    #[arg(long, value_name = "SECS", global = true)]
-    pub acme_retry_min: Option<u64>,
+    #[arg(value_name = "SECS")]
+    retry_min: u64 => "acme-retry-min";
     /// Accept the ACME CA's terms of service (required with ACME).
-    #[arg(long, global = true)]
-    pub acme_accept_tos: bool,
+    #[arg(num_args = 0, default_missing_value = "true")]
+    accept_tos: bool => "acme-accept-tos";
 }
 
 impl Eq for AcmeArgs {}
-
-impl AcmeArgs {
-    /// The flags as one settings table, when any ACME flag is set.
-    pub fn settings(&self) -> Option<AcmeSetting> {
-        let t = AcmeTable {
-            domains: self.acme_domain.clone(),
-            directory: self.acme_directory.clone(),
-            email: self.acme_email.clone(),
-            state_dir: self.acme_state_dir.clone(),
-            ca_file: self.acme_ca_file.clone(),
-            renew_before: self.acme_renew_before,
-            retry_min: self.acme_retry_min,
-            accept_tos: self.acme_accept_tos.then_some(true),
-        };
-        (t != AcmeTable::default()).then_some(AcmeSetting::One(t))
-    }
-}
 
 /// `[acme]` (one table) or `[[acme]]` (one table per certificate).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -100,30 +150,6 @@ pub enum AcmeSetting {
 }
 
 impl Eq for AcmeSetting {}
-
-/// One ACME table: a certificate's names, and the account settings
-/// (shared: every table that sets one must set the same value).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct AcmeTable {
-    /// The certificate's names (`--acme-domain`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub domains: Vec<String>,
-    /// `--acme-directory`.
-    pub directory: Option<String>,
-    /// `--acme-email`.
-    pub email: Option<String>,
-    /// `--acme-state-dir`.
-    pub state_dir: Option<String>,
-    /// `--acme-ca-file`.
-    pub ca_file: Option<String>,
-    /// `--acme-renew-before`, days.
-    pub renew_before: Option<f64>,
-    /// `--acme-retry-min`, seconds.
-    pub retry_min: Option<u64>,
-    /// `--acme-accept-tos`.
-    pub accept_tos: Option<bool>,
-}
 
 impl AcmeSetting {
     fn into_vec(self) -> Vec<AcmeTable> {
@@ -141,8 +167,7 @@ impl crate::options::Paths for AcmeSetting {
             Self::Many(v) => v,
         };
         for t in tables {
-            t.state_dir.each_path(f);
-            t.ca_file.each_path(f);
+            t.each_path(f);
         }
     }
 }
@@ -157,21 +182,15 @@ pub fn merge(base: Option<AcmeSetting>, over: Option<AcmeSetting>) -> Option<Acm
         (Some(b), Some(o)) => (b.into_vec(), o.into_vec()),
     };
     let mut tables = base;
-    for o in over {
-        if !o.domains.is_empty() {
+    for mut o in over {
+        if let Some(names) = o.domains.take().filter(|d| !d.is_empty()) {
             tables = vec![AcmeTable {
-                domains: o.domains.clone(),
+                domains: Some(names),
                 ..tables.into_iter().next().unwrap_or_default()
             }];
         }
         for t in &mut tables {
-            t.directory = o.directory.clone().or(t.directory.take());
-            t.email = o.email.clone().or(t.email.take());
-            t.state_dir = o.state_dir.clone().or(t.state_dir.take());
-            t.ca_file = o.ca_file.clone().or(t.ca_file.take());
-            t.renew_before = o.renew_before.or(t.renew_before);
-            t.retry_min = o.retry_min.or(t.retry_min);
-            t.accept_tos = o.accept_tos.or(t.accept_tos);
+            t.set_over(&o);
         }
     }
     Some(AcmeSetting::Many(tables))
@@ -238,14 +257,15 @@ pub fn validate(setting: Option<AcmeSetting>) -> Result<Option<AcmeConfig>, Conf
     let mut certs = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for t in &tables {
-        if t.domains.is_empty() {
+        let domains = t.domains.as_deref().unwrap_or_default();
+        if domains.is_empty() {
             return Err(invalid(
                 "--acme-domain",
                 "ACME settings without a name: give --acme-domain NAME (domains = [...] in [acme])",
             ));
         }
         let mut names = Vec::new();
-        for d in &t.domains {
+        for d in domains {
             let name = d.trim().trim_end_matches('.').to_ascii_lowercase();
             if name.starts_with("*.") {
                 return Err(invalid(
@@ -512,7 +532,7 @@ mod tests {
 
     fn table(domains: &[&str]) -> AcmeTable {
         AcmeTable {
-            domains: domains.iter().map(|s| s.to_string()).collect(),
+            domains: Some(domains.iter().map(|s| s.to_string()).collect()),
             accept_tos: Some(true),
             ..AcmeTable::default()
         }
@@ -601,7 +621,7 @@ mod tests {
         assert_eq!(c.renew_before_s, 10 * 86_400);
         assert_eq!(c.email.as_deref(), Some("a@x.test"));
         let flags = AcmeSetting::One(AcmeTable {
-            domains: vec!["c.test".into()],
+            domains: Some(vec!["c.test".into()]),
             ..AcmeTable::default()
         });
         let c = validate(merge(Some(file), Some(flags))).unwrap().unwrap();

@@ -134,7 +134,7 @@ crate::settings! {
         /// certificate file (re-read on SIGHUP and every --ocsp-refresh s).
         #[arg(value_name = "DIR")]
         ocsp_dir: String => "ocsp-dir", live + path;
-        /// OCSP re-check period, seconds (default 3600).
+        /// OCSP re-check period, seconds.
         #[arg(value_name = "SECS")]
         ocsp_refresh: u64 => "ocsp-refresh", live,
             default DEFAULT_OCSP_REFRESH_S,
@@ -199,7 +199,7 @@ crate::settings! {
             default "info",
             check |v| ["error", "warn", "info", "debug", "trace", "off"].contains(&v.as_str())
                 => "must be one of error, warn, info, debug, trace, off";
-        /// Log line format: text (default) or json (one object a line).
+        /// Log line format: text or json (one object a line).
         #[arg(value_name = "FORMAT")]
         log_format: String => "log-format", restart,
             default "text",
@@ -247,7 +247,7 @@ crate::settings! {
         session_store_connect_timeout: u64 => "session-store-connect-timeout", restart,
             default DEFAULT_STORE_CONNECT_TIMEOUT_MS,
             check |v| (1..=60_000).contains(v) => "must be from 1 to 60000 ms";
-        /// How long a handshake waits for a session store lookup, ms (default 5).
+        /// How long a handshake waits for a session store lookup, ms.
         #[arg(value_name = "MS")]
         session_store_timeout: u64 => "session-store-timeout", restart,
             default DEFAULT_STORE_TIMEOUT_MS,
@@ -301,7 +301,7 @@ crate::settings! {
         /// rustls (A/B comparison, fallback).
         #[arg(value_name = "LAYER")]
         record_layer: String => "record-layer", live;
-        /// Close established connections idle this long, ms (0 = off; default 300000).
+        /// Close established connections idle this long, ms (0 = off).
         #[arg(value_name = "MS")]
         idle_timeout: u64 => "idle-timeout", live,
             default DEFAULT_IDLE_TIMEOUT_MS,
@@ -311,7 +311,7 @@ crate::settings! {
         max_connections: u64 => "max-connections", live,
             default 0u64,
             check |v| *v <= 10_000_000 => "must be from 0 (unlimited) to 10000000 per worker";
-        /// On SIGTERM/SIGINT, how long open connections may finish, ms (default 30000).
+        /// On SIGTERM/SIGINT, how long open connections may finish, ms.
         #[arg(value_name = "MS")]
         drain_timeout: u64 => "drain-timeout", live,
             default DEFAULT_DRAIN_TIMEOUT_MS,
@@ -334,14 +334,14 @@ crate::settings! {
         /// SIGHUP and SIGUSR1, for logrotate) or off (default).
         #[arg(value_name = "stderr|FILE|off")]
         access_log: String => "access-log", restart;
-        /// Access log line format: json (default) or text (key=value).
+        /// Access log line format: json or text (key=value).
         #[arg(value_name = "FORMAT")]
         access_log_format: String => "access-log-format", restart,
             default "json",
             check |v| ["json", "text"].contains(&v.as_str()) => "must be json or text";
         /// Active backend health checks: a TCP (or UNIX) connect to every
         /// backend each MS; down after 3 failures, up after 2 successes.
-        /// 0 = off (default).
+        /// 0 = off.
         #[arg(value_name = "MS")]
         health_check_interval: u64 => "health-check-interval", restart,
             default 0u64,
@@ -653,7 +653,6 @@ impl Settings {
             .first()
             .cloned()
             .ok_or(ConfigError::Missing("--backend"))?;
-        let ocsp_refresh_s = self.ocsp_refresh();
         let crate::frontend::Frontend {
             routes,
             certs,
@@ -687,18 +686,8 @@ impl Settings {
         // share CPUs round-robin, fewer use the first ones.
         let pins = (0..workers).map(|i| cpus[i % cpus.len()]).collect();
 
-        let ring_entries = self.ring_entries();
-        let read_buffers = self.read_buffers();
-        let backlog = self.backlog();
-        let buffer_size = self.buffer_size();
-        let handshake_timeout_ms = self.handshake_timeout();
-        let connect_timeout_ms = self.connect_timeout();
         let resumption = Resumption::parse(&self.resumption())?;
-        let session_timeout_s = self.session_timeout();
-        let session_cache_size = self.session_cache_size();
-        let session_sync_interval_ms = self.session_sync_interval();
         let session_store = validate_store(&self, &resumption)?;
-        let tls13_tickets = self.tls13_tickets();
         let ticket_key_files = self.ticket_key_file.clone().unwrap_or_default();
         if !ticket_key_files.is_empty() && !resumption.uses_tickets() {
             return Err(range(
@@ -724,46 +713,75 @@ impl Settings {
             Some(v) => Some(v.to_owned()),
         };
         let access_log_json = self.access_log_format() == "json";
-        let health_check_interval_ms = self.health_check_interval();
         Ok(Config {
             settings,
             acme,
             access_log,
             access_log_json,
-            health_check_interval_ms,
             proxy_protocol,
             accept_proxy,
             frontends,
-            idle_timeout_ms: self.idle_timeout(),
-            max_connections: self.max_connections(),
             resumption,
-            session_timeout_s,
-            session_cache_size,
-            session_sync_interval_ms,
             session_store,
             ticket_key_files,
-            tls13_tickets,
             listen,
             backend,
             routes,
             certs,
             cert_dirs,
-            ocsp_refresh_s,
             tls,
             pins,
-            ring_entries,
-            read_buffers: read_buffers as u16,
-            sqpoll_idle_ms: self.sqpoll,
-            backlog,
-            buffer_size,
             admin,
-            handshake_timeout_ms,
-            connect_timeout_ms,
             ocsp_dir: self.ocsp_dir,
             user: self.user,
             group: self.group,
         })
     }
+}
+
+/// The 1-based line and column of each top-level key's value in the
+/// TOML `text` (of a table's key, for `[table]` and `[[table]]`), for
+/// error lines that name them ([`Layered::with_positions`]). Empty when
+/// the text does not parse.
+pub fn toml_positions(text: &str) -> Vec<(String, usize, usize)> {
+    type Spanned<T> = toml::Spanned<T>;
+    let Ok(map) =
+        toml::from_str::<std::collections::BTreeMap<Spanned<String>, Spanned<toml::Value>>>(text)
+    else {
+        return Vec::new();
+    };
+    let mut out: Vec<(String, usize, usize)> = map
+        .iter()
+        .map(|(k, v)| {
+            let at = if v.get_ref().is_table() || is_array_of_tables(v.get_ref()) {
+                k.span().start
+            } else {
+                v.span().start
+            };
+            let (line, col) = line_col(text, at);
+            (k.get_ref().clone(), line, col)
+        })
+        .collect();
+    // The keys of each `[[frontend]]` table: `frontend.N.key` (1-based).
+    #[derive(Deserialize)]
+    struct Frontends {
+        #[serde(default)]
+        frontend: Vec<std::collections::BTreeMap<Spanned<String>, Spanned<toml::Value>>>,
+    }
+    if let Ok(f) = toml::from_str::<Frontends>(text) {
+        for (i, table) in f.frontend.iter().enumerate() {
+            for (k, v) in table {
+                let (line, col) = line_col(text, v.span().start);
+                out.push((format!("frontend.{}.{}", i + 1, k.get_ref()), line, col));
+            }
+        }
+    }
+    out
+}
+
+fn is_array_of_tables(v: &toml::Value) -> bool {
+    v.as_array()
+        .is_some_and(|a| !a.is_empty() && a.iter().all(toml::Value::is_table))
 }
 
 /// 1-based line and column of byte `offset` in `text`.
@@ -789,6 +807,8 @@ pub struct Layered {
     /// The config file, if any.
     pub file: Option<String>,
     from_file: Vec<String>,
+    /// Where each key's value is in the file ([`toml_positions`]).
+    positions: Vec<(String, usize, usize)>,
 }
 
 impl Layered {
@@ -809,14 +829,33 @@ impl Layered {
                     settings: settings.merge(flags),
                     file: Some(name),
                     from_file,
+                    positions: Vec::new(),
                 }
             }
             None => Self {
                 settings: flags,
                 file: None,
                 from_file: Vec::new(),
+                positions: Vec::new(),
             },
         }
+    }
+
+    /// The file's text, so that errors about a value it set name the
+    /// line and column too (`FILE:LINE:COL: key: ...`).
+    pub fn with_positions(mut self, text: &str) -> Self {
+        self.positions = toml_positions(text);
+        self
+    }
+
+    /// Where `flag`'s value was set, when the config file set it:
+    /// `FILE:LINE:COL: key` (`FILE: key` when its place is unknown).
+    pub fn place_of(&self, flag: &str) -> Option<String> {
+        let (file, key) = self.source_of(flag)?;
+        Some(match self.positions.iter().find(|(k, ..)| k == key) {
+            Some((_, line, col)) => format!("{file}:{line}:{col}: {key}"),
+            None => format!("{file}: {key}"),
+        })
     }
 
     /// Validates the merged settings; an error about a value the file set
@@ -835,7 +874,13 @@ impl Layered {
                     self.blame(flag, rest)
                 }
                 None => match (&e, &self.file) {
-                    (ConfigError::Frontend { .. }, Some(file)) => format!("{file}: {e}"),
+                    (ConfigError::Frontend { index, key, .. }, Some(file)) => {
+                        let at = format!("frontend.{index}.{key}");
+                        match self.positions.iter().find(|(k, ..)| *k == at) {
+                            Some((_, line, col)) => format!("{file}:{line}:{col}: {e}"),
+                            None => format!("{file}: {e}"),
+                        }
+                    }
                     _ => e.to_string(),
                 },
             })
@@ -855,11 +900,11 @@ impl Layered {
         Some((file, key))
     }
 
-    /// One error line about the setting of `flag`: `FILE: key: message`
-    /// when the config file set it, `--flag: message` otherwise.
+    /// One error line about the setting of `flag`: `FILE:LINE:COL: key:
+    /// message` when the config file set it, `--flag: message` otherwise.
     pub fn blame(&self, flag: &str, message: &str) -> String {
-        match self.source_of(flag) {
-            Some((file, key)) => format!("{file}: {key}: {message}"),
+        match self.place_of(flag) {
+            Some(place) => format!("{place}: {message}"),
             None => format!("{flag}: {message}"),
         }
     }
@@ -881,46 +926,18 @@ pub struct Config {
     pub cert_dirs: Vec<String>,
     /// Folder of OCSP responses (`<cert file name>.ocsp`).
     pub ocsp_dir: Option<String>,
-    /// Period of the OCSP re-check, seconds.
-    pub ocsp_refresh_s: u64,
     /// The TLS policy.
     pub tls: TlsSettingsValid,
     /// The CPU each worker is pinned to; its length is the worker count.
     pub pins: Vec<usize>,
-    /// io_uring submission queue entries per worker.
-    pub ring_entries: u32,
-    /// Provided read buffers per worker.
-    pub read_buffers: u16,
-    /// SQPOLL idle time in ms, when SQPOLL is on.
-    pub sqpoll_idle_ms: Option<u32>,
-    /// Listen backlog.
-    pub backlog: u32,
-    /// Relay buffer size per direction.
-    pub buffer_size: usize,
     /// Admin listener.
     pub admin: Option<SocketAddr>,
-    /// Handshake timeout in ms.
-    pub handshake_timeout_ms: u64,
-    /// Backend connect timeout in ms.
-    pub connect_timeout_ms: u64,
     /// How sessions are resumed.
     pub resumption: Resumption,
-    /// Session lifetime, seconds.
-    pub session_timeout_s: u64,
-    /// Session cache entries per worker.
-    pub session_cache_size: usize,
-    /// Cross-core sync interval, ms.
-    pub session_sync_interval_ms: u64,
     /// The L2 session store, if any.
     pub session_store: Option<StoreSpec>,
     /// Ticket key files; empty means random keys, rotated.
     pub ticket_key_files: Vec<String>,
-    /// TLS 1.3 tickets per full handshake.
-    pub tls13_tickets: usize,
-    /// Idle timeout of established connections in ms; 0 = off.
-    pub idle_timeout_ms: u64,
-    /// Connections per worker above which new ones are closed; 0 = unlimited.
-    pub max_connections: u64,
     /// User to switch to after binding.
     pub user: Option<String>,
     /// Group to switch to after binding.
@@ -931,8 +948,6 @@ pub struct Config {
     pub access_log: Option<String>,
     /// Access log lines in JSON (else text).
     pub access_log_json: bool,
-    /// Active health check interval, ms; 0 = off.
-    pub health_check_interval_ms: u64,
     /// Expect a PROXY protocol header (v1 or v2) before the ClientHello.
     pub accept_proxy: bool,
     /// Every frontend (at least one). `listen` is all their addresses; the
@@ -1489,7 +1504,7 @@ mod tests {
         assert_eq!(s.route.as_ref().unwrap()[0].names, vec!["x.test"]);
         assert_eq!(s.alpn, Some(vec!["h2".to_owned(), "http/1.1".to_owned()]));
         assert_eq!(s.ring_entries, Some(64));
-        assert_eq!(s.acme_flags.acme_domain, vec!["a.test".to_owned()]);
+        assert_eq!(s.acme_flags.domains, Some(vec!["a.test".to_owned()]));
         assert_eq!(p(&["--sqpoll=5"]).unwrap().sqpoll, Some(5));
         let off = p(&["--prefer-server-ciphers=off"]).unwrap();
         assert_eq!(off.prefer_server_ciphers, Some(false));
@@ -1524,8 +1539,8 @@ mod tests {
     fn defaults_fill_in() {
         let c = base().validate(&[0, 1]).unwrap();
         assert_eq!(c.pins, vec![0, 1]);
-        assert_eq!(c.ring_entries, DEFAULT_RING_ENTRIES);
-        assert_eq!(c.buffer_size, DEFAULT_BUFFER_SIZE);
+        assert_eq!(c.settings.ring_entries(), DEFAULT_RING_ENTRIES);
+        assert_eq!(c.settings.buffer_size(), DEFAULT_BUFFER_SIZE);
         assert!(c.tls.tls12 && c.tls.tls13);
     }
 
@@ -1595,7 +1610,7 @@ mod tests {
     fn resumption_settings() {
         let c = base().validate(&[0]).unwrap();
         assert_eq!(c.resumption, Resumption::Cache);
-        assert_eq!(c.session_timeout_s, DEFAULT_SESSION_TIMEOUT_S);
+        assert_eq!(c.settings.session_timeout(), DEFAULT_SESSION_TIMEOUT_S);
         let mut s = base();
         s.resumption = Some("sometimes".into());
         assert!(s
@@ -1628,8 +1643,8 @@ mod tests {
     #[test]
     fn edge_settings() {
         let c = base().validate(&[0]).unwrap();
-        assert_eq!(c.idle_timeout_ms, DEFAULT_IDLE_TIMEOUT_MS);
-        assert_eq!(c.max_connections, 0);
+        assert_eq!(c.settings.idle_timeout(), DEFAULT_IDLE_TIMEOUT_MS);
+        assert_eq!(c.settings.max_connections(), 0);
         assert_eq!(c.settings.drain_timeout(), DEFAULT_DRAIN_TIMEOUT_MS);
         assert_eq!(c.user, None);
         for (field, flag) in [
@@ -1659,8 +1674,8 @@ mod tests {
         )
         .unwrap();
         let c = base().merge(file).validate(&[0]).unwrap();
-        assert_eq!(c.idle_timeout_ms, 0);
-        assert_eq!(c.max_connections, 10);
+        assert_eq!(c.settings.idle_timeout(), 0);
+        assert_eq!(c.settings.max_connections(), 10);
         assert_eq!(c.settings.drain_timeout(), 500);
         assert_eq!(c.user.as_deref(), Some("nobody"));
         assert_eq!(c.group.as_deref(), Some("nogroup"));
@@ -1675,6 +1690,50 @@ mod tests {
             err,
             "--log-level: info\\nERROR forged must be one of error, warn, info, debug, trace, off"
         );
+    }
+
+    #[test]
+    fn help_shows_declared_defaults_only() {
+        use clap::Args;
+        let mut cmd = Settings::show_defaults(Settings::augment_args(clap::Command::new("t")));
+        let help = cmd.render_long_help().to_string();
+        let after = |flag: &str| {
+            let at = help
+                .find(flag)
+                .unwrap_or_else(|| panic!("{flag} in {help}"));
+            help[at..].split("\n      --").next().unwrap().to_owned()
+        };
+        assert!(
+            after("--ring-entries ").contains("[default: 1024]"),
+            "{help}"
+        );
+        assert!(after("--log-level ").contains("[default: info]"));
+        assert!(!after("--workers ").contains("[default:"));
+        assert!(!after("--ocsp-fetch").contains("[default:"));
+        // Only the help: nothing looks set.
+        let m = cmd.try_get_matches_from(["t"]).unwrap();
+        assert_eq!(
+            <Settings as clap::FromArgMatches>::from_arg_matches(&m).unwrap(),
+            Settings::default()
+        );
+    }
+
+    #[test]
+    fn toml_positions_of_values_and_tables() {
+        let text = "workers = 2\nring-entries =  100\nlisten = [\"a\"]\n[acme]\ndomains = [\"x\"]\n[[frontend]]\nname = \"a\"\n";
+        let p = toml_positions(text);
+        let at = |k: &str| {
+            p.iter()
+                .find(|(key, ..)| key == k)
+                .map(|(_, l, c)| (*l, *c))
+        };
+        assert_eq!(at("workers"), Some((1, 11)));
+        assert_eq!(at("ring-entries"), Some((2, 17)));
+        assert_eq!(at("listen"), Some((3, 10)));
+        assert_eq!(at("acme"), Some((4, 2)));
+        assert_eq!(at("frontend"), Some((6, 3)));
+        assert_eq!(at("frontend.1.name"), Some((7, 8)));
+        assert!(toml_positions("x = ").is_empty());
     }
 
     #[test]

@@ -568,7 +568,7 @@ pub fn config_toml(data: &[u8]) {
             assert!(config.workers() >= 1);
             assert!(config.pins.iter().all(|c| FUZZ_CPUS.contains(c)));
             assert!(!config.listen.is_empty());
-            assert!(config.ring_entries.is_power_of_two());
+            assert!(config.settings.ring_entries().is_power_of_two());
         }
         Err(e) => check_error(&e.to_string()),
     }

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use ringterm::config::{CertEntry, Config, Settings};
 use ringterm::rt::reload::{DiskFiles, TlsReloader};
 use ringterm::rt::{config_file, notify, upgrade};
@@ -51,7 +51,12 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    // `--help` shows each declared default.
+    let mut cmd = Settings::show_defaults(Cli::command());
+    let parsed = cmd
+        .try_get_matches_from_mut(std::env::args_os())
+        .and_then(|mut m| Cli::from_arg_matches_mut(&mut m).map_err(|e| e.format(&mut cmd)));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => {
             use clap::error::ErrorKind;
@@ -136,7 +141,7 @@ fn run(cli: Cli) -> Result<(), String> {
     }
     let config = layered.validate(&config_file::allowed_cpus())?;
     let ticketer = if config.resumption.uses_tickets() {
-        let lifetime = config.session_timeout_s.min(u32::MAX as u64) as u32;
+        let lifetime = config.settings.session_timeout().min(u32::MAX as u64) as u32;
         Some(ringterm::rt::ticket_keys::ticketer(
             &config.ticket_key_files,
             lifetime,
@@ -155,8 +160,8 @@ fn run(cli: Cli) -> Result<(), String> {
             Some(t) => Some(t.clone() as Arc<dyn rustls::server::ProducesTickets>),
             // TLS 1.3 stateful tickets through the ticketer hook, so they
             // advertise --session-timeout (rustls's own say 24 h).
-            None if config.resumption.uses_cache() && config.tls13_tickets > 0 => {
-                let lifetime = config.session_timeout_s.min(u32::MAX as u64) as u32;
+            None if config.resumption.uses_cache() && config.settings.tls13_tickets() > 0 => {
+                let lifetime = config.settings.session_timeout().min(u32::MAX as u64) as u32;
                 Some(
                     Arc::new(ringterm::rt::session_store::StatefulTickets::unbound(
                         lifetime,
@@ -165,7 +170,7 @@ fn run(cli: Cli) -> Result<(), String> {
             }
             None => None,
         },
-        tls13_tickets: config.tls13_tickets,
+        tls13_tickets: config.settings.tls13_tickets(),
     };
     // SIGHUP re-reads the configuration and applies what it can
     // (`rt::live::ConfigReloader`; not in demo mode: its certificate is

@@ -28,7 +28,8 @@
 //! layering (`merge`), `with_defaults`, an accessor per option with a
 //! default (`settings.ring_entries()`: the value or the default),
 //! `check_values` (each option's own check; the checks between options
-//! stay in `Settings::validate`), `each_path`, and `FrontendSetting` (the
+//! stay in `Settings::validate`), `each_path`, `show_defaults` (clap's
+//! `--help` says `[default: ...]` for the options with a default), and `FrontendSetting` (the
 //! options marked `frontend`, with their docs and serde attributes) with
 //! its layering over the top-level settings. `docs/options-plan.md` says
 //! how to add an option.
@@ -111,6 +112,29 @@ impl<T: Paths> Paths for Vec<T> {
 #[doc(hidden)]
 pub fn default_of<T, U: Into<T>>(u: U) -> T {
     u.into()
+}
+
+/// `arg` with `[default: SHOWN]` after its help (and long help), unless
+/// it is a bare switch.
+#[doc(hidden)]
+pub fn with_default_shown(arg: clap::Arg, shown: &str) -> clap::Arg {
+    if arg.get_num_args().is_some_and(|n| n.max_values() == 0) {
+        // A bare switch (`--ocsp-fetch`): off unless given.
+        return arg;
+    }
+    let add = |h: Option<&clap::builder::StyledStr>| {
+        format!(
+            "{} [default: {shown}]",
+            h.map(|h| h.to_string()).unwrap_or_default()
+        )
+    };
+    let help = add(arg.get_help());
+    let long = arg.get_long_help().map(|h| add(Some(h)));
+    let arg = arg.help(help);
+    match long {
+        Some(long) => arg.long_help(long),
+        None => arg,
+    }
 }
 
 /// Whether `v` passes the declared check `pred`.
@@ -356,6 +380,23 @@ macro_rules! settings {
                         }
                     });
                 )*
+            }
+        }
+
+        impl $Settings {
+            /// `cmd` (with these settings' flags) with `[default: VALUE]`
+            /// after the help of each flag whose option declares a
+            /// default. Only the help text: a clap default would make
+            /// every flag look set, and win over the config file.
+            pub fn show_defaults(mut cmd: clap::Command) -> clap::Command {
+                $($(
+                    let id = stringify!($name);
+                    if cmd.get_arguments().any(|a| a.get_id() == id) {
+                        let shown = $crate::options::default_of::<$ty, _>($default).to_string();
+                        cmd = cmd.mut_arg(id, |a| $crate::options::with_default_shown(a, &shown));
+                    }
+                )?)*
+                cmd
             }
         }
 

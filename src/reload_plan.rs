@@ -154,8 +154,8 @@ mod tests {
             ]
         );
         assert_eq!(run.workers(), 4);
-        assert_eq!(run.buffer_size, 16384);
-        assert_eq!(run.ring_entries, 1024);
+        assert_eq!(run.settings.buffer_size(), 16384);
+        assert_eq!(run.settings.ring_entries(), 1024);
         assert_eq!(run.admin, None);
         // What applies live still does.
         assert_eq!(run.routes.eject_ms, 7);

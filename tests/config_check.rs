@@ -272,11 +272,19 @@ fn check_good_and_bad_configs_relative_paths_and_error_sources() {
     let line = usage_line(&out);
     assert!(line.contains(&format!("{cfg}:7:")), "{line}");
 
-    // A bad value in the file names the file and the key, not the flag.
+    // A bad value in the file names the file, the value's line and
+    // column, and the key, not the flag.
     std::fs::write(&config, good.replace("127.0.0.1:10", "nope")).unwrap();
     let out = check(&["--config", cfg], elsewhere.path());
     let line = usage_line(&out);
-    assert!(line.contains(&format!("{cfg}: backend: ")), "{line}");
+    assert!(line.contains(&format!("{cfg}:2:11: backend: ")), "{line}");
+    // So does a value that fails its option's declared check.
+    std::fs::write(&config, format!("{good}ring-entries = 100\n")).unwrap();
+    let out = check(&["--config", cfg], elsewhere.path());
+    assert_eq!(
+        usage_line(&out),
+        format!("ringterm: {cfg}:7:16: ring-entries: 100 must be a power of two from 8 to 32768")
+    );
     assert!(!line.contains("--backend"), "{line}");
     // The same value from the flag names the flag.
     let out = check(&["--config", cfg, "--backend", "nope"], elsewhere.path());
@@ -299,7 +307,7 @@ fn check_good_and_bad_configs_relative_paths_and_error_sources() {
     let out = check(&["--config", cfg], elsewhere.path());
     let line = usage_line(&out);
     assert!(
-        line.contains(&format!("{cfg}: client-ca: ")) && line.contains("key.pem"),
+        line.contains(&format!("{cfg}:5:13: client-ca: ")) && line.contains("key.pem"),
         "{line}"
     );
     assert!(line.contains("no certificate"), "{line}");

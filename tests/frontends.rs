@@ -302,7 +302,9 @@ fn bad_frontend_tables_exit_64_naming_the_table_and_key() {
     let f = file.display().to_string();
     let e = run("[[frontend]]\nname = \"api\"\nlisten = [\"127.0.0.1:99999\"]\n");
     assert!(
-        e.starts_with(&format!("ringterm: {f}: [[frontend]] #1 (api): listen:")),
+        e.starts_with(&format!(
+            "ringterm: {f}:5:10: [[frontend]] #1 (api): listen:"
+        )),
         "{e}"
     );
     let e = run("[[frontend]]\nlisten = [\"127.0.0.1:0\"]\nclient-auth = \"sometimes\"\n");

@@ -8,25 +8,30 @@ use crate::tls::loader::LoadError;
 
 /// The config file at `path` (if any: read, UTF-8, TOML; relative paths in
 /// it taken from its folder) with `flags` on top. Errors are one line
-/// naming `--config` and the file, or the file, line and column.
+/// naming `--config` and the file, or the file, line and column (also
+/// kept for errors about the values it set: [`Layered::with_positions`]).
 pub fn load_layered(path: Option<&str>, flags: Settings) -> Result<Layered, String> {
     let file = match path {
         Some(path) => {
             let bytes = std::fs::read(path).map_err(|e| format!("--config {path}: {e}"))?;
             let settings = Settings::from_toml_bytes(path, &bytes).map_err(|e| e.to_string())?;
-            Some((path.to_owned(), settings))
+            Some((path.to_owned(), settings, bytes))
         }
         None => None,
     };
-    Ok(Layered::new(file, flags))
+    Ok(match file {
+        Some((path, settings, bytes)) => Layered::new(Some((path, settings)), flags)
+            .with_positions(&String::from_utf8_lossy(&bytes)),
+        None => Layered::new(None, flags),
+    })
 }
 
 /// A loading error on one line, naming the config file and key when the
 /// file set the value, else the flag.
 pub fn load_error(layered: &Layered, e: LoadError) -> String {
-    match layered.source_of(e.flag) {
-        Some((file, key)) if e.path.is_empty() => format!("{file}: {key}: {}", e.message),
-        Some((file, key)) => format!("{file}: {key}: {}: {}", e.path, e.message),
+    match layered.place_of(e.flag) {
+        Some(place) if e.path.is_empty() => format!("{place}: {}", e.message),
+        Some(place) => format!("{place}: {}: {}", e.path, e.message),
         None => e.to_string(),
     }
 }
@@ -85,15 +90,16 @@ mod tests {
         let err = load(Some(p), Settings::default()).unwrap_err();
         assert_eq!(
             err,
-            format!("{p}: ring-entries: 100 must be a power of two from 8 to 32768")
+            format!("{p}:4:16: ring-entries: 100 must be a power of two from 8 to 32768")
         );
         let flags = Settings {
             ring_entries: Some(64),
             ..Settings::default()
         };
         let c = load(Some(p), flags).unwrap();
-        assert_eq!(c.ring_entries, 64);
-        // `check` reads the certificate: its error names the file and key,
+        assert_eq!(c.settings.ring_entries(), 64);
+        // `check` reads the certificate: its error names the file, the
+        // line and column and the key,
         // and the path is taken from the file's folder.
         let cert = dir.path().join("c.pem");
         std::fs::write(
@@ -103,7 +109,7 @@ mod tests {
         .unwrap();
         let err = check(Some(p), Settings::default()).unwrap_err();
         assert!(
-            err.starts_with(&format!("{p}: cert: {}", cert.display())),
+            err.starts_with(&format!("{p}:3:8: cert: {}", cert.display())),
             "{err}"
         );
     }

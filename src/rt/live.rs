@@ -27,7 +27,7 @@ use std::os::fd::OwnedFd;
 use super::handover::{Kind, Offered};
 use super::reload::{ConfigSource, ReloadReport, TlsReloader};
 use super::wake::WakeFd;
-use crate::config::Config;
+use crate::config::{Config, Settings};
 use crate::metrics::process;
 use crate::reload_plan::{self, RestartNeeded};
 use crate::route::{BackendSpec, RouteTable};
@@ -90,14 +90,11 @@ pub struct Live {
     pub frontends: Vec<FrontendLive>,
     /// Every listen address.
     pub listeners: Vec<ListenerGroup>,
-    /// Handshake timeout, ms.
-    pub handshake_timeout_ms: u64,
-    /// Backend connect timeout, ms.
-    pub connect_timeout_ms: u64,
-    /// Idle timeout, ms; 0 = off.
-    pub idle_timeout_ms: u64,
-    /// Connections per worker; 0 = unlimited.
-    pub max_connections: u64,
+    /// The settings of the configuration running now: workers read the
+    /// `live` options among them (timeouts, the connection limit) through
+    /// their accessors when they take the snapshot, into their own
+    /// fields; nothing reads them per connection.
+    pub settings: Arc<Settings>,
 }
 
 impl Live {
@@ -115,10 +112,7 @@ impl Live {
                 })
                 .collect(),
             listeners,
-            handshake_timeout_ms: config.handshake_timeout_ms,
-            connect_timeout_ms: config.connect_timeout_ms,
-            idle_timeout_ms: config.idle_timeout_ms,
-            max_connections: config.max_connections,
+            settings: Arc::new(config.settings.clone()),
         }
     }
 
@@ -320,9 +314,12 @@ impl LiveHub {
                         });
                     }
                     None => {
-                        let socks =
-                            super::listener::bind_all(want, self.wakes.len(), config.backlog)
-                                .map_err(|e| format!("--listen {want}: {e}"))?;
+                        let socks = super::listener::bind_all(
+                            want,
+                            self.wakes.len(),
+                            config.settings.backlog(),
+                        )
+                        .map_err(|e| format!("--listen {want}: {e}"))?;
                         let bound = socks[0]
                             .local_addr()
                             .map_err(|e| format!("--listen {want}: {e}"))?;

@@ -162,7 +162,7 @@ fn store_spec(config: &Config) -> Result<Option<store::StoreSpec>, StartError> {
             prefix: spec.prefix.clone().into_bytes(),
             password,
             db: spec.db,
-            ttl_s: config.session_timeout_s,
+            ttl_s: config.settings.session_timeout(),
             timeout: Duration::from_millis(spec.timeout_ms),
             connect_timeout: Duration::from_millis(spec.connect_timeout_ms),
         },
@@ -272,11 +272,13 @@ pub fn start_inherited(
         }
         None => None,
     };
-    let health = (config.health_check_interval_ms > 0).then(|| {
+    let settings = Arc::new(config.settings.clone());
+    let health_check_interval = settings.health_check_interval();
+    let health = (health_check_interval > 0).then(|| {
         health::HealthHub::new(
             all_backends.clone(),
-            std::time::Duration::from_millis(config.health_check_interval_ms),
-            std::time::Duration::from_millis(config.connect_timeout_ms),
+            std::time::Duration::from_millis(health_check_interval),
+            std::time::Duration::from_millis(settings.connect_timeout()),
         )
     });
     let mut inherited = listener::Inherited::new(inherited);
@@ -302,8 +304,8 @@ pub fn start_inherited(
     for (group, (frontend, addr)) in addrs.enumerate() {
         let group = group as u64;
         let listeners = match inherited.take(addr) {
-            Some(taken) => listener::adopt(taken, workers, config.backlog),
-            None => listener::bind_all(addr, workers, config.backlog),
+            Some(taken) => listener::adopt(taken, workers, settings.backlog()),
+            None => listener::bind_all(addr, workers, settings.backlog()),
         }
         .map_err(|source| StartError::Bind { addr, source })?;
         let local = listeners[0]
@@ -387,12 +389,12 @@ pub fn start_inherited(
 
     let cache = config.resumption.uses_cache().then(|| worker::CacheSpec {
         config: crate::session::cache::CacheConfig {
-            capacity: config.session_cache_size,
-            timeout_ms: config.session_timeout_s * 1000,
+            capacity: settings.session_cache_size(),
+            timeout_ms: settings.session_timeout() * 1000,
         },
         hub: session_store::SyncHub::new(workers, session_store::SYNC_QUEUE_CAPACITY),
         epoch: std::time::Instant::now(),
-        sync_interval_ms: config.session_sync_interval_ms,
+        sync_interval_ms: settings.session_sync_interval(),
     });
     let (tx, rx) = std::sync::mpsc::channel();
     for (id, listeners) in per_worker.into_iter().enumerate() {
@@ -407,10 +409,7 @@ pub fn start_inherited(
                 .map(|l| l.for_worker(id, counters[id].clone())),
             health: health.clone(),
             acme: config.acme.as_ref().map(|_| acme::challenges()),
-            buffer_size: config.buffer_size,
-            ring_entries: config.ring_entries,
-            read_buffers: config.read_buffers,
-            sqpoll_idle_ms: config.sqpoll_idle_ms,
+            settings: settings.clone(),
             drain: drain_hub.clone(),
             counters: counters[id].clone(),
             histograms: histograms.clone(),

@@ -351,14 +351,14 @@ impl TlsReloader {
 
     /// The OCSP refresh period in force, seconds.
     pub fn refresh_period(&self) -> u64 {
-        self.lock().config.ocsp_refresh_s
+        self.lock().config.settings.ocsp_refresh()
     }
 
     /// How long the timer sleeps: the refresh period, or less when a
     /// stapled response reaches its `nextUpdate` sooner.
     fn next_wait(&self) -> Duration {
         let state = self.lock();
-        let period = state.config.ocsp_refresh_s;
+        let period = state.config.settings.ocsp_refresh();
         let now = now_unix();
         let soonest = state
             .loaded

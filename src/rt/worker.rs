@@ -66,14 +66,10 @@ pub struct WorkerSpec {
     /// Backends, routes, frontends' settings and listener groups (changed
     /// by reloads).
     pub live: Arc<super::live::LiveHub>,
-    /// Relay buffer size: the size of each provided read buffer.
-    pub buffer_size: usize,
-    /// Ring entries.
-    pub ring_entries: u32,
-    /// Provided read buffers.
-    pub read_buffers: u16,
-    /// SQPOLL idle in ms.
-    pub sqpoll_idle_ms: Option<u32>,
+    /// The validated settings (`settings.ring_entries()`, ...), read
+    /// once when the worker starts; what a reload changes comes through
+    /// `live`.
+    pub settings: Arc<crate::config::Settings>,
     /// Shutdown signalling shared with the main thread.
     pub drain: Arc<DrainHub>,
     /// Counters.
@@ -192,14 +188,18 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String
             "could not pin worker to its CPU"
         );
     }
-    let (ring, setup) = match ring::build(spec.ring_entries, spec.sqpoll_idle_ms) {
+    let settings = &spec.settings;
+    let buffer_size = settings.buffer_size();
+    // At most 32768 (its declared check).
+    let read_buffers = u16::try_from(settings.read_buffers()).unwrap_or(1 << 15);
+    let (ring, setup) = match ring::build(settings.ring_entries(), settings.sqpoll) {
         Ok(r) => r,
         Err(e) => {
             let _ = ready.send(Err(e.to_string()));
             return;
         }
     };
-    let bufs = match BufRing::new(&ring, spec.read_buffers, spec.buffer_size, BGID) {
+    let bufs = match BufRing::new(&ring, read_buffers, buffer_size, BGID) {
         Ok(b) => b,
         Err(e) => {
             let missing = ring::Missing {
@@ -247,7 +247,7 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String
         handshake_timeout: Duration::ZERO,
         connect_timeout: Duration::ZERO,
         idle_timeout: None,
-        buffer_size: spec.buffer_size,
+        buffer_size,
         close_flush: CLOSE_FLUSH,
         epoch,
         runtime_buffers: true,
@@ -266,7 +266,7 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String
         local_tls: RefCell::new(Vec::new()),
         pools: RefCell::new(pools),
         conns: conn_configs(&live, &base),
-        max_connections: live.max_connections,
+        max_connections: live.settings.max_connections(),
         counters: spec.counters,
         hist: RefCell::new(Histograms::new()),
         sync_interval_ms,
@@ -780,7 +780,7 @@ impl Worker {
         self.ctx.pools.borrow_mut().update_multi(&live.tables);
         let base = ConnConfig::clone(&self.ctx.conns[0]);
         self.ctx.conns = conn_configs(&live, &base);
-        self.ctx.max_connections = live.max_connections;
+        self.ctx.max_connections = live.settings.max_connections();
         // Listeners: retire those whose address went, add the new ones.
         for i in 0..self.listeners.len() {
             let l = &self.listeners[i];
@@ -866,6 +866,8 @@ impl Worker {
 /// shares) with the frontend's PROXY settings and the timeouts of `live`.
 fn conn_configs(live: &super::live::Live, base: &ConnConfig) -> Vec<Arc<ConnConfig>> {
     let ms = Duration::from_millis;
+    let s = &live.settings;
+    let idle = s.idle_timeout();
     let mut out: Vec<Arc<ConnConfig>> = live
         .frontends
         .iter()
@@ -874,9 +876,9 @@ fn conn_configs(live: &super::live::Live, base: &ConnConfig) -> Vec<Arc<ConnConf
             Arc::new(ConnConfig {
                 accept_proxy: f.accept_proxy,
                 proxy_out: f.proxy_out,
-                handshake_timeout: ms(live.handshake_timeout_ms),
-                connect_timeout: ms(live.connect_timeout_ms),
-                idle_timeout: (live.idle_timeout_ms > 0).then(|| ms(live.idle_timeout_ms)),
+                handshake_timeout: ms(s.handshake_timeout()),
+                connect_timeout: ms(s.connect_timeout()),
+                idle_timeout: (idle > 0).then(|| ms(idle)),
                 frontend: i,
                 ..base.clone()
             })

@@ -675,7 +675,7 @@ mod tests {
             config(crate::config::Settings {
                 cert_dirs,
                 acme: Some(crate::acme::AcmeSetting::One(crate::acme::AcmeTable {
-                    domains: vec!["a.test".into(), "b.test".into()],
+                    domains: Some(vec!["a.test".into(), "b.test".into()]),
                     state_dir: Some("/acme".into()),
                     accept_tos: Some(true),
                     ..Default::default()

@@ -9,6 +9,7 @@ use ringterm::rt::reload::{DiskFiles, TlsReloader};
 use ringterm::rt::{config_file, notify, upgrade};
 use ringterm::tls;
 
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tls::{Group, Target, TlsVersion, Trust};
 
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

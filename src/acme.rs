@@ -44,7 +44,10 @@ macro_rules! acme_options {
     ($(
         $(#[doc = $doc:literal])*
         $(#[arg($($arg:tt)*)])*
-        $name:ident: $ty:ty => $flag:literal $(+ $marks:ident)*;
+        $name:ident: $ty:ty => $flag:literal $(+ $marks:ident)*
+        $(, default $default:expr)?
+        $(, check $pred:expr => $reason:literal)?
+        ;
     )*) => {
         /// The ACME flags, flattened into the command line (through
         /// [`crate::config::Settings`]): one per [`AcmeTable`] key.
@@ -83,6 +86,31 @@ macro_rules! acme_options {
             }
         }
 
+        #[allow(dead_code)] // `domains` is per table, read by `validate` itself
+        impl AcmeTable {
+            $(
+                /// The account setting every table that sets it agrees on
+                /// (an error names the flag when two differ), its declared
+                /// default when none sets it, checked.
+                fn $name(tables: &[AcmeTable]) -> Result<Option<$ty>, ConfigError> {
+                    let v = shared(tables, concat!("--", $flag), |t| t.$name.clone())?;
+                    $( let v = v.or_else(|| Some($crate::options::default_of::<$ty, _>($default))); )?
+                    $(
+                        if let Some(x) = &v {
+                            if !$crate::options::holds(x, $pred) {
+                                return Err($crate::options::check_failed(
+                                    concat!("--", $flag),
+                                    x,
+                                    $reason,
+                                ));
+                            }
+                        }
+                    )?
+                    Ok(v)
+                }
+            )*
+        }
+
         impl AcmeTable {
             /// Every value `over` sets replaces this table's.
             fn set_over(&mut self, over: &AcmeTable) {
@@ -113,25 +141,36 @@ acme_options! {
     /// ACME directory URL (default: Let's Encrypt production; staging is
     /// https://acme-staging-v02.api.letsencrypt.org/directory).
     #[arg(value_name = "URL")]
-    directory: String => "acme-directory";
+    directory: String => "acme-directory",
+        default LETS_ENCRYPT,
+        check |v: &String| v.starts_with("https://") => "must be an https:// URL";
     /// Contact e-mail for the ACME account.
     #[arg(value_name = "EMAIL")]
-    email: String => "acme-email";
+    email: String => "acme-email",
+        check |e: &String| e.contains('@') && !e.contains(char::is_whitespace) && !e.contains(',')
+            => "is not an e-mail address";
     /// Folder for the ACME account key, certificates and keys (created
     /// 0700; default /var/lib/ringterm/acme).
     #[arg(value_name = "DIR")]
-    state_dir: String => "acme-state-dir" + path;
+    state_dir: String => "acme-state-dir" + path,
+        default DEFAULT_STATE_DIR,
+        check |v: &String| !v.trim().is_empty() => "must be a folder";
     /// PEM CA certificate to trust for the ACME directory's HTTPS (a
     /// private or test CA).
     #[arg(value_name = "PEM")]
     ca_file: String => "acme-ca-file" + path;
     /// Renew this many days before expiry (default 30; fractions allowed).
     #[arg(value_name = "DAYS")]
-    renew_before: f64 => "acme-renew-before";
+    renew_before: f64 => "acme-renew-before",
+        default DEFAULT_RENEW_BEFORE_DAYS,
+        check |d: &f64| d.is_finite() && *d > 0.0 && *d <= 365.0
+            => "must be more than 0 and at most 365 days";
     /// First retry delay after a failed order, seconds (default 300;
     /// doubles with each failure in a row, up to 4 hours).
     #[arg(value_name = "SECS")]
-    retry_min: u64 => "acme-retry-min";
+    retry_min: u64 => "acme-retry-min",
+        default DEFAULT_RETRY_MIN_S,
+        check |v: &u64| (1..=MAX_RETRY_S).contains(v) => "must be from 1 to 14400 seconds";
     /// Accept the ACME CA's terms of service (required with ACME).
     #[arg(num_args = 0, default_missing_value = "true")]
     accept_tos: bool => "acme-accept-tos";
@@ -292,15 +331,8 @@ pub fn validate(setting: Option<AcmeSetting>) -> Result<Option<AcmeConfig>, Conf
         }
         certs.push(names);
     }
-    let directory = shared(&tables, "--acme-directory", |t| t.directory.clone())?
-        .unwrap_or_else(|| LETS_ENCRYPT.to_owned());
-    if !directory.starts_with("https://") {
-        return Err(invalid(
-            "--acme-directory",
-            format!("{directory:?} must be an https:// URL"),
-        ));
-    }
-    let accept = shared(&tables, "--acme-accept-tos", |t| t.accept_tos)?;
+    let directory = AcmeTable::directory(&tables)?.unwrap_or_default();
+    let accept = AcmeTable::accept_tos(&tables)?;
     if accept != Some(true) {
         return Err(invalid(
             "--acme-accept-tos",
@@ -309,37 +341,11 @@ pub fn validate(setting: Option<AcmeSetting>) -> Result<Option<AcmeConfig>, Conf
             ),
         ));
     }
-    let email = shared(&tables, "--acme-email", |t| t.email.clone())?;
-    if let Some(e) = &email {
-        if !e.contains('@') || e.contains(char::is_whitespace) || e.contains(',') {
-            return Err(invalid(
-                "--acme-email",
-                format!("{e:?} is not an e-mail address"),
-            ));
-        }
-    }
-    let state_dir = shared(&tables, "--acme-state-dir", |t| t.state_dir.clone())?
-        .unwrap_or_else(|| DEFAULT_STATE_DIR.to_owned());
-    if state_dir.trim().is_empty() {
-        return Err(invalid("--acme-state-dir", "must be a folder"));
-    }
-    let ca_file = shared(&tables, "--acme-ca-file", |t| t.ca_file.clone())?;
-    let days = shared(&tables, "--acme-renew-before", |t| t.renew_before)?
-        .unwrap_or(DEFAULT_RENEW_BEFORE_DAYS);
-    if !days.is_finite() || days <= 0.0 || days > 365.0 {
-        return Err(invalid(
-            "--acme-renew-before",
-            format!("{days} must be more than 0 and at most 365 days"),
-        ));
-    }
-    let retry_min_s =
-        shared(&tables, "--acme-retry-min", |t| t.retry_min)?.unwrap_or(DEFAULT_RETRY_MIN_S);
-    if !(1..=MAX_RETRY_S).contains(&retry_min_s) {
-        return Err(invalid(
-            "--acme-retry-min",
-            format!("{retry_min_s} must be from 1 to {MAX_RETRY_S} seconds"),
-        ));
-    }
+    let email = AcmeTable::email(&tables)?;
+    let state_dir = AcmeTable::state_dir(&tables)?.unwrap_or_default();
+    let ca_file = AcmeTable::ca_file(&tables)?;
+    let days = AcmeTable::renew_before(&tables)?.unwrap_or_default();
+    let retry_min_s = AcmeTable::retry_min(&tables)?.unwrap_or_default();
     Ok(Some(AcmeConfig {
         certs,
         directory,

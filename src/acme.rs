@@ -35,6 +35,26 @@ pub const MAX_RETRY_S: u64 = 4 * 3600;
 /// hour, so a fleet does not renew in lockstep.
 pub const MAX_JITTER_S: u64 = 3600;
 
+/// An [`AcmeConfig`] accessor of an account setting: its value (the
+/// declared default when none was set), or `Option` when it has none.
+macro_rules! acme_accessor {
+    ($(#[doc = $doc:literal])* $name:ident, $ty:ty, [$default:expr]) => {
+        $(#[doc = $doc])*
+        pub fn $name(&self) -> $ty {
+            self.account
+                .$name
+                .clone()
+                .unwrap_or_else(|| $crate::options::default_of::<$ty, _>($default))
+        }
+    };
+    ($(#[doc = $doc:literal])* $name:ident, $ty:ty, []) => {
+        $(#[doc = $doc])*
+        pub fn $name(&self) -> Option<&$ty> {
+            self.account.$name.as_ref()
+        }
+    };
+}
+
 /// Declares the ACME options once each: the `--acme-*` flag
 /// ([`AcmeArgs`]) and the key of the `[acme]`/`[[acme]]` tables
 /// ([`AcmeTable`]) come from the same line, with its type, help and
@@ -86,14 +106,17 @@ macro_rules! acme_options {
             }
         }
 
+        /// The `[[acme]]` tables, for the account settings they share.
+        struct Shared<'a>(&'a [AcmeTable]);
+
         #[allow(dead_code)] // `domains` is per table, read by `validate` itself
-        impl AcmeTable {
+        impl Shared<'_> {
             $(
-                /// The account setting every table that sets it agrees on
-                /// (an error names the flag when two differ), its declared
-                /// default when none sets it, checked.
-                fn $name(tables: &[AcmeTable]) -> Result<Option<$ty>, ConfigError> {
-                    let v = shared(tables, concat!("--", $flag), |t| t.$name.clone())?;
+                /// The value every table that sets it agrees on (an error
+                /// names the flag when two differ), its declared default
+                /// when none sets it, checked.
+                fn $name(&self) -> Result<Option<$ty>, ConfigError> {
+                    let v = shared(self.0, concat!("--", $flag), |t| t.$name.clone())?;
                     $( let v = v.or_else(|| Some($crate::options::default_of::<$ty, _>($default))); )?
                     $(
                         if let Some(x) = &v {
@@ -108,6 +131,29 @@ macro_rules! acme_options {
                     )?
                     Ok(v)
                 }
+            )*
+        }
+
+        impl AcmeTable {
+            /// The account settings (the options declared `+ shared`) of
+            /// `tables`, resolved: agreed on, defaults filled in, checked.
+            fn resolve(tables: &[AcmeTable]) -> Result<AcmeTable, ConfigError> {
+                let shared = Shared(tables);
+                let mut t = AcmeTable::default();
+                $(
+                    $crate::option_if!([$($marks)*] shared {
+                        t.$name = shared.$name()?;
+                    });
+                )*
+                Ok(t)
+            }
+        }
+
+        impl AcmeConfig {
+            $(
+                $crate::option_if!([$($marks)*] shared {
+                    acme_accessor!($(#[doc = $doc])* $name, $ty, [$($default)?]);
+                });
             )*
         }
 
@@ -141,42 +187,43 @@ acme_options! {
     /// ACME directory URL (default: Let's Encrypt production; staging is
     /// https://acme-staging-v02.api.letsencrypt.org/directory).
     #[arg(value_name = "URL")]
-    directory: String => "acme-directory",
+    directory: String => "acme-directory" + shared,
         default LETS_ENCRYPT,
         check |v: &String| v.starts_with("https://") => "must be an https:// URL";
     /// Contact e-mail for the ACME account.
     #[arg(value_name = "EMAIL")]
-    email: String => "acme-email",
+    email: String => "acme-email" + shared,
         check |e: &String| e.contains('@') && !e.contains(char::is_whitespace) && !e.contains(',')
             => "is not an e-mail address";
     /// Folder for the ACME account key, certificates and keys (created
     /// 0700; default /var/lib/ringterm/acme).
     #[arg(value_name = "DIR")]
-    state_dir: String => "acme-state-dir" + path,
+    state_dir: String => "acme-state-dir" + path + shared,
         default DEFAULT_STATE_DIR,
         check |v: &String| !v.trim().is_empty() => "must be a folder";
     /// PEM CA certificate to trust for the ACME directory's HTTPS (a
     /// private or test CA).
     #[arg(value_name = "PEM")]
-    ca_file: String => "acme-ca-file" + path;
+    ca_file: String => "acme-ca-file" + path + shared;
     /// Renew this many days before expiry (default 30; fractions allowed).
     #[arg(value_name = "DAYS")]
-    renew_before: f64 => "acme-renew-before",
+    renew_before: f64 => "acme-renew-before" + shared,
         default DEFAULT_RENEW_BEFORE_DAYS,
         check |d: &f64| d.is_finite() && *d > 0.0 && *d <= 365.0
             => "must be more than 0 and at most 365 days";
     /// First retry delay after a failed order, seconds (default 300;
     /// doubles with each failure in a row, up to 4 hours).
     #[arg(value_name = "SECS")]
-    retry_min: u64 => "acme-retry-min",
+    retry_min: u64 => "acme-retry-min" + shared,
         default DEFAULT_RETRY_MIN_S,
         check |v: &u64| (1..=MAX_RETRY_S).contains(v) => "must be from 1 to 14400 seconds";
     /// Accept the ACME CA's terms of service (required with ACME).
     #[arg(num_args = 0, default_missing_value = "true")]
-    accept_tos: bool => "acme-accept-tos";
+    accept_tos: bool => "acme-accept-tos" + shared;
 }
 
 impl Eq for AcmeArgs {}
+impl Eq for AcmeTable {}
 
 /// `[acme]` (one table) or `[[acme]]` (one table per certificate).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -241,18 +288,9 @@ pub struct AcmeConfig {
     /// One entry per certificate: its names (lowercase, the first names
     /// its state file).
     pub certs: Vec<Vec<String>>,
-    /// The directory URL.
-    pub directory: String,
-    /// Contact e-mail, if any.
-    pub email: Option<String>,
-    /// The state folder.
-    pub state_dir: String,
-    /// A CA certificate file to trust for the directory, if any.
-    pub ca_file: Option<String>,
-    /// Renew this many seconds before expiry.
-    pub renew_before_s: u64,
-    /// First retry delay after a failure, seconds.
-    pub retry_min_s: u64,
+    /// The account settings every table agreed on, defaults filled in and
+    /// checked; read through the accessors (`directory()`, `email()`, …).
+    account: AcmeTable,
 }
 
 fn invalid(flag: &'static str, message: impl Into<String>) -> ConfigError {
@@ -331,38 +369,36 @@ pub fn validate(setting: Option<AcmeSetting>) -> Result<Option<AcmeConfig>, Conf
         }
         certs.push(names);
     }
-    let directory = AcmeTable::directory(&tables)?.unwrap_or_default();
-    let accept = AcmeTable::accept_tos(&tables)?;
-    if accept != Some(true) {
+    let account = AcmeTable::resolve(&tables)?;
+    let acme = AcmeConfig { certs, account };
+    if acme.accept_tos() != Some(&true) {
         return Err(invalid(
             "--acme-accept-tos",
             format!(
-                "ACME needs the CA's terms of service accepted: read them (the termsOfService link of {directory}) and pass --acme-accept-tos (accept-tos = true in [acme])"
+                "ACME needs the CA's terms of service accepted: read them (the termsOfService link of {}) and pass --acme-accept-tos (accept-tos = true in [acme])",
+                acme.directory()
             ),
         ));
     }
-    let email = AcmeTable::email(&tables)?;
-    let state_dir = AcmeTable::state_dir(&tables)?.unwrap_or_default();
-    let ca_file = AcmeTable::ca_file(&tables)?;
-    let days = AcmeTable::renew_before(&tables)?.unwrap_or_default();
-    let retry_min_s = AcmeTable::retry_min(&tables)?.unwrap_or_default();
-    Ok(Some(AcmeConfig {
-        certs,
-        directory,
-        email,
-        state_dir,
-        ca_file,
-        renew_before_s: (days * 86_400.0).round().max(1.0) as u64,
-        retry_min_s,
-    }))
+    Ok(Some(acme))
 }
 
 impl AcmeConfig {
+    /// Renew this many seconds before expiry.
+    pub fn renew_before_s(&self) -> u64 {
+        (self.renew_before() * 86_400.0).round().max(1.0) as u64
+    }
+
+    /// First retry delay after a failure, seconds.
+    pub fn retry_min_s(&self) -> u64 {
+        self.retry_min()
+    }
+
     /// The state file (combined PEM: key, then chain) of the certificate
     /// for `names`: `STATE/certs/FIRST-NAME.pem`.
     pub fn cert_file(&self, names: &[String]) -> String {
         let first = names.first().map(String::as_str).unwrap_or("_");
-        std::path::Path::new(&self.state_dir)
+        std::path::Path::new(&self.state_dir())
             .join("certs")
             .join(format!("{first}.pem"))
             .display()
@@ -371,7 +407,7 @@ impl AcmeConfig {
 
     /// The folder of the certificate state files.
     pub fn certs_dir(&self) -> String {
-        std::path::Path::new(&self.state_dir)
+        std::path::Path::new(&self.state_dir())
             .join("certs")
             .display()
             .to_string()
@@ -381,12 +417,12 @@ impl AcmeConfig {
     /// `STATE/account-HASH.json` (another directory gets another account).
     pub fn account_file(&self) -> String {
         let digest =
-            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.directory.as_bytes());
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.directory().as_bytes());
         let hash: String = digest.as_ref()[..6]
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        std::path::Path::new(&self.state_dir)
+        std::path::Path::new(&self.state_dir())
             .join(format!("account-{hash}.json"))
             .display()
             .to_string()
@@ -398,7 +434,7 @@ impl AcmeConfig {
     /// one certificate (a hash of its names and expiry), so that the
     /// schedule does not move between looks.
     pub fn renew_at(&self, names: &[String], not_after: u64) -> u64 {
-        let max_jitter = (self.renew_before_s / 10).min(MAX_JITTER_S);
+        let max_jitter = (self.renew_before_s() / 10).min(MAX_JITTER_S);
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for b in names
             .iter()
@@ -412,16 +448,16 @@ impl AcmeConfig {
         } else {
             h % (max_jitter + 1)
         };
-        not_after.saturating_sub(self.renew_before_s + jitter)
+        not_after.saturating_sub(self.renew_before_s() + jitter)
     }
 
     /// The delay before retrying after `failures` failures in a row:
     /// `retry_min`, doubling, at most [`MAX_RETRY_S`].
     pub fn retry_delay(&self, failures: u32) -> u64 {
         let shift = failures.saturating_sub(1).min(20);
-        self.retry_min_s
+        self.retry_min_s()
             .saturating_mul(1u64 << shift)
-            .min(MAX_RETRY_S.max(self.retry_min_s))
+            .min(MAX_RETRY_S.max(self.retry_min_s()))
     }
 }
 
@@ -438,10 +474,10 @@ pub fn summary(
     let _ = writeln!(
         out,
         "acme: directory {}, state dir {}, renew {} days before expiry{}",
-        acme.directory,
-        acme.state_dir,
-        acme.renew_before_s as f64 / 86_400.0,
-        acme.email
+        acme.directory(),
+        acme.state_dir(),
+        acme.renew_before_s() as f64 / 86_400.0,
+        acme.email()
             .as_ref()
             .map(|e| format!(", contact {e}"))
             .unwrap_or_default()
@@ -553,9 +589,9 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(c.certs, [vec!["a.example.com", "b.example.com"]]);
-        assert_eq!(c.directory, LETS_ENCRYPT);
-        assert_eq!(c.state_dir, DEFAULT_STATE_DIR);
-        assert_eq!(c.renew_before_s, 30 * 86_400);
+        assert_eq!(c.directory(), LETS_ENCRYPT);
+        assert_eq!(c.state_dir(), DEFAULT_STATE_DIR);
+        assert_eq!(c.renew_before_s(), 30 * 86_400);
         assert_eq!(
             c.cert_file(&c.certs[0]),
             "/var/lib/ringterm/acme/certs/a.example.com.pem"
@@ -624,8 +660,8 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(c.certs.len(), 2);
-        assert_eq!(c.renew_before_s, 10 * 86_400);
-        assert_eq!(c.email.as_deref(), Some("a@x.test"));
+        assert_eq!(c.renew_before_s(), 10 * 86_400);
+        assert_eq!(c.email().map(String::as_str), Some("a@x.test"));
         let flags = AcmeSetting::One(AcmeTable {
             domains: Some(vec!["c.test".into()]),
             ..AcmeTable::default()
@@ -645,8 +681,8 @@ mod tests {
         .unwrap();
         let c = one.validate(&[0]).unwrap().acme.unwrap();
         assert_eq!(c.certs, [vec!["a.test"]]);
-        assert_eq!(c.state_dir, "/etc/r/acme");
-        assert_eq!(c.renew_before_s, 10 * 86_400);
+        assert_eq!(c.state_dir(), "/etc/r/acme");
+        assert_eq!(c.renew_before_s(), 10 * 86_400);
         let many = Settings::from_toml(
             "r.toml",
             &format!("{base}[[acme]]\ndomains = [\"a.test\"]\naccept-tos = true\n[[acme]]\ndomains = [\"b.test\", \"c.test\"]\n"),

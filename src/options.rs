@@ -176,8 +176,10 @@ macro_rules! option_if {
 macro_rules! option_if_eq {
     (path path $rest:tt { $($code:tt)* }) => { $($code)* };
     (frontend frontend $rest:tt { $($code:tt)* }) => { $($code)* };
+    (shared shared $rest:tt { $($code:tt)* }) => { $($code)* };
     (path $want:ident $rest:tt $code:tt) => { $crate::option_if!($rest $want $code); };
     (frontend $want:ident $rest:tt $code:tt) => { $crate::option_if!($rest $want $code); };
+    (shared $want:ident $rest:tt $code:tt) => { $crate::option_if!($rest $want $code); };
 }
 
 /// The `[[frontend]]` table: the options declared `+ frontend`, with

@@ -44,7 +44,7 @@ pub fn challenges() -> &'static AcmeChallenges {
 /// their files are given to that user: the ACME thread writes them after
 /// the switch. The error is one line naming the flag.
 pub fn prepare(acme: &AcmeConfig, owner: Option<(u32, u32)>) -> Result<(), String> {
-    for dir in [acme.state_dir.clone(), acme.certs_dir()] {
+    for dir in [acme.state_dir(), acme.certs_dir()] {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -67,7 +67,7 @@ pub fn prepare(acme: &AcmeConfig, owner: Option<(u32, u32)>) -> Result<(), Strin
 /// Checks that `--acme-ca-file`, when set, holds a PEM certificate (at
 /// start and in `ringterm check`).
 pub fn check_ca_file(acme: &AcmeConfig) -> Result<(), String> {
-    if let Some(ca) = &acme.ca_file {
+    if let Some(ca) = acme.ca_file() {
         let pem = std::fs::read(ca).map_err(|e| format!("--acme-ca-file {ca}: {e}"))?;
         crate::tls::load_cert_chain(ca, &pem)
             .map_err(|_| format!("--acme-ca-file {ca}: no PEM certificate in it"))?;
@@ -321,7 +321,7 @@ impl Client {
         if let Some(a) = &self.account {
             return Ok(a.clone());
         }
-        let builder = || match &self.acme.ca_file {
+        let builder = || match self.acme.ca_file() {
             Some(ca) => Account::builder_with_root(ca).map_err(line),
             None => Account::builder().map_err(line),
         };
@@ -333,7 +333,7 @@ impl Client {
                 builder()?.from_credentials(creds).await.map_err(line)?
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let contact = self.acme.email.as_ref().map(|e| format!("mailto:{e}"));
+                let contact = self.acme.email().map(|e| format!("mailto:{e}"));
                 let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
                 let (account, creds) = builder()?
                     .create(
@@ -342,14 +342,14 @@ impl Client {
                             terms_of_service_agreed: true,
                             only_return_existing: false,
                         },
-                        self.acme.directory.clone(),
+                        self.acme.directory(),
                         None,
                     )
                     .await
                     .map_err(line)?;
                 let json = serde_json::to_vec(&creds).map_err(line)?;
                 write_atomic(&path, &json).map_err(|e| format!("writing {path}: {e}"))?;
-                tracing::info!(directory = %self.acme.directory, "ACME: account created");
+                tracing::info!(directory = %self.acme.directory(), "ACME: account created");
                 account
             }
             Err(e) => return Err(format!("{path}: {e}")),

@@ -103,21 +103,6 @@ mod tests {
     #[derive(Debug)]
     struct Other;
 
-    impl ProducesTickets for StatefulTickets {
-        fn enabled(&self) -> bool {
-            true
-        }
-        fn lifetime(&self) -> u32 {
-            0
-        }
-        fn encrypt(&self, _: &[u8]) -> Option<Vec<u8>> {
-            None
-        }
-        fn decrypt(&self, _: &[u8]) -> Option<Vec<u8>> {
-            None
-        }
-    }
-
     macro_rules! other {
         ($t:ty) => {
             impl ProducesTickets for $t {
@@ -136,6 +121,7 @@ mod tests {
             }
         };
     }
+    other!(StatefulTickets);
     other!(StatefulTicketsLater);
     other!(Other);
 

@@ -57,6 +57,7 @@ use std::time::{Duration, Instant};
 use rustls::ServerConfig;
 
 use crate::proxy::{self, ParseLimits, Parsed, ProxyError, ProxyHeader};
+use crate::record::LentRecords;
 use crate::route::{BackendAddr, PoolId, Pools};
 use crate::tls::hello::{self, Peek};
 use crate::tls::{
@@ -141,6 +142,16 @@ pub enum Op {
         buf: Vec<u8>,
         /// Where the unsent part starts.
         off: usize,
+    },
+    /// Write the records sealed in the buffer the runtime lent (see
+    /// [`Conn::handle_recv_lent`]): their wire image, as
+    /// [`LentRecords::segments`] lays it out; then call
+    /// [`Conn::handle_send`] with no buffer when all of it went out, or
+    /// with the whole wire image (gathered by [`LentRecords::gather`]) and
+    /// offset 0 when not (a short write, a cancel, an error).
+    SendLent {
+        /// Which socket (the client).
+        side: Side,
     },
     /// `shutdown(SHUT_WR)` on `side`: nothing more will be written. It has
     /// no completion to report.
@@ -371,6 +382,9 @@ struct Sock {
     read: Option<usize>,
     /// A write is in flight.
     write: bool,
+    /// Records sealed in a buffer the runtime lent wait to be written
+    /// ([`Op::SendLent`]).
+    lent: bool,
     /// A write to resume (a short write): the buffer and its offset.
     unsent: Option<(Vec<u8>, usize)>,
     /// A cancel is in flight.
@@ -398,7 +412,7 @@ impl Sock {
 
     /// Whether anything is owed to this side: queued, or being written.
     fn owes(&self, queued: &[u8]) -> bool {
-        !queued.is_empty() || self.unsent.is_some() || self.write
+        !queued.is_empty() || self.unsent.is_some() || self.write || self.lent
     }
 }
 
@@ -555,6 +569,13 @@ impl Conn {
     /// The TLS session (read-only: facts for logs and tests).
     pub fn tls(&self) -> &TlsSession {
         &self.tls
+    }
+
+    /// Whether records sealed in a lent buffer still wait for their
+    /// [`Op::SendLent`]. Once this is false and no such write is in
+    /// flight, the runtime has its buffer back.
+    pub fn lent_pending(&self) -> bool {
+        self.client.lent
     }
 
     /// Whether an op is in flight.
@@ -722,8 +743,73 @@ impl Conn {
         &mut self,
         side: Side,
         res: IoResult,
+        buf: Vec<u8>,
+        data: &[u8],
+        now: Instant,
+    ) {
+        self.recv(side, res, buf, data, false, now);
+    }
+
+    /// A backend read landed in a buffer the runtime can lend until a write
+    /// completes: `data[..n]` are the bytes read (`res` is `Done(n)`), and
+    /// `data` goes on after them (see [`RecordLayer::seal_lent`]:
+    /// TLS 1.3 needs one byte there). When the client can take them now
+    /// (relaying, nothing queued or being written to it) and the own
+    /// record layer can, they are sealed where they are, their headers and
+    /// trailers go into `lent`, and `true` is returned: the next op is an
+    /// [`Op::SendLent`], and the runtime keeps the buffer, unchanged, until
+    /// that write completes. Otherwise (`false`) it is
+    /// [`Conn::handle_recv_with`], and the buffer is free again at once.
+    ///
+    /// [`RecordLayer::seal_lent`]: crate::record::RecordLayer::seal_lent
+    pub fn handle_recv_lent(
+        &mut self,
+        res: IoResult,
+        buf: Vec<u8>,
+        data: &mut [u8],
+        lent: &mut LentRecords,
+        now: Instant,
+    ) -> bool {
+        let n = match res {
+            IoResult::Done(n) => n.min(data.len()),
+            _ => 0,
+        };
+        let can = n > 0
+            && self.state == State::Relaying
+            && buf.is_empty()
+            && self.to_client.is_empty()
+            && !self.client.write
+            && !self.client.lent
+            && self.client.unsent.is_none();
+        if can {
+            match self.tls.seal_lent(data, n, lent) {
+                Ok(true) => {
+                    self.client.lent = true;
+                    self.recv(Side::Backend, res, buf, &[], true, now);
+                    return true;
+                }
+                Ok(false) => {}
+                Err(err) => {
+                    self.recv(Side::Backend, res, buf, &[], true, now);
+                    self.client.lent = false;
+                    self.fail(End::Tls(err));
+                    return false;
+                }
+            }
+        }
+        self.recv(Side::Backend, res, buf, &data[..n], false, now);
+        false
+    }
+
+    /// A read completed: `data` as in [`Conn::handle_recv_with`]; `sealed`:
+    /// the backend bytes were sealed in a lent buffer already.
+    fn recv(
+        &mut self,
+        side: Side,
+        res: IoResult,
         mut buf: Vec<u8>,
         data: &[u8],
+        sealed: bool,
         now: Instant,
     ) {
         let direct = side == Side::Backend && buf.is_empty() && !data.is_empty();
@@ -740,7 +826,7 @@ impl Conn {
         let s = self.sock_mut(side);
         let offered = s.read.take().unwrap_or(0);
         s.buf = buf;
-        self.dispatch_recv(side, res, offered, data, now);
+        self.dispatch_recv(side, res, offered, data, sealed, now);
         if self.out.first_close.is_none() {
             if self.client.eof {
                 self.out.first_close = Some(Side::Client);
@@ -763,6 +849,7 @@ impl Conn {
         res: IoResult,
         offered: usize,
         data: &[u8],
+        sealed: bool,
         now: Instant,
     ) {
         if let IoResult::Done(_) = res {
@@ -772,7 +859,9 @@ impl Conn {
             (State::ExpectProxyHeader, _) => self.on_proxy_read(res),
             (State::Handshaking, _) => self.on_handshake_read(res, now),
             (State::Relaying, Side::Client) => self.on_client_read(res, offered, now),
-            (State::Relaying, Side::Backend) => self.on_backend_read(res, offered, data, now),
+            (State::Relaying, Side::Backend) => {
+                self.on_backend_read(res, offered, data, sealed, now)
+            }
             // Stopping: what the backend sent still reaches the client
             // (encrypted, ahead of the close_notify); what the client sent
             // can no longer reach the backend, which is then reset.
@@ -1272,6 +1361,10 @@ impl Conn {
         if sock.write {
             return None;
         }
+        if std::mem::take(&mut sock.lent) {
+            sock.write = true;
+            return Some(Op::SendLent { side });
+        }
         let (buf, off) = match sock.unsent.take() {
             Some(resume) => resume,
             None if queued.is_empty() => return None,
@@ -1410,7 +1503,14 @@ impl Conn {
         }
     }
 
-    fn on_backend_read(&mut self, res: IoResult, offered: usize, data: &[u8], now: Instant) {
+    fn on_backend_read(
+        &mut self,
+        res: IoResult,
+        offered: usize,
+        data: &[u8],
+        sealed: bool,
+        now: Instant,
+    ) {
         match res {
             IoResult::Done(0) => {
                 self.backend.eof = true;
@@ -1428,7 +1528,9 @@ impl Conn {
                 }
                 let max = self.cfg.buffer_size.max(1);
                 self.backend.read_size = next_read_size(self.backend.read_size, n, offered, max);
-                self.encrypt_backend_read(data);
+                if !sealed {
+                    self.encrypt_backend_read(data);
+                }
             }
             IoResult::Cancelled => {}
             IoResult::Failed(kind) => self.fail(End::Io(Side::Backend, kind)),
@@ -1595,6 +1697,7 @@ impl Conn {
         };
         let owed = sock.owes(queued);
         queued.clear();
+        sock.lent = false;
         if side == Side::Backend {
             self.to_backend_off = 0;
         }

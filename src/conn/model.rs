@@ -134,11 +134,15 @@ proptest! {
         refuse_a in any::<bool>(),
         settle_first in proptest::bool::weighted(0.7),
         runtime_buffers in any::<bool>(),
+        lend in any::<bool>(),
+        ring_buf in prop_oneof![Just(4096usize), Just(40_000)],
         actions in proptest::collection::vec(action(), 1..160),
     ) {
         let mut c = cfg();
         c.runtime_buffers = runtime_buffers;
         let mut w = World::new(c, &[BACKEND_A, BACKEND_B]);
+        w.lend = lend;
+        w.ring_buf = ring_buf;
         if refuse_a {
             w.refusing.push(addr(BACKEND_A).into());
         }

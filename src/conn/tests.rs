@@ -111,6 +111,16 @@ pub(super) struct World {
     pub ring_buf: usize,
     /// Session lookups asked for (key, take).
     pub lookups: Vec<(Vec<u8>, bool)>,
+    /// With runtime buffers: backend reads lend their buffer to the client
+    /// write ([`Conn::handle_recv_lent`]).
+    pub lend: bool,
+    /// A lent buffer and its records, until their write is submitted.
+    pub lent: Option<(Vec<u8>, LentRecords)>,
+    /// The client write in flight is a lent one (its `Pending` holds the
+    /// wire image, gathered as the runtime would).
+    pub c_write_lent: bool,
+    /// Backend reads that were sealed in their lent buffer.
+    pub lent_reads: usize,
 }
 
 impl World {
@@ -175,6 +185,10 @@ impl World {
             runtime_buffers,
             ring_buf: 4096,
             lookups: Vec::new(),
+            lend: false,
+            lent: None,
+            c_write_lent: false,
+            lent_reads: 0,
         };
         w.flush_client_tls();
         w.pump();
@@ -198,6 +212,10 @@ impl World {
         while let Some(op) = self.conn.poll_op(self.now, &mut self.pools) {
             self.take_op(op);
         }
+        if self.lent.is_some() && !self.conn.lent_pending() {
+            // The machine dropped what it sealed there: the buffer is back.
+            self.lent = None;
+        }
         if let Some(out) = self.conn.poll_outcome() {
             assert!(self.outcome.is_none(), "outcome reported twice");
             assert!(
@@ -207,7 +225,8 @@ impl World {
                     && self.b_write.is_none()
                     && self.connect.is_none()
                     && !self.c_cancel
-                    && !self.b_cancel,
+                    && !self.b_cancel
+                    && !self.conn.lent_pending(),
                 "outcome with an op in flight: {out:?}"
             );
             self.outcome = Some(out);
@@ -255,6 +274,16 @@ impl World {
                     self.backend_fin_from_server = true;
                 }
             },
+            Op::SendLent { side } => {
+                assert_eq!(side, Side::Client);
+                assert!(self.c_write.is_none(), "two writes in flight on the client");
+                let (buf, records) = self.lent.take().expect("a lent buffer");
+                let mut wire = Vec::new();
+                records.gather(&buf, &mut wire);
+                assert!(!wire.is_empty(), "an empty write");
+                self.c_write = Some(Pending { buf: wire, off: 0 });
+                self.c_write_lent = true;
+            }
             Op::ShutdownBoth { .. } => {}
             Op::Connect { addr } => {
                 assert!(self.connect.is_none());
@@ -394,6 +423,22 @@ impl World {
         if !self.runtime_buffers {
             p.buf.append(&mut data);
         }
+        if self.lend && self.runtime_buffers && !data.is_empty() {
+            // A ring buffer: the bytes, then room the kernel never fills.
+            let mut ring = vec![0xEE; self.ring_buf + 64];
+            ring[..data.len()].copy_from_slice(&data);
+            let mut records = LentRecords::default();
+            if self
+                .conn
+                .handle_recv_lent(res, p.buf, &mut ring, &mut records, self.now)
+            {
+                assert!(self.lent.is_none(), "two buffers lent");
+                self.lent_reads += 1;
+                self.lent = Some((ring, records));
+            }
+            self.pump();
+            return true;
+        }
         self.conn
             .handle_recv_with(Side::Backend, res, p.buf, &data, self.now);
         self.pump();
@@ -413,6 +458,17 @@ impl World {
             self.deliver_to_client(&p.buf[p.off..p.off + n]);
             IoResult::Done(n)
         };
+        if std::mem::take(&mut self.c_write_lent) {
+            // As the runtime reports a lent write: no buffer when all of
+            // it went out (or it failed), else the wire image from 0.
+            let buf = match res {
+                IoResult::Done(n) if n < p.buf.len() => p.buf,
+                _ => Vec::new(),
+            };
+            self.conn.handle_send(Side::Client, res, buf, 0, self.now);
+            self.pump();
+            return true;
+        }
         self.conn
             .handle_send(Side::Client, res, p.buf, p.off, self.now);
         self.pump();
@@ -473,6 +529,10 @@ impl World {
         }
         if let Some(p) = write {
             n += 1;
+            if side == Side::Client {
+                // A lent write's wire image resumes from 0, as any other.
+                self.c_write_lent = false;
+            }
             self.conn
                 .handle_send(side, IoResult::Cancelled, p.buf, p.off, self.now);
         }
@@ -1127,6 +1187,92 @@ fn relay_moves_buffers_instead_of_copying() {
     assert_eq!(write.off, 5, "after the record header");
     w.settle();
     assert_eq!(w.backend_got, b"GET / HTTP/1.1\r\n\r\n");
+}
+
+fn relaying_lent(ring_buf: usize) -> World {
+    let mut c = cfg();
+    c.runtime_buffers = true;
+    let mut w = World::new(c, &[BACKEND_A]);
+    w.lend = true;
+    w.ring_buf = ring_buf;
+    w.settle();
+    assert!(w.handshake_done());
+    w
+}
+
+/// With a runtime that lends its read buffers, backend bytes are sealed
+/// where the read left them (one record or several per read) and the
+/// client write carries them from there; later reads wait for it, or are
+/// copied when a write is still owed, and everything arrives in order.
+#[test]
+fn lent_backend_reads_are_sealed_where_they_landed() {
+    for ring_buf in [4096, 64 * 1024] {
+        let mut w = relaying_lent(ring_buf);
+        w.backend_send(b"HTTP/1.1 200 OK\r\n\r\nhello");
+        assert!(w.complete_backend_read(usize::MAX));
+        assert_eq!(w.lent_reads, 1, "sealed in the lent buffer");
+        assert!(w.c_write_lent, "the client write is the lent buffer's");
+        w.settle();
+        assert_eq!(w.client_got, b"HTTP/1.1 200 OK\r\n\r\nhello");
+        // Bulk: many reads, several records each with the large buffer.
+        w.client_got.clear();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        w.backend_send(&data);
+        w.settle();
+        assert!(w.client_got == data, "{ring_buf}");
+        assert!(w.lent_reads > 1);
+        // Short writes resume from the gathered wire image, in order.
+        w.client_got.clear();
+        w.backend_send(&data);
+        for _ in 0..100_000 {
+            let moved = w.complete_client_write(7_777) || w.complete_backend_read(usize::MAX);
+            if !moved {
+                break;
+            }
+        }
+        assert!(w.client_got == data, "{ring_buf}");
+        w.client_close(true);
+        w.backend_fin = true;
+        w.settle();
+        assert!(w.client_close_notify);
+        assert_eq!(w.outcome().end, End::Closed);
+        assert!(w.lent.is_none());
+    }
+}
+
+/// A lent write cancelled by the idle timeout resumes from its wire image
+/// and is flushed before the close_notify; a stop before a lent write was
+/// submitted gives the buffer back with the bytes still delivered.
+#[test]
+fn lent_writes_survive_cancels_and_stops() {
+    let mut w = relaying_lent(64 * 1024);
+    w.backend_send(&[7; 20_000]);
+    assert!(w.complete_backend_read(usize::MAX));
+    assert!(w.c_write_lent);
+    w.tick(10_000, false);
+    w.settle();
+    assert_eq!(w.client_got, vec![7; 20_000]);
+    assert!(w.client_close_notify);
+    assert_eq!(w.outcome().end, End::IdleTimeout);
+
+    let mut w = relaying_lent(64 * 1024);
+    w.backend_send(&[9; 50_000]);
+    assert!(w.complete_backend_read(usize::MAX));
+    w.stop();
+    w.settle();
+    assert_eq!(w.client_got, vec![9; 50_000]);
+    assert!(w.lent.is_none(), "the buffer went back");
+    assert!(w.outcome.is_some());
+
+    // A client reset while a lent write is in flight: it fails, the buffer
+    // goes back, the backend is reset.
+    let mut w = relaying_lent(64 * 1024);
+    w.backend_send(&[1; 30_000]);
+    assert!(w.complete_backend_read(usize::MAX));
+    w.client_reset = true;
+    w.settle();
+    assert!(w.lent.is_none() && !w.c_write_lent);
+    assert!(matches!(w.outcome().end, End::Io(Side::Client, _)));
 }
 
 /// A relaying connection quiet for [`HIBERNATE_AFTER`] drops its record

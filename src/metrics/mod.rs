@@ -189,6 +189,12 @@ counters! {
     accept_errors: "counter",
     /// Reads that found the provided-buffer ring empty (submitted again).
     recv_enobufs: "counter",
+    /// Backend reads sealed where they landed in the read-buffer ring and
+    /// written to the client from there (no copy of the payload).
+    lent_sends: "counter",
+    /// Writes of records sealed in a lent ring buffer that did not go out
+    /// whole (a cancel or an error): their rest was copied out.
+    lent_send_rest: "counter",
     /// Completions for a connection slot that had been reused (ignored).
     stale_completions: "counter",
     /// Submissions the kernel refused (the op failed, the worker went on).

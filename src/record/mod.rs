@@ -130,6 +130,72 @@ impl RecordLayerKind {
     }
 }
 
+/// Records sealed in place in a buffer the caller lends
+/// ([`RecordLayer::seal_lent`]): their headers and trailers, and where each
+/// piece of the wire image is.
+#[derive(Debug, Default)]
+pub struct LentRecords {
+    /// Per record, its header (and explicit nonce), then its trailer.
+    frames: Vec<u8>,
+    front: usize,
+    tail: usize,
+    /// Payload bytes, from the start of the lent buffer.
+    len: usize,
+}
+
+/// A piece of the wire image of [`LentRecords`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    /// Bytes of [`LentRecords::frames`].
+    Frame(Range<usize>),
+    /// Bytes of the lent buffer (ciphertext sealed in place).
+    Data(Range<usize>),
+}
+
+impl LentRecords {
+    /// The headers and trailers, which [`Segment::Frame`] ranges index.
+    pub fn frames(&self) -> &[u8] {
+        &self.frames
+    }
+
+    /// How many records.
+    pub fn records(&self) -> usize {
+        self.len.div_ceil(MAX_FRAGMENT_LEN)
+    }
+
+    /// Bytes on the wire.
+    pub fn wire_len(&self) -> usize {
+        self.len + self.frames.len()
+    }
+
+    /// The pieces of the wire image, in order: per record its header, its
+    /// payload in the lent buffer, its trailer.
+    pub fn segments(&self) -> impl Iterator<Item = Segment> + '_ {
+        let per = self.front + self.tail;
+        (0..self.records()).flat_map(move |i| {
+            let (f, d) = (i * per, i * MAX_FRAGMENT_LEN);
+            let d_end = (d + MAX_FRAGMENT_LEN).min(self.len);
+            [
+                Segment::Frame(f..f + self.front),
+                Segment::Data(d..d_end),
+                Segment::Frame(f + self.front..f + per),
+            ]
+        })
+    }
+
+    /// Appends the wire image to `out`, with the payload from `data` (the
+    /// lent buffer): what a short write's rest is taken from.
+    pub fn gather(&self, data: &[u8], out: &mut Vec<u8>) {
+        out.reserve(self.wire_len());
+        for seg in self.segments() {
+            match seg {
+                Segment::Frame(r) => out.extend_from_slice(&self.frames[r]),
+                Segment::Data(r) => out.extend_from_slice(&data[r]),
+            }
+        }
+    }
+}
+
 /// The negotiated protocol version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {
@@ -414,6 +480,75 @@ impl<D> RecordLayer<D> {
             self.after_seal(out)?;
         }
         Ok(())
+    }
+
+    /// Seals `data[..len]` in place as application data records, leaving
+    /// the payload where it is: each record's header (with TLS 1.2's
+    /// explicit nonce) and trailer (TLS 1.3's encrypted content type, the
+    /// tag) go into `lent`, whose [`LentRecords::segments`] then name the
+    /// wire image in order. For a buffer the caller cannot grow (a
+    /// runtime's read buffer): nothing of the payload is copied.
+    ///
+    /// TLS 1.3 needs one byte of `data` after `len` (the content type is
+    /// sealed after the payload: each record borrows the byte after it and
+    /// puts it back). Returns `Ok(false)`, having changed nothing, when
+    /// that byte is missing, when `len` is 0, or when a KeyUpdate (or the
+    /// end of a TLS 1.2 key) would fall among these records: the caller
+    /// then uses [`RecordLayer::seal`], which puts it in its place.
+    pub fn seal_lent(
+        &mut self,
+        data: &mut [u8],
+        len: usize,
+        lent: &mut LentRecords,
+    ) -> Result<bool, RecordError> {
+        self.check_can_send()?;
+        let records = len.div_ceil(MAX_FRAGMENT_LEN) as u64;
+        let tls13 = self.version == Version::Tls13;
+        if len == 0
+            || len > data.len()
+            || (tls13 && len == data.len())
+            || self.tx_seq.saturating_add(records + 1) >= self.limit
+        {
+            return Ok(false);
+        }
+        let (front, tail) = (self.header_room(), self.tail_room());
+        lent.frames.clear();
+        lent.frames.reserve(records as usize * (front + tail));
+        lent.front = front;
+        lent.tail = tail;
+        lent.len = len;
+        let mut start = 0;
+        while start < len {
+            let end = (start + MAX_FRAGMENT_LEN).min(len);
+            let plain_len = end - start;
+            let seq = self.tx_seq;
+            let total = front - HEADER_LEN + plain_len + tail;
+            lent.frames
+                .extend_from_slice(&header(APPLICATION_DATA, total));
+            if front > HEADER_LEN {
+                let explicit = self.sealer.explicit_nonce(seq);
+                lent.frames.extend_from_slice(&explicit);
+            }
+            let tag = if tls13 {
+                // TLSInnerPlaintext: the payload, then its type; the byte
+                // after the payload is borrowed for the type and restored.
+                let aad = header(APPLICATION_DATA, total);
+                let borrowed = data[end];
+                data[end] = APPLICATION_DATA;
+                let res = self.sealer.seal(seq, &aad, &mut data[start..=end]);
+                let sealed_type = data[end];
+                data[end] = borrowed;
+                lent.frames.push(sealed_type);
+                res?
+            } else {
+                let aad = tls12_aad(seq, APPLICATION_DATA, plain_len);
+                self.sealer.seal(seq, &aad, &mut data[start..end])?
+            };
+            lent.frames.extend_from_slice(tag.as_ref());
+            self.tx_seq += 1;
+            start = end;
+        }
+        Ok(true)
     }
 
     /// Appends our close_notify. Idempotent; nothing after a failure.

@@ -1051,3 +1051,96 @@ fn finished_split_across_records_still_hands_over() {
         assert!(p.server.is_own_record_layer(), "{suite}");
     }
 }
+
+/// Seals `data` in a lent buffer (with a spare byte after it), delivers
+/// the gathered wire image to the client; `None` when the layer left it to
+/// the copying path.
+fn send_lent(p: &mut Pair, data: &[u8]) -> Option<LentRecords> {
+    let mut buf = data.to_vec();
+    buf.push(0xAB);
+    let mut lent = LentRecords::default();
+    if !p.server.seal_lent(&mut buf, data.len(), &mut lent).unwrap() {
+        assert!(buf[..data.len()] == *data, "refused, yet changed");
+        return None;
+    }
+    assert_eq!(buf[data.len()], 0xAB, "the borrowed byte is back");
+    let mut wire = Vec::new();
+    lent.gather(&buf, &mut wire);
+    assert_eq!(wire.len(), lent.wire_len());
+    p.deliver(&wire);
+    Some(lent)
+}
+
+/// Records sealed in a lent buffer (a runtime's read buffer): the payload
+/// stays where it is, headers and trailers go beside it, and the client
+/// reads the same bytes, for every suite, at every size and record
+/// boundary; the copying path carries on with the next sequence number.
+#[test]
+fn seal_lent_leaves_the_payload_in_place() {
+    for suite in all_suites() {
+        let mut p = pair(suite);
+        for len in [1, 100, 16383, 16384, 16385, 65536, 100_000] {
+            let data = pattern(len);
+            let lent = send_lent(&mut p, &data).expect("sealed in place");
+            assert_eq!(lent.records(), len.div_ceil(MAX_FRAGMENT_LEN), "{suite}");
+            // Per record: header, payload in the buffer, trailer.
+            let segs: Vec<Segment> = lent.segments().collect();
+            assert_eq!(segs.len(), 3 * lent.records());
+            assert!(matches!(&segs[1], Segment::Data(r) if r.start == 0));
+            assert!(std::mem::take(&mut p.client_rx) == data, "{suite} {len}");
+            p.send_to_client(b"after");
+            assert_eq!(std::mem::take(&mut p.client_rx), b"after", "{suite}");
+        }
+        // Nothing to seal; TLS 1.3 with no byte after the payload.
+        let mut lent = LentRecords::default();
+        assert!(!p.server.seal_lent(&mut [0; 4], 0, &mut lent).unwrap());
+        let mut exact = pattern(10);
+        let sealed = p.server.seal_lent(&mut exact, 10, &mut lent).unwrap();
+        assert_eq!(sealed, !is_tls13(suite), "{suite}");
+        if sealed {
+            let mut wire = Vec::new();
+            lent.gather(&exact, &mut wire);
+            p.deliver(&wire);
+        } else {
+            assert_eq!(exact, pattern(10));
+        }
+        p.send_to_client(b"end");
+        let got = std::mem::take(&mut p.client_rx);
+        assert!(got.ends_with(b"end"), "{suite}");
+        // The client's records still reach the server.
+        p.send_to_server(b"still here");
+        assert_eq!(std::mem::take(&mut p.backend), b"still here");
+    }
+}
+
+/// Near a key's confidentiality limit the lent path steps aside, so that
+/// the KeyUpdate (TLS 1.3) or the close (TLS 1.2) lands between the right
+/// records on the copying path.
+#[test]
+fn seal_lent_leaves_key_updates_to_the_copying_path() {
+    for suite in all_suites() {
+        let mut p = pair(suite);
+        p.server
+            .record_layer_mut()
+            .unwrap()
+            .set_confidentiality_limit(6);
+        let data = pattern(40_000);
+        let mut lent_ok = 0;
+        let mut copied = 0;
+        for _ in 0..if is_tls13(suite) { 6 } else { 1 } {
+            match send_lent(&mut p, &data) {
+                Some(_) => lent_ok += 1,
+                None => {
+                    copied += 1;
+                    p.send_to_client(&data);
+                }
+            }
+            assert!(std::mem::take(&mut p.client_rx) == data, "{suite}");
+        }
+        assert!(lent_ok >= 1, "{suite}");
+        if is_tls13(suite) {
+            assert!(copied >= 1, "{suite}");
+            assert!(p.server.record_layer().unwrap().key_updates() >= 1);
+        }
+    }
+}

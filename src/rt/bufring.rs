@@ -15,15 +15,23 @@ use std::sync::atomic::{AtomicU16, Ordering};
 use io_uring::types::BufRingEntry;
 use io_uring::IoUring;
 
+/// Bytes after each buffer that the kernel never fills: the room a record
+/// sealed in place there may borrow (TLS 1.3's content type after the
+/// payload, see `RecordLayer::seal_lent`). A cache line, so that buffers
+/// stay aligned.
+const SLACK: usize = 64;
+
 /// A registered buffer ring and its buffers.
 pub struct BufRing {
     /// The ring entries (page-aligned, mmap'ed), `entries` of them.
     ring: *mut BufRingEntry,
     ring_len: usize,
-    /// The buffers, `entries * buf_size` bytes, never resized (their
-    /// addresses are in the ring).
+    /// The buffers, `entries * (buf_size + SLACK)` bytes, never resized
+    /// (their addresses are in the ring).
     slab: Box<[u8]>,
     buf_size: usize,
+    /// Buffers lent out (see [`BufRing::lend`]), not in the ring.
+    lent: u16,
     entries: u16,
     bgid: u16,
     /// Our producer index (published to the kernel by `commit`).
@@ -62,8 +70,9 @@ impl BufRing {
         let mut this = Self {
             ring: ptr.cast(),
             ring_len,
-            slab: vec![0u8; entries as usize * buf_size].into_boxed_slice(),
+            slab: vec![0u8; entries as usize * (buf_size + SLACK)].into_boxed_slice(),
             buf_size,
+            lent: 0,
             entries,
             bgid,
             tail: 0,
@@ -94,8 +103,43 @@ impl BufRing {
 
     /// The first `len` bytes of buffer `bid`, as the kernel filled them.
     pub fn get(&self, bid: u16, len: usize) -> &[u8] {
-        let start = bid as usize * self.buf_size;
+        let start = bid as usize * (self.buf_size + SLACK);
         &self.slab[start..start + len.min(self.buf_size)]
+    }
+
+    /// Buffer `bid` whole, with the room after it, for a buffer that a
+    /// completion handed out (the kernel no longer writes into it).
+    pub fn get_mut(&mut self, bid: u16) -> &mut [u8] {
+        let start = bid as usize * (self.buf_size + SLACK);
+        &mut self.slab[start..start + self.buf_size + SLACK]
+    }
+
+    /// Where buffer `bid` starts, for an op that reads it.
+    pub fn ptr(&self, bid: u16) -> *const u8 {
+        self.slab[bid as usize * (self.buf_size + SLACK)..].as_ptr()
+    }
+
+    /// Whether a buffer a completion handed out may stay out until a write
+    /// from it completes: at most half of the ring is lent at a time, so
+    /// that connections whose clients read slowly cannot starve the reads.
+    pub fn may_lend(&self) -> bool {
+        self.lent < self.entries / 2
+    }
+
+    /// Buffer `bid` stays out (until [`BufRing::give_back`]).
+    pub fn lend(&mut self) {
+        self.lent += 1;
+    }
+
+    /// A lent buffer comes back to the ring.
+    pub fn give_back(&mut self, bid: u16) {
+        self.lent = self.lent.saturating_sub(1);
+        self.recycle(bid);
+    }
+
+    /// Buffers lent out now.
+    pub fn lent(&self) -> u16 {
+        self.lent
     }
 
     /// Gives buffer `bid` back to the kernel (visible after `commit`).
@@ -107,7 +151,7 @@ impl BufRing {
     fn push(&mut self, bid: u16) {
         let mask = self.entries - 1;
         let index = (self.tail & mask) as usize;
-        let addr = self.slab[bid as usize * self.buf_size..].as_ptr() as u64;
+        let addr = self.ptr(bid) as u64;
         // SAFETY: `index` < `entries`, within the mapping; only this thread
         // writes entries, and the kernel reads one only after the tail
         // covering it is published (`commit`).

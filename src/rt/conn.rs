@@ -25,6 +25,7 @@ use super::ops::{self, Tag, UserData};
 use super::worker::Worker;
 use crate::conn::{CancelResult, Conn, End, IoResult, Op, Outcome, Side};
 use crate::metrics::hist::Metric;
+use crate::record::{LentRecords, Segment, MAX_FRAGMENT_LEN};
 use crate::route::{BackendAddr, BackendEvent};
 use crate::tls::{Resumption, TlsError};
 
@@ -35,6 +36,37 @@ const BATCH_SEND_MAX: usize = 64 * 1024;
 /// The value `TCP_NODELAY` is set to; static, so that an op in flight can
 /// point to it.
 static NODELAY_ON: libc::c_int = 1;
+
+/// Most payload a lent buffer may carry: three iovecs per record, and
+/// `sendmsg` takes at most `UIO_MAXIOV` (1024). Larger reads are copied.
+const LENT_MAX: usize = 340 * MAX_FRAGMENT_LEN;
+
+/// A backend read's ring buffer, lent to the client write of the records
+/// sealed in it (see `Conn::handle_recv_lent`), and what that `sendmsg`
+/// points to. Boxed and pooled per worker: the op holds pointers into it
+/// while it is in flight.
+pub(super) struct LentSend {
+    bid: u16,
+    records: LentRecords,
+    iov: Vec<libc::iovec>,
+    msg: libc::msghdr,
+    /// The `sendmsg` is in flight.
+    in_flight: bool,
+}
+
+impl LentSend {
+    fn new() -> Box<Self> {
+        Box::new(Self {
+            bid: 0,
+            records: LentRecords::default(),
+            iov: Vec::new(),
+            // SAFETY: msghdr is plain data for which all-zero is valid
+            // (null pointers, zero lengths).
+            msg: unsafe { std::mem::zeroed() },
+            in_flight: false,
+        })
+    }
+}
 
 /// A backend connect in progress.
 enum Connecting {
@@ -57,6 +89,8 @@ pub(super) struct Slot {
     /// Write buffers and their offsets while a write is in flight.
     c_send: Option<(Vec<u8>, usize)>,
     b_send: Option<(Vec<u8>, usize)>,
+    /// A ring buffer lent to the client write (records sealed in place).
+    c_lent: Option<Box<LentSend>>,
     connecting: Option<Connecting>,
     /// A cancel arrived while the backend socket was being created.
     cancel_socket: bool,
@@ -116,6 +150,7 @@ impl Slot {
             b_recv: None,
             c_send: None,
             b_send: None,
+            c_lent: None,
             connecting: None,
             cancel_socket: false,
             cancels: [0, 0],
@@ -161,6 +196,7 @@ impl Worker {
             self.submit(index, op, now);
         }
         self.count_batched_sends(index);
+        self.release_unsent_lent(index);
         if self.ctx.pools.borrow().has_events() {
             self.log_backend_events();
         }
@@ -237,6 +273,7 @@ impl Worker {
                     self.touched.push(index);
                 }
             }
+            Op::SendLent { side } => self.submit_lent(index, side, now),
             // shutdown(2) is a plain syscall that never blocks;
             // IORING_OP_SHUTDOWN is always punted to an io-wq thread
             // (measured: ~6% of the CPU per connection).
@@ -285,6 +322,19 @@ impl Worker {
         }
     }
 
+    /// A buffer lent for records the machine no longer sends (it failed
+    /// or stopped before the write) goes back to the ring.
+    fn release_unsent_lent(&mut self, index: u32) {
+        let Some(Some(s)) = self.slots.get_mut(index as usize) else {
+            return;
+        };
+        if s.c_lent.as_ref().is_some_and(|l| !l.in_flight) && !s.conn.lent_pending() {
+            let l = s.c_lent.take().expect("checked");
+            self.bufs.give_back(l.bid);
+            self.lent_pool.push(l);
+        }
+    }
+
     /// The writes queued for this slot in this turn whose completion the
     /// next wake-up need not wait for: the machine does nothing new when
     /// they complete (both reads in flight, nothing queued), they are
@@ -312,13 +362,85 @@ impl Worker {
                 Side::Client => s.c_send.as_ref(),
                 Side::Backend => s.b_send.as_ref(),
             }
-            .map_or(usize::MAX, |(b, off)| b.len() - off);
+            .map(|(b, off)| b.len() - off)
+            .or_else(|| {
+                (side == Side::Client)
+                    .then(|| s.c_lent.as_ref().map(|l| l.records.wire_len()))
+                    .flatten()
+            })
+            .unwrap_or(usize::MAX);
             if len <= BATCH_SEND_MAX && s.conn.send_completion_is_bookkeeping(side) {
                 n += 1;
             }
         }
         s.send_check = 0;
         self.batch += n;
+    }
+
+    /// The `sendmsg` of the records sealed in the slot's lent ring buffer:
+    /// per record its header, its payload where the read left it, its
+    /// trailer. `MSG_WAITALL`: the kernel finishes a partial write itself,
+    /// so the buffer comes back whole, and only a cancel or an error leaves
+    /// a rest (copied out then, see `on_conn_cqe`).
+    fn submit_lent(&mut self, index: u32, side: Side, now: Instant) {
+        let base = {
+            let s = self.slots[index as usize].as_ref().expect("live");
+            let l = s.c_lent.as_ref().expect("Op::SendLent follows a lent read");
+            self.bufs.ptr(l.bid)
+        };
+        let ud = self.ud(Tag::ClientSend, index);
+        let turn = self.turn;
+        let s = self.slots[index as usize].as_mut().expect("live");
+        let fd = s.client;
+        let l = s.c_lent.as_mut().expect("checked");
+        let LentSend {
+            records, iov, msg, ..
+        } = &mut **l;
+        iov.clear();
+        for seg in records.segments() {
+            let (ptr, len) = match seg {
+                Segment::Frame(r) => (records.frames()[r.clone()].as_ptr(), r.len()),
+                // SAFETY: `r` lies within the buffer (the records were
+                // sealed in its first bytes), which stays lent until this
+                // op completes.
+                Segment::Data(r) => (unsafe { base.add(r.start) }, r.len()),
+            };
+            iov.push(libc::iovec {
+                iov_base: ptr as *mut libc::c_void,
+                iov_len: len,
+            });
+        }
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = iov.len() as _;
+        let entry = opcode::SendMsg::new(types::Fd(fd), &*msg)
+            .flags((libc::MSG_NOSIGNAL | libc::MSG_WAITALL) as u32)
+            .build()
+            .user_data(ud);
+        l.in_flight = true;
+        // SAFETY: the msghdr, its iovecs, the frames and the ring buffer
+        // they point to live in the slot's boxed `LentSend` and the ring,
+        // neither moved nor reused until this op completes (the machine
+        // reports no outcome while a write is in flight; the buffer is not
+        // given back before the completion).
+        if unsafe { self.push(entry) }.is_ok() {
+            let s = self.slots[index as usize].as_mut().expect("live");
+            let i = side_index(side);
+            s.send_turn[i] = turn;
+            s.send_check |= 1 << i;
+        } else {
+            let s = self.slots[index as usize].as_mut().expect("live");
+            let l = s.c_lent.take().expect("just stored");
+            s.conn.handle_send(
+                side,
+                IoResult::Failed(io::ErrorKind::Other),
+                Vec::new(),
+                0,
+                now,
+            );
+            self.bufs.give_back(l.bid);
+            self.lent_pool.push(l);
+            self.touched.push(index);
+        }
     }
 
     fn submit_recv(&mut self, index: u32, side: Side, fd: RawFd, bgid: u16, now: Instant) {
@@ -356,7 +478,7 @@ impl Worker {
                 if s.c_recv.is_some() {
                     targets.push(Tag::ClientRecv);
                 }
-                if s.c_send.is_some() {
+                if s.c_send.is_some() || s.c_lent.as_ref().is_some_and(|l| l.in_flight) {
                     targets.push(Tag::ClientSend);
                 }
             }
@@ -429,12 +551,38 @@ impl Worker {
                 };
                 let turn = self.turn;
                 let s = self.slots[index as usize].as_mut().expect("live");
-                let Some((buf, off)) = (match side {
+                let sent = match side {
                     Side::Client => s.c_send.take(),
                     Side::Backend => s.b_send.take(),
-                }) else {
-                    return;
                 };
+                let sent = match sent {
+                    Some(sent) => sent,
+                    None if side == Side::Client
+                        && s.c_lent.as_ref().is_some_and(|l| l.in_flight) =>
+                    {
+                        let l = s.c_lent.take().expect("checked");
+                        let wire = l.records.wire_len();
+                        // All of it went out: nothing to resume. Else the
+                        // machine gets the wire image to resume from (or
+                        // to drop), and the ring its buffer back now.
+                        let rest = match io_result(res) {
+                            IoResult::Done(n) if n >= wire => Vec::new(),
+                            IoResult::Failed(_) | IoResult::Done(0) => Vec::new(),
+                            _ => {
+                                let mut out = Vec::new();
+                                l.records.gather(self.bufs.get_mut(l.bid), &mut out);
+                                self.ctx.counters.lent_send_rest.inc();
+                                out
+                            }
+                        };
+                        self.bufs.give_back(l.bid);
+                        self.lent_pool.push(l);
+                        (rest, 0)
+                    }
+                    None => return,
+                };
+                let s = self.slots[index as usize].as_mut().expect("live");
+                let (buf, off) = sent;
                 // Completed in the wake-up right after the turn that
                 // queued it (inline, as sends to a socket with room do).
                 let i = side_index(side);
@@ -526,6 +674,26 @@ impl Worker {
             super::session_store::drain();
         }
         match bid {
+            Some(bid)
+                if side == Side::Backend
+                    && n > 0
+                    && n <= LENT_MAX
+                    && s.c_lent.is_none()
+                    && self.bufs.may_lend() =>
+            {
+                let mut l = self.lent_pool.pop().unwrap_or_else(LentSend::new);
+                let data = self.bufs.get_mut(bid);
+                if s.conn.handle_recv_lent(r, buf, data, &mut l.records, now) {
+                    l.bid = bid;
+                    l.in_flight = false;
+                    s.c_lent = Some(l);
+                    self.bufs.lend();
+                    self.ctx.counters.lent_sends.inc();
+                } else {
+                    self.lent_pool.push(l);
+                    self.bufs.recycle(bid);
+                }
+            }
             Some(bid) => {
                 let data = self.bufs.get(bid, n);
                 s.conn.handle_recv_with(side, r, buf, data, now);
@@ -736,7 +904,12 @@ impl Worker {
         if self.store.is_some() {
             self.forget_lookup(index);
         }
-        let s = self.slots[index as usize].take().expect("live");
+        let mut s = self.slots[index as usize].take().expect("live");
+        if let Some(l) = s.c_lent.take() {
+            // Nothing is in flight once the outcome is out.
+            self.bufs.give_back(l.bid);
+            self.lent_pool.push(l);
+        }
         self.ctx.clear_deadline(index as i64);
         count(&self.ctx, &outcome, s.accepted_at);
         if let Some(log) = &self.ctx.access_log {

@@ -130,6 +130,10 @@ pub(super) struct Worker {
     pub listeners: Vec<Listener>,
     /// Reads that found the buffer ring empty, to submit again.
     pub enobufs: Vec<(u32, crate::conn::Side)>,
+    /// Spare [`super::conn::LentSend`]s, reused (boxed: a write in flight
+    /// points into one, so it must not move when the pool grows).
+    #[allow(clippy::vec_box)]
+    pub lent_pool: Vec<Box<super::conn::LentSend>>,
     /// Slots to drive at the end of the turn.
     pub touched: Vec<u32>,
     /// Backend sockets to create again at the next tick (fds were
@@ -295,6 +299,7 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String
         free: Vec::new(),
         listeners,
         enobufs: Vec::new(),
+        lent_pool: Vec::new(),
         touched: Vec::new(),
         socket_retry: Vec::new(),
         drain: spec.drain,

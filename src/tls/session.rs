@@ -55,7 +55,7 @@ use rustls::{HandshakeKind, ProtocolVersion, ServerConfig};
 use super::acme::AcmeChallenges;
 use super::hello::{self, HelloFacts, Peek};
 use super::TlsError;
-use crate::record::{RecordError, RecordLayer, Version};
+use crate::record::{LentRecords, RecordError, RecordLayer, Version};
 
 /// Largest TLS record on the wire: 5 bytes of header, 2^14 bytes of
 /// plaintext plus at most 2048 bytes of expansion (RFC 8446 §5.2, RFC 5246
@@ -759,6 +759,31 @@ impl TlsSession {
         let status = self.step(Some(plaintext), false, to_client, &mut scratch)?;
         debug_assert!(scratch.is_empty(), "invariant: no complete record pending");
         self.maybe_take_over(status)
+    }
+
+    /// Seals `data[..len]` in place as records with the own record layer,
+    /// their headers and trailers into `lent` (see
+    /// [`RecordLayer::seal_lent`]). `Ok(false)`: nothing was done (rustls's
+    /// layer, or a case the layer leaves to [`TlsSession::encrypt`]).
+    pub fn seal_lent(
+        &mut self,
+        data: &mut [u8],
+        len: usize,
+        lent: &mut LentRecords,
+    ) -> Result<bool, TlsError> {
+        if !self.established {
+            return Err(TlsError::NotEstablished);
+        }
+        if self.sent_close {
+            return Err(TlsError::AlreadyClosed);
+        }
+        let Some(own) = self.own.as_deref_mut() else {
+            return Ok(false);
+        };
+        let res = own.seal_lent(data, len, lent);
+        let sealed = matches!(res, Ok(true));
+        self.own_after_seal(res.map(|_| ()))?;
+        Ok(sealed)
     }
 
     /// Queues our close_notify into `to_client`. Idempotent.

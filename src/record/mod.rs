@@ -168,19 +168,27 @@ impl LentRecords {
         self.len + self.frames.len()
     }
 
-    /// The pieces of the wire image, in order: per record its header, its
-    /// payload in the lent buffer, its trailer.
+    /// The pieces of the wire image, in order: the first record's header,
+    /// then per record its payload in the lent buffer and its trailer
+    /// together with the next record's header (they are adjacent in
+    /// [`LentRecords::frames`]): `2 × records + 1` pieces.
     pub fn segments(&self) -> impl Iterator<Item = Segment> + '_ {
         let per = self.front + self.tail;
-        (0..self.records()).flat_map(move |i| {
-            let (f, d) = (i * per, i * MAX_FRAGMENT_LEN);
+        let records = self.records();
+        let first = (records > 0).then(|| Segment::Frame(0..self.front));
+        first.into_iter().chain((0..records).flat_map(move |i| {
+            let d = i * MAX_FRAGMENT_LEN;
             let d_end = (d + MAX_FRAGMENT_LEN).min(self.len);
+            let f_end = if i + 1 < records {
+                (i + 1) * per + self.front
+            } else {
+                records * per
+            };
             [
-                Segment::Frame(f..f + self.front),
                 Segment::Data(d..d_end),
-                Segment::Frame(f + self.front..f + per),
+                Segment::Frame(i * per + self.front..f_end),
             ]
-        })
+        }))
     }
 
     /// Appends the wire image to `out`, with the payload from `data` (the

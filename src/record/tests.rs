@@ -1083,10 +1083,19 @@ fn seal_lent_leaves_the_payload_in_place() {
             let data = pattern(len);
             let lent = send_lent(&mut p, &data).expect("sealed in place");
             assert_eq!(lent.records(), len.div_ceil(MAX_FRAGMENT_LEN), "{suite}");
-            // Per record: header, payload in the buffer, trailer.
+            // The first header, then per record: payload in the buffer,
+            // trailer (with the next header).
             let segs: Vec<Segment> = lent.segments().collect();
-            assert_eq!(segs.len(), 3 * lent.records());
+            assert_eq!(segs.len(), 2 * lent.records() + 1);
             assert!(matches!(&segs[1], Segment::Data(r) if r.start == 0));
+            let framed: usize = segs
+                .iter()
+                .map(|s| match s {
+                    Segment::Frame(r) => r.len(),
+                    Segment::Data(_) => 0,
+                })
+                .sum();
+            assert_eq!(framed, lent.frames().len());
             assert!(std::mem::take(&mut p.client_rx) == data, "{suite} {len}");
             p.send_to_client(b"after");
             assert_eq!(std::mem::take(&mut p.client_rx), b"after", "{suite}");

@@ -37,9 +37,10 @@ const BATCH_SEND_MAX: usize = 64 * 1024;
 /// point to it.
 static NODELAY_ON: libc::c_int = 1;
 
-/// Most payload a lent buffer may carry: three iovecs per record, and
-/// `sendmsg` takes at most `UIO_MAXIOV` (1024). Larger reads are copied.
-const LENT_MAX: usize = 340 * MAX_FRAGMENT_LEN;
+/// Most payload a lent buffer may carry: two iovecs per record and one
+/// more, and `sendmsg` takes at most `UIO_MAXIOV` (1024). Larger reads are
+/// copied.
+const LENT_MAX: usize = 500 * MAX_FRAGMENT_LEN;
 
 /// A backend read's ring buffer, lent to the client write of the records
 /// sealed in it (see `Conn::handle_recv_lent`), and what that `sendmsg`

@@ -175,7 +175,7 @@ impl LentRecords {
     pub fn segments(&self) -> impl Iterator<Item = Segment> + '_ {
         let per = self.front + self.tail;
         let records = self.records();
-        let first = (records > 0).then(|| Segment::Frame(0..self.front));
+        let first = (records > 0).then_some(Segment::Frame(0..self.front));
         first.into_iter().chain((0..records).flat_map(move |i| {
             let d = i * MAX_FRAGMENT_LEN;
             let d_end = (d + MAX_FRAGMENT_LEN).min(self.len);

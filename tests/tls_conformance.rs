@@ -2,12 +2,15 @@
 //! records crafted with its key log) against the sans-IO [`TlsSession`].
 //! Each test is the case a tlsfuzzer script found (`tools/tls-conformance`).
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_128_GCM};
 use aws_lc_rs::hkdf;
+use common::AnyCert;
 use ringterm::tls::{
     build_server_config_multi, generate_self_signed, load_cert_chain, load_private_key, CertSpec,
     ResumptionParts, Status, TlsError, TlsPolicy, TlsSession, MAX_PENDING_HANDSHAKE,
@@ -113,7 +116,7 @@ fn client(suites: &[rustls::SupportedCipherSuite]) -> Client {
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny))
+        .with_custom_certificate_verifier(AnyCert::all())
         .with_no_client_auth();
     config.key_log = secrets.clone();
     config.resumption = rustls::client::Resumption::store(store.clone());
@@ -128,44 +131,6 @@ fn client(suites: &[rustls::SupportedCipherSuite]) -> Client {
 
 fn aes128_client() -> Client {
     client(&[rustls::crypto::aws_lc_rs::cipher_suite::TLS13_AES_128_GCM_SHA256])
-}
-
-/// Accepts any server certificate (these tests are about records, not PKI).
-#[derive(Debug)]
-struct AcceptAny;
-
-impl rustls::client::danger::ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::aws_lc_rs::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
 }
 
 fn client_wire(c: &mut ClientConnection) -> Vec<u8> {

@@ -30,6 +30,68 @@ pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
 pub const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------
+// A verifier that accepts any server certificate
+// ---------------------------------------------------------------------------
+
+/// Accepts any server certificate, offering `schemes` (a test can ask for
+/// RSA only); tests that care compare the presented certificate themselves.
+#[derive(Debug)]
+pub struct AnyCert {
+    pub schemes: Vec<rustls::SignatureScheme>,
+}
+
+impl AnyCert {
+    /// Offering every scheme aws-lc-rs verifies.
+    pub fn all() -> Arc<Self> {
+        Arc::new(Self {
+            schemes: all_schemes(),
+        })
+    }
+}
+
+/// Every signature scheme aws-lc-rs verifies.
+pub fn all_schemes() -> Vec<rustls::SignatureScheme> {
+    rustls::crypto::aws_lc_rs::default_provider()
+        .signature_verification_algorithms
+        .supported_schemes()
+}
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.schemes.clone()
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Small utilities
 // ---------------------------------------------------------------------------
 

@@ -56,6 +56,7 @@ const REQUIRED_OPS: &[(u8, &str, &str)] = &[
     (opcode::Accept::CODE, "IORING_OP_ACCEPT", "5.5"),
     (opcode::Recv::CODE, "IORING_OP_RECV", "5.6"),
     (opcode::Send::CODE, "IORING_OP_SEND", "5.6"),
+    (opcode::SendMsg::CODE, "IORING_OP_SENDMSG", "5.3"),
     (opcode::Connect::CODE, "IORING_OP_CONNECT", "5.5"),
     (opcode::Close::CODE, "IORING_OP_CLOSE", "5.6"),
     (opcode::Timeout::CODE, "IORING_OP_TIMEOUT", "5.4"),

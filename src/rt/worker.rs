@@ -23,7 +23,7 @@ use super::bufring::BufRing;
 use super::conn::Slot;
 use super::ctx::WorkerCtx;
 use super::drain::DrainHub;
-use super::heap_trim::{self, HeapTrim};
+use super::heap::{self, HeapTrim};
 use super::hist_hub::HistHub;
 use super::ops::{self, Tag, UserData};
 use super::wake::WakeFd;
@@ -145,7 +145,7 @@ pub(super) struct Worker {
     timer_ts: Box<types::Timespec>,
     backoff_ts: Box<types::Timespec>,
     next_sync_ms: u64,
-    /// When to give the C heap's free pages back (see `heap_trim`).
+    /// When to give the C heap's free pages back (see `heap`).
     heap_trim: HeapTrim,
     listeners_reported: Cell<bool>,
     /// The L2 session store connection (after the ring: its buffers
@@ -665,7 +665,7 @@ impl Worker {
             || !self.ctx.deadlines.borrow().is_empty()
             || !self.socket_retry.is_empty();
         if self.heap_trim.on_tick(n_expired, now_ms, more_ticks) {
-            heap_trim::trim();
+            heap::trim();
         }
         if let Some(interval) = self.ctx.sync_interval_ms {
             if now_ms >= self.next_sync_ms {

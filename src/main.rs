@@ -52,6 +52,9 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // Before the heap grows: no 2 MiB pages under a heap of small
+    // per-connection objects (see `ringterm::rt::heap`).
+    ringterm::rt::heap::disable_thp();
     // `--help` shows each declared default.
     let mut cmd = Settings::show_defaults(Cli::command());
     let parsed = cmd

@@ -31,6 +31,7 @@ pub mod demo;
 pub mod drain;
 pub mod handover;
 pub mod health;
+pub mod heap;
 pub mod hist_hub;
 pub mod listener;
 pub mod live;

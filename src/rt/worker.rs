@@ -23,6 +23,7 @@ use super::bufring::BufRing;
 use super::conn::Slot;
 use super::ctx::WorkerCtx;
 use super::drain::DrainHub;
+use super::heap::{self, HeapTrim};
 use super::hist_hub::HistHub;
 use super::ops::{self, Tag, UserData};
 use super::wake::WakeFd;
@@ -148,6 +149,8 @@ pub(super) struct Worker {
     timer_ts: Box<types::Timespec>,
     backoff_ts: Box<types::Timespec>,
     next_sync_ms: u64,
+    /// When to give the C heap's free pages back (see `heap`).
+    heap_trim: HeapTrim,
     listeners_reported: Cell<bool>,
     /// The L2 session store connection (after the ring: its buffers
     /// outlive the ops that use them).
@@ -311,6 +314,7 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String
         timer_ts: Box::new(types::Timespec::from(TIMER_TICK)),
         backoff_ts: Box::new(types::Timespec::from(ACCEPT_BACKOFF)),
         next_sync_ms: 0,
+        heap_trim: HeapTrim::default(),
         listeners_reported: Cell::new(false),
         store: spec
             .store
@@ -653,6 +657,7 @@ impl Worker {
         }
         let now_ms = self.ctx.ms_at(now);
         let expired = self.ctx.deadlines.borrow_mut().expire(now_ms);
+        let n_expired = expired.len();
         for key in expired {
             let slot = key as u32;
             if let Some(Some(s)) = self.slots.get_mut(slot as usize) {
@@ -660,6 +665,12 @@ impl Worker {
                 s.conn.handle_timeout(now);
                 self.touched.push(slot);
             }
+        }
+        let more_ticks = self.ctx.sync_interval_ms.is_some()
+            || !self.ctx.deadlines.borrow().is_empty()
+            || !self.socket_retry.is_empty();
+        if self.heap_trim.on_tick(n_expired, now_ms, more_ticks) {
+            heap::trim();
         }
         if let Some(interval) = self.ctx.sync_interval_ms {
             if now_ms >= self.next_sync_ms {

@@ -22,19 +22,31 @@ pub const MAX_WANT: u32 = 32;
 /// coalesce.
 const ON_X16: u32 = 2 * 16;
 
-/// Whether a completion (its `user_data`) is an arrival the worker waits
-/// for: data read, a connection accepted or connected. Sends (most complete
-/// during the submit itself), closes and cancels are not counted.
-pub fn is_arrival(user_data: u64) -> bool {
-    const ARRIVALS: [Tag; 5] = [
+/// The arrivals a wake-up found, from its completions' `user_data`: data
+/// read, a backend connected. Sends (most complete during the submit
+/// itself), closes and cancels are not counted. A wake-up that found an
+/// accepted connection counts as none: the kernel never holds an accept's
+/// wake-up back (it wakes the worker in the middle of a coalesced wait,
+/// which then sleeps again), so waits do not coalesce while connections
+/// keep coming (handshakes cost far more than wake-ups anyway).
+pub fn arrivals(user_data: impl Iterator<Item = u64>) -> usize {
+    const ARRIVALS: [Tag; 4] = [
         Tag::ClientRecv,
         Tag::BackendRecv,
-        Tag::Accept,
         Tag::Connect,
         Tag::StoreRecv,
     ];
-    let tag = (user_data >> 56) as u8;
-    ARRIVALS.iter().any(|t| *t as u8 == tag)
+    let mut n = 0;
+    for ud in user_data {
+        let tag = (ud >> 56) as u8;
+        if tag == Tag::Accept as u8 {
+            return 0;
+        }
+        if ARRIVALS.iter().any(|t| *t as u8 == tag) {
+            n += 1;
+        }
+    }
+    n
 }
 
 /// A running estimate of the arrivals each wake-up finds.
@@ -50,7 +62,7 @@ impl Coalesce {
         Coalesce { avg_x16: 0 }
     }
 
-    /// A wake-up found `found` arrivals (see [`is_arrival`]).
+    /// A wake-up found `found` arrivals (see [`arrivals`]).
     pub fn observe(&mut self, found: usize) {
         let f = (found.min(2 * MAX_WANT as usize) as u32) * 16;
         self.avg_x16 = self.avg_x16 - self.avg_x16 / 4 + f / 4;
@@ -81,24 +93,24 @@ mod tests {
     }
 
     #[test]
-    fn arrivals_are_reads_accepts_and_connects() {
+    fn arrivals_are_reads_and_connects_unless_an_accept_came() {
         use super::super::ops::UserData;
-        let ud = |tag| {
-            UserData {
-                tag,
-                gen: 7,
-                slot: 3,
-            }
-            .encode()
+        let found = |tags: &[Tag]| {
+            arrivals(tags.iter().map(|&tag| {
+                UserData {
+                    tag,
+                    gen: 7,
+                    slot: 3,
+                }
+                .encode()
+            }))
         };
-        assert!(is_arrival(ud(Tag::ClientRecv)));
-        assert!(is_arrival(ud(Tag::BackendRecv)));
-        assert!(is_arrival(ud(Tag::Accept)));
-        assert!(!is_arrival(ud(Tag::ClientSend)));
-        assert!(!is_arrival(ud(Tag::BackendSend)));
-        assert!(!is_arrival(ud(Tag::Close)));
-        assert!(!is_arrival(ud(Tag::Timer)));
-        assert!(!is_arrival(0));
+        assert_eq!(found(&[Tag::ClientRecv, Tag::BackendRecv, Tag::Connect]), 3);
+        let others = [Tag::ClientSend, Tag::BackendSend, Tag::Close, Tag::Timer];
+        assert_eq!(found(&others), 0);
+        assert_eq!(found(&[Tag::ClientSend, Tag::ClientRecv, Tag::Close]), 1);
+        assert_eq!(found(&[Tag::ClientRecv, Tag::Accept, Tag::BackendRecv]), 0);
+        assert_eq!(arrivals([0u64].into_iter()), 0);
     }
 
     #[test]

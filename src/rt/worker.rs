@@ -392,10 +392,7 @@ impl Worker {
                 }
             }
             if self.coalesce_usec > 0 {
-                let found = cqes
-                    .iter()
-                    .filter(|c| super::coalesce::is_arrival(c.0))
-                    .count();
+                let found = super::coalesce::arrivals(cqes.iter().map(|c| c.0));
                 if self.coalesced > 0 {
                     self.ctx.counters.ring_coalesced_waits.inc();
                     if found < self.coalesced {

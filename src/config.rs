@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_RING_ENTRIES: u32 = 1024;
 /// Default number of provided read buffers per worker.
 pub const DEFAULT_READ_BUFFERS: u32 = 64;
+/// Default bound of a coalesced completion wait, µs (`--coalesce-usec`).
+pub const DEFAULT_COALESCE_USEC: u32 = 50;
 /// Default listen backlog. The kernel caps it at `net.core.somaxconn`.
 pub const DEFAULT_BACKLOG: u32 = 4096;
 /// Default size of each direction's relay buffer, in bytes.
@@ -164,6 +166,13 @@ crate::settings! {
             default DEFAULT_READ_BUFFERS,
             check |v| (1..=32768).contains(v) && v.is_power_of_two()
                 => "must be a power of two from 1 to 32768";
+        /// Completion coalescing under load, µs (0: off): while the worker's
+        /// wake-ups find several completions each, its next wait asks for
+        /// about as many, for at most this long (Linux 6.12+, not with --sqpoll).
+        #[arg(value_name = "USEC")]
+        coalesce_usec: u32 => "coalesce-usec", restart,
+            default DEFAULT_COALESCE_USEC,
+            check |v| *v <= 10_000 => "must be at most 10000 µs";
         /// Enable SQPOLL, with the kernel thread's idle time in ms (default 1000).
         #[arg(value_name = "IDLE_MS", num_args = 0..=1, default_missing_value = "1000")]
         sqpoll: u32 => "sqpoll", restart;

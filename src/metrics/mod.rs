@@ -208,6 +208,11 @@ counters! {
     /// Of those, the ones that ended with fewer completions (a send that
     /// did not complete at once; the wait's bound ended it).
     ring_batch_short: "counter",
+    /// Waits that asked for more completions because the last wake-ups
+    /// each found several (`--coalesce-usec`).
+    ring_coalesced_waits: "counter",
+    /// Of those, the ones that ended with fewer (their bound ended them).
+    ring_coalesced_short: "counter",
     /// Cancels that failed (the socket was then shut down).
     cancel_failures: "counter",
     /// Backend sockets that could not be created for lack of fds

@@ -24,6 +24,7 @@ pub mod access_log;
 pub mod acme;
 pub mod admin;
 pub mod bufring;
+pub mod coalesce;
 pub mod config_file;
 pub mod conn;
 pub mod ctx;

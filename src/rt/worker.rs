@@ -46,6 +46,11 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// of sends that usually complete at once (see `Worker::enter`).
 const BATCH_WAIT: Duration = Duration::from_micros(500);
 
+/// The general bound of a coalesced wait (see `Worker::enter`): after
+/// `--coalesce-usec` without a completion it waits for the first one, up
+/// to this long.
+const COALESCE_IDLE: Duration = Duration::from_secs(1);
+
 /// Turns completion batching off, for A/B measurements
 /// (`RINGTERM_TEST_NO_BATCH=1`).
 pub const NO_BATCH_ENV: &str = "RINGTERM_TEST_NO_BATCH";
@@ -167,6 +172,14 @@ pub(super) struct Worker {
     batch_wait: BatchWait,
     /// The fallback bound (a timeout), pointed to during the wait.
     batch_ts: Box<types::Timespec>,
+    /// Completions per wake-up, for coalesced waits (`--coalesce-usec`).
+    coalesce: super::coalesce::Coalesce,
+    /// The bound of a coalesced wait, µs; 0: waits do not coalesce.
+    coalesce_usec: u32,
+    /// `COALESCE_IDLE`, pointed to during a coalesced wait.
+    coalesce_ts: Box<types::Timespec>,
+    /// The arrivals the last wait asked for, when it coalesced (else 0).
+    coalesced: usize,
     /// `TCP_NODELAY` goes as an io_uring op (until the kernel refuses it).
     pub(super) uring_sockopt: bool,
 }
@@ -228,6 +241,14 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String
         BatchWait::Timeout
     } else {
         BatchWait::Off
+    };
+    // Coalescing needs DEFER_TASKRUN (the kernel holds the wake-up until
+    // enough completions are pending) and min_wait (it never holds one
+    // past the bound): so never with SQPOLL, nor before Linux 6.12.
+    let coalesce_usec = if batch_wait == BatchWait::MinWait && setup.defer_taskrun {
+        settings.coalesce_usec()
+    } else {
+        0
     };
     let sync_interval_ms = spec.cache.as_ref().map(|c| c.sync_interval_ms);
     if let Some(cache) = spec.cache {
@@ -324,6 +345,10 @@ pub fn run(spec: WorkerSpec, ready: std::sync::mpsc::Sender<Result<usize, String
         batched: 0,
         batch_wait,
         batch_ts: Box::new(types::Timespec::from(BATCH_WAIT)),
+        coalesce: super::coalesce::Coalesce::new(),
+        coalesce_usec,
+        coalesce_ts: Box::new(types::Timespec::from(COALESCE_IDLE)),
+        coalesced: 0,
         uring_sockopt: true,
     };
     for i in 0..w.listeners.len() {
@@ -370,6 +395,16 @@ impl Worker {
                     self.ctx.counters.ring_batch_short.inc();
                 }
             }
+            if self.coalesce_usec > 0 {
+                let found = super::coalesce::arrivals(cqes.iter().map(|c| c.0));
+                if self.coalesced > 0 {
+                    self.ctx.counters.ring_coalesced_waits.inc();
+                    if found < self.coalesced {
+                        self.ctx.counters.ring_coalesced_short.inc();
+                    }
+                }
+                self.coalesce.observe(found);
+            }
             let now = Instant::now();
             for &(ud, res, flags) in &cqes {
                 self.dispatch(ud, res, flags, now);
@@ -408,10 +443,33 @@ impl Worker {
     /// complete at once (the peer's window is full), the wait is bounded
     /// by `BATCH_WAIT`, after which any completion ends it, and that side
     /// is not batched again until one of its sends completes at once.
+    ///
+    /// Under load (`--coalesce-usec`, see [`super::coalesce`]), the wait
+    /// asks for about as many completions as the last wake-ups found, on
+    /// top of those sends': the kernel (`DEFER_TASKRUN`) wakes the worker
+    /// once they are pending, or after `--coalesce-usec` at the first one
+    /// (past the bound, with none, it sleeps on as a plain wait would, up
+    /// to `COALESCE_IDLE`).
     fn enter(&mut self) -> std::io::Result<usize> {
         let batch = std::mem::take(&mut self.batch);
         self.turn += 1;
         self.batched = 0;
+        self.coalesced = 0;
+        let more = if self.coalesce_usec > 0 {
+            self.coalesce.want() as usize
+        } else {
+            1
+        };
+        if more > 1 {
+            self.coalesced = more;
+            if batch > 0 {
+                self.batched = 1 + batch;
+            }
+            let args = types::SubmitArgs::new()
+                .min_wait_usec(self.coalesce_usec)
+                .timespec(&self.coalesce_ts);
+            return self.ring.submitter().submit_with_args(batch + more, &args);
+        }
         if batch == 0 || self.batch_wait == BatchWait::Off {
             return self.ring.submit_and_wait(1);
         }

@@ -299,3 +299,59 @@ fn lent_read_buffers_carry_responses_and_slow_readers_never_starve_the_ring() {
     );
     assert_eq!(metric_sum(&m, "ringterm_connection_errors_total"), 0);
 }
+
+/// Sends `rounds` small messages one at a time, each read back whole from
+/// the echo backend before the next (keep-alive ping-pong).
+fn ping_pong(addr: std::net::SocketAddr, config: Arc<rustls::ClientConfig>, rounds: usize) {
+    let c = TlsDuplex::connect(addr, config).expect("TLS connect");
+    let mut buf = [0u8; 256];
+    for i in 0..rounds {
+        let msg = [(i % 251) as u8; 100];
+        c.write_all(&msg).unwrap();
+        let mut got = 0;
+        while got < msg.len() {
+            let n = c.read(&mut buf[got..msg.len()]).unwrap();
+            assert!(n > 0, "EOF in round {i}");
+            got += n;
+        }
+        assert_eq!(&buf[..msg.len()], &msg[..], "round {i}");
+    }
+}
+
+/// The running kernel's (major, minor) version.
+fn kernel_version() -> (u32, u32) {
+    let r = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut it = r.trim().split(['.', '-']).map(|p| p.parse().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+/// Completion coalescing (`--coalesce-usec`): one connection's ping-pong
+/// never waits for more; many connections at once do (Linux 6.12+, where
+/// `min_wait_usec` exists), and every echo stays intact either way.
+#[test]
+fn waits_coalesce_under_load_and_never_for_one_connection() {
+    let certs = TestCerts::generate();
+    let echo = echo_backend();
+    let rt = start_ringterm(&certs, echo.addr, &[]);
+    let addr = rt.addr();
+    ping_pong(addr, certs.tls13(), 300);
+    assert_eq!(
+        metric_sum(&rt.metrics(), "ringterm_ring_coalesced_waits_total"),
+        0,
+        "one connection's ping-pong waited for more"
+    );
+    thread::scope(|s| {
+        for _ in 0..48 {
+            let config = certs.tls13();
+            s.spawn(move || ping_pong(addr, config, 300));
+        }
+    });
+    let m = rt.metrics();
+    assert_eq!(metric_sum(&m, "ringterm_connection_errors_total"), 0);
+    if kernel_version() >= (6, 12) {
+        assert!(
+            metric_sum(&m, "ringterm_ring_coalesced_waits_total") > 0,
+            "48 connections at once never coalesced a wait"
+        );
+    }
+}

@@ -258,10 +258,7 @@ impl Worker {
                 // completes (the machine reports no outcome before), and a
                 // Vec's heap buffer does not move when the Vec does.
                 if unsafe { self.push(entry) }.is_ok() {
-                    let s = self.slots[index as usize].as_mut().expect("live");
-                    let i = side_index(side);
-                    s.send_turn[i] = turn;
-                    s.send_check |= 1 << i;
+                    self.note_send_queued(index, side, turn);
                 } else {
                     let s = self.slots[index as usize].as_mut().expect("live");
                     let (buf, off) = match side {
@@ -321,6 +318,15 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// A write on `side` was queued in loop turn `turn` (for completion
+    /// batching, see `count_batched_sends`).
+    fn note_send_queued(&mut self, index: u32, side: Side, turn: u64) {
+        let s = self.slots[index as usize].as_mut().expect("live");
+        let i = side_index(side);
+        s.send_turn[i] = turn;
+        s.send_check |= 1 << i;
     }
 
     /// A buffer lent for records the machine no longer sends (it failed
@@ -424,10 +430,7 @@ impl Worker {
         // reports no outcome while a write is in flight; the buffer is not
         // given back before the completion).
         if unsafe { self.push(entry) }.is_ok() {
-            let s = self.slots[index as usize].as_mut().expect("live");
-            let i = side_index(side);
-            s.send_turn[i] = turn;
-            s.send_check |= 1 << i;
+            self.note_send_queued(index, side, turn);
         } else {
             let s = self.slots[index as usize].as_mut().expect("live");
             let l = s.c_lent.take().expect("just stored");

@@ -130,6 +130,20 @@ impl RecordLayerKind {
     }
 }
 
+/// A record's header (with TLS 1.2's explicit nonce: the first
+/// [`RecordLayer::header_room`] bytes) and its AAD.
+struct RecordFront {
+    bytes: [u8; MAX_HEADER_ROOM],
+    aad: [u8; 13],
+    aad_len: usize,
+}
+
+impl RecordFront {
+    fn aad(&self) -> &[u8] {
+        &self.aad[..self.aad_len]
+    }
+}
+
 /// Records sealed in place in a buffer the caller lends
 /// ([`RecordLayer::seal_lent`]): their headers and trailers, and where each
 /// piece of the wire image is.
@@ -528,29 +542,21 @@ impl<D> RecordLayer<D> {
         let mut start = 0;
         while start < len {
             let end = (start + MAX_FRAGMENT_LEN).min(len);
-            let plain_len = end - start;
             let seq = self.tx_seq;
-            let total = front - HEADER_LEN + plain_len + tail;
-            lent.frames
-                .extend_from_slice(&header(APPLICATION_DATA, total));
-            if front > HEADER_LEN {
-                let explicit = self.sealer.explicit_nonce(seq);
-                lent.frames.extend_from_slice(&explicit);
-            }
+            let f = self.record_front(seq, APPLICATION_DATA, end - start);
+            lent.frames.extend_from_slice(&f.bytes[..front]);
             let tag = if tls13 {
                 // TLSInnerPlaintext: the payload, then its type; the byte
                 // after the payload is borrowed for the type and restored.
-                let aad = header(APPLICATION_DATA, total);
                 let borrowed = data[end];
                 data[end] = APPLICATION_DATA;
-                let res = self.sealer.seal(seq, &aad, &mut data[start..=end]);
+                let res = self.sealer.seal(seq, f.aad(), &mut data[start..=end]);
                 let sealed_type = data[end];
                 data[end] = borrowed;
                 lent.frames.push(sealed_type);
                 res?
             } else {
-                let aad = tls12_aad(seq, APPLICATION_DATA, plain_len);
-                self.sealer.seal(seq, &aad, &mut data[start..end])?
+                self.sealer.seal(seq, f.aad(), &mut data[start..end])?
             };
             lent.frames.extend_from_slice(tag.as_ref());
             self.tx_seq += 1;
@@ -646,32 +652,46 @@ impl<D> RecordLayer<D> {
         }
         let seq = self.tx_seq;
         let front = self.header_room();
-        let plain_len = buf.len() - start - front;
-        let (outer, aad) = match self.version {
-            Version::Tls13 => {
-                // TLSInnerPlaintext: content, type, no padding (RFC 8446
-                // §5.2); the AAD is the record header.
-                buf.push(typ);
-                let len = plain_len + 1 + TAG_LEN;
-                let header = header(APPLICATION_DATA, len);
-                let mut aad = [0; 13];
-                aad[..HEADER_LEN].copy_from_slice(&header);
-                (APPLICATION_DATA, (aad, HEADER_LEN))
-            }
-            Version::Tls12 => (typ, (tls12_aad(seq, typ, plain_len), 13)),
-        };
-        let total = buf.len() - start - HEADER_LEN + TAG_LEN;
-        buf[start..start + HEADER_LEN].copy_from_slice(&header(outer, total));
-        if front > HEADER_LEN {
-            let explicit = self.sealer.explicit_nonce(seq);
-            buf[start + HEADER_LEN..start + front].copy_from_slice(&explicit);
+        let f = self.record_front(seq, typ, buf.len() - start - front);
+        if self.version == Version::Tls13 {
+            // TLSInnerPlaintext: content, type, no padding (RFC 8446 §5.2).
+            buf.push(typ);
         }
-        let tag = self
-            .sealer
-            .seal(seq, &aad.0[..aad.1], &mut buf[start + front..])?;
+        buf[start..start + front].copy_from_slice(&f.bytes[..front]);
+        let tag = self.sealer.seal(seq, f.aad(), &mut buf[start + front..])?;
         buf.extend_from_slice(tag.as_ref());
         self.tx_seq += 1;
         Ok(())
+    }
+
+    /// What goes in front of the payload of the record with sequence
+    /// number `seq` carrying `plain_len` bytes of type `typ`, and its AAD:
+    /// TLS 1.3 hides the type (the outer one is application data; the AAD
+    /// is the header, RFC 8446 §5.2), TLS 1.2 shows it and adds the
+    /// explicit nonce for AES-GCM (RFC 5246 §6.2.3.3).
+    fn record_front(&self, seq: u64, typ: u8, plain_len: usize) -> RecordFront {
+        let front = self.header_room();
+        let total = front - HEADER_LEN + plain_len + self.tail_room();
+        let mut f = RecordFront {
+            bytes: [0; MAX_HEADER_ROOM],
+            aad: [0; 13],
+            aad_len: 13,
+        };
+        match self.version {
+            Version::Tls13 => {
+                f.bytes[..HEADER_LEN].copy_from_slice(&header(APPLICATION_DATA, total));
+                f.aad[..HEADER_LEN].copy_from_slice(&f.bytes[..HEADER_LEN]);
+                f.aad_len = HEADER_LEN;
+            }
+            Version::Tls12 => {
+                f.bytes[..HEADER_LEN].copy_from_slice(&header(typ, total));
+                f.aad = tls12_aad(seq, typ, plain_len);
+            }
+        }
+        if front > HEADER_LEN {
+            f.bytes[HEADER_LEN..front].copy_from_slice(&self.sealer.explicit_nonce(seq));
+        }
+        f
     }
 
     // ------------------------------------------------------------------

@@ -745,12 +745,7 @@ impl TlsSession {
         plaintext: &[u8],
         to_client: &mut Vec<u8>,
     ) -> Result<Status, TlsError> {
-        if !self.established {
-            return Err(TlsError::NotEstablished);
-        }
-        if self.sent_close {
-            return Err(TlsError::AlreadyClosed);
-        }
+        self.check_can_encrypt()?;
         if let Some(own) = self.own.as_deref_mut() {
             let res = own.seal(plaintext, to_client);
             return self.own_after_seal(res);
@@ -759,6 +754,18 @@ impl TlsSession {
         let status = self.step(Some(plaintext), false, to_client, &mut scratch)?;
         debug_assert!(scratch.is_empty(), "invariant: no complete record pending");
         self.maybe_take_over(status)
+    }
+
+    /// Application data can be sealed: the handshake is complete and no
+    /// close_notify went out.
+    fn check_can_encrypt(&self) -> Result<(), TlsError> {
+        if !self.established {
+            Err(TlsError::NotEstablished)
+        } else if self.sent_close {
+            Err(TlsError::AlreadyClosed)
+        } else {
+            Ok(())
+        }
     }
 
     /// Seals `data[..len]` in place as records with the own record layer,
@@ -771,12 +778,7 @@ impl TlsSession {
         len: usize,
         lent: &mut LentRecords,
     ) -> Result<bool, TlsError> {
-        if !self.established {
-            return Err(TlsError::NotEstablished);
-        }
-        if self.sent_close {
-            return Err(TlsError::AlreadyClosed);
-        }
+        self.check_can_encrypt()?;
         let Some(own) = self.own.as_deref_mut() else {
             return Ok(false);
         };

@@ -791,7 +791,6 @@ impl Conn {
                 Ok(false) => {}
                 Err(err) => {
                     self.recv(Side::Backend, res, buf, &[], true, now);
-                    self.client.lent = false;
                     self.fail(End::Tls(err));
                     return false;
                 }

@@ -337,9 +337,14 @@ impl Worker {
         };
         if s.c_lent.as_ref().is_some_and(|l| !l.in_flight) && !s.conn.lent_pending() {
             let l = s.c_lent.take().expect("checked");
-            self.bufs.give_back(l.bid);
-            self.lent_pool.push(l);
+            self.return_lent(l);
         }
+    }
+
+    /// A lent buffer goes back to the ring, its `LentSend` to the pool.
+    fn return_lent(&mut self, l: Box<LentSend>) {
+        self.bufs.give_back(l.bid);
+        self.lent_pool.push(l);
     }
 
     /// The writes queued for this slot in this turn whose completion the
@@ -441,8 +446,7 @@ impl Worker {
                 0,
                 now,
             );
-            self.bufs.give_back(l.bid);
-            self.lent_pool.push(l);
+            self.return_lent(l);
             self.touched.push(index);
         }
     }
@@ -579,8 +583,7 @@ impl Worker {
                                 out
                             }
                         };
-                        self.bufs.give_back(l.bid);
-                        self.lent_pool.push(l);
+                        self.return_lent(l);
                         (rest, 0)
                     }
                     None => return,
@@ -911,8 +914,7 @@ impl Worker {
         let mut s = self.slots[index as usize].take().expect("live");
         if let Some(l) = s.c_lent.take() {
             // Nothing is in flight once the outcome is out.
-            self.bufs.give_back(l.bid);
-            self.lent_pool.push(l);
+            self.return_lent(l);
         }
         self.ctx.clear_deadline(index as i64);
         count(&self.ctx, &outcome, s.accepted_at);

@@ -13,7 +13,7 @@
 //!
 //! This is the estimate alone (pure); `Worker::enter` applies it.
 
-use super::ops::Tag;
+use super::ops::{Tag, UserData};
 
 /// Most arrivals a coalesced wait asks for.
 pub const MAX_WANT: u32 = 32;
@@ -37,12 +37,11 @@ pub fn arrivals(user_data: impl Iterator<Item = u64>) -> usize {
         Tag::StoreRecv,
     ];
     let mut n = 0;
-    for ud in user_data {
-        let tag = (ud >> 56) as u8;
-        if tag == Tag::Accept as u8 {
+    for tag in user_data.filter_map(|ud| UserData::decode(ud).map(|u| u.tag)) {
+        if tag == Tag::Accept {
             return 0;
         }
-        if ARRIVALS.iter().any(|t| *t as u8 == tag) {
+        if ARRIVALS.contains(&tag) {
             n += 1;
         }
     }
@@ -94,7 +93,6 @@ mod tests {
 
     #[test]
     fn arrivals_are_reads_and_connects_unless_an_accept_came() {
-        use super::super::ops::UserData;
         let found = |tags: &[Tag]| {
             arrivals(tags.iter().map(|&tag| {
                 UserData {

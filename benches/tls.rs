@@ -268,6 +268,29 @@ fn established(fx: &Fixture, client: &Arc<ClientConfig>) -> (TlsSession, ClientC
     (session, client)
 }
 
+/// Times `iters` calls of `op`, on fresh established sessions of at most
+/// [`RECORDS_PER_SESSION`] records each (the handshakes are not timed).
+fn time_in_sessions(
+    fx: &Fixture,
+    client_config: &Arc<ClientConfig>,
+    iters: u64,
+    mut op: impl FnMut(&mut TlsSession),
+) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    while left > 0 {
+        let n = left.min(RECORDS_PER_SESSION);
+        left -= n;
+        let (mut session, _client) = established(fx, client_config);
+        let start = Instant::now();
+        for _ in 0..n {
+            op(&mut session);
+        }
+        total += start.elapsed();
+    }
+    total
+}
+
 fn bench_records(c: &mut Criterion) {
     let fx = Fixture::new();
     let client_config = fx.client(&rustls::version::TLS13, aws_lc_rs::kx_group::X25519, false);
@@ -290,21 +313,11 @@ fn bench_records(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("encrypt", size), |b| {
             let mut out = Vec::with_capacity(size + 256);
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                let mut left = iters;
-                while left > 0 {
-                    let n = left.min(RECORDS_PER_SESSION);
-                    left -= n;
-                    let (mut session, _client) = established(&fx, &client_config);
-                    let start = Instant::now();
-                    for _ in 0..n {
-                        out.clear();
-                        session.encrypt(black_box(&plaintext), &mut out).unwrap();
-                    }
-                    total += start.elapsed();
+                time_in_sessions(&fx, &client_config, iters, |session| {
+                    out.clear();
+                    session.encrypt(black_box(&plaintext), &mut out).unwrap();
                     black_box(&out);
-                }
-                total
+                })
             })
         });
 
@@ -328,22 +341,12 @@ fn bench_records(c: &mut Criterion) {
             buf.push(0);
             let mut lent = LentRecords::default();
             b.iter_custom(|iters| {
-                let mut total = Duration::ZERO;
-                let mut left = iters;
-                while left > 0 {
-                    let n = left.min(RECORDS_PER_SESSION);
-                    left -= n;
-                    let (mut session, _client) = established(&fx, &client_config);
-                    let start = Instant::now();
-                    for _ in 0..n {
-                        session
-                            .seal_lent(black_box(&mut buf), size, &mut lent)
-                            .unwrap();
-                    }
-                    total += start.elapsed();
+                time_in_sessions(&fx, &client_config, iters, |session| {
+                    session
+                        .seal_lent(black_box(&mut buf), size, &mut lent)
+                        .unwrap();
                     black_box(&lent);
-                }
-                total
+                })
             })
         });
 

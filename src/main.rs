@@ -144,8 +144,9 @@ fn run(cli: Cli) -> Result<(), String> {
         );
     }
     let config = layered.validate(&config_file::allowed_cpus())?;
+    // The ticket lifetime clients are told: --session-timeout.
+    let lifetime = config.settings.session_timeout().min(u32::MAX as u64) as u32;
     let ticketer = if config.resumption.uses_tickets() {
-        let lifetime = config.settings.session_timeout().min(u32::MAX as u64) as u32;
         Some(ringterm::rt::ticket_keys::ticketer(
             &config.ticket_key_files,
             lifetime,
@@ -164,14 +165,11 @@ fn run(cli: Cli) -> Result<(), String> {
             Some(t) => Some(t.clone() as Arc<dyn rustls::server::ProducesTickets>),
             // TLS 1.3 stateful tickets through the ticketer hook, so they
             // advertise --session-timeout (rustls's own say 24 h).
-            None if config.resumption.uses_cache() && config.settings.tls13_tickets() > 0 => {
-                let lifetime = config.settings.session_timeout().min(u32::MAX as u64) as u32;
-                Some(
-                    Arc::new(ringterm::rt::session_store::StatefulTickets::unbound(
-                        lifetime,
-                    )) as _,
-                )
-            }
+            None if config.resumption.uses_cache() && config.settings.tls13_tickets() > 0 => Some(
+                Arc::new(ringterm::rt::session_store::StatefulTickets::unbound(
+                    lifetime,
+                )) as _,
+            ),
             None => None,
         },
         tls13_tickets: config.settings.tls13_tickets(),

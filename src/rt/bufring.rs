@@ -103,20 +103,25 @@ impl BufRing {
 
     /// The first `len` bytes of buffer `bid`, as the kernel filled them.
     pub fn get(&self, bid: u16, len: usize) -> &[u8] {
-        let start = bid as usize * (self.buf_size + SLACK);
+        let start = self.offset(bid);
         &self.slab[start..start + len.min(self.buf_size)]
+    }
+
+    /// Where buffer `bid` starts in the slab (buffers are `SLACK` apart).
+    fn offset(&self, bid: u16) -> usize {
+        bid as usize * (self.buf_size + SLACK)
     }
 
     /// Buffer `bid` whole, with the room after it, for a buffer that a
     /// completion handed out (the kernel no longer writes into it).
     pub fn get_mut(&mut self, bid: u16) -> &mut [u8] {
-        let start = bid as usize * (self.buf_size + SLACK);
+        let start = self.offset(bid);
         &mut self.slab[start..start + self.buf_size + SLACK]
     }
 
     /// Where buffer `bid` starts, for an op that reads it.
     pub fn ptr(&self, bid: u16) -> *const u8 {
-        self.slab[bid as usize * (self.buf_size + SLACK)..].as_ptr()
+        self.slab[self.offset(bid)..].as_ptr()
     }
 
     /// Whether a buffer a completion handed out may stay out until a write
@@ -135,11 +140,6 @@ impl BufRing {
     pub fn give_back(&mut self, bid: u16) {
         self.lent = self.lent.saturating_sub(1);
         self.recycle(bid);
-    }
-
-    /// Buffers lent out now.
-    pub fn lent(&self) -> u16 {
-        self.lent
     }
 
     /// Gives buffer `bid` back to the kernel (visible after `commit`).

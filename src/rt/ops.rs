@@ -112,11 +112,17 @@ impl UserData {
         (self.tag as u64) << 56 | u64::from(self.gen & GEN_MASK) << 32 | u64::from(self.slot)
     }
 
+    /// The tag byte of a completion's `user_data`, undecoded (cheap: for
+    /// counting completions by kind, see `coalesce::arrivals`).
+    pub fn raw_tag(v: u64) -> u8 {
+        (v >> 56) as u8
+    }
+
     /// Unpacks a completion's `user_data`; `None` for a value no op of
     /// ours carries.
     pub fn decode(v: u64) -> Option<Self> {
         Some(Self {
-            tag: Tag::from_u8((v >> 56) as u8)?,
+            tag: Tag::from_u8(Self::raw_tag(v))?,
             gen: ((v >> 32) as u32) & GEN_MASK,
             slot: v as u32,
         })
